@@ -1,0 +1,58 @@
+"""Shared fixtures and the tolerance helper for the pacarray tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# The oracle lives next to the tests; make ``import reference`` work under any import mode.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+#: Largest accepted ``max|actual - expected| / max|expected|`` per computation dtype.
+RELATIVE_TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+
+
+def _assert_close(actual, expected, dtype):
+    """Compare ``actual`` with ``expected`` (float64 oracle) at ``dtype``'s tolerance.
+
+    The error is ``max|a - e| / max(max|e|, tiny)``; shapes and the dtype must agree and NaNs
+    must sit in the same places (the comparison then ignores them).
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
+    assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype} != expected {np.dtype(dtype)}"
+    tolerance = RELATIVE_TOLERANCE[np.dtype(dtype)]
+    actual64 = actual.astype(np.float64)
+    nan_actual, nan_expected = np.isnan(actual64), np.isnan(expected)
+    assert np.array_equal(nan_actual, nan_expected), (
+        f"NaN positions differ: actual {np.argwhere(nan_actual).tolist()}, "
+        f"expected {np.argwhere(nan_expected).tolist()}"
+    )
+    keep = ~nan_expected
+    if not keep.any():
+        return
+    scale = max(float(np.max(np.abs(expected[keep]))), np.finfo(np.float64).tiny)
+    error = float(np.max(np.abs(actual64[keep] - expected[keep]))) / scale
+    assert error <= tolerance, (
+        f"max relative error {error:.3e} > {tolerance:.0e} (dtype {np.dtype(dtype)}, "
+        f"scale {scale:.3e})"
+    )
+
+
+@pytest.fixture(scope="session")
+def assert_close():
+    """The tolerance helper ``assert_close(actual, expected, dtype)``."""
+    return _assert_close
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name, so every test gets its own stable stream."""
+    seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.name)) % (2**32)
+    return np.random.default_rng(seed)
