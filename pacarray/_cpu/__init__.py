@@ -1,0 +1,87 @@
+"""CPU backend: Numba kernels plus BLAS, with fixed explicit signatures and no validation.
+
+The front end (``pacarray.kernels`` / ``pacarray.ops``) has already checked and converted every
+argument: arrays are C-contiguous and share one float dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+
+from .. import config
+from . import _numba_kernels as nk
+
+
+def smooth(guide, weights):
+    """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with ``weights``."""
+    return scipy.ndimage.correlate(guide, weights[None, None], mode="constant", cval=0.0)
+
+
+def _kernel_args(spec):
+    return (
+        spec.family, spec.alpha, spec.lam, spec.eps2, spec.spatial.reshape(-1), spec.mask,
+        spec.has_mask, spec.normalize, spec.channel_wise,
+    )
+
+
+def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
+    """K of shape (N, Fk, kh, kw, Ho, Wo) and validity (N, Fk, Ho, Wo) from a fused spec."""
+    kh, kw = kernel_size
+    batch = spec.guide.shape[0]
+    dtype = spec.guide.dtype
+    out = np.empty((batch, spec.fk_count, kh * kw, *out_shape), dtype)
+    valid = np.empty((batch, spec.fk_count, *out_shape), np.bool_)
+    nk.fill_kernel(
+        spec.guide, spec.centre, *spec.guide_shape, kh, kw, *k_stride, *k_padding, *dilation,
+        *_kernel_args(spec), out, valid,
+    )
+    return out.reshape(batch, spec.fk_count, kh, kw, *out_shape), valid
+
+
+def _explicit(spec, dtype):
+    if spec.explicit is not None:
+        return spec.explicit, True
+    return np.zeros((1, 1, 1, 1, 1), dtype), False
+
+
+def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
+    """Direct kernel: ``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]``."""
+    explicit, use_explicit = _explicit(spec, x.dtype)
+    y = np.empty((x.shape[0], x.shape[1], *out_shape), x.dtype)
+    nk.direct(
+        x, tap_weight, explicit, use_explicit, spec.guide, spec.centre, *spec.guide_shape,
+        *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride, *k_padding,
+        geometry.transposed, *_kernel_args(spec), spec.fk_count, y,
+    )
+    return y
+
+
+def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
+    """BLAS path: K-weighted patches of a band of rows times ``weight_matrix (C_out, C*T)``."""
+    batch, channels = x.shape[:2]
+    out_h, out_w = out_shape
+    kh, kw = geometry.kernel_size
+    rows_per_chunk = max(
+        1, config.WORKSPACE_BYTES // max(1, channels * kh * kw * out_w * x.itemsize)
+    )
+    rows_per_chunk = min(rows_per_chunk, out_h)
+    explicit, use_explicit = _explicit(spec, x.dtype)
+    y = np.empty((batch, weight_matrix.shape[0], out_h * out_w), x.dtype)
+    workspace = np.empty((channels * kh * kw, rows_per_chunk * out_w), x.dtype)
+    for n in range(batch):
+        for row_start in range(0, out_h, rows_per_chunk):
+            rows = min(rows_per_chunk, out_h - row_start)
+            patch = workspace[:, : rows * out_w]
+            if rows != rows_per_chunk:
+                patch = np.empty((channels * kh * kw, rows * out_w), x.dtype)
+            nk.patches(
+                x, n, row_start, explicit, use_explicit, spec.guide, spec.centre,
+                *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
+                *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
+                *_kernel_args(spec), spec.fk_count, out_w, patch,
+            )
+            np.matmul(
+                weight_matrix, patch, out=y[n, :, row_start * out_w:(row_start + rows) * out_w]
+            )
+    return y.reshape(batch, weight_matrix.shape[0], out_h, out_w)

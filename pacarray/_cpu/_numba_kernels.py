@@ -1,0 +1,342 @@
+"""Numba kernels of the CPU backend.
+
+Every kernel works on one output row ``(n, oy)`` at a time, which keeps the fused path's memory at
+O(row) per thread: the adaptive kernel of a row is computed into a small buffer ``(Fk, T, Wo)``
+and consumed at once. Options are runtime integers, not compile-time specializations, so each
+public kernel compiles once per dtype.
+
+Integer codes (see ``pacarray._cpu.__init__``):
+
+* family: 0 constant 1, 1 Gaussian, 2 inverse power, 3 asymmetric inverse power
+* normalize: 0 none, 1 kernel, 2 mask, 3 mask_kernel
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+FAMILY_CONSTANT = 0
+FAMILY_GAUSSIAN = 1
+FAMILY_INVERSE = 2
+FAMILY_INVERSE_ASYMMETRIC = 3
+
+NORMALIZE_NONE = 0
+NORMALIZE_KERNEL = 1
+NORMALIZE_MASK = 2
+NORMALIZE_MASK_KERNEL = 3
+
+
+@njit(cache=True)
+def _tap_range(taps_offset, stride, padding, size_in, size_out):
+    """Outputs ``[lo, hi)`` whose neighbour ``o*stride - padding + taps_offset`` is in range."""
+    # smallest o with o*stride >= padding - taps_offset
+    need = padding - taps_offset
+    if need <= 0:
+        lo = 0
+    else:
+        lo = (need + stride - 1) // stride
+    # largest o with o*stride - padding + taps_offset <= size_in - 1
+    top = size_in - 1 + padding - taps_offset
+    if top < 0:
+        return 0, 0
+    hi = top // stride + 1
+    if hi > size_out:
+        hi = size_out
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@njit(cache=True)
+def kernel_row(
+    guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
+    out, z, scratch,
+):
+    """Normalized adaptive kernel of output row ``oy`` of batch ``n`` into ``out[Fk, T, Wo]``.
+
+    ``z[Fk, Wo]`` receives the normalizer (1 when ``normalize == 0``); taps whose neighbour is out
+    of range are 0. ``scratch`` is a ``(Wo,)`` work buffer.
+    """
+    fk_count = out.shape[0]
+    features = guide.shape[1]
+    cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
+    centre_dx = dw * ((kw - 1) // 2)
+    for ty in range(kh):
+        qy = oy * ksy - kpy + ty * dh
+        row_ok = qy >= 0 and qy < guide_h
+        for tx in range(kw):
+            t = ty * kw + tx
+            for fk in range(fk_count):
+                for ox in range(out_w):
+                    out[fk, t, ox] = 0.0
+            if not row_ok:
+                continue
+            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+            g = spatial[t]
+            if family == FAMILY_CONSTANT:
+                for fk in range(fk_count):
+                    for ox in range(lo, hi):
+                        out[fk, t, ox] = g
+            elif channel_wise:
+                for fk in range(fk_count):
+                    a = alpha[fk]
+                    half_power = 0.5 * lam[fk]
+                    for ox in range(lo, hi):
+                        cx = ox * ksx - kpx + centre_dx
+                        qx = ox * ksx - kpx + tx * dw
+                        diff = centre[n, fk, cy, cx] - guide[n, fk, qy, qx]
+                        if family == FAMILY_GAUSSIAN:
+                            value = np.exp(-0.5 * diff * diff)
+                        else:
+                            if family == FAMILY_INVERSE_ASYMMETRIC and diff < 0:
+                                diff = 0.0
+                            value = a + (diff * diff + eps2) ** half_power
+                        out[fk, t, ox] = value * g
+            else:
+                for ox in range(lo, hi):
+                    scratch[ox] = 0.0
+                for f in range(features):
+                    for ox in range(lo, hi):
+                        cx = ox * ksx - kpx + centre_dx
+                        qx = ox * ksx - kpx + tx * dw
+                        diff = centre[n, f, cy, cx] - guide[n, f, qy, qx]
+                        if family == FAMILY_INVERSE_ASYMMETRIC and diff < 0:
+                            diff = 0.0
+                        scratch[ox] += diff * diff
+                if family == FAMILY_GAUSSIAN:
+                    for ox in range(lo, hi):
+                        out[0, t, ox] = np.exp(-0.5 * scratch[ox]) * g
+                else:
+                    a = alpha[0]
+                    half_power = 0.5 * lam[0]
+                    for ox in range(lo, hi):
+                        out[0, t, ox] = (a + (scratch[ox] + eps2) ** half_power) * g
+
+    if normalize == NORMALIZE_NONE:
+        for fk in range(fk_count):
+            for ox in range(out_w):
+                z[fk, ox] = 1.0
+        if has_mask:
+            _apply_mask(out, mask, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
+                        dh, dw)
+        return
+
+    for fk in range(fk_count):
+        for ox in range(out_w):
+            z[fk, ox] = 0.0
+    for ty in range(kh):
+        qy = oy * ksy - kpy + ty * dh
+        if qy < 0 or qy >= guide_h:
+            continue
+        for tx in range(kw):
+            t = ty * kw + tx
+            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+            for fk in range(fk_count):
+                for ox in range(lo, hi):
+                    k_value = out[fk, t, ox]
+                    m = 1.0
+                    if has_mask:
+                        m = mask[n, qy, ox * ksx - kpx + tx * dw]
+                    if normalize == NORMALIZE_KERNEL:
+                        z[fk, ox] += k_value
+                    elif normalize == NORMALIZE_MASK:
+                        z[fk, ox] += m
+                    else:
+                        z[fk, ox] += m * k_value
+                    if has_mask:
+                        out[fk, t, ox] = k_value * m
+    for fk in range(fk_count):
+        for ox in range(out_w):
+            zv = z[fk, ox]
+            scratch[ox] = 0.0 if zv == 0.0 else 1.0 / zv
+        for t in range(kh * kw):
+            for ox in range(out_w):
+                out[fk, t, ox] *= scratch[ox]
+
+
+@njit(cache=True)
+def _apply_mask(out, mask, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw):
+    for ty in range(kh):
+        qy = oy * ksy - kpy + ty * dh
+        if qy < 0 or qy >= guide_h:
+            continue
+        for tx in range(kw):
+            t = ty * kw + tx
+            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+            for fk in range(out.shape[0]):
+                for ox in range(lo, hi):
+                    out[fk, t, ox] *= mask[n, qy, ox * ksx - kpx + tx * dw]
+
+
+@njit(cache=True)
+def _row_kernel(
+    explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
+    ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+    normalize, channel_wise, kbuf, z, scratch,
+):
+    """Fill ``kbuf`` with row ``oy`` of the adaptive kernel: copied (explicit) or computed."""
+    if use_explicit:
+        for fk in range(kbuf.shape[0]):
+            for t in range(kbuf.shape[1]):
+                for ox in range(out_w):
+                    kbuf[fk, t, ox] = explicit[n, fk, t, oy, ox]
+    else:
+        kernel_row(
+            guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
+            family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
+            kbuf, z, scratch,
+        )
+
+
+@njit(cache=True, parallel=True)
+def fill_kernel(
+    guide, centre, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
+    out, valid,
+):
+    """Materialize K: ``out[N, Fk, T, Ho, Wo]`` and ``valid[N, Fk, Ho, Wo]`` (Z != 0)."""
+    batch, fk_count, taps, out_h, out_w = out.shape
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oy = job % out_h
+        kbuf = np.empty((fk_count, taps, out_w), out.dtype)
+        z = np.empty((fk_count, out_w), out.dtype)
+        scratch = np.empty(out_w, out.dtype)
+        kernel_row(
+            guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
+            family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
+            kbuf, z, scratch,
+        )
+        for fk in range(fk_count):
+            for t in range(taps):
+                for ox in range(out_w):
+                    out[n, fk, t, oy, ox] = kbuf[fk, t, ox]
+            for ox in range(out_w):
+                valid[n, fk, oy, ox] = z[fk, ox] != 0.0
+
+
+@njit(cache=True)
+def _source_index(o, tap, k, stride, padding, dilation, size_in, transposed):
+    """Input index read by output ``o`` at kernel tap ``tap``, or -1 when none.
+
+    Forward: ``o*stride - padding + tap*dilation``. Transposed: the weight tap is ``k-1-tap`` and
+    the input ``i`` satisfies ``i*stride = o + padding - (k-1-tap)*dilation``.
+    """
+    if transposed:
+        num = o + padding - (k - 1 - tap) * dilation
+        if num < 0 or num % stride != 0:
+            return -1
+        i = num // stride
+    else:
+        i = o * stride - padding + tap * dilation
+    if i < 0 or i >= size_in:
+        return -1
+    return i
+
+
+@njit(cache=True, parallel=True)
+def direct(
+    x, tap_weight, explicit, use_explicit, guide, centre, guide_h, guide_w,
+    sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
+    y,
+):
+    """``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]`` (pooling, shared filters).
+
+    ``tap_weight`` is indexed by the kernel tap; for transposed ops the caller flips the weights.
+    """
+    batch, channels, in_h, in_w = x.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    kh = tap_weight.shape[0]
+    kw = tap_weight.shape[1]
+    taps = kh * kw
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oy = job % out_h
+        kbuf = np.empty((fk_count, taps, out_w), y.dtype)
+        z = np.empty((fk_count, out_w), y.dtype)
+        scratch = np.empty(out_w, y.dtype)
+        _row_kernel(
+            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
+            ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+            normalize, channel_wise, kbuf, z, scratch,
+        )
+        for c in range(channels):
+            kc = c if fk_count > 1 else 0
+            for ox in range(out_w):
+                scratch[ox] = 0.0
+            for ty in range(kh):
+                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                if iy < 0:
+                    continue
+                for tx in range(kw):
+                    t = ty * kw + tx
+                    w = tap_weight[ty, tx]
+                    if transposed:
+                        for ox in range(out_w):
+                            ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
+                            if ix >= 0:
+                                scratch[ox] += w * kbuf[kc, t, ox] * x[n, c, iy, ix]
+                    else:
+                        lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+                        base = tx * dw - px
+                        for ox in range(lo, hi):
+                            scratch[ox] += w * kbuf[kc, t, ox] * x[n, c, iy, ox * sx + base]
+            for ox in range(out_w):
+                y[n, c, oy, ox] = scratch[ox]
+
+
+@njit(cache=True, parallel=True)
+def patches(
+    x, n, row_start, explicit, use_explicit, guide, centre, guide_h, guide_w,
+    kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
+    out_w, patch,
+):
+    """K-weighted patches of output rows ``row_start ..`` of batch ``n``.
+
+    ``patch[c*T + t, r*Wo + ox] = K[n,(c),t,row_start+r,ox] * x[n,c,src]`` (0 when no source);
+    the caller multiplies by the weight matrix with BLAS.
+    """
+    channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    taps = kh * kw
+    rows = patch.shape[1] // out_w
+    for r in prange(rows):
+        oy = row_start + r
+        col = r * out_w
+        kbuf = np.empty((fk_count, taps, out_w), patch.dtype)
+        z = np.empty((fk_count, out_w), patch.dtype)
+        scratch = np.empty(out_w, patch.dtype)
+        _row_kernel(
+            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
+            ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+            normalize, channel_wise, kbuf, z, scratch,
+        )
+        for c in range(channels):
+            kc = c if fk_count > 1 else 0
+            for ty in range(kh):
+                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                for tx in range(kw):
+                    t = ty * kw + tx
+                    prow = c * taps + t
+                    if iy < 0:
+                        for ox in range(out_w):
+                            patch[prow, col + ox] = 0.0
+                    elif transposed:
+                        for ox in range(out_w):
+                            ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
+                            if ix >= 0:
+                                patch[prow, col + ox] = kbuf[kc, t, ox] * x[n, c, iy, ix]
+                            else:
+                                patch[prow, col + ox] = 0.0
+                    else:
+                        lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+                        base = tx * dw - px
+                        for ox in range(lo):
+                            patch[prow, col + ox] = 0.0
+                        for ox in range(lo, hi):
+                            patch[prow, col + ox] = kbuf[kc, t, ox] * x[n, c, iy, ox * sx + base]
+                        for ox in range(hi, out_w):
+                            patch[prow, col + ox] = 0.0

@@ -1,0 +1,138 @@
+"""Argument normalization, output shapes and validation, in one place.
+
+Front-end functions call these once; the backends receive plain ints and
+contiguous arrays and never validate again.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+SPATIAL_DIMS = 2
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def as_tuple(value, name: str, ndim: int = SPATIAL_DIMS) -> tuple[int, ...]:
+    """Turn an int or a per-dimension sequence into a tuple of ``ndim`` ints."""
+    if _is_int(value):
+        return (int(value),) * ndim
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an int or a sequence of {ndim} ints, got {value!r}"
+        ) from None
+    if len(items) != ndim or not all(_is_int(v) for v in items):
+        raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Validated geometry of one PAC operation (2-D spatial)."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    transposed: bool
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel_size)
+
+    @property
+    def half_span(self) -> tuple[int, ...]:
+        """``d*(k-1)/2`` per dimension: the centre tap's offset."""
+        return tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Spatial output shape for a spatial input shape (no validation of the result)."""
+        out = []
+        for n, k, s, p, d, op in zip(
+            input_shape,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.output_padding,
+        ):
+            if self.transposed:
+                out.append((n - 1) * s - 2 * p + d * (k - 1) + op + 1)
+            else:
+                out.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
+        return tuple(out)
+
+    def checked_output_shape(self, input_shape: tuple[int, ...], name: str = "x"):
+        out = self.output_shape(input_shape)
+        if any(o < 1 for o in out):
+            raise ValueError(
+                f"{name} spatial shape {tuple(input_shape)} is too small for kernel_size="
+                f"{self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}: the output would be {out}"
+            )
+        return out
+
+
+def make_geometry(
+    kernel_size,
+    stride=1,
+    padding=0,
+    dilation=1,
+    output_padding=0,
+    transposed=False,
+) -> Geometry:
+    """Validate the geometry arguments and return a :class:`Geometry`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        With the parameter's name and the received value.
+    """
+    k = as_tuple(kernel_size, "kernel_size")
+    s = as_tuple(stride, "stride")
+    p = as_tuple(padding, "padding")
+    d = as_tuple(dilation, "dilation")
+    op = as_tuple(output_padding, "output_padding")
+    if any(v < 1 or v % 2 == 0 for v in k):
+        raise ValueError(f"kernel_size must be positive and odd in every dimension, got {k}")
+    if any(v < 1 for v in s):
+        raise ValueError(f"stride must be >= 1, got {s}")
+    if any(v < 1 for v in d):
+        raise ValueError(f"dilation must be >= 1, got {d}")
+    limit = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
+    if any(v < 0 or v > lim for v, lim in zip(p, limit)):
+        raise ValueError(
+            f"padding must be between 0 and dilation*(kernel_size-1)/2 = {limit} "
+            f"(so that the centre tap stays inside the image), got {p}"
+        )
+    if not transposed:
+        if any(v != 0 for v in op):
+            raise ValueError(
+                f"output_padding is only meaningful for transposed operations, got {op}"
+            )
+    elif any(v < 0 or v >= max(ss, dd) for v, ss, dd in zip(op, s, d)):
+        raise ValueError(
+            f"output_padding must be >= 0 and smaller than max(stride, dilation) "
+            f"per dimension, got {op} with stride={s}, dilation={d}"
+        )
+    return Geometry(k, s, p, d, op, bool(transposed))
+
+
+def kernel_geometry(geometry: Geometry) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Stride and padding used to evaluate the adaptive kernel on the guide.
+
+    Forward ops evaluate K with the op's own stride and padding; transposed ops evaluate it on the
+    output grid with stride 1 and centred padding ``d*(k-1)/2``.
+    """
+    if geometry.transposed:
+        return (1,) * len(geometry.kernel_size), geometry.half_span
+    return geometry.stride, geometry.padding
