@@ -330,6 +330,37 @@ def ref_conv_transpose_gather(x, K, weight, bias=None, stride=1, padding=0, dila
     return y
 
 
+def ref_conv_transpose_scatter(x, weight, bias=None, stride=1, padding=0, dilation=1,
+                               output_padding=0):
+    """K = 1 transposed convolution as a scatter: ``y[o, i*s - p + a*d] += W[c, o, a] x[c, i]``.
+
+    ``weight`` is ``(C, C_out, kh, kw)`` (full weights only).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    n, channels, height, width = x.shape
+    c_out, kh, kw = weight.shape[1:]
+    sy, sx = _pair(stride)
+    py, px = _pair(padding)
+    dy, dx = _pair(dilation)
+    opy, opx = _pair(output_padding)
+    out_h = transposed_out_size(height, kh, sy, py, dy, opy)
+    out_w = transposed_out_size(width, kw, sx, px, dx, opx)
+    y = np.zeros((n, c_out, out_h, out_w))
+    for c in range(channels):
+        for o in range(c_out):
+            for iy in range(height):
+                for ix in range(width):
+                    for a in range(kh):
+                        for b in range(kw):
+                            jy, jx = iy * sy - py + a * dy, ix * sx - px + b * dx
+                            if _in_range(jy, jx, out_h, out_w):
+                                y[:, o, jy, jx] += weight[c, o, a, b] * x[:, c, iy, ix]
+    if bias is not None:
+        y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return y
+
+
 def ref_pool(x, K, kernel_size=None, stride=1, padding=0, dilation=1):
     """``y[n,c,i] = sum_a K[n,(c),a,i] x[n,c,i*s-p+a*d]`` (``K=None``: plain sum pooling)."""
     x = np.asarray(x, dtype=np.float64)
