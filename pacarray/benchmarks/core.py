@@ -1,0 +1,161 @@
+"""Core workloads: fused PAC convolution and pooling with a Gaussian adaptive kernel.
+
+* B-conv16: ``pac_conv`` 16 -> 16 channels, 256 x 256, k = 5, padding 2, Gaussian K from an
+  8-channel guide, computed on the fly (the fused ``guide=`` path, what a user gets by default).
+* B-conv64: ``pac_conv`` 64 -> 64 channels, 128 x 128, k = 3, padding 1, same kernel.
+* B-pool: ``pac_pool`` stride 2, k = 5, padding 2, 16 channels, 256 x 256, Gaussian K from an RGB
+  guide, ``normalize="kernel"``.
+
+Peers: PyTorch's ``F.conv2d`` / ``F.avg_pool2d`` at the same shapes (lower bounds: no adaptive
+kernel at all) and :func:`unfold_pac`, PAC written the way a deep-learning framework does it
+(unfold input and guide, kernel from the unfolded guide, multiply, einsum with the weights),
+whose output must equal pacarray's. The targets are those of the project's issue #2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._harness import Case, Context, Peer, Workload
+
+TORCH_MISSING = ("PyTorch peers skipped (turned off, or not installed: "
+                 "pip install 'pacarray[bench]')")
+
+
+def unfold_pac(torch, x, guide, weight, kernel_size: int, *, stride: int = 1, padding: int = 0,
+               normalize: str | None = None):
+    """PAC through ``F.unfold`` + ``einsum``: O(C k^2 H W) memory, as in framework code.
+
+    ``weight=None`` pools (sums the K-weighted taps of each channel). Out-of-range taps get
+    K = 0, as pacarray defines them (this matters for the normalizer only).
+    """
+    functional = torch.nn.functional
+    n, c, h, w = x.shape
+    taps = kernel_size * kernel_size
+    h_out = (h + 2 * padding - kernel_size) // stride + 1
+    w_out = (w + 2 * padding - kernel_size) // stride + 1
+    geometry = dict(kernel_size=kernel_size, padding=padding, stride=stride)
+    columns = functional.unfold(x, **geometry).view(n, c, taps, h_out, w_out)
+    guide_columns = functional.unfold(guide, **geometry).view(n, guide.shape[1], taps, h_out,
+                                                              w_out)
+    centre = guide_columns[:, :, taps // 2: taps // 2 + 1]
+    kernel = torch.exp(-0.5 * (guide_columns - centre).pow(2).sum(1))
+    inside = functional.unfold(x.new_ones(1, 1, h, w), **geometry).view(1, taps, h_out, w_out)
+    kernel = kernel * inside
+    if normalize == "kernel":
+        kernel = kernel / kernel.sum(1, keepdim=True)
+    weighted = columns * kernel[:, None]
+    if weight is None:
+        return weighted.sum(2)
+    return torch.einsum("ncahw,oca->nohw", weighted, weight.reshape(weight.shape[0], c, taps))
+
+
+def _guide(context: Context, channels: int, size: int) -> np.ndarray:
+    # Features whose differences are of order one, as for a colour image divided by its range
+    # bandwidth: kernel values spread over (0, 1] rather than all 1 or all underflowing.
+    rng = np.random.default_rng([context.seed, channels])
+    return (2.0 * rng.random((1, channels, size, size), dtype=np.float32)).astype(np.float32)
+
+
+def _conv_case(context: Context, channels: int, size: int, kernel_size: int,
+               guide_channels: int, conv_target: float, unfold_target: float,
+               memory_target_mb: float | None) -> Case:
+    import pacarray
+
+    if context.quick:
+        size = 24
+    padding = (kernel_size - 1) // 2
+    rng = context.rng()
+    x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
+    guide = _guide(context, guide_channels, size)
+    weight = (rng.standard_normal((channels, channels, kernel_size, kernel_size),
+                                  dtype=np.float32) / np.sqrt(channels * kernel_size**2))
+    weight = weight.astype(np.float32)
+    x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
+    family = pacarray.Gaussian()
+
+    case = Case(
+        call=lambda: pacarray.pac_conv(x_dev, weight_dev, guide=guide_dev, family=family,
+                                       padding=padding),
+        label="pac_conv (fused K)",
+        memory_target_mb=memory_target_mb,
+    )
+    torch = context.torch()
+    if torch is None:
+        case.notes.append(TORCH_MISSING)
+        return case
+    xt, guide_t, weight_t = (context.torch_tensor(torch, a) for a in (x, guide, weight))
+
+    def conv2d():
+        with torch.inference_mode():
+            return torch.nn.functional.conv2d(xt, weight_t, padding=padding)
+
+    def unfold():
+        with torch.inference_mode():
+            return unfold_pac(torch, xt, guide_t, weight_t, kernel_size, padding=padding)
+
+    case.peers += [
+        Peer("torch F.conv2d", conv2d, role="lower bound", target=conv_target),
+        Peer("torch unfold+einsum PAC", unfold, role="same result", target=unfold_target,
+             reference=True),
+    ]
+    return case
+
+
+def build_conv16(context: Context) -> Case:
+    return _conv_case(context, channels=16, size=256, kernel_size=5, guide_channels=8,
+                      conv_target=3.0, unfold_target=1 / 8, memory_target_mb=64.0)
+
+
+def build_conv64(context: Context) -> Case:
+    return _conv_case(context, channels=64, size=128, kernel_size=3, guide_channels=8,
+                      conv_target=2.5, unfold_target=None, memory_target_mb=None)
+
+
+def build_pool(context: Context) -> Case:
+    import pacarray
+
+    size = 24 if context.quick else 256
+    channels, kernel_size, stride, padding = 16, 5, 2, 2
+    rng = context.rng()
+    x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
+    guide = _guide(context, 3, size)
+    x_dev, guide_dev = context.asarray(x), context.asarray(guide)
+    family = pacarray.Gaussian()
+
+    case = Case(
+        call=lambda: pacarray.pac_pool(x_dev, kernel_size, guide=guide_dev, family=family,
+                                       stride=stride, padding=padding, normalize="kernel"),
+        label="pac_pool (fused K)",
+    )
+    torch = context.torch()
+    if torch is None:
+        case.notes.append(TORCH_MISSING)
+        return case
+    xt, guide_t = context.torch_tensor(torch, x), context.torch_tensor(torch, guide)
+
+    def avg_pool2d():
+        with torch.inference_mode():
+            return torch.nn.functional.avg_pool2d(xt, kernel_size, stride=stride,
+                                                  padding=padding, count_include_pad=False)
+
+    def unfold():
+        with torch.inference_mode():
+            return unfold_pac(torch, xt, guide_t, None, kernel_size, stride=stride,
+                              padding=padding, normalize="kernel")
+
+    case.peers += [
+        Peer("torch F.avg_pool2d", avg_pool2d, role="lower bound", target=3.0),
+        Peer("torch unfold PAC pool", unfold, role="same result", reference=True),
+    ]
+    return case
+
+
+WORKLOADS = [
+    Workload("B-conv16", "pac_conv 16->16, 256x256, k=5, Gaussian K from 8 guide channels",
+             build_conv16, devices=("cpu", "gpu")),
+    Workload("B-conv64", "pac_conv 64->64, 128x128, k=3, Gaussian K from 8 guide channels",
+             build_conv64, devices=("cpu", "gpu")),
+    Workload("B-pool", "pac_pool 16 channels, 256x256, k=5, stride 2, normalized Gaussian K "
+             "from RGB", build_pool, devices=("cpu", "gpu")),
+]

@@ -1,0 +1,116 @@
+"""The benchmark harness runs end to end and measures what it claims to."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pacarray.benchmarks import WORKLOAD_MODULES, Case, Peer, Workload, load_workloads
+from pacarray.benchmarks.__main__ import main
+from pacarray.benchmarks._harness import peak_extra_memory_mb, reset_peak_rss, time_case
+
+
+def test_quick_run_end_to_end(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    assert main(["--quick", "--no-peers", "--repeat", "2", "--json", str(results)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(results.read_text())
+    names = [workload.name for workload in load_workloads(WORKLOAD_MODULES)]
+    assert {"B-conv16", "B-conv64", "B-pool"} <= set(names)
+    for name in names:
+        assert name in text
+        entry = report["workloads"][name]
+        assert "error" not in entry, entry
+        (timing,) = entry["timing"]["timings"]  # pacarray alone: peers were turned off
+        assert timing["name"] == "pacarray" and timing["runs"] == 2
+        assert 0 < timing["min_ms"] <= timing["median_ms"] <= timing["max_ms"]
+        assert timing["q1_ms"] <= timing["q3_ms"]
+        peak = entry["memory"]["peak_mb"]["pacarray"]
+        assert peak is None or peak >= 0
+    cold = report["cold"]["Numba cache warm"]
+    assert cold["import_pacarray_s"] > 0
+    assert [call["name"] for call in cold["calls"]] == names
+    assert "cold start" in text and "import pacarray" in text
+
+
+def test_unknown_workload_is_rejected():
+    with pytest.raises(SystemExit, match="nope"):
+        main(["--quick", "--only", "nope"])
+
+
+def test_workload_names_must_be_unique(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("fake_workloads")
+    module.WORKLOADS = [Workload("B-conv16", "a copy", lambda context: None)]
+    monkeypatch.setitem(sys.modules, "fake_workloads", module)
+    with pytest.raises(RuntimeError, match="B-conv16"):
+        load_workloads([*WORKLOAD_MODULES, "fake_workloads"])
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_memory_sees_numpy_and_numba_allocations():
+    import numba
+
+    megabytes = 48
+    count = megabytes * 10**6 // 8
+
+    def numpy_call():
+        return np.ones(count)
+
+    @numba.njit
+    def numba_allocation(n):
+        out = np.empty(n)
+        for i in range(n):
+            out[i] = i
+        return out[:1].copy()  # the big array is freed before returning
+
+    numba_allocation(10)
+    for call in (numpy_call, lambda: numba_allocation(count)):
+        measured = peak_extra_memory_mb(call)
+        assert megabytes * 0.9 < measured < megabytes * 1.5
+    assert peak_extra_memory_mb(lambda: None) < 5
+
+
+def test_time_case_statistics_and_reference_check():
+    values = np.arange(6.0)
+    case = Case(
+        call=lambda: values,
+        label="identity",
+        peers=[Peer("same", lambda: values + 1e-9, reference=True),
+               Peer("different", lambda: values + 1.0, reference=True),
+               Peer("bound", lambda: values[:2])],
+    )
+    result = time_case(case, repeat=5, warmup=1)
+    timings = {entry["name"]: entry for entry in result["timings"]}
+    assert set(timings) == {"pacarray", "same", "different", "bound"}
+    assert all(entry["runs"] == 5 for entry in timings.values())
+    assert result["checks"]["same"]["ok"]
+    assert not result["checks"]["different"]["ok"]
+    assert result["checks"]["different"]["error"] == pytest.approx(1.0 / 5.0)
+    assert "bound" not in result["checks"]
+
+
+@pytest.mark.parametrize("stride, weighted", [(1, True), (2, False), (1, False)])
+def test_unfold_baseline_matches_pacarray(stride, weighted):
+    torch = pytest.importorskip("torch")
+    import pacarray
+    from pacarray.benchmarks.core import unfold_pac
+
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((2, 3, 9, 8))
+    guide = rng.standard_normal((2, 4, 9, 8))
+    weight = rng.standard_normal((5, 3, 3, 3))
+    normalize = None if weighted else "kernel"
+    geometry = dict(stride=stride, padding=1)
+    if weighted:
+        expected = pacarray.pac_conv(x, weight, guide=guide, family=pacarray.Gaussian(),
+                                     **geometry)
+    else:
+        expected = pacarray.pac_pool(x, 3, guide=guide, family=pacarray.Gaussian(),
+                                     normalize=normalize, **geometry)
+    result = unfold_pac(torch, torch.from_numpy(x), torch.from_numpy(guide),
+                        torch.from_numpy(weight) if weighted else None, 3,
+                        normalize=normalize, **geometry).numpy()
+    np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
