@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage
 
-from .. import config
 from . import _numba_kernels as nk
+from .backward import conv_backward, kernel_backward, pool_backward, smooth_backward  # noqa: F401
 
 
 def smooth(guide, weights):
@@ -58,30 +58,13 @@ def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
 
 
 def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
-    """BLAS path: K-weighted patches of a band of rows times ``weight_matrix (C_out, C*T)``."""
-    batch, channels = x.shape[:2]
-    out_h, out_w = out_shape
+    """``y[n,o,i] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,i] x[n,c,src(i,t)]``."""
     kh, kw = geometry.kernel_size
-    rows_per_chunk = max(
-        1, config.WORKSPACE_BYTES // max(1, channels * kh * kw * out_w * x.itemsize)
-    )
-    rows_per_chunk = min(rows_per_chunk, out_h)
     explicit, use_explicit = _explicit(spec, x.dtype)
-    y = np.empty((batch, weight_matrix.shape[0], out_h * out_w), x.dtype)
-    workspace = np.empty((channels * kh * kw, rows_per_chunk * out_w), x.dtype)
-    for n in range(batch):
-        for row_start in range(0, out_h, rows_per_chunk):
-            rows = min(rows_per_chunk, out_h - row_start)
-            patch = workspace[:, : rows * out_w]
-            if rows != rows_per_chunk:
-                patch = np.empty((channels * kh * kw, rows * out_w), x.dtype)
-            nk.patches(
-                x, n, row_start, explicit, use_explicit, spec.guide, spec.centre,
-                *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
-                *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
-                *_kernel_args(spec), spec.fk_count, out_w, patch,
-            )
-            np.matmul(
-                weight_matrix, patch, out=y[n, :, row_start * out_w:(row_start + rows) * out_w]
-            )
-    return y.reshape(batch, weight_matrix.shape[0], out_h, out_w)
+    y = np.empty((x.shape[0], weight_matrix.shape[0], *out_shape), x.dtype)
+    nk.conv_rows(
+        x, weight_matrix, explicit, use_explicit, spec.guide, spec.centre, *spec.guide_shape,
+        kh, kw, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride, *k_padding,
+        geometry.transposed, *_kernel_args(spec), spec.fk_count, y,
+    )
+    return y

@@ -49,6 +49,20 @@ def _tap_range(taps_offset, stride, padding, size_in, size_out):
 
 
 @njit(cache=True)
+def _finish_kernel(out_row, d2, lo, hi, family, alpha, lam, eps2, g):
+    """``out_row[lo:hi] = kappa(d2) * g`` for the Gaussian or inverse-power family."""
+    if family == FAMILY_GAUSSIAN:
+        minus_half = d2.dtype.type(-0.5)
+        for ox in range(lo, hi):
+            out_row[ox] = np.exp(minus_half * d2[ox]) * g
+    else:
+        half_power = d2.dtype.type(0.5) * lam
+        eps2_typed = d2.dtype.type(eps2)
+        for ox in range(lo, hi):
+            out_row[ox] = (alpha + (d2[ox] + eps2_typed) ** half_power) * g
+
+
+@njit(cache=True)
 def kernel_row(
     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
@@ -61,8 +75,9 @@ def kernel_row(
     """
     fk_count = out.shape[0]
     features = guide.shape[1]
+    zero = out.dtype.type(0.0)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
-    centre_dx = dw * ((kw - 1) // 2)
+    centre_off = dw * ((kw - 1) // 2) - kpx
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
         row_ok = qy >= 0 and qy < guide_h
@@ -81,38 +96,40 @@ def kernel_row(
                         out[fk, t, ox] = g
             elif channel_wise:
                 for fk in range(fk_count):
-                    a = alpha[fk]
-                    half_power = 0.5 * lam[fk]
+                    centre_row = centre[n, fk, cy]
+                    guide_row = guide[n, fk, qy]
                     for ox in range(lo, hi):
-                        cx = ox * ksx - kpx + centre_dx
-                        qx = ox * ksx - kpx + tx * dw
-                        diff = centre[n, fk, cy, cx] - guide[n, fk, qy, qx]
-                        if family == FAMILY_GAUSSIAN:
-                            value = np.exp(-0.5 * diff * diff)
-                        else:
-                            if family == FAMILY_INVERSE_ASYMMETRIC and diff < 0:
-                                diff = 0.0
-                            value = a + (diff * diff + eps2) ** half_power
-                        out[fk, t, ox] = value * g
+                        diff = (centre_row[ox * ksx + centre_off]
+                                - guide_row[ox * ksx + tx * dw - kpx])
+                        if family == FAMILY_INVERSE_ASYMMETRIC:
+                            diff = zero if diff < zero else diff
+                        scratch[ox] = diff * diff
+                    _finish_kernel(out[fk, t], scratch, lo, hi, family, alpha[fk], lam[fk],
+                                   eps2, g)
             else:
                 for ox in range(lo, hi):
                     scratch[ox] = 0.0
                 for f in range(features):
-                    for ox in range(lo, hi):
-                        cx = ox * ksx - kpx + centre_dx
-                        qx = ox * ksx - kpx + tx * dw
-                        diff = centre[n, f, cy, cx] - guide[n, f, qy, qx]
-                        if family == FAMILY_INVERSE_ASYMMETRIC and diff < 0:
-                            diff = 0.0
-                        scratch[ox] += diff * diff
-                if family == FAMILY_GAUSSIAN:
-                    for ox in range(lo, hi):
-                        out[0, t, ox] = np.exp(-0.5 * scratch[ox]) * g
-                else:
-                    a = alpha[0]
-                    half_power = 0.5 * lam[0]
-                    for ox in range(lo, hi):
-                        out[0, t, ox] = (a + (scratch[ox] + eps2) ** half_power) * g
+                    centre_row = centre[n, f, cy]
+                    guide_row = guide[n, f, qy]
+                    if ksx == 1:
+                        # unit stride: contiguous rows, so the loop vectorizes
+                        c_row = centre_row[centre_off + lo:]
+                        g_row = guide_row[tx * dw - kpx + lo:]
+                        d2_row = scratch[lo:]
+                        for j in range(hi - lo):
+                            diff = c_row[j] - g_row[j]
+                            if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
+                                diff = zero
+                            d2_row[j] += diff * diff
+                    else:
+                        for ox in range(lo, hi):
+                            diff = (centre_row[ox * ksx + centre_off]
+                                    - guide_row[ox * ksx + tx * dw - kpx])
+                            if family == FAMILY_INVERSE_ASYMMETRIC:
+                                diff = zero if diff < zero else diff
+                            scratch[ox] += diff * diff
+                _finish_kernel(out[0, t], scratch, lo, hi, family, alpha[0], lam[0], eps2, g)
 
     if normalize == NORMALIZE_NONE:
         for fk in range(fk_count):
@@ -340,3 +357,114 @@ def patches(
                             patch[prow, col + ox] = kbuf[kc, t, ox] * x[n, c, iy, ox * sx + base]
                         for ox in range(hi, out_w):
                             patch[prow, col + ox] = 0.0
+
+
+_ROW_BLOCK = 16
+
+
+@njit(cache=True)
+def _fill_forward(row, k_row, x_row, base, stride, in_w):
+    """``row[o] = k_row[o] * x_row[o*stride + base]`` where that index is in range, else 0."""
+    out_w = row.shape[0]
+    lo, hi = _tap_range(base, stride, 0, in_w, out_w)
+    for ox in range(lo):
+        row[ox] = 0.0
+    if stride == 1:
+        # unit stride: contiguous slices, so the loop vectorizes
+        x_part = x_row[lo + base:]
+        row_part = row[lo:]
+        k_part = k_row[lo:]
+        for j in range(hi - lo):
+            row_part[j] = k_part[j] * x_part[j]
+    else:
+        for ox in range(lo, hi):
+            row[ox] = k_row[ox] * x_row[ox * stride + base]
+    for ox in range(hi, out_w):
+        row[ox] = 0.0
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _accumulate_block(acc, weight_matrix, block, first, count):
+    """``acc[o, :] += sum_j weight_matrix[o, first + j] * block[j, :]`` for ``j < count``."""
+    out_channels, width = acc.shape
+    j = 0
+    while j + 4 <= count:
+        v0 = block[j]
+        v1 = block[j + 1]
+        v2 = block[j + 2]
+        v3 = block[j + 3]
+        for o in range(out_channels):
+            w0 = weight_matrix[o, first + j]
+            w1 = weight_matrix[o, first + j + 1]
+            w2 = weight_matrix[o, first + j + 2]
+            w3 = weight_matrix[o, first + j + 3]
+            a = acc[o]
+            for ox in range(width):
+                a[ox] += w0 * v0[ox] + w1 * v1[ox] + w2 * v2[ox] + w3 * v3[ox]
+        j += 4
+    while j < count:
+        v0 = block[j]
+        for o in range(out_channels):
+            w0 = weight_matrix[o, first + j]
+            a = acc[o]
+            for ox in range(width):
+                a[ox] += w0 * v0[ox]
+        j += 1
+
+
+@njit(cache=True, parallel=True)
+def conv_rows(
+    x, weight_matrix, explicit, use_explicit, guide, centre, guide_h, guide_w,
+    kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
+    y,
+):
+    """``y[n,o,row] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,row] x[n,c,src]``, row by row.
+
+    The K-weighted patch rows of one output row are formed in a small block (``_ROW_BLOCK`` rows
+    of ``Wo``) and folded into an ``(C_out, Wo)`` accumulator at once, so nothing larger than a
+    row is ever materialized and no BLAS call competes with Numba's threads.
+    """
+    batch, channels, in_h, in_w = x.shape
+    out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    taps = kh * kw
+    total = channels * taps
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oy = job % out_h
+        kbuf = np.empty((fk_count, taps, out_w), y.dtype)
+        z = np.empty((fk_count, out_w), y.dtype)
+        scratch = np.empty(out_w, y.dtype)
+        _row_kernel(
+            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
+            ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+            normalize, channel_wise, kbuf, z, scratch,
+        )
+        acc = np.zeros((out_channels, out_w), y.dtype)
+        block = np.empty((_ROW_BLOCK, out_w), y.dtype)
+        filled = 0
+        first = 0
+        for c in range(channels):
+            kc = c if fk_count > 1 else 0
+            for ty in range(kh):
+                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                for tx in range(kw):
+                    t = ty * kw + tx
+                    row = block[filled]
+                    if iy < 0:
+                        for ox in range(out_w):
+                            row[ox] = 0.0
+                    elif transposed:
+                        for ox in range(out_w):
+                            ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
+                            row[ox] = kbuf[kc, t, ox] * x[n, c, iy, ix] if ix >= 0 else 0.0
+                    else:
+                        _fill_forward(row, kbuf[kc, t], x[n, c, iy], tx * dw - px, sx, in_w)
+                    filled += 1
+                    if filled == _ROW_BLOCK or first + filled == total:
+                        _accumulate_block(acc, weight_matrix, block, first, filled)
+                        first += filled
+                        filled = 0
+        for o in range(out_channels):
+            for ox in range(out_w):
+                y[n, o, oy, ox] = acc[o, ox]
