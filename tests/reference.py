@@ -207,15 +207,9 @@ def ref_kernel(
     return kernel, valid
 
 
-def _full_weight(weight, channels):
-    """A shared (1, 1, kh, kw) filter as the equivalent diagonal (C, C, kh, kw) weight."""
-    weight = np.asarray(weight, dtype=np.float64)
-    if weight.shape[:2] == (1, 1) and channels != 1:
-        full = np.zeros((channels, channels) + weight.shape[2:])
-        for c in range(channels):
-            full[c, c] = weight[0, 0]
-        return full
-    return weight
+def _is_shared(weight, channels):
+    """A (1, 1, kh, kw) filter applied to each of ``channels`` > 1 channels separately."""
+    return weight.shape[:2] == (1, 1) and channels != 1
 
 
 def ref_conv(x, K, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -225,8 +219,9 @@ def ref_conv(x, K, weight, bias=None, stride=1, padding=0, dilation=1):
     """
     x = np.asarray(x, dtype=np.float64)
     n, channels, height, width = x.shape
-    weight = _full_weight(weight, channels)
-    c_out = weight.shape[0]
+    weight = np.asarray(weight, dtype=np.float64)
+    shared = _is_shared(weight, channels)
+    c_out = channels if shared else weight.shape[0]
     kh, kw = weight.shape[2:]
     sy, sx = _pair(stride)
     py, px = _pair(padding)
@@ -247,7 +242,10 @@ def ref_conv(x, K, weight, bias=None, stride=1, padding=0, dilation=1):
                     tap = x[:, :, qy, qx]
                     if K is not None:
                         tap = K[:, :, a, b, i, j] * tap  # (N,1) or (N,C) broadcast
-                    y[:, :, i, j] += tap @ weight[:, :, a, b].T
+                    if shared:  # per channel: no 0 * NaN leaking across channels
+                        y[:, :, i, j] += weight[0, 0, a, b] * tap
+                    else:
+                        y[:, :, i, j] += tap @ weight[:, :, a, b].T
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
     return y
@@ -300,9 +298,8 @@ def ref_conv_transpose_gather(x, K, weight, bias=None, stride=1, padding=0, dila
     x = np.asarray(x, dtype=np.float64)
     n, channels, height, width = x.shape
     weight = np.asarray(weight, dtype=np.float64)
-    if weight.shape[:2] == (1, 1) and channels != 1:
-        weight = _full_weight(weight, channels)  # diagonal, so no transpose issue
-    c_out = weight.shape[1]
+    shared = _is_shared(weight, channels)
+    c_out = channels if shared else weight.shape[1]
     kh, kw = weight.shape[2:]
     sy, sx = _pair(stride)
     py, px = _pair(padding)
@@ -324,7 +321,10 @@ def ref_conv_transpose_gather(x, K, weight, bias=None, stride=1, padding=0, dila
                     tap = x[:, :, iy, ix]
                     if K is not None:
                         tap = K[:, :, kh - 1 - a, kw - 1 - b, j, jj] * tap
-                    y[:, :, j, jj] += tap @ weight[:, :, a, b]
+                    if shared:
+                        y[:, :, j, jj] += weight[0, 0, a, b] * tap
+                    else:
+                        y[:, :, j, jj] += tap @ weight[:, :, a, b]
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
     return y
