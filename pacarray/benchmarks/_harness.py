@@ -422,6 +422,9 @@ def machine_summary() -> str:
     parts = [f"{platform.system()} {platform.machine()}", f"{os.cpu_count()} CPUs",
              f"Python {platform.python_version()}", f"numpy {np.__version__}",
              f"numba {numba.__version__}"]
+    if hasattr(os, "getloadavg"):
+        # Other processes on the machine skew the timings; say how busy it was.
+        parts.append("load average %.1f" % os.getloadavg()[0])
     try:
         from importlib.metadata import version
 
