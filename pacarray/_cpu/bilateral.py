@@ -8,11 +8,13 @@ time against OpenCV, so it is organised for speed:
   Rows are processed top to bottom inside a band, the lower end of a pair being accumulated into a
   ring of ``radius + 1`` row accumulators; bands run in parallel and recompute the pairs that cross
   their upper edge (``radius`` rows of halo).
-* Taps whose neighbour lies outside the image are one-sided: the neighbour index is mapped by the
-  border mode (no padded copy of the image is made) and only the centre pixel accumulates.
-* Channels are passed as tuples of 2-D planes, so their count is a compile-time constant, the
-  channel loops unroll, and the loop over columns is the innermost loop and vectorizes. Column
-  indices are unsigned so that Numba emits no negative-index wraparound selects.
+* Each band copies its rows into a small planar buffer padded by ``radius`` rows and columns
+  filled by the border mode: the input may have any layout (channels last, say), no padded or
+  planar copy of the whole image is made, and every loop over columns is a contiguous run.
+  Taps whose neighbour lies outside the image are one-sided: only the centre pixel accumulates.
+* Channels come as tuples of 2-D planes, so their count is a compile-time constant, the channel
+  loops unroll, and the loop over columns is the innermost loop and vectorizes. Column indices
+  are unsigned so that Numba emits no negative-index wraparound selects.
 * The spatial and the range weight share one exponential, ``exp(log G[tap] - c * d2)``, evaluated
   by a branch-free polynomial (Numba's ``np.exp`` runs scalar without Intel SVML).
 
@@ -139,17 +141,20 @@ def _map_index(i, n, mode):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _run(values, guide, acc, slot, y, y_neighbour, x0, dx, n, log_weight, range_coef, l1,
-         accumulate, weights):
-    """Weights of pixels (y, x0 .. x0+n-1) with neighbours (y_neighbour, x + dx), all inside the
-    image; stored in ``weights[:n]`` and, if ``accumulate``, added to row ``slot`` of ``acc``."""
+def _run(value_planes, guide_planes, values, guide, acc, slot, row, row_neighbour, x0, dx, n,
+         pad, log_weight, range_coef, l1, accumulate, weights):
+    """Weights of pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in
+    buffer rows and image columns (buffer column = image column + pad); stored in
+    ``weights[:n]`` and, if ``accumulate``, added to ``acc[slot]``. The plane tuples only carry
+    the channel counts as compile-time constants."""
     zero = weights.dtype.type(0.0)
     for i in range(n):
         xs = np.uintp(x0 + i)
-        xn = np.uintp(x0 + dx + i)
+        bs = np.uintp(x0 + pad + i)
+        bn = np.uintp(x0 + pad + dx + i)
         d = zero
-        for c in range(len(guide)):
-            diff = guide[c][y_neighbour, xn] - guide[c][y, xs]
+        for c in range(len(guide_planes)):
+            diff = guide[c, row_neighbour, bn] - guide[c, row, bs]
             d += abs(diff) if l1 else diff * diff
         if l1:
             d = d * d
@@ -157,100 +162,85 @@ def _run(values, guide, acc, slot, y, y_neighbour, x0, dx, n, log_weight, range_
         weights[i] = w
         if accumulate:
             acc[slot, 0, xs] += w
-            for c in range(len(values)):
-                acc[slot, 1 + c, xs] += w * values[c][y_neighbour, xn]
+            for c in range(len(value_planes)):
+                acc[slot, 1 + c, xs] += w * values[c, row_neighbour, bn]
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _scatter(values, acc, slot, y, x0, dx, n, weights):
-    """The other end of the pairs of ``_run``: pixel (y, x0 + i) into column x0 + dx + i of row
-    ``slot`` of ``acc``."""
+def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, weights):
+    """The other end of the pairs of ``_run``: pixel (row, x0 + i) into column x0 + dx + i of
+    ``acc[slot]``."""
     for i in range(n):
-        xs = np.uintp(x0 + i)
+        bs = np.uintp(x0 + pad + i)
         xt = np.uintp(x0 + dx + i)
         w = weights[i]
         acc[slot, 0, xt] += w
-        for c in range(len(values)):
-            acc[slot, 1 + c, xt] += w * values[c][y, xs]
+        for c in range(len(value_planes)):
+            acc[slot, 1 + c, xt] += w * values[c, row, bs]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _run_constant(values, guide, acc, slot, y, x0, n, log_weight, range_coef, l1, cval):
-    """Pixels (y, x0 .. x0+n-1) whose neighbour is outside the image, mode "constant"."""
-    zero = acc.dtype.type(0.0)
-    for i in range(n):
-        xs = np.uintp(x0 + i)
-        d = zero
-        for c in range(len(guide)):
-            diff = cval - guide[c][y, xs]
-            d += abs(diff) if l1 else diff * diff
-        if l1:
-            d = d * d
-        w = exp_nonpositive(log_weight - range_coef * d)
-        acc[slot, 0, xs] += w
-        for c in range(len(values)):
-            acc[slot, 1 + c, xs] += w * cval
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _one_sided_row(values, guide, acc, slot, y, dy, dx, log_weight, range_coef, l1, mode, cval,
-                   weights):
-    """Every pixel of row y whose neighbour (y + dy, x + dx) lies outside the image."""
-    height, width = values[0].shape
-    y_neighbour = _map_index(y + dy, height, mode)
-    row_outside = y_neighbour != y + dy
-    if row_outside and y_neighbour < 0:
-        if mode == MODE_CONSTANT:
-            _run_constant(values, guide, acc, slot, y, 0, width, log_weight, range_coef, l1,
-                          cval)
-        return
-    x0 = min(max(0, -dx), width)
-    x1 = max(min(width, width - dx), x0)
-    if row_outside:
-        _run(values, guide, acc, slot, y, y_neighbour, x0, dx, x1 - x0, log_weight,
-             range_coef, l1, True, weights)
-    # Columns whose neighbour needs mapping: at most |dx| on each side, one at a time.
-    for run_start, run_stop in ((0, x0), (x1, width)):
-        for x in range(run_start, run_stop):
-            x_neighbour = _map_index(x + dx, width, mode)
-            if x_neighbour >= 0:
-                _run(values, guide, acc, slot, y, y_neighbour, x, x_neighbour - x, 1,
-                     log_weight, range_coef, l1, True, weights)
-            elif mode == MODE_CONSTANT:
-                _run_constant(values, guide, acc, slot, y, x, 1, log_weight, range_coef, l1,
-                              cval)
+@njit(cache=True)
+def _fill_rows(planes, buffer, top, pad, mode, cval):
+    """Buffer (c, j, pad + x) <- image (c, top + j, x), rows and columns outside the image mapped
+    by the border mode ("constant": cval; "exclude": never read, left as cval)."""
+    height, width = planes[0].shape
+    for j in range(buffer.shape[1]):
+        y = _map_index(top + j, height, mode)
+        for c in range(len(planes)):
+            if y < 0:
+                buffer[c, j, :] = cval
+                continue
+            buffer[c, j, pad:pad + width] = planes[c][y, :]
+            for b in range(pad):
+                for x_buffer, x in ((b, b - pad), (pad + width + b, width + b)):
+                    x_image = _map_index(x, width, mode)
+                    buffer[c, j, x_buffer] = planes[c][y, x_image] if x_image >= 0 else cval
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def bilateral_planes(values, guide, out, pair_dy, pair_dx, pair_log_weight, side_dy, side_dx,
-                     side_log_weight, params, l1, mode, n_bands):
+def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last, out_offset,
+                     pair_dy, pair_dx, pair_log_weight, side_dy, side_dx, side_log_weight, params,
+                     l1, mode, band_height):
     """Bilateral filter of one image given as planes.
 
-    values: tuple of C (H, W) C-contiguous planes; guide: tuple of G (H, W) C-contiguous planes of
-    the same dtype (may be ``values`` itself); out: tuple of C (H, W) planes, any strides.
-    pair_*: the taps (dy, dx) with dy > 0, or dy == 0 and dx > 0, and their log spatial weights
-    (finite, <= 0); side_*: all taps but the centre. The centre tap has weight 1.
-    params: [range_coef, cval] in the planes' dtype; the range weight is exp(-range_coef * d2).
-    l1: d2 is (sum of |differences| over the guide channels)^2 instead of their sum of squares.
-    mode: a MODE_* code. n_bands: number of row bands processed in parallel.
+    value_planes: tuple of C (H, W) planes; guide_planes: tuple of G (H, W) planes of the same
+    dtype; any strides. same_guide: the guide is ``value_planes`` (then read once).
+    out: (H, W, C_out) if ``channels_last`` else (C_out, H, W); value channel c goes to output
+    channel out_offset + c. pair_*: the taps (dy, dx) with dy > 0, or dy == 0 and dx > 0, and
+    their log spatial weights (finite, <= 0); side_*: all taps but the centre. The centre tap
+    has weight 1. params: [range_coef, cval] in the planes' dtype; the range weight is
+    exp(-range_coef * d2). l1: d2 is (sum over guide channels of |differences|)^2 instead of
+    the sum of squares. mode: a MODE_* code. band_height: rows per parallel task.
     """
-    height, width = values[0].shape
-    n_values = len(values)
+    height, width = value_planes[0].shape
+    n_values = len(value_planes)
+    dtype = value_planes[0].dtype
     range_coef = params[0]
     cval = params[1]
-    radius_y = 0
-    for t in range(pair_dy.shape[0]):
-        radius_y = max(radius_y, pair_dy[t])
-    n_slots = radius_y + 1
-    band_height = (height + n_bands - 1) // n_bands
+    pad = 0
+    for t in range(side_dy.shape[0]):
+        pad = max(pad, abs(side_dy[t]), abs(side_dx[t]))
+    n_slots = pad + 1
+    n_bands = (height + band_height - 1) // band_height
     for band in prange(n_bands):
         b0 = band * band_height
         b1 = min(height, b0 + band_height)
-        acc = np.zeros((n_slots, n_values + 1, width), dtype=values[0].dtype)
-        weights = np.empty(width, dtype=values[0].dtype)
-        for y in range(max(0, b0 - radius_y), b1):
+        top = b0 - pad
+        shape = (n_values, b1 - b0 + 2 * pad, width + 2 * pad)
+        values = np.empty(shape, dtype=dtype)
+        _fill_rows(value_planes, values, top, pad, mode, cval)
+        if same_guide:
+            guide = values
+        else:
+            guide = np.empty((len(guide_planes),) + shape[1:], dtype=dtype)
+            _fill_rows(guide_planes, guide, top, pad, mode, cval)
+        acc = np.zeros((n_slots, n_values + 1, width), dtype=dtype)
+        weights = np.empty(width, dtype=dtype)
+        for y in range(max(0, top), b1):
+            row = y - top
             slot = y % n_slots
             in_band = y >= b0
+            # Pairs of pixels inside the image, each computed once for both ends.
             for t in range(pair_dy.shape[0]):
                 dy = pair_dy[t]
                 dx = pair_dx[t]
@@ -262,21 +252,39 @@ def bilateral_planes(values, guide, out, pair_dy, pair_dx, pair_log_weight, side
                 n = min(width, width - dx) - x0
                 if n <= 0:
                     continue
-                _run(values, guide, acc, slot, y, y_target, x0, dx, n, pair_log_weight[t],
-                     range_coef, l1, in_band, weights)
+                _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy, x0, dx,
+                     n, pad, pair_log_weight[t], range_coef, l1, in_band, weights)
                 if to_target:
-                    _scatter(values, acc, y_target % n_slots, y, x0, dx, n, weights)
+                    _scatter(value_planes, values, acc, y_target % n_slots, row, x0, dx, n, pad,
+                             weights)
             if not in_band:
                 continue
-            for t in range(side_dy.shape[0]):
-                _one_sided_row(values, guide, acc, slot, y, side_dy[t], side_dx[t],
-                               side_log_weight[t], range_coef, l1, mode, cval, weights)
+            # One-sided taps, whose neighbour is outside the image (read from the padding).
+            if mode != MODE_EXCLUDE:
+                for t in range(side_dy.shape[0]):
+                    dy = side_dy[t]
+                    dx = side_dx[t]
+                    log_weight = side_log_weight[t]
+                    x0 = min(max(0, -dx), width)
+                    x1 = max(min(width, width - dx), x0)
+                    if not 0 <= y + dy < height:
+                        _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy,
+                             0, dx, width, pad, log_weight, range_coef, l1, True, weights)
+                        continue
+                    _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy,
+                         0, dx, x0, pad, log_weight, range_coef, l1, True, weights)
+                    _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy,
+                         x1, dx, width - x1, pad, log_weight, range_coef, l1, True, weights)
             for x in range(width):
-                # The centre tap: weight exp(0) = 1, or NaN when the guide is not finite there.
-                w = acc.dtype.type(1.0)
-                for c in range(len(guide)):
-                    w += 0 * guide[c][y, x]
+                # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite.
+                w = dtype.type(1.0)
+                for c in range(len(guide_planes)):
+                    w += 0 * guide[c, row, pad + x]
                 inverse = 1 / (acc[slot, 0, x] + w)
                 for c in range(n_values):
-                    out[c][y, x] = (acc[slot, 1 + c, x] + w * values[c][y, x]) * inverse
+                    value = (acc[slot, 1 + c, x] + w * values[c, row, pad + x]) * inverse
+                    if channels_last:
+                        out[y, x, out_offset + c] = value
+                    else:
+                        out[out_offset + c, y, x] = value
             acc[slot] = 0
