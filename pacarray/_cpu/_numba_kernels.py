@@ -280,6 +280,7 @@ def direct(
             ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
             normalize, channel_wise, kbuf, z, scratch,
         )
+        phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
         for c in range(channels):
             kc = c if fk_count > 1 else 0
             for ox in range(out_w):
@@ -288,6 +289,8 @@ def direct(
                 iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
                 if iy < 0:
                     continue
+                if sx > 1 and not transposed:
+                    _deinterleave(x[n, c, iy], sx, phases)
                 for tx in range(kw):
                     t = ty * kw + tx
                     w = tap_weight[ty, tx]
@@ -297,10 +300,8 @@ def direct(
                             if ix >= 0:
                                 scratch[ox] += w * kbuf[kc, t, ox] * x[n, c, iy, ix]
                     else:
-                        lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
-                        base = tx * dw - px
-                        for ox in range(lo, hi):
-                            scratch[ox] += w * kbuf[kc, t, ox] * x[n, c, iy, ox * sx + base]
+                        _accumulate_forward(scratch, w, kbuf[kc, t], x[n, c, iy], phases,
+                                            tx * dw - px, sx, in_w)
             for ox in range(out_w):
                 y[n, c, oy, ox] = scratch[ox]
 
@@ -363,24 +364,52 @@ _ROW_BLOCK = 16
 
 
 @njit(cache=True)
-def _fill_forward(row, k_row, x_row, base, stride, in_w):
+def _deinterleave(x_row, stride, phases):
+    """``phases[r, j] = x_row[j*stride + r]``: strided reads become contiguous ones."""
+    width = x_row.shape[0]
+    for r in range(stride):
+        count = (width - r + stride - 1) // stride
+        dst = phases[r]
+        for j in range(count):
+            dst[j] = x_row[j * stride + r]
+
+
+@njit(cache=True)
+def _row_source(x_row, phases, stride, base):
+    """A contiguous array ``a`` and offset ``s`` with ``x_row[o*stride + base] == a[o + s]``."""
+    if stride == 1:
+        return x_row, base
+    phase = base % stride
+    return phases[phase], (base - phase) // stride
+
+
+@njit(cache=True)
+def _fill_forward(row, k_row, x_row, phases, base, stride, in_w):
     """``row[o] = k_row[o] * x_row[o*stride + base]`` where that index is in range, else 0."""
     out_w = row.shape[0]
     lo, hi = _tap_range(base, stride, 0, in_w, out_w)
     for ox in range(lo):
         row[ox] = 0.0
-    if stride == 1:
-        # unit stride: contiguous slices, so the loop vectorizes
-        x_part = x_row[lo + base:]
-        row_part = row[lo:]
-        k_part = k_row[lo:]
-        for j in range(hi - lo):
-            row_part[j] = k_part[j] * x_part[j]
-    else:
-        for ox in range(lo, hi):
-            row[ox] = k_row[ox] * x_row[ox * stride + base]
+    src, offset = _row_source(x_row, phases, stride, base)
+    x_part = src[lo + offset:]
+    row_part = row[lo:]
+    k_part = k_row[lo:]
+    for j in range(hi - lo):
+        row_part[j] = k_part[j] * x_part[j]
     for ox in range(hi, out_w):
         row[ox] = 0.0
+
+
+@njit(cache=True)
+def _accumulate_forward(acc, weight, k_row, x_row, phases, base, stride, in_w):
+    """``acc[o] += weight * k_row[o] * x_row[o*stride + base]`` where that index is in range."""
+    lo, hi = _tap_range(base, stride, 0, in_w, acc.shape[0])
+    src, offset = _row_source(x_row, phases, stride, base)
+    x_part = src[lo + offset:]
+    acc_part = acc[lo:]
+    k_part = k_row[lo:]
+    for j in range(hi - lo):
+        acc_part[j] += weight * k_part[j] * x_part[j]
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
@@ -442,12 +471,15 @@ def conv_rows(
         )
         acc = np.zeros((out_channels, out_w), y.dtype)
         block = np.empty((_ROW_BLOCK, out_w), y.dtype)
+        phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
         filled = 0
         first = 0
         for c in range(channels):
             kc = c if fk_count > 1 else 0
             for ty in range(kh):
                 iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                if iy >= 0 and sx > 1 and not transposed:
+                    _deinterleave(x[n, c, iy], sx, phases)
                 for tx in range(kw):
                     t = ty * kw + tx
                     row = block[filled]
@@ -459,7 +491,8 @@ def conv_rows(
                             ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
                             row[ox] = kbuf[kc, t, ox] * x[n, c, iy, ix] if ix >= 0 else 0.0
                     else:
-                        _fill_forward(row, kbuf[kc, t], x[n, c, iy], tx * dw - px, sx, in_w)
+                        _fill_forward(row, kbuf[kc, t], x[n, c, iy], phases, tx * dw - px, sx,
+                                      in_w)
                     filled += 1
                     if filled == _ROW_BLOCK or first + filled == total:
                         _accumulate_block(acc, weight_matrix, block, first, filled)
