@@ -20,8 +20,8 @@ RELATIVE_TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 def _assert_close(actual, expected, dtype):
     """Compare ``actual`` with ``expected`` (float64 oracle) at ``dtype``'s tolerance.
 
-    The error is ``max|a - e| / max(max|e|, tiny)``; shapes and the dtype must agree and NaNs
-    must sit in the same places (the comparison then ignores them).
+    The error is ``max|a - e| / max(max|e|, tiny)`` over the finite entries of ``expected``;
+    shapes and the dtype must agree, and NaN / +-Inf must sit in the same places.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected, dtype=np.float64)
@@ -29,16 +29,18 @@ def _assert_close(actual, expected, dtype):
     assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype} != expected {np.dtype(dtype)}"
     tolerance = RELATIVE_TOLERANCE[np.dtype(dtype)]
     actual64 = actual.astype(np.float64)
-    nan_actual, nan_expected = np.isnan(actual64), np.isnan(expected)
-    assert np.array_equal(nan_actual, nan_expected), (
-        f"NaN positions differ: actual {np.argwhere(nan_actual).tolist()}, "
-        f"expected {np.argwhere(nan_expected).tolist()}"
+    finite = np.isfinite(expected)
+    # NaN and +-Inf must sit in the same places with the same values (IEEE propagation).
+    assert np.array_equal(actual64[~finite], expected[~finite], equal_nan=True) and np.all(
+        np.isfinite(actual64[finite])
+    ), (
+        f"non-finite values differ: actual at {np.argwhere(~np.isfinite(actual64)).tolist()}, "
+        f"expected at {np.argwhere(~finite).tolist()}"
     )
-    keep = ~nan_expected
-    if not keep.any():
+    if not finite.any():
         return
-    scale = max(float(np.max(np.abs(expected[keep]))), np.finfo(np.float64).tiny)
-    error = float(np.max(np.abs(actual64[keep] - expected[keep]))) / scale
+    scale = max(float(np.max(np.abs(expected[finite]))), np.finfo(np.float64).tiny)
+    error = float(np.max(np.abs(actual64[finite] - expected[finite]))) / scale
     assert error <= tolerance, (
         f"max relative error {error:.3e} > {tolerance:.0e} (dtype {np.dtype(dtype)}, "
         f"scale {scale:.3e})"
