@@ -1,0 +1,511 @@
+"""The CUDA kernels, run on the CPU through the host-emulation harness, against the oracle.
+
+The same ``.cu`` files that CuPy compiles are compiled with g++ against
+``tests/cuda_emulation/cuda_emulation.h`` (see DESIGN section 5). The public functions are then
+called on NumPy arrays with the dispatch pointed at the CUDA backend's code running on the
+emulator, so the launch planning of ``pacarray._cuda`` (grids, index types, argument packing,
+chunking of the cuBLAS path, which NumPy's matmul stands in for) is exercised too. Sizes are
+small and odd, grids have several blocks and a partial last one, and some cases shrink the
+block and the grid so that the kernels' grid-stride loops go round several times.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import pacarray
+import pacarray._dispatch as dispatch
+from cuda_emulation import emulator as emu
+from pacarray._cuda import _loader, launch
+from reference import (
+    ref_conv,
+    ref_conv_transpose,
+    ref_kernel,
+    ref_pool,
+    ref_spatial_window,
+)
+
+pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="g++ is not installed")
+
+DTYPES = [np.float64, np.float32]
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    library = emu.build(
+        tmp_path_factory.mktemp("cuda_emulation"), [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS
+    )
+    return emu.Emulator(library)
+
+
+@pytest.fixture(params=["forward", "reverse"])
+def order(request):
+    return request.param
+
+
+@pytest.fixture
+def cuda_backend(emulator, order, monkeypatch):
+    """Route NumPy arrays to the CUDA backend's code on the emulator; yields the emulator."""
+    runtime = emu.EmulatedRuntime(emulator, reverse=order == "reverse")
+    module = emu.emulated_backend(runtime)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(dispatch._BACKEND_MODULES, "numpy", module.__name__)
+    emulator.launches.clear()
+    return emulator
+
+
+# --------------------------------------------------------------------------------------------
+# Cases
+
+# name -> (public family, oracle family keywords); "pc" families need channel_wise and F == 2.
+FAMILIES = {
+    "gaussian": (pacarray.Gaussian(), dict(family="gaussian")),
+    "inverse": (
+        pacarray.InversePower(0.5, -1.0, eps=1e-2),
+        dict(family="inverse_power", alpha=0.5, lambda_=-1.0, eps=1e-2),
+    ),
+    "inverse_asym": (
+        pacarray.InversePower(0.2, 2.0, eps=0.1, asymmetric=True),
+        dict(family="inverse_power", alpha=0.2, lambda_=2.0, eps=0.1, asymmetric=True),
+    ),
+    "inverse_asym_pc": (
+        pacarray.InversePower((0.1, 0.5), (-1.0, 0.5), eps=0.05, asymmetric=True),
+        dict(family="inverse_power", alpha=np.array([0.1, 0.5]), lambda_=np.array([-1.0, 0.5]),
+             eps=0.05, asymmetric=True),
+    ),
+    "none": (None, dict(family=None)),
+}
+
+# family, normalize, mask, smooth, spatial, channel_wise
+OPTIONS = [
+    ("gaussian", "kernel", False, None, "gauss", False),
+    ("gaussian", None, True, "gaussian", None, False),
+    ("inverse", "mask_kernel", True, ("average", 3), "disk", False),
+    ("inverse_asym_pc", "kernel", False, None, None, True),
+    ("gaussian", "mask", True, None, "disk", True),
+    ("none", "kernel", False, None, None, False),
+    ("none", "mask", True, None, "gauss", False),
+    ("inverse_asym", None, False, "user", None, False),
+]
+
+# kernel_size, stride, padding, dilation, (H, W)
+FORWARD_GEOMETRIES = [
+    (3, 1, 1, 1, (9, 11)),
+    (3, 2, 1, 1, (8, 7)),
+    (5, 1, 2, 1, (7, 6)),
+    ((3, 5), (2, 1), (1, 2), (1, 2), (9, 13)),
+    (3, 3, 0, 2, (11, 10)),
+    (1, 1, 0, 1, (5, 4)),
+    ((5, 3), (1, 2), (2, 0), 1, (6, 9)),
+    (3, 2, 2, 2, (7, 9)),
+]
+
+# kernel_size, stride, padding, dilation, output_padding, input (H, W)
+TRANSPOSED_GEOMETRIES = [
+    (3, 2, 1, 1, 1, (4, 5)),
+    (5, 3, 2, 1, 2, (3, 4)),
+    ((3, 5), (2, 1), (1, 2), (2, 1), (1, 0), (4, 3)),
+    (3, 1, 1, 1, 0, (5, 6)),
+    (3, 2, 0, 2, 1, (3, 4)),
+    ((5, 3), (1, 3), (2, 1), 1, (0, 2), (5, 3)),
+    (1, 2, 0, 1, 1, (3, 3)),
+    (3, 3, 1, 2, 2, (3, 2)),
+]
+
+USER_SMOOTH = np.array([[0.0, 0.1, 0.0], [0.2, 0.4, 0.1], [0.0, 0.2, 0.0]])
+
+
+def _pair(value):
+    return (value, value) if np.ndim(value) == 0 else tuple(value)
+
+
+def _spatial(kind, kernel_size, dilation):
+    if kind is None:
+        return None
+    if kind == "gauss":
+        return ref_spatial_window(kernel_size, sigma=1.3, dilation=dilation)
+    if kind == "disk":
+        return ref_spatial_window(kernel_size, sigma=2.0, window="disk", dilation=dilation)
+    raise ValueError(kind)
+
+
+def _mask(rng, shape):
+    """Values in [0, 1] with a zero corner larger than any kernel footprint (so Z == 0 occurs)."""
+    mask = rng.random(shape) * (rng.random(shape) > 0.3)
+    mask[..., :4, :5] = 0.0
+    return mask
+
+
+def _rounded(array, dtype):
+    """``array`` rounded to ``dtype`` and back: the oracle sees exactly the values pacarray gets."""
+    return None if array is None else np.asarray(array, dtype).astype(np.float64)
+
+
+def _cast(value, dtype):
+    return None if value is None else np.asarray(value, dtype)
+
+
+def _setup(rng, options, kernel_size, dilation, guide_shape, channels, dtype):
+    """Keywords for pacarray (arrays of ``dtype``) and the oracle (the same values, float64)."""
+    family_name, normalize, with_mask, smooth, spatial_kind, channel_wise = options
+    family, oracle_family = FAMILIES[family_name]
+    batch = 2
+    features = channels if channel_wise else 2
+    guide = None
+    if family is not None:
+        guide = _rounded(1.5 * rng.random((batch, features, *guide_shape)), dtype)
+    mask = _rounded(_mask(rng, (batch, 1, *guide_shape)), dtype) if with_mask else None
+    smooth = USER_SMOOTH if smooth == "user" else smooth
+    spatial = _rounded(_spatial(spatial_kind, kernel_size, dilation), dtype)
+    public = dict(guide=_cast(guide, dtype), family=family, smooth=smooth,
+                  spatial_weight=_cast(spatial, dtype), mask=_cast(mask, dtype),
+                  normalize=normalize, channel_wise=channel_wise)
+    oracle = dict(oracle_family, smooth=smooth, spatial_weight=spatial, mask=mask,
+                  normalize=normalize, channel_wise=channel_wise)
+    oracle_guide = guide if guide is not None else np.zeros((batch, 1, *guide_shape))
+    return public, oracle, oracle_guide
+
+
+def _cases(geometries):
+    """Options crossed with geometries cyclically (two passes, shifted), dtypes alternating."""
+    cases = []
+    for i in range(2 * len(OPTIONS)):
+        options = OPTIONS[i % len(OPTIONS)]
+        geometry = geometries[(i + i // len(OPTIONS)) % len(geometries)]
+        cases.append(pytest.param(i, options, geometry, DTYPES[i % 2], id=f"case{i}"))
+    return cases
+
+
+def _small_grid(index, monkeypatch):
+    """Every third case: 32-thread blocks and at most 3 of them, so grid-stride loops repeat."""
+    if index % 3 == 2:
+        monkeypatch.setattr(launch, "BLOCK_THREADS", 32)
+        monkeypatch.setattr(launch, "MAX_BLOCKS", 3)
+
+
+# --------------------------------------------------------------------------------------------
+# pac_kernel
+
+
+@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES))
+def test_kernel_fill_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index, options,
+                                    geometry, dtype):
+    kernel_size, stride, padding, dilation, shape = geometry
+    if options[0] == "none":
+        options = ("gaussian", *options[1:])
+    _small_grid(index, monkeypatch)
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, shape, 2, dtype)
+    public.pop("guide")
+    K, valid = pacarray.pac_kernel(
+        _cast(guide, dtype), kernel_size, stride=stride, padding=padding, dilation=dilation,
+        return_validity=True, **public,
+    )
+    expected_K, expected_valid = ref_kernel(
+        guide, kernel_size, stride=stride, padding=padding, dilation=dilation, **oracle
+    )
+    assert_close(K, expected_K, dtype)
+    assert valid.dtype == np.bool_
+    np.testing.assert_array_equal(valid, expected_valid)
+    assert {name.split("<")[0] for name in cuda_backend.launches} == {"pac_fill"}
+
+
+@pytest.mark.parametrize("index, options, geometry, dtype", _cases(TRANSPOSED_GEOMETRIES)[:6])
+def test_kernel_fill_transposed_matches_oracle(cuda_backend, assert_close, rng, index, options,
+                                               geometry, dtype):
+    kernel_size, stride, padding, dilation, output_padding, shape = geometry
+    if options[0] == "none":
+        options = ("inverse", *options[1:])
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, (7, 6), 2, dtype)
+    public.pop("guide")
+    K = pacarray.pac_kernel(
+        _cast(guide, dtype), kernel_size, stride=stride, padding=padding, dilation=dilation,
+        output_padding=output_padding, transposed=True, **public,
+    )
+    expected, _ = ref_kernel(guide, kernel_size, dilation=dilation, transposed=True, **oracle)
+    assert_close(K, expected, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# pac_pool and shared filters (pac_direct, depthwise)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["fused", "explicit"])
+@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES))
+def test_pool_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index, options,
+                             geometry, dtype, explicit):
+    kernel_size, stride, padding, dilation, shape = geometry
+    _small_grid(index, monkeypatch)
+    channels = 2 if options[5] else 3
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, shape, channels, dtype)
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    K, _ = ref_kernel(guide, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      **oracle)
+    expected = ref_pool(x, K, stride=stride, padding=padding, dilation=dilation)
+    geometry_kw = dict(stride=stride, padding=padding, dilation=dilation)
+    if explicit:
+        y = pacarray.pac_pool(_cast(x, dtype), kernel_size, kernel=_cast(K, dtype), **geometry_kw)
+    else:
+        y = pacarray.pac_pool(_cast(x, dtype), kernel_size, **geometry_kw, **public)
+    assert_close(y, expected, dtype)
+    assert {name.split("<")[0] for name in cuda_backend.launches} == {"pac_direct"}
+
+
+@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES)[:8])
+def test_shared_filter_conv_matches_oracle(cuda_backend, assert_close, rng, index, options,
+                                           geometry, dtype):
+    kernel_size, stride, padding, dilation, shape = geometry
+    channels = 2 if options[5] else 3
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, shape, channels, dtype)
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    weight = _rounded(rng.standard_normal((1, 1, *_pair(kernel_size))), dtype)
+    bias = _rounded(rng.standard_normal(channels), dtype)
+    K, _ = ref_kernel(guide, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      **oracle)
+    expected = ref_conv(x, K, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    y = pacarray.pac_conv(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype),
+                          stride=stride, padding=padding, dilation=dilation, **public)
+    assert_close(y, expected, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# pac_conv and pac_conv_transpose: the direct kernel and the patches x weights path
+
+CONV_PATHS = ["direct", "patches", "patch-bands"]
+
+
+def _force_path(path, monkeypatch, patch_rows, out_w, itemsize):
+    """Select the conv path: the direct kernel, or patches x weights in whole images or bands."""
+    if path == "direct":
+        return
+    monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+    if path == "patch-bands":
+        # Two output rows per band: several bands per image, the last one partial when odd.
+        monkeypatch.setattr(launch, "WORKSPACE_BYTES", 2 * patch_rows * out_w * itemsize)
+
+
+def _check_path(path, launches):
+    kernels = [name.split("<")[0] for name in launches]
+    if path == "direct":
+        assert set(kernels) == {"pac_direct"}
+    else:
+        assert set(kernels) == {"pac_patches"}
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES))
+def test_conv_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index, options,
+                             geometry, dtype, path):
+    kernel_size, stride, padding, dilation, shape = geometry
+    _small_grid(index, monkeypatch)
+    channels = 2 if options[5] else 3
+    out_channels = 5
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, shape, channels, dtype)
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    weight = _rounded(rng.standard_normal((out_channels, channels, *_pair(kernel_size))), dtype)
+    bias = _rounded(rng.standard_normal(out_channels), dtype) if index % 2 else None
+    K, _ = ref_kernel(guide, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      **oracle)
+    expected = ref_conv(x, K, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    out_w = expected.shape[-1]
+    _force_path(path, monkeypatch, channels * weight[0, 0].size, out_w, np.dtype(dtype).itemsize)
+    geometry_kw = dict(stride=stride, padding=padding, dilation=dilation)
+    if index % 4 == 3:
+        y = pacarray.pac_conv(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype),
+                              kernel=_cast(K, dtype), **geometry_kw)
+    else:
+        y = pacarray.pac_conv(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype),
+                              **geometry_kw, **public)
+    assert_close(y, expected, dtype)
+    _check_path(path, cuda_backend.launches)
+    if path == "patch-bands":
+        out_h = expected.shape[2]
+        assert len(cuda_backend.launches) == (2 * -(-out_h // 2) if out_h > 2 else 1)
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("index, options, geometry, dtype", _cases(TRANSPOSED_GEOMETRIES))
+def test_conv_transpose_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index,
+                                       options, geometry, dtype, path):
+    kernel_size, stride, padding, dilation, output_padding, shape = geometry
+    _small_grid(index, monkeypatch)
+    channels = 2 if options[5] else 3
+    out_channels = 4
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    weight = _rounded(rng.standard_normal((channels, out_channels, *_pair(kernel_size))), dtype)
+    bias = _rounded(rng.standard_normal(out_channels), dtype) if index % 2 == 0 else None
+    out_shape = tuple(
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, k, s, p, d, op in zip(shape, _pair(kernel_size), _pair(stride), _pair(padding),
+                                     _pair(dilation), _pair(output_padding))
+    )
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, out_shape, channels,
+                                   dtype)
+    K, _ = ref_kernel(guide, kernel_size, dilation=dilation, transposed=True, **oracle)
+    expected = ref_conv_transpose(x, K, weight, bias, stride=stride, padding=padding,
+                                  dilation=dilation, output_padding=output_padding)
+    _force_path(path, monkeypatch, channels * weight[0, 0].size, out_shape[1],
+                np.dtype(dtype).itemsize)
+    geometry_kw = dict(stride=stride, padding=padding, dilation=dilation,
+                       output_padding=output_padding)
+    if index % 4 == 1:
+        y = pacarray.pac_conv_transpose(_cast(x, dtype), _cast(weight, dtype),
+                                        _cast(bias, dtype), kernel=_cast(K, dtype),
+                                        **geometry_kw)
+    else:
+        y = pacarray.pac_conv_transpose(_cast(x, dtype), _cast(weight, dtype),
+                                        _cast(bias, dtype), **geometry_kw, **public)
+    assert_close(y, expected, dtype)
+    _check_path(path, cuda_backend.launches)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_groups_whole_images_per_product(cuda_backend, assert_close, rng, monkeypatch,
+                                              dtype):
+    """Five images, two per chunk: three pac_patches launches, the last chunk partial."""
+    x = rng.standard_normal((5, 3, 6, 7))
+    guide = rng.random((5, 2, 6, 7))
+    weight = rng.standard_normal((6, 3, 3, 3))
+    itemsize = np.dtype(dtype).itemsize
+    monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+    monkeypatch.setattr(launch, "WORKSPACE_BYTES", 2 * 27 * 6 * 7 * itemsize)
+    y = pacarray.pac_conv(_cast(x, dtype), _cast(weight, dtype), guide=_cast(guide, dtype),
+                          padding=1, normalize="kernel")
+    K, _ = ref_kernel(guide, 3, padding=1, normalize="kernel")
+    assert_close(y, ref_conv(x, K, weight, padding=1), dtype)
+    assert [name.split("<")[0] for name in cuda_backend.launches] == ["pac_patches"] * 3
+
+
+# --------------------------------------------------------------------------------------------
+# Index types, special values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_64_bit_instantiations_give_the_same_numbers(cuda_backend, assert_close, rng,
+                                                     monkeypatch, dtype):
+    """With the 32-bit limit lowered to 0 every launch takes the ``long long`` kernels."""
+    x = rng.standard_normal((2, 3, 7, 9))
+    guide = rng.random((2, 3, 7, 9))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    results = {}
+    for limit in (launch.INT32_MAX, 0):
+        monkeypatch.setattr(launch, "INT32_MAX", limit)
+        cuda_backend.launches.clear()
+        K = pacarray.pac_kernel(_cast(guide, dtype), 3, padding=1, normalize="kernel")
+        pool = pacarray.pac_pool(_cast(x, dtype), 3, guide=_cast(guide, dtype), padding=1,
+                                 normalize="kernel", channel_wise=True)
+        direct = pacarray.pac_conv(_cast(x, dtype), _cast(weight, dtype), kernel=K, padding=1)
+        monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+        patches = pacarray.pac_conv(_cast(x, dtype), _cast(weight, dtype), kernel=K, padding=1)
+        monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 64)
+        index = "long long" if limit == 0 else "int"
+        assert all(name.endswith(f", {index}>") for name in cuda_backend.launches)
+        results[limit] = (K, pool, direct, patches)
+    expected_K, _ = ref_kernel(guide, 3, padding=1, normalize="kernel")
+    expected_pool = ref_pool(
+        x, ref_kernel(guide, 3, padding=1, normalize="kernel", channel_wise=True)[0], padding=1
+    )
+    expected_conv = ref_conv(x, expected_K, weight, padding=1)
+    for K, pool, direct, patches in results.values():
+        assert_close(K, expected_K, dtype)
+        assert_close(pool, expected_pool, dtype)
+        assert_close(direct, expected_conv, dtype)
+        assert_close(patches, expected_conv, dtype)
+
+
+def test_nan_propagates_and_zero_normalizer_gives_zero(cuda_backend, rng):
+    x = rng.standard_normal((1, 1, 8, 8))
+    x[0, 0, 6, 6] = np.nan
+    mask = np.ones((1, 1, 8, 8))
+    mask[..., :4, :4] = 0.0
+    y = pacarray.pac_pool(x, 3, padding=1, mask=mask, normalize="mask")
+    expected = ref_pool(x, ref_kernel(np.zeros((1, 1, 8, 8)), 3, padding=1, family=None,
+                                      mask=mask, normalize="mask")[0], padding=1)
+    assert np.array_equal(np.isnan(y), np.isnan(expected))
+    assert np.isnan(y[0, 0, 5:8, 5:8]).all() and np.isnan(y).sum() == 9
+    assert (y[0, 0, :3, :3] == 0.0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# The harness itself
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_harness_block_reduction_with_barriers_and_shuffles(emulator, order, rng, dtype):
+    x = rng.random(1000).astype(dtype)
+    out = np.zeros(4, dtype)
+    emulator.launch(f"selftest_block_sum<{'float' if dtype == np.float32 else 'double'}>",
+                    4, 256, (x, np.int32(1000), out), reverse=order == "reverse")
+    expected = np.add.reduceat(x.astype(np.float64), [0, 256, 512, 768])
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_harness_exposes_a_missing_barrier(emulator, rng):
+    """The rotation through shared memory is right with the barrier in both resume orders, and
+    wrong without it in at least one."""
+    x = rng.random(384)
+    expected = np.roll(x.reshape(3, 128), -1, axis=1).ravel()
+    wrong_orders = 0
+    for reverse in (False, True):
+        out = np.zeros_like(x)
+        emulator.launch("selftest_rotate", 3, 128, (x, out), reverse=reverse)
+        np.testing.assert_array_equal(out, expected)
+        out = np.zeros_like(x)
+        emulator.launch("selftest_rotate_missing_barrier", 3, 128, (x, out), reverse=reverse)
+        wrong_orders += not np.array_equal(out, expected)
+    assert wrong_orders >= 1
+
+
+def test_harness_warp_allreduce(emulator, order, rng):
+    x = rng.random(96)
+    out = np.zeros_like(x)
+    emulator.launch("selftest_warp_allreduce", 1, 96, (x, out), reverse=order == "reverse")
+    np.testing.assert_allclose(out, np.repeat(x.reshape(3, 32).sum(axis=1), 32), rtol=1e-13)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("selftest_divergent_barrier", "__syncthreads reached by 7 of 64 threads"),
+    ("selftest_divergent_shuffle", "warp shuffle reached by only some lanes"),
+])
+def test_harness_reports_divergent_synchronization(emulator, name, message):
+    with pytest.raises(emu.EmulationError, match=message):
+        emulator.launch(name, 2, 64, (np.zeros(64, np.int32),))
+
+
+def test_harness_rejects_barriers_in_kernels_declared_barrier_free(emulator):
+    with pytest.raises(emu.EmulationError, match="not declared synchronizing"):
+        emulator.launch("selftest_rotate as barrier-free", 1, 32, (np.zeros(32), np.zeros(32)))
+
+
+def test_harness_checks_argument_types(emulator):
+    x = np.zeros(64)
+    with pytest.raises(emu.EmulationError, match="do not match the parameters 'pip'"):
+        emulator.launch("selftest_block_sum<double>", 1, 64, (x, np.int64(64), x))
+    with pytest.raises(emu.EmulationError, match="do not match"):
+        emulator.launch("selftest_block_sum<double>", 1, 64, (x, np.int32(64)))
+    with pytest.raises(TypeError, match="NumPy scalars"):
+        emulator.launch("selftest_block_sum<double>", 1, 64, (x, 64, x))
+
+
+def test_every_kernel_instantiation_is_emulated(cuda_backend, rng, monkeypatch):
+    """Each instantiation the CuPy loader compiles runs at least once here (both float types,
+    both index types, every kernel)."""
+    x = rng.standard_normal((1, 2, 5, 6))
+    guide = rng.random((1, 2, 5, 6))
+    weight = rng.standard_normal((3, 2, 3, 3))
+    for limit in (launch.INT32_MAX, 0):
+        monkeypatch.setattr(launch, "INT32_MAX", limit)
+        for dtype in DTYPES:
+            xd, gd, wd = (_cast(a, dtype) for a in (x, guide, weight))
+            pacarray.pac_kernel(gd, 3, padding=1)
+            pacarray.pac_pool(xd, 3, guide=gd, padding=1)
+            monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+            pacarray.pac_conv(xd, wd, guide=gd, padding=1)
+            monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 64)
+    compiled = {expression for filename in _loader.KERNELS
+                for expression in _loader.name_expressions(filename)}
+    emulated = set(cuda_backend.launches)
+    assert emulated == compiled
+    print(f"\nemulated {len(emulated)} kernel instantiations: {sorted(emulated)}")
