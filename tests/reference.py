@@ -140,7 +140,7 @@ def ref_kernel(
 
     ``family`` is ``"gaussian"``, ``"inverse_power"`` or ``None`` (kappa = 1, the no-kernel
     path; then only the guide's shape matters). Returns ``(K, valid)``, ``K`` of shape
-    ``(N, 1|F, kh, kw, Ho, Wo)``, ``valid`` ``(N, 1|F, Ho, Wo)`` (``Z > 0``).
+    ``(N, 1|F, kh, kw, Ho, Wo)``, ``valid`` ``(N, 1|F, Ho, Wo)`` (``Z != 0``).
     """
     guide = np.asarray(guide, dtype=np.float64)
     n, f, height, width = guide.shape
@@ -201,7 +201,7 @@ def ref_kernel(
         z = z_mask_kernel
     else:
         raise ValueError(normalize)
-    valid = z > 0
+    valid = z != 0
     safe_z = np.where(valid, z, 1.0)
     kernel = np.where(valid[:, :, None, None], numerator / safe_z[:, :, None, None], 0.0)
     return kernel, valid

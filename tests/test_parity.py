@@ -624,3 +624,20 @@ def test_many_channels_and_small_workspace(rng, assert_close, monkeypatch, dtype
     else:
         plain_expected = ref_conv(x, None, weight, bias, stride, padding, dilation)
     assert_close(plain, plain_expected, dtype)
+
+
+def test_negative_normalizer_still_divides(assert_close):
+    """Z < 0 (negative spatial weights) is not Z == 0: K is divided by it and stays valid."""
+    guide = np.zeros((1, 1, 1, 3))
+    spatial = np.array([[-1.0, -2.0, -1.0]])
+    K, valid = pacarray.pac_kernel(
+        guide, (1, 3), padding=(0, 1), spatial_weight=spatial, normalize="kernel",
+        return_validity=True,
+    )
+    ref_K, ref_valid = ref_kernel(
+        guide, (1, 3), padding=(0, 1), spatial_weight=spatial, normalize="kernel"
+    )
+    assert valid.all() and ref_valid.all()
+    assert_close(K, ref_K, np.float64)
+    # every window sums to 1, including the border ones with two in-range taps
+    assert np.allclose(K.sum(axis=(2, 3)), 1.0)
