@@ -288,3 +288,96 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
                     else:
                         out[out_offset + c, y, x] = value
             acc[slot] = 0
+
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channels_last, factor_y,
+                        factor_x, pad_x, row_log_weight, column_log_weight, params):
+    """Joint bilateral upsampling, one output row per task.
+
+    low_expanded: (C, h, w * factor_x + 2 * pad_x), the low-resolution samples repeated
+    ``factor_x`` times along each row (sample j covers expanded columns pad_x + j * factor_x ...);
+    guide_expanded: (G, h, same) the guide read at the samples' positions, expanded alike;
+    guide_planes: tuple of G (H, W) planes of the high-resolution guide (any strides).
+    out: (H, W, C) if ``channels_last`` else (C, H, W).
+    row_log_weight: (T, H), the log spatial weight of sample row y // factor_y + t - (T-1)/2 for
+    output row y, -inf outside the window or the image; column_log_weight: (T, W) alike for
+    columns. params: [range_coef] in the dtype of the arrays.
+    Where every weight of a pixel underflows, the weights are recomputed relative to the largest
+    one, so that the result is the limit of the exact formula instead of 0/0.
+    """
+    n_values = low_expanded.shape[0]
+    height, width = guide_planes[0].shape
+    n_taps = row_log_weight.shape[0]
+    half = (n_taps - 1) // 2
+    range_coef = params[0]
+    dtype = low_expanded.dtype
+    zero = dtype.type(0.0)
+    minus_inf = dtype.type(-np.inf)
+    for y in prange(height):
+        acc = np.zeros((n_values + 1, width), dtype=dtype)
+        centre = np.empty((len(guide_planes), width), dtype=dtype)
+        for c in range(len(guide_planes)):
+            centre[c, :] = guide_planes[c][y, :]
+        for ti in range(n_taps):
+            log_weight_y = row_log_weight[ti, y]
+            if log_weight_y == minus_inf:
+                continue
+            i = y // factor_y + ti - half
+            for tj in range(n_taps):
+                offset = pad_x + (tj - half) * factor_x
+                log_weight_x = column_log_weight[tj]
+                for x in range(width):
+                    xs = np.uintp(x)
+                    xn = np.uintp(x + offset)
+                    d = zero
+                    for c in range(len(guide_planes)):
+                        diff = guide_expanded[c, i, xn] - centre[c, xs]
+                        d += diff * diff
+                    lw = log_weight_x[xs]
+                    w = exp_nonpositive(log_weight_y + lw - range_coef * d)
+                    w = w if lw != minus_inf else zero
+                    acc[0, xs] += w
+                    for c in range(n_values):
+                        acc[1 + c, xs] += w * low_expanded[c, i, xn]
+        for x in range(width):
+            total = acc[0, x]
+            if total == 0:
+                _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, factor_y,
+                                factor_x, pad_x, row_log_weight, column_log_weight, range_coef)
+                total = acc[0, x]
+            inverse = 1 / total
+            for c in range(n_values):
+                if channels_last:
+                    out[y, x, c] = acc[1 + c, x] * inverse
+                else:
+                    out[c, y, x] = acc[1 + c, x] * inverse
+
+
+@njit(cache=True)
+def _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, factor_y, factor_x, pad_x,
+                    row_log_weight, column_log_weight, range_coef):
+    """Weights of one pixel as exp(a - max a): the same ratios, no underflow."""
+    n_taps = row_log_weight.shape[0]
+    half = (n_taps - 1) // 2
+    largest = -np.inf
+    for pass_ in range(2):
+        for ti in range(n_taps):
+            for tj in range(n_taps):
+                log_weight = row_log_weight[ti, y] + column_log_weight[tj, x]
+                if log_weight == -np.inf:
+                    continue
+                i = y // factor_y + ti - half
+                xn = x + pad_x + (tj - half) * factor_x
+                d = 0.0
+                for c in range(centre.shape[0]):
+                    diff = guide_expanded[c, i, xn] - centre[c, x]
+                    d += diff * diff
+                argument = log_weight - range_coef * d
+                if pass_ == 0:
+                    largest = max(largest, argument)
+                    continue
+                w = np.exp(argument - largest)
+                acc[0, x] += w
+                for c in range(low_expanded.shape[0]):
+                    acc[1 + c, x] += w * low_expanded[c, i, xn]

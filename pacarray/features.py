@@ -1,0 +1,171 @@
+"""Feature stacks for pixel-adaptive filtering, and the dtype policy of the image filters.
+
+Gaussian filtering in the joint colour/position space (the "W = 1" special case of PAC) is a
+``pac_pool`` whose guide stacks the colours divided by a colour bandwidth and the pixel
+coordinates divided by a spatial bandwidth: the Gaussian kernel on that guide is
+``exp(-|colour difference|^2 / (2 sigma_color^2) - |offset|^2 / (2 sigma_spatial^2))``, the
+bilateral weight. :func:`color_position_features` builds that guide; CRF pairwise kernels reuse it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _arrays
+from ._dispatch import namespace, select_backend
+
+__all__ = ["color_position_features"]
+
+
+def _as_float_image(xp, image, name: str = "image"):
+    """The image filters' dtype policy, in one place for every filter and backend.
+
+    bool, integer and float16 arrays are computed in float32; float32 and float64 stay as they
+    are (no copy). Complex and non-numeric arrays raise ``TypeError`` naming ``name``. Integer
+    images keep their values (a uint8 image stays in [0, 255]; choose ``sigma_color``
+    accordingly): no rescaling, unlike ``skimage.img_as_float``.
+    """
+    array = _arrays.convert(xp, image, name)
+    if array.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        raise TypeError(f"{name}: extended precision {array.dtype} is not supported; use float64")
+    if array.dtype.kind != "f" or array.dtype.itemsize < 4:
+        return array.astype(np.float32)
+    return array
+
+
+def _float_result_dtype(*arrays):
+    """Computation dtype of several policy-converted arrays: float64 if any is float64."""
+    return np.result_type(*[a.dtype for a in arrays if a is not None])
+
+
+def _channels_first(image, channel_axis, name: str = "image"):
+    """``(C, H, W)`` view of a 2-D image (``channel_axis=None``) or of a 3-D image with its
+    channels along ``channel_axis``; returns the view and the normalized axis."""
+    if channel_axis is None:
+        if image.ndim != 2:
+            raise ValueError(
+                f"{name} must be 2-D (H, W) when channel_axis is None, got shape "
+                f"{tuple(image.shape)}; pass channel_axis for a multichannel image"
+            )
+        planar = image[None]
+    else:
+        if image.ndim != 3:
+            raise ValueError(
+                f"{name} must be 3-D when channel_axis is given, got shape {tuple(image.shape)}"
+            )
+        if not isinstance(channel_axis, (int, np.integer)) or isinstance(channel_axis, bool):
+            raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}")
+        if not -3 <= channel_axis < 3:
+            raise ValueError(
+                f"channel_axis must be in [-3, 2] for a 3-D {name}, got {channel_axis}"
+            )
+        channel_axis = int(channel_axis) % 3
+        planar = image.transpose([channel_axis] + [a for a in range(3) if a != channel_axis])
+    if 0 in planar.shape:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
+    return planar, channel_axis
+
+
+def _channels_back(xp, planar, channel_axis):
+    """Inverse of :func:`_channels_first` for a result computed as ``(C, H, W)``."""
+    if channel_axis is None:
+        return planar[0]
+    return xp.moveaxis(planar, 0, channel_axis)
+
+
+def _positive_scalar(value, name: str, *, allow_none: bool = False) -> float | None:
+    """A finite, strictly positive float (sigmas and bandwidths)."""
+    if value is None and allow_none:
+        return None
+    number = _arrays.finite_scalar(value, name)
+    if number <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None):
+    """Guide features for Gaussian filtering in the joint colour/position space.
+
+    Stacks the image's channels divided by ``sigma_color`` and the row and column coordinates
+    divided by ``sigma_spatial``. A Gaussian kernel on these features (``pacarray.Gaussian``,
+    ``pac_kernel``/``pac_pool`` with ``guide=``) is the bilateral weight
+    ``exp(-|I_p - I_q|^2 / (2 sigma_color^2) - |p - q|^2 / (2 sigma_spatial^2))`` with no
+    separate spatial weight (the "W = 1" special case of PAC), and the appearance kernel of a
+    dense CRF.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W) or with a channel axis
+        Colours (NumPy or CuPy). Integer and float16 images are converted to float32 first.
+    sigma_spatial : float
+        Spatial bandwidth in pixels, > 0.
+    sigma_color : float or sequence of float
+        Colour bandwidth in image units, > 0; one value, or one per channel.
+    channel_axis : int or None, default None
+        Axis of the colour channels; ``None`` for a grayscale 2-D image.
+
+    Returns
+    -------
+    features : ndarray, shape (1, C + 2, H, W)
+        A batch of one, ready to pass as ``guide``: channels ``0 .. C-1`` are the colours,
+        ``C`` the row and ``C + 1`` the column coordinate, each scaled. float32 unless the image
+        is float64.
+
+    Raises
+    ------
+    ValueError
+        Non-positive or non-finite bandwidths, wrong ``channel_axis``, empty image.
+    TypeError
+        Complex or non-numeric image.
+
+    See Also
+    --------
+    pacarray.pac_pool, pacarray.filters.bilateral_filter
+
+    Notes
+    -----
+    Filtering with this guide, ``pac_pool(x, k, guide=features, normalize="kernel")``, equals a
+    bilateral filter with a square window of ``k`` taps and a Gaussian spatial weight of standard
+    deviation ``sigma_spatial``, because
+    ``exp(-1/2 |f_p - f_q|^2)`` factorizes into the colour and the position terms [1]_.
+
+    References
+    ----------
+    .. [1] P. Krähenbühl and V. Koltun, "Efficient inference in fully connected CRFs with
+       Gaussian edge potentials", NIPS 2011. (Appearance kernel on (position, colour) features.)
+    .. [2] C. Tomasi and R. Manduchi, "Bilateral filtering for gray and color images",
+       ICCV 1998, :doi:`10.1109/ICCV.1998.710815`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pacarray.features import color_position_features
+    >>> rgb = np.zeros((4, 5, 3), dtype=np.float32)
+    >>> f = color_position_features(rgb, sigma_spatial=2.0, sigma_color=0.1, channel_axis=-1)
+    >>> f.shape, f.dtype
+    ((1, 5, 4, 5), dtype('float32'))
+    >>> float(f[0, 3, 2, 0]), float(f[0, 4, 0, 4])   # row 2 / 2.0, column 4 / 2.0
+    (1.0, 2.0)
+    """
+    xp = namespace(select_backend(image=image))
+    image = _as_float_image(xp, image)
+    planar, _ = _channels_first(image, channel_axis)
+    channels, height, width = planar.shape
+    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
+    colour_scale = np.atleast_1d(np.asarray(sigma_color, dtype=np.float64))
+    if colour_scale.ndim != 1 or colour_scale.size not in (1, channels):
+        raise ValueError(
+            f"sigma_color must be a scalar or have one entry per channel ({channels}), got "
+            f"{sigma_color!r}"
+        )
+    if not np.all(np.isfinite(colour_scale)) or np.any(colour_scale <= 0):
+        raise ValueError(f"sigma_color must be finite and > 0, got {sigma_color!r}")
+    dtype = image.dtype
+    features = xp.empty((1, channels + 2, height, width), dtype=dtype)
+    scale = xp.asarray(np.broadcast_to(1.0 / colour_scale, (channels,)), dtype=dtype)
+    features[0, :channels] = planar * scale[:, None, None]
+    features[0, channels] = (xp.arange(height, dtype=dtype) / dtype.type(sigma_spatial))[:, None]
+    features[0, channels + 1] = (xp.arange(width, dtype=dtype) / dtype.type(sigma_spatial))[None]
+    return features
