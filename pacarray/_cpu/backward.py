@@ -1,0 +1,278 @@
+"""CPU backward passes: drivers of the Numba kernels in ``_numba_backward`` (plus BLAS).
+
+Like the forward functions of this backend, these take already-validated, C-contiguous arrays of
+one float dtype and never validate. The CUDA backend mirrors the same names, signatures and
+return values:
+
+``kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide)``
+    VJP of ``materialize_kernel``. ``grad_kernel`` has shape ``(N, Fk, T, Ho, Wo)``.
+    Returns a :class:`KernelGrads`.
+
+``pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding,``
+``need_x, need_weight, need_kernel, need_guide)``
+    VJP of ``pool`` (``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]``).
+    Returns ``(grad_x, grad_tap_weight, grad_explicit, kernel_grads)``.
+
+``conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,``
+``need_x, need_weight, need_kernel, need_guide)``
+    VJP of ``conv`` (``y[n,o,i] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,i] x[n,c,src]``).
+    Returns ``(grad_x, grad_weight_matrix, grad_explicit, kernel_grads)``.
+
+``smooth_backward(grad_centre, guide, weights, need_weights)``
+    VJP of ``smooth``: returns ``(grad_guide, grad_weights)``.
+
+Conventions: ``grad_y`` is ``(N, C_out, Ho, Wo)``; ``grad_x`` has ``x``'s shape;
+``grad_tap_weight`` is ``(kh, kw)`` and ``grad_weight_matrix`` has ``weight_matrix``'s shape,
+both indexed exactly as the forward indexes them (the front end undoes any flip). The
+``need_*`` flags skip work: an output that is not needed is ``None``. ``grad_explicit``
+(``(N, Fk, T, Ho, Wo)``) is returned on the explicit path when ``need_kernel``;
+``kernel_grads`` on the fused path when ``need_kernel`` (``need_guide`` additionally asks for
+the guide and centre parts, the expensive ones).
+
+All results are deterministic: bands of output rows with a fixed partition (see the kernels'
+module docstring), per-row partial sums reduced by NumPy in a fixed order, and BLAS products
+over fixed chunks accumulated in chunk order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.ndimage
+
+from .. import config
+from . import _numba_backward as nb
+
+__all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "smooth_backward"]
+
+
+class KernelGrads(NamedTuple):
+    """Gradients reaching the inputs of a fused adaptive kernel.
+
+    ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour features and
+    through the centre features (before smoothing; the front end applies ``smooth_backward``);
+    ``None`` unless ``need_guide``. ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is
+    ``(kh, kw)``, ``mask`` is ``(N, H, W)`` (``None`` without a mask).
+    """
+
+    guide: object
+    centre: object
+    alpha: object
+    lam: object
+    spatial: object
+    mask: object
+
+
+def _kernel_args(spec):
+    return (
+        spec.family, spec.alpha, spec.lam, spec.eps2, spec.spatial.reshape(-1), spec.mask,
+        spec.has_mask, spec.normalize, spec.channel_wise,
+    )
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _band_height(kernel_size, dilation, k_stride, stride=None, transposed=False):
+    """Rows per band so that bands two apart never touch the same input/guide/mask row.
+
+    Band rows ``[b0, b1)`` read guide rows up to ``(b1-1)*ks + reach`` and the band after next
+    starts reading at ``(b1+h)*ks``: disjoint when ``h*ks >= reach``. A transposed op's input
+    rows follow ``i*s = o + p - a*d``, which needs ``h >= reach``.
+    """
+    reach = (kernel_size[0] - 1) * dilation[0]
+    height = _ceil_div(reach, k_stride[0])
+    if stride is not None:
+        height = max(height, reach if transposed else _ceil_div(reach, stride[0]))
+    return max(1, height)
+
+
+class _KernelBuffers(NamedTuple):
+    guide: np.ndarray
+    centre: np.ndarray
+    mask: np.ndarray
+    alpha_rows: np.ndarray
+    lam_rows: np.ndarray
+    spatial_rows: np.ndarray
+
+
+def _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide):
+    """Zeroed accumulators for the fused kernel's gradients (small dummies when unused)."""
+    fused = need_kernel and not spec.use_explicit
+    guide_shape = spec.guide.shape if fused and need_guide else (1, 1, 1, 1)
+    mask_shape = spec.mask.shape if fused and spec.has_mask else (1, 1, 1)
+    rows = (batch, out_h) if fused else (1, 1)
+    return _KernelBuffers(
+        np.zeros(guide_shape, dtype), np.zeros(guide_shape, dtype), np.zeros(mask_shape, dtype),
+        np.zeros((*rows, spec.fk_count), dtype), np.zeros((*rows, spec.fk_count), dtype),
+        np.zeros((*rows, taps), dtype),
+    )
+
+
+def _kernel_result(spec, buffers, kernel_size, need_guide):
+    return KernelGrads(
+        guide=buffers.guide if need_guide else None,
+        centre=buffers.centre if need_guide else None,
+        alpha=buffers.alpha_rows.sum(axis=(0, 1)),
+        lam=buffers.lam_rows.sum(axis=(0, 1)),
+        spatial=buffers.spatial_rows.sum(axis=(0, 1)).reshape(kernel_size),
+        mask=buffers.mask if spec.has_mask else None,
+    )
+
+
+def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide):
+    """VJP of :func:`materialize_kernel`: ``grad_kernel (N, Fk, T, Ho, Wo)`` -> KernelGrads."""
+    batch, _, taps, out_h, _ = grad_kernel.shape
+    dtype = grad_kernel.dtype
+    buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, True, need_guide)
+    nb.kernel_backward(
+        grad_kernel, spec.guide, spec.centre, *spec.guide_shape, *kernel_size, *k_stride,
+        *k_padding, *dilation, spec.family, spec.alpha, spec.lam, spec.eps2,
+        spec.spatial.reshape(-1), spec.mask, spec.has_mask, spec.normalize, spec.channel_wise,
+        _band_height(kernel_size, dilation, k_stride), need_guide, buffers.guide,
+        buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
+        buffers.spatial_rows,
+    )
+    return _kernel_result(spec, buffers, kernel_size, need_guide)
+
+
+def _explicit(spec, dtype):
+    if spec.explicit is not None:
+        return spec.explicit, True
+    return np.zeros((1, 1, 1, 1, 1), dtype), False
+
+
+def _explicit_grad(spec, shape, dtype, need_kernel):
+    if spec.use_explicit and need_kernel:
+        return np.empty(shape, dtype)
+    return np.zeros((1, 1, 1, 1, 1), dtype)
+
+
+def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x,
+                  need_weight, need_kernel, need_guide):
+    """VJP of :func:`pool`; see the module docstring for the returned tuple."""
+    batch, channels = x.shape[:2]
+    out_h, out_w = grad_y.shape[2:]
+    kh, kw = geometry.kernel_size
+    taps = kh * kw
+    dtype = x.dtype
+    grad_x = np.zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
+    grad_tap_rows = np.zeros((batch, out_h, taps) if need_weight else (1, 1, 1), dtype)
+    grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
+                                   need_kernel)
+    buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
+    explicit, use_explicit = _explicit(spec, dtype)
+    nb.direct_backward(
+        grad_y, x, tap_weight, explicit, use_explicit, spec.guide, spec.centre,
+        *spec.guide_shape, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride,
+        *k_padding, geometry.transposed, *_kernel_args(spec), spec.fk_count,
+        _band_height(geometry.kernel_size, geometry.dilation, k_stride, geometry.stride,
+                     geometry.transposed),
+        need_x, need_weight, need_kernel, need_guide and not use_explicit,
+        grad_x, grad_tap_rows, grad_explicit, buffers.guide, buffers.centre, buffers.mask,
+        buffers.alpha_rows, buffers.lam_rows, buffers.spatial_rows,
+    )
+    return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
+                    grad_tap_rows.sum(axis=(0, 1)).reshape(kh, kw) if need_weight else None,
+                    grad_explicit)
+
+
+def _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x, grad_weight,
+             grad_explicit):
+    kernel_grads = None
+    if need_kernel and not spec.use_explicit:
+        kernel_grads = _kernel_result(spec, buffers, geometry.kernel_size, need_guide)
+    return (
+        grad_x if need_x else None,
+        grad_weight,
+        grad_explicit if need_kernel and spec.use_explicit else None,
+        kernel_grads,
+    )
+
+
+def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding, need_x,
+                  need_weight, need_kernel, need_guide):
+    """VJP of :func:`conv`; see the module docstring for the returned tuple.
+
+    Works over chunks of output rows of one batch entry at a time: BLAS forms the patch
+    gradient ``weight_matrix.T @ grad_y[chunk]``, one Numba pass recomputes the chunk's kernel
+    rows and fills the K-weighted patches, ``grad_x`` and the kernel gradient, and BLAS adds
+    ``grad_y[chunk] @ patches.T`` to the weight gradient. The two work buffers together stay
+    within :data:`pacarray.config.WORKSPACE_BYTES`.
+    """
+    batch, channels = x.shape[:2]
+    out_channels = weight_matrix.shape[0]
+    out_h, out_w = grad_y.shape[2:]
+    kh, kw = geometry.kernel_size
+    taps = kh * kw
+    dtype = x.dtype
+    rows_per_chunk = config.WORKSPACE_BYTES // max(1, 2 * channels * taps * out_w * x.itemsize)
+    rows_per_chunk = min(max(1, rows_per_chunk), out_h)
+    grad_x = np.zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
+    grad_matrix = np.zeros(weight_matrix.shape, dtype) if need_weight else None
+    grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
+                                   need_kernel)
+    buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
+    explicit, use_explicit = _explicit(spec, dtype)
+    band_height = _band_height(geometry.kernel_size, geometry.dilation, k_stride,
+                               geometry.stride, geometry.transposed)
+    matrix_t = np.ascontiguousarray(weight_matrix.T)
+    flat_grad_y = grad_y.reshape(batch, out_channels, out_h * out_w)
+    grad_patch_space = np.empty((channels * taps, rows_per_chunk * out_w), dtype)
+    patch_space = np.empty((channels * taps, rows_per_chunk * out_w) if need_weight else (1, 1),
+                           dtype)
+    product = np.empty(weight_matrix.shape, dtype) if need_weight else None
+    for n in range(batch):
+        for row_start in range(0, out_h, rows_per_chunk):
+            rows = min(rows_per_chunk, out_h - row_start)
+            grad_chunk = flat_grad_y[n, :, row_start * out_w:(row_start + rows) * out_w]
+            grad_patch = grad_patch_space[:, : rows * out_w]
+            if rows != rows_per_chunk:
+                grad_patch = np.ascontiguousarray(grad_patch)
+            if need_x or need_kernel:
+                np.matmul(matrix_t, grad_chunk, out=grad_patch)
+            patch = patch_space
+            if need_weight:
+                patch = patch_space[:, : rows * out_w]
+                if rows != rows_per_chunk:
+                    patch = np.ascontiguousarray(patch)
+            nb.conv_backward_rows(
+                grad_patch, x, n, row_start, explicit, use_explicit, spec.guide, spec.centre,
+                *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
+                *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
+                *_kernel_args(spec), spec.fk_count, out_w, band_height, need_x, need_weight,
+                need_kernel, need_guide and not use_explicit, patch, grad_x, grad_explicit,
+                buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
+                buffers.lam_rows, buffers.spatial_rows,
+            )
+            if need_weight:
+                np.matmul(grad_chunk, patch.T, out=product)
+                grad_matrix += product
+    return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
+                    grad_matrix, grad_explicit)
+
+
+def smooth_backward(grad_centre, guide, weights, need_weights):
+    """VJP of :func:`smooth` (zero-padded same-size correlation with an odd-sided ``weights``).
+
+    The adjoint of correlating with ``weights`` is correlating with ``weights`` flipped;
+    ``grad_weights[u, v] = sum grad_centre[n,f,y,x] * guide[n,f,y+u-ry,x+v-rx]``.
+    """
+    grad_guide = scipy.ndimage.correlate(
+        grad_centre, np.ascontiguousarray(weights[::-1, ::-1])[None, None], mode="constant",
+        cval=0.0,
+    )
+    if not need_weights:
+        return grad_guide, None
+    height, width = guide.shape[2:]
+    ry, rx = (weights.shape[0] - 1) // 2, (weights.shape[1] - 1) // 2
+    padded = np.pad(guide, ((0, 0), (0, 0), (ry, ry), (rx, rx)))
+    flat_grad = grad_centre.reshape(-1)
+    grad_weights = np.empty(weights.shape, grad_centre.dtype)
+    for u in range(weights.shape[0]):
+        for v in range(weights.shape[1]):
+            window = np.ascontiguousarray(padded[:, :, u:u + height, v:v + width])
+            grad_weights[u, v] = np.dot(flat_grad, window.reshape(-1))
+    return grad_guide, grad_weights
