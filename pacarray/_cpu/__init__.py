@@ -11,7 +11,6 @@ import scipy.ndimage
 
 from . import _numba_kernels as nk
 from .backward import conv_backward, kernel_backward, pool_backward, smooth_backward  # noqa: F401
-from .backward import conv_backward, kernel_backward, pool_backward, smooth_backward  # noqa: F401
 
 
 def smooth(guide, weights):
