@@ -300,17 +300,25 @@ def _upsample_factor(factor, low_shape, high_shape):
     return factors
 
 
-def _axis_log_weights(size, low_size, factor, radius, sigma_spatial):
-    """(2r + 3, size): log spatial weight of sample ``p // factor + t - (r + 1)`` for output
-    ``p`` along one axis, -inf outside ``|distance| < radius + 1/2`` or outside the samples.
-    Distances in low-resolution pixels between pixel centres: sample j sits at
-    ``(j + 1/2) * factor - 1/2`` in output pixel coordinates."""
+def _nearest_sample(positions, factor):
+    """Index of the sample whose centre ``(j + 1/2) * factor - 1/2`` is nearest (ties up)."""
+    return (2 * positions + 1) // (2 * factor)
+
+
+def _axis_taps(size, low_size, factor, radius, sigma_spatial):
+    """Along one axis, for tap t of the 2r + 1 nearest samples of every output position p:
+    the sample index ``nearest(p) + t - r``, its log spatial weight (-inf where the sample does
+    not exist), and the contiguous range of p where it exists."""
     positions = np.arange(size)
-    offsets = np.arange(-(radius + 1), radius + 2)
-    samples = positions[None, :] // factor + offsets[:, None]
+    offsets = np.arange(-radius, radius + 1)
+    samples = _nearest_sample(positions, factor)[None, :] + offsets[:, None]
     distance = (positions[None, :] + 0.5) / factor - (samples + 0.5)
-    inside = (np.abs(distance) < radius + 0.5) & (samples >= 0) & (samples < low_size)
-    return np.where(inside, -distance**2 / (2.0 * sigma_spatial**2), -np.inf)
+    exists = (samples >= 0) & (samples < low_size)
+    log_weight = np.where(exists, -distance**2 / (2.0 * sigma_spatial**2), -np.inf)
+    start = np.argmax(exists, axis=1)
+    stop = size - np.argmax(exists[:, ::-1], axis=1)
+    stop = np.where(exists.any(axis=1), stop, start)
+    return samples, log_weight, start, stop
 
 
 def joint_bilateral_upsample(
@@ -344,7 +352,7 @@ def joint_bilateral_upsample(
     sigma_color : float
         Range standard deviation in the guide's units; > 0.
     radius : int, optional
-        Samples closer than ``radius + 1/2`` low-resolution pixels along each axis take part.
+        The ``2 * radius + 1`` samples nearest to the output pixel along each axis take part.
         Default ``ceil(2 * sigma_spatial)``.
     channel_axis : int or None, default None
         Axis of ``low``'s channels (and of the guide's, when 3-D).
@@ -378,7 +386,7 @@ def joint_bilateral_upsample(
         G(\\delta) = e^{-|\\delta|^2 / (2\\sigma_s^2)},\\quad
         R(\\delta) = e^{-|\\delta|^2 / (2\\sigma_c^2)}
 
-    over the samples inside the window [1]_. The guide is read at the pixel
+    over the window of the ``(2 radius + 1)^2`` nearest samples [1]_. The guide is read at the pixel
     ``floor(c_j)`` (clamped to the guide), the centre of the sample's footprint (its upper-left
     of the four central pixels for even factors). Samples outside the low-resolution image do
     not take part (the weights are renormalized). Where every weight underflows, the result is
@@ -426,81 +434,73 @@ def joint_bilateral_upsample(
     low_planar = low_planar.astype(dtype, copy=False)
     guide_planar = guide_planar.astype(dtype, copy=False)
 
-    row_lw, col_lw = (
-        _axis_log_weights(size, low_size, f, radius, sigma_spatial)
+    rows, cols = (
+        _axis_taps(size, low_size, f, radius, sigma_spatial)
         for size, low_size, f in zip(high_shape, low_shape, factors)
     )
     # The guide at each sample's position, floor((j + 1/2) * factor - 1/2) clamped.
-    rows = np.minimum((np.arange(low_shape[0]) * factors[0] + (factors[0] - 1) // 2),
-                      high_shape[0] - 1)
-    cols = np.minimum((np.arange(low_shape[1]) * factors[1] + (factors[1] - 1) // 2),
-                      high_shape[1] - 1)
-    guide_samples = guide_planar[:, xp.asarray(rows)][:, :, xp.asarray(cols)]
+    sample_rows = np.minimum(np.arange(low_shape[0]) * factors[0] + (factors[0] - 1) // 2,
+                             high_shape[0] - 1)
+    sample_cols = np.minimum(np.arange(low_shape[1]) * factors[1] + (factors[1] - 1) // 2,
+                             high_shape[1] - 1)
+    guide_samples = guide_planar[:, xp.asarray(sample_rows)][:, :, xp.asarray(sample_cols)]
     range_coef = 0.5 / (sigma_color * sigma_color)
-    if xp is np:
+    if xp is np and guide_planar.shape[0] <= _MAX_GUIDE_PLANES:
         result = _joint_upsample_numba(low_planar, guide_samples, guide_planar, axis, factors,
-                                       radius, row_lw, col_lw, range_coef)
+                                       radius, rows, cols, range_coef)
         if axis == 2:
             return result
     else:
-        result = _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, factors,
-                                         row_lw, col_lw, range_coef)
+        result = _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, rows,
+                                         cols, range_coef)
     return _channels_back(xp, result, axis)
 
 
 def _joint_upsample_numba(low_planar, guide_samples, guide_planar, axis, factors, radius,
-                          row_lw, col_lw, range_coef):
+                          rows, cols, range_coef):
     from ._cpu import bilateral as kernels
 
     dtype = low_planar.dtype
     channels, height, width = low_planar.shape[0], *guide_planar.shape[1:]
-    factor_y, factor_x = factors
-    pad_x = (radius + 1) * factor_x
-
-    def expand(planar):
-        repeated = np.repeat(planar, factor_x, axis=2)
-        return np.pad(repeated, ((0, 0), (0, 0), (pad_x, pad_x)))
-
+    factor_x = factors[1]
+    pad_x = radius * factor_x
+    expanded = np.clip(_nearest_sample(np.arange(-pad_x, width + pad_x), factor_x), 0,
+                       low_planar.shape[2] - 1)
     channels_last = axis == 2
     out = np.empty((height, width, channels) if channels_last else (channels, height, width),
                    dtype=dtype)
-    kernels.joint_upsample_rows(
-        expand(low_planar), expand(guide_samples), tuple(guide_planar), out, channels_last,
-        factor_y, factor_x, pad_x, row_lw.astype(dtype), col_lw.astype(dtype),
-        np.array([range_coef], dtype=dtype),
-    )
+    low_expanded = np.ascontiguousarray(low_planar[:, :, expanded])
+    guide_expanded = np.ascontiguousarray(guide_samples[:, :, expanded])
+    for start in range(0, channels, kernels.MAX_VALUE_PLANES):
+        kernels.joint_upsample_rows(
+            tuple(low_expanded[start:start + kernels.MAX_VALUE_PLANES]), guide_expanded,
+            tuple(guide_planar), out, channels_last, start,
+            _nearest_sample(np.arange(height), factors[0]), factor_x, pad_x,
+            rows[1].astype(dtype), cols[1].astype(dtype), cols[2], cols[3],
+            np.array([range_coef], dtype=dtype),
+        )
     return out
 
 
-def _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, factors, row_lw,
-                            col_lw, range_coef):
+def _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, rows, cols,
+                            range_coef):
     """The same sum as whole-image array operations, one tap of the window at a time."""
     dtype = low_planar.dtype
-    height, width = guide_planar.shape[1:]
     h, w = low_planar.shape[1:]
-    half = (row_lw.shape[0] - 1) // 2
-    base_rows = np.arange(height) // factors[0]
-    base_cols = np.arange(width) // factors[1]
     terms = []
-    for ti in range(row_lw.shape[0]):
-        rows = np.clip(base_rows + ti - half, 0, h - 1)
-        for tj in range(col_lw.shape[0]):
-            cols = np.clip(base_cols + tj - half, 0, w - 1)
-            log_spatial = row_lw[ti][:, None] + col_lw[tj][None, :]
-            if not np.isfinite(log_spatial).any():
-                continue
-            index = np.ix_(rows, cols)
-            sample_guide = guide_samples[(slice(None),) + tuple(xp.asarray(i) for i in index)]
-            d2 = ((sample_guide - guide_planar) ** 2).sum(0)
-            argument = xp.asarray(log_spatial, dtype=dtype) - dtype.type(range_coef) * d2
-            terms.append((argument, low_planar[(slice(None),) + tuple(xp.asarray(i)
-                                                                     for i in index)]))
+    for row_samples, row_lw in zip(rows[0], rows[1]):
+        for col_samples, col_lw in zip(cols[0], cols[1]):
+            index = np.ix_(np.clip(row_samples, 0, h - 1), np.clip(col_samples, 0, w - 1))
+            index = (slice(None),) + tuple(xp.asarray(i) for i in index)
+            d2 = ((guide_samples[index] - guide_planar) ** 2).sum(0)
+            log_spatial = xp.asarray(row_lw[:, None] + col_lw[None, :], dtype=dtype)
+            terms.append((log_spatial - dtype.type(range_coef) * d2, low_planar[index]))
     # Weights relative to the largest per pixel: no underflow, the same ratios.
     largest = terms[0][0]
     for argument, _ in terms[1:]:
         largest = xp.fmax(largest, argument)
-    numerator = xp.zeros_like(low_planar, shape=(low_planar.shape[0], height, width))
-    denominator = xp.zeros((height, width), dtype=dtype)
+    numerator = xp.zeros((low_planar.shape[0],) + tuple(guide_planar.shape[1:]), dtype=dtype)
+    denominator = xp.zeros(tuple(guide_planar.shape[1:]), dtype=dtype)
     for argument, values in terms:
         weight = xp.exp(argument - largest)
         numerator += weight * values

@@ -12,6 +12,8 @@ import scipy.ndimage as ndi
 from pacarray.filters import (
     _bilateral_generic,
     bilateral_filter,
+    joint_bilateral_upsample,
+    normalized_convolution,
 )
 
 MODES = ["reflect", "mirror", "nearest", "wrap", "constant", "exclude"]
@@ -290,3 +292,245 @@ def test_bad_channel_axis_and_types():
         bilateral_filter(np.zeros((4, 4), complex), sigma_spatial=1, sigma_color=1)
     with pytest.raises(ValueError, match="empty"):
         bilateral_filter(np.zeros((0, 4)), sigma_spatial=1, sigma_color=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Joint bilateral upsampling
+
+
+def naive_joint_upsample(low, guide, factor, sigma_spatial, sigma_color, radius):
+    """Kopf et al. from the definition, pixel by pixel: (C, h, w) low, (G, H, W) guide."""
+    low = np.asarray(low, np.float64)
+    guide = np.asarray(guide, np.float64)
+    _, h, w = low.shape
+    _, height, width = guide.shape
+    fy, fx = factor
+    out = np.zeros((low.shape[0], height, width))
+    for y in range(height):
+        for x in range(width):
+            nearest_i = int(np.floor((y + 0.5) / fy))
+            nearest_j = int(np.floor((x + 0.5) / fx))
+            numerator = np.zeros(low.shape[0])
+            denominator = 0.0
+            for i in range(nearest_i - radius, nearest_i + radius + 1):
+                for j in range(nearest_j - radius, nearest_j + radius + 1):
+                    if not (0 <= i < h and 0 <= j < w):
+                        continue
+                    gy = min(i * fy + (fy - 1) // 2, height - 1)
+                    gx = min(j * fx + (fx - 1) // 2, width - 1)
+                    dist2 = ((y + 0.5) / fy - (i + 0.5)) ** 2 + ((x + 0.5) / fx - (j + 0.5)) ** 2
+                    range2 = np.sum((guide[:, y, x] - guide[:, gy, gx]) ** 2)
+                    weight = np.exp(-dist2 / (2 * sigma_spatial**2)
+                                    - range2 / (2 * sigma_color**2))
+                    numerator += weight * low[:, i, j]
+                    denominator += weight
+            out[:, y, x] = numerator / denominator
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("high_shape, factor", [((13, 10), (3, 3)), ((8, 12), (4, 2)),
+                                                ((9, 9), (2, 2)), ((1, 11), (1, 4))])
+def test_joint_upsample_matches_naive(dtype, high_shape, factor, rng):
+    low_shape = tuple(-(-n // f) for n, f in zip(high_shape, factor))
+    low = rng.random((2,) + low_shape).astype(dtype)
+    guide = rng.random(high_shape + (3,)).astype(dtype)
+    out = joint_bilateral_upsample(np.moveaxis(low, 0, -1), guide, factor=factor,
+                                   sigma_spatial=0.8, sigma_color=0.4, radius=1,
+                                   channel_axis=-1)
+    expected = naive_joint_upsample(low, np.moveaxis(guide, -1, 0), factor, 0.8, 0.4, 1)
+    assert out.dtype == dtype and out.shape == high_shape + (2,)
+    np.testing.assert_allclose(np.moveaxis(out, -1, 0), expected, rtol=0,
+                               atol=3e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_joint_upsample_generic_path_and_underflow(rng):
+    from pacarray.filters import _axis_taps, _joint_upsample_generic
+
+    low = rng.random((1, 4, 5)).astype(np.float32)
+    guide = rng.random((1, 12, 15)).astype(np.float32)
+    # sigma_color this small underflows every float32 weight of most pixels: the kernel must
+    # fall back to weights relative to the largest, as the generic path does throughout.
+    for sigma_color in (0.3, 0.004):
+        out = joint_bilateral_upsample(low[0], guide[0], sigma_spatial=1.0,
+                                       sigma_color=sigma_color, radius=2)
+        rows = _axis_taps(12, 4, 3, 2, 1.0)
+        cols = _axis_taps(15, 5, 3, 2, 1.0)
+        samples = guide[:, 1::3][:, :, 1::3]
+        generic = _joint_upsample_generic(np, low, samples, guide, rows, cols,
+                                          0.5 / sigma_color**2)[0]
+        assert np.all(np.isfinite(out))
+        # Where the largest weight is itself tiny (~exp(-60)), the kernel flushes the others
+        # below exp(-69) while the generic path keeps them relative to it: 1e-4 apart at most.
+        np.testing.assert_allclose(out, generic, rtol=0, atol=1e-5 if sigma_color > 0.1 else 1e-4)
+
+
+def test_joint_upsample_default_factor_and_constant():
+    low = np.full((5, 4), 2.5)
+    guide = np.random.default_rng(1).random((17, 13))
+    out = joint_bilateral_upsample(low, guide, sigma_color=0.1)
+    assert out.shape == (17, 13)
+    np.testing.assert_allclose(out, 2.5, rtol=1e-14)
+
+
+def _piecewise_smooth_depth(photo):
+    """A 'depth' that is smooth inside segments of the photograph and jumps at their edges."""
+    gray = ndi.gaussian_filter(photo.mean(axis=-1), 2.0)
+    segments = np.digitize(gray, np.quantile(gray, [0.2, 0.4, 0.6, 0.8]))
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]] / gray.shape[0]
+    depth = np.zeros_like(gray)
+    for label in range(5):
+        a, b, c = rng.uniform(-1, 1, 3)
+        depth[segments == label] = (2.0 * label + a + b * yy + c * xx)[segments == label]
+    return depth
+
+
+def _bilinear(low, shape):
+    factor = shape[0] // low.shape[0]
+    coords = (np.arange(shape[0]) + 0.5) / factor - 0.5
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    return ndi.map_coordinates(low, [yy, xx], order=1, mode="nearest")
+
+
+def test_joint_upsampling_beats_bilinear_on_a_photograph():
+    photo = _photo().astype(np.float64) / 255.0
+    depth = _piecewise_smooth_depth(photo)
+    table = {}
+    for factor in (4, 8, 16):
+        low = depth.reshape(512 // factor, factor, 512 // factor, factor).mean(axis=(1, 3))
+        guided = joint_bilateral_upsample(low, photo, sigma_spatial=1.0, sigma_color=0.1,
+                                          radius=2)
+        rmse_guided = np.sqrt(np.mean((guided - depth) ** 2))
+        rmse_bilinear = np.sqrt(np.mean((_bilinear(low, depth.shape) - depth) ** 2))
+        table[factor] = (rmse_guided, rmse_bilinear)
+    print("\nfactor  RMSE joint bilateral  RMSE bilinear  ratio")
+    for factor, (guided, bilinear) in table.items():
+        print(f"x{factor:<6} {guided:20.4f} {bilinear:14.4f} {guided / bilinear:6.3f}")
+    guided, bilinear = table[8]
+    assert guided <= 0.8 * bilinear
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"factor": 3}, "guide size"),
+    ({"factor": 0}, "factor"),
+    ({"sigma_color": 0.0}, "sigma_color"),
+    ({"sigma_spatial": np.nan}, "sigma_spatial"),
+    ({"radius": 1000}, "radius"),
+])
+def test_joint_upsample_bad_arguments(kwargs, match):
+    arguments = {"sigma_color": 0.1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        joint_bilateral_upsample(np.zeros((4, 4)), np.zeros((16, 16)), **arguments)
+
+
+def test_joint_upsample_shape_mismatch():
+    with pytest.raises(ValueError, match="guide size"):
+        joint_bilateral_upsample(np.zeros((4, 4)), np.zeros((16, 30)), factor=4,
+                                 sigma_color=0.1)
+    with pytest.raises(ValueError, match="guide"):
+        joint_bilateral_upsample(np.zeros((4, 4)), np.zeros((16, 16, 3, 1)), sigma_color=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalized convolution
+
+
+def naive_normalized_convolution(data, certainty, sigma_spatial, radius, guide=None,
+                                 sigma_color=None):
+    """(C, H, W) data, (H, W) certainty, optional (G, H, W) guide; zero padding."""
+    data = np.asarray(data, np.float64)
+    _, height, width = data.shape
+    pad = ((radius, radius), (radius, radius))
+    padded_data = np.pad(data, ((0, 0),) + pad)
+    padded_certainty = np.pad(certainty.astype(np.float64), pad)
+    inside = np.pad(np.ones((height, width)), pad)
+    if guide is not None:
+        padded_guide = np.pad(guide.astype(np.float64), ((0, 0),) + pad)
+    numerator = np.zeros_like(data)
+    denominator = np.zeros((height, width))
+    applicability = np.zeros((height, width))
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            rows = slice(radius + dy, radius + dy + height)
+            cols = slice(radius + dx, radius + dx + width)
+            a = np.exp(-(dy * dy + dx * dx) / (2 * sigma_spatial**2)) * inside[rows, cols]
+            if guide is not None:
+                d2 = ((padded_guide[:, rows, cols] - guide) ** 2).sum(0)
+                a = a * np.exp(-d2 / (2 * sigma_color**2))
+            numerator += a * padded_certainty[rows, cols] * padded_data[:, rows, cols]
+            denominator += a * padded_certainty[rows, cols]
+            applicability += a
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, numerator / safe, 0.0), denominator / applicability
+
+
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalized_convolution_matches_naive(guided, dtype, rng):
+    data = rng.random((2, 9, 11)).astype(dtype)
+    certainty = rng.random((9, 11))
+    certainty[certainty < 0.4] = 0.0
+    guide = rng.random((9, 11)).astype(dtype) if guided else None
+    out, confidence = normalized_convolution(
+        data, certainty, sigma_spatial=1.2, radius=2, guide=guide,
+        sigma_color=0.3 if guided else None, channel_axis=0)
+    expected, expected_confidence = naive_normalized_convolution(
+        data, certainty, 1.2, 2, None if guide is None else guide[None], 0.3)
+    tolerance = 2e-6 if dtype == np.float32 else 1e-12
+    assert out.dtype == dtype and out.shape == data.shape and confidence.shape == (9, 11)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(confidence, expected_confidence, rtol=0, atol=tolerance)
+    assert np.all((confidence >= 0) & (confidence <= 1 + tolerance))
+
+
+def test_normalized_convolution_per_channel_certainty_and_empty_windows(rng):
+    data = rng.random((7, 8, 2))
+    certainty = np.ones((7, 8, 2))
+    certainty[:, :, 1] = 0.0  # channel 1 has no data at all
+    out, confidence = normalized_convolution(data, certainty, sigma_spatial=1.0, radius=1,
+                                             channel_axis=-1)
+    np.testing.assert_array_equal(out[..., 1], 0.0)
+    np.testing.assert_array_equal(confidence[..., 1], 0.0)
+    np.testing.assert_allclose(confidence[..., 0], 1.0, rtol=1e-12)
+    expected, _ = naive_normalized_convolution(data[..., 0][None], certainty[..., 0], 1.0, 1)
+    np.testing.assert_allclose(out[..., 0], expected[0], rtol=0, atol=1e-12)
+
+
+def test_guided_normalized_convolution_beats_unguided_with_90_percent_missing():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96] / 96.0
+    regions = (xx + 0.3 * np.sin(6 * yy) > 0.5).astype(np.float64)  # a curved edge
+    field = np.where(regions > 0, 2.0 + 0.5 * yy, 0.5 * xx)      # smooth on either side
+    certainty = (rng.random(field.shape) < 0.1).astype(np.float64)  # 90 % removed
+    guide = regions + rng.normal(0, 0.02, field.shape)
+    unguided, _ = normalized_convolution(field, certainty, sigma_spatial=3.0)
+    guided, _ = normalized_convolution(field, certainty, sigma_spatial=3.0, guide=guide,
+                                       sigma_color=0.1)
+    rmse_unguided = np.sqrt(np.mean((unguided - field) ** 2))
+    rmse_guided = np.sqrt(np.mean((guided - field) ** 2))
+    assert rmse_guided < 0.5 * rmse_unguided
+
+
+@pytest.mark.parametrize("certainty, match", [
+    (np.full((5, 5), 1.5), r"\[0, 1\]"),
+    (np.full((5, 5), -0.1), r"\[0, 1\]"),
+    (np.full((5, 5), np.nan), r"\[0, 1\]"),
+    (np.ones((5, 4)), "certainty must have shape"),
+])
+def test_normalized_convolution_bad_certainty(certainty, match):
+    with pytest.raises(ValueError, match=match):
+        normalized_convolution(np.zeros((5, 5)), certainty, sigma_spatial=1.0)
+
+
+def test_normalized_convolution_guide_arguments():
+    data, certainty = np.zeros((5, 5)), np.ones((5, 5))
+    with pytest.raises(ValueError, match="sigma_color"):
+        normalized_convolution(data, certainty, sigma_spatial=1.0, guide=np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="sigma_color"):
+        normalized_convolution(data, certainty, sigma_spatial=1.0, sigma_color=0.1)
+    with pytest.raises(ValueError, match="guide"):
+        normalized_convolution(data, certainty, sigma_spatial=1.0, guide=np.zeros((4, 5)),
+                               sigma_color=0.1)
+    with pytest.raises(ValueError, match="sigma_spatial"):
+        normalized_convolution(data, certainty, sigma_spatial=-1.0)

@@ -291,29 +291,30 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channels_last, factor_y,
-                        factor_x, pad_x, row_log_weight, column_log_weight, params):
+def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channels_last,
+                        out_offset, nearest_row, factor_x, pad_x, row_log_weight,
+                        column_log_weight, column_start, column_stop, params):
     """Joint bilateral upsampling, one output row per task.
 
-    low_expanded: (C, h, w * factor_x + 2 * pad_x), the low-resolution samples repeated
-    ``factor_x`` times along each row (sample j covers expanded columns pad_x + j * factor_x ...);
-    guide_expanded: (G, h, same) the guide read at the samples' positions, expanded alike;
-    guide_planes: tuple of G (H, W) planes of the high-resolution guide (any strides).
-    out: (H, W, C) if ``channels_last`` else (C, H, W).
-    row_log_weight: (T, H), the log spatial weight of sample row y // factor_y + t - (T-1)/2 for
-    output row y, -inf outside the window or the image; column_log_weight: (T, W) alike for
-    columns. params: [range_coef] in the dtype of the arrays.
+    low_expanded: tuple of C (h, W + 2 * pad_x) planes, column pad_x + u holds sample
+    (2u + 1) // (2 factor_x) of each low-resolution row (the sample nearest to output column u),
+    written to output channel out_offset + c; guide_expanded:
+    (G, h, same) the guide read at the samples' positions, expanded alike; guide_planes: tuple of
+    G (H, W) planes of the high-resolution guide (any strides). out: (H, W, C) if
+    ``channels_last`` else (C, H, W). Tap t (of T = 2r + 1) reads sample row
+    nearest_row[y] + t - r with log spatial weight row_log_weight[t, y] (-inf: no such sample),
+    and sample column nearest(x) + t - r with column_log_weight[t, x], for the output columns
+    column_start[t] <= x < column_stop[t] where that sample exists. params: [range_coef].
     Where every weight of a pixel underflows, the weights are recomputed relative to the largest
     one, so that the result is the limit of the exact formula instead of 0/0.
     """
-    n_values = low_expanded.shape[0]
+    n_values = len(low_expanded)
     height, width = guide_planes[0].shape
     n_taps = row_log_weight.shape[0]
     half = (n_taps - 1) // 2
     range_coef = params[0]
-    dtype = low_expanded.dtype
+    dtype = guide_expanded.dtype
     zero = dtype.type(0.0)
-    minus_inf = dtype.type(-np.inf)
     for y in prange(height):
         acc = np.zeros((n_values + 1, width), dtype=dtype)
         centre = np.empty((len(guide_planes), width), dtype=dtype)
@@ -321,63 +322,65 @@ def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channel
             centre[c, :] = guide_planes[c][y, :]
         for ti in range(n_taps):
             log_weight_y = row_log_weight[ti, y]
-            if log_weight_y == minus_inf:
+            if log_weight_y == -np.inf:
                 continue
-            i = y // factor_y + ti - half
+            i = nearest_row[y] + ti - half
             for tj in range(n_taps):
+                x0 = column_start[tj]
                 offset = pad_x + (tj - half) * factor_x
-                log_weight_x = column_log_weight[tj]
-                for x in range(width):
+                # Unsigned indices into C-contiguous arrays: contiguous, vectorizable accesses.
+                for x in range(x0, column_stop[tj]):
                     xs = np.uintp(x)
                     xn = np.uintp(x + offset)
                     d = zero
                     for c in range(len(guide_planes)):
                         diff = guide_expanded[c, i, xn] - centre[c, xs]
                         d += diff * diff
-                    lw = log_weight_x[xs]
-                    w = exp_nonpositive(log_weight_y + lw - range_coef * d)
-                    w = w if lw != minus_inf else zero
+                    w = exp_nonpositive(log_weight_y + column_log_weight[tj, xs] - range_coef * d)
                     acc[0, xs] += w
                     for c in range(n_values):
-                        acc[1 + c, xs] += w * low_expanded[c, i, xn]
+                        acc[1 + c, xs] += w * low_expanded[c][i, xn]
         for x in range(width):
             total = acc[0, x]
             if total == 0:
-                _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, factor_y,
-                                factor_x, pad_x, row_log_weight, column_log_weight, range_coef)
+                _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, nearest_row,
+                                factor_x, pad_x, row_log_weight, column_log_weight,
+                                column_start, column_stop, range_coef)
                 total = acc[0, x]
             inverse = 1 / total
             for c in range(n_values):
                 if channels_last:
-                    out[y, x, c] = acc[1 + c, x] * inverse
+                    out[y, x, out_offset + c] = acc[1 + c, x] * inverse
                 else:
-                    out[c, y, x] = acc[1 + c, x] * inverse
+                    out[out_offset + c, y, x] = acc[1 + c, x] * inverse
 
 
 @njit(cache=True)
-def _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, factor_y, factor_x, pad_x,
-                    row_log_weight, column_log_weight, range_coef):
+def _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, nearest_row, factor_x,
+                    pad_x, row_log_weight, column_log_weight, column_start, column_stop,
+                    range_coef):
     """Weights of one pixel as exp(a - max a): the same ratios, no underflow."""
     n_taps = row_log_weight.shape[0]
     half = (n_taps - 1) // 2
     largest = -np.inf
     for pass_ in range(2):
         for ti in range(n_taps):
+            if row_log_weight[ti, y] == -np.inf:
+                continue
+            i = nearest_row[y] + ti - half
             for tj in range(n_taps):
-                log_weight = row_log_weight[ti, y] + column_log_weight[tj, x]
-                if log_weight == -np.inf:
+                if not column_start[tj] <= x < column_stop[tj]:
                     continue
-                i = y // factor_y + ti - half
                 xn = x + pad_x + (tj - half) * factor_x
                 d = 0.0
                 for c in range(centre.shape[0]):
                     diff = guide_expanded[c, i, xn] - centre[c, x]
                     d += diff * diff
-                argument = log_weight - range_coef * d
+                argument = row_log_weight[ti, y] + column_log_weight[tj, x] - range_coef * d
                 if pass_ == 0:
                     largest = max(largest, argument)
                     continue
                 w = np.exp(argument - largest)
                 acc[0, x] += w
-                for c in range(low_expanded.shape[0]):
-                    acc[1 + c, x] += w * low_expanded[c, i, xn]
+                for c in range(len(low_expanded)):
+                    acc[1 + c, x] += w * low_expanded[c][i, xn]
