@@ -1,0 +1,432 @@
+"""PAC-CRF mean-field inference: oracle, layouts, refinement quality on a photograph, errors."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+import pacarray.crf as crf
+from pacarray.crf import DEFAULT_PAIRWISE, PairwiseTerm, pac_crf
+
+# --------------------------------------------------------------------------------------------
+# A direct NumPy implementation of the update, written from the formulas with explicit loops
+
+
+def oracle_block_mean(array, factor):
+    """Mean of each factor x factor block over the pixels it contains (last two axes)."""
+    height, width = array.shape[-2:]
+    low_h, low_w = math.ceil(height / factor), math.ceil(width / factor)
+    out = np.zeros((*array.shape[:-2], low_h, low_w))
+    for by in range(low_h):
+        for bx in range(low_w):
+            block = array[..., by * factor:(by + 1) * factor, bx * factor:(bx + 1) * factor]
+            out[..., by, bx] = block.mean(axis=(-2, -1))
+    return out
+
+
+def oracle_upsample(array, shape, factor):
+    """Bilinear interpolation; full-resolution pixel y sits at coarse coordinate
+    (y + 0.5) / factor - 0.5, clamped to the coarse grid."""
+    low_h, low_w = array.shape[-2:]
+    out = np.zeros((*array.shape[:-2], *shape))
+    for y in range(shape[0]):
+        cy = min(max((y + 0.5) / factor - 0.5, 0.0), low_h - 1)
+        y0 = int(math.floor(cy))
+        y1, wy = min(y0 + 1, low_h - 1), cy - math.floor(cy)
+        for x in range(shape[1]):
+            cx = min(max((x + 0.5) / factor - 0.5, 0.0), low_w - 1)
+            x0 = int(math.floor(cx))
+            x1, wx = min(x0 + 1, low_w - 1), cx - math.floor(cx)
+            out[..., y, x] = (
+                (1 - wy) * (1 - wx) * array[..., y0, x0] + (1 - wy) * wx * array[..., y0, x1]
+                + wy * (1 - wx) * array[..., y1, x0] + wy * wx * array[..., y1, x1]
+            )
+    return out
+
+
+def oracle_message(q, features, kernel_size, dilation, sigma_spatial):
+    """m[l, i] = sum over window taps j != i inside the image of
+    exp(-|p_i - p_j|^2 / (2 sigma^2)) * exp(-|f_i - f_j|^2 / 2) * q[l, j]."""
+    labels, height, width = q.shape
+    kh, kw = kernel_size
+    dy, dx = dilation
+    out = np.zeros_like(q)
+    for y in range(height):
+        for x in range(width):
+            for a in range(kh):
+                for b in range(kw):
+                    oy, ox = (a - kh // 2) * dy, (b - kw // 2) * dx
+                    qy, qx = y + oy, x + ox
+                    if (oy, ox) == (0, 0) or not (0 <= qy < height and 0 <= qx < width):
+                        continue
+                    weight = 1.0
+                    if sigma_spatial is not None:
+                        weight = math.exp(-(oy * oy + ox * ox) / (2 * sigma_spatial**2))
+                    if features is not None:
+                        diff = features[:, y, x] - features[:, qy, qx]
+                        weight *= math.exp(-0.5 * float(diff @ diff))
+                    out[:, y, x] += weight * q[:, qy, qx]
+    return out
+
+
+def oracle_softmax(logits):
+    shifted = logits - logits.max(axis=0)
+    e = np.exp(shifted)
+    return e / e.sum(axis=0)
+
+
+def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=1.0):
+    """One image, float64: unary (L, H, W) logits, image (C, H, W) on [0, 1] or None.
+
+    Potts is written out literally as mu = 1 - I."""
+    unary = np.asarray(unary, np.float64)
+    labels, height, width = unary.shape
+    mu = 1.0 - np.eye(labels) if compatibility is None else np.asarray(compatibility, float)
+    q = oracle_softmax(unary_weight * unary)
+    logits = unary_weight * unary
+    for _ in range(num_steps):
+        pairwise = np.zeros_like(q)
+        for term in terms:
+            if isinstance(term.features, str):
+                features = None if term.features == "smoothness" else image / term.sigma_color
+            else:
+                features = np.asarray(term.features, np.float64)
+            kernel_size = np.broadcast_to(term.kernel_size, 2)
+            dilation = np.broadcast_to(term.dilation, 2)
+            b = term.blur
+            if b == 1:
+                message = oracle_message(q, features, kernel_size, dilation, term.sigma_spatial)
+            else:
+                coarse_q = oracle_block_mean(q, b)
+                coarse_f = None if features is None else oracle_block_mean(features, b)
+                sigma = None if term.sigma_spatial is None else term.sigma_spatial / b
+                coarse = oracle_message(coarse_q, coarse_f, kernel_size, dilation, sigma)
+                message = b * b * oracle_upsample(coarse, (height, width), b)
+            pairwise += term.weight * message
+        logits = unary_weight * unary - np.einsum("ab,bhw->ahw", mu, pairwise)
+        q = oracle_softmax(logits)
+    return q, logits
+
+
+# --------------------------------------------------------------------------------------------
+# Oracle tests
+
+
+@pytest.fixture(params=["cpu_kernels", "pac_pool"])
+def path(request, monkeypatch):
+    """Run each oracle test through the dedicated CPU kernels and through the generic pac_pool
+    path that CuPy arrays take."""
+    monkeypatch.setattr(crf, "_USE_CPU_KERNELS", request.param == "cpu_kernels")
+    return request.param
+
+
+TERM_SETS = {
+    "appearance": [PairwiseTerm(weight=1.5, kernel_size=3, dilation=1, sigma_spatial=2.0,
+                                sigma_color=0.3)],
+    "appearance+smoothness": [
+        PairwiseTerm(weight=0.8, kernel_size=(5, 3), dilation=(2, 1), sigma_spatial=3.0,
+                     sigma_color=0.25),
+        PairwiseTerm(weight=0.5, kernel_size=3, sigma_spatial=None, features="smoothness"),
+    ],
+    "blurred": [
+        PairwiseTerm(weight=0.7, kernel_size=3, sigma_spatial=4.0, sigma_color=0.4, blur=2),
+        PairwiseTerm(weight=0.3, kernel_size=3, sigma_spatial=1.5, features="smoothness",
+                     blur=3),
+    ],
+}
+
+
+@pytest.mark.parametrize("num_steps", [1, 3])
+@pytest.mark.parametrize("terms", list(TERM_SETS), ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matches_oracle(path, terms, num_steps, dtype, rng, assert_close):
+    labels, height, width = 4, 9, 11  # odd sizes: partial blocks when blurred
+    unary = rng.normal(0.0, 1.5, (labels, height, width)).astype(dtype)
+    image = rng.random((height, width, 3)).astype(dtype)
+    expected, _ = oracle_crf(unary, image.transpose(2, 0, 1), TERM_SETS[terms], num_steps)
+    result = pac_crf(unary, image, num_steps=num_steps, pairwise=TERM_SETS[terms])
+    assert_close(result, expected, dtype)
+    # Property: marginals are distributions, and the pairwise terms changed the unary's softmax.
+    np.testing.assert_allclose(result.sum(axis=0), 1.0, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert np.abs(result - oracle_softmax(unary.astype(np.float64))).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matrix_compatibility_user_features_and_unary_weight(path, dtype, rng, assert_close):
+    labels, height, width = 3, 8, 10
+    unary = rng.normal(0.0, 1.0, (labels, height, width)).astype(dtype)
+    features = rng.random((2, height, width)).astype(dtype) * 3.0
+    compatibility = rng.normal(0.0, 1.0, (labels, labels))
+    terms = [PairwiseTerm(weight=0.6, kernel_size=5, dilation=1, sigma_spatial=None,
+                          features=features)]
+    expected, logits = oracle_crf(unary, None, terms, 2, compatibility, unary_weight=0.7)
+    result = pac_crf(unary, None, num_steps=2, pairwise=terms, compatibility=compatibility,
+                     unary_weight=0.7)
+    assert_close(result, expected, dtype)
+    log_result = pac_crf(unary, None, num_steps=2, pairwise=terms, output="log",
+                         compatibility=compatibility, unary_weight=0.7)
+    expected_log = logits - logits.max(axis=0) - np.log(
+        np.exp(logits - logits.max(axis=0)).sum(axis=0))
+    assert_close(log_result, expected_log, dtype)
+
+
+def test_potts_equals_its_matrix(rng):
+    unary = rng.normal(size=(3, 12, 12))
+    image = rng.random((12, 12, 3))
+    potts = pac_crf(unary, image)
+    matrix = pac_crf(unary, image, compatibility=1.0 - np.eye(3))
+    np.testing.assert_allclose(potts, matrix, rtol=1e-12, atol=1e-14)
+
+
+def test_zero_steps_and_zero_weight_give_the_softmax(rng):
+    unary = rng.normal(size=(4, 6, 7))
+    expected = oracle_softmax(2.0 * unary)
+    np.testing.assert_allclose(pac_crf(unary, None, num_steps=0, unary_weight=2.0,
+                                       pairwise=[]), expected, rtol=1e-12)
+    image = rng.random((6, 7, 3))
+    silent = [PairwiseTerm(weight=0.0)]
+    np.testing.assert_allclose(pac_crf(unary, image, pairwise=silent, unary_weight=2.0),
+                               expected, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts, dtypes, inputs and outputs
+
+
+def test_layouts_batch_and_outputs(rng):
+    unary = rng.normal(size=(2, 3, 10, 12))  # (N, L, H, W)
+    image = rng.random((2, 10, 12, 3))  # (N, H, W, C)
+    batched = pac_crf(unary, image)
+    assert batched.shape == unary.shape and batched.dtype == np.float64
+    for n in range(2):
+        np.testing.assert_allclose(pac_crf(unary[n], image[n]), batched[n], rtol=1e-12)
+    channels_last = pac_crf(np.moveaxis(unary, 1, -1), np.moveaxis(image, -1, 1),
+                            label_axis=-1, channel_axis=1)
+    np.testing.assert_allclose(channels_last, np.moveaxis(batched, 1, -1), rtol=1e-12)
+    labels = pac_crf(unary, image, output="labels")
+    assert labels.shape == (2, 10, 12) and labels.dtype == np.intp
+    np.testing.assert_array_equal(labels, batched.argmax(axis=1))
+    log_q = pac_crf(unary, image, output="log")
+    np.testing.assert_allclose(np.exp(log_q), batched, rtol=1e-10)
+
+
+def test_grayscale_uint8_and_dtype_policy(rng):
+    unary = rng.normal(size=(3, 9, 9)).astype(np.float32)
+    image8 = rng.integers(0, 256, (9, 9), dtype=np.uint8)
+    from_uint8 = pac_crf(unary, image8, channel_axis=None)
+    from_float = pac_crf(unary, image8.astype(np.float32) / 255, channel_axis=None)
+    assert from_uint8.dtype == np.float32
+    np.testing.assert_allclose(from_uint8, from_float, rtol=1e-6, atol=1e-7)
+    assert pac_crf(unary.astype(np.float16), image8, channel_axis=None).dtype == np.float32
+    assert pac_crf(unary.astype(np.int16), image8, channel_axis=None).dtype == np.float32
+    assert pac_crf(unary, image8.astype(np.float64) / 255, channel_axis=None).dtype == np.float64
+
+
+def test_probability_input(rng):
+    probabilities = rng.dirichlet(np.ones(3), size=(8, 8)).transpose(2, 0, 1)
+    probabilities[0, 0, 0], probabilities[1, 0, 0] = 0.0, probabilities[:2, 0, 0].sum()
+    image = rng.random((8, 8, 3))
+    floored = np.log(np.maximum(probabilities, crf.PROBABILITY_FLOOR))
+    np.testing.assert_allclose(pac_crf(probabilities, image, input="probabilities"),
+                               pac_crf(floored, image), rtol=1e-12)
+
+
+def test_inputs_are_not_written(rng):
+    unary = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    image = rng.random((8, 8, 3)).astype(np.float32)
+    copies = unary.copy(), image.copy()
+    pac_crf(unary, image, pairwise=[PairwiseTerm(blur=2)])
+    np.testing.assert_array_equal(unary, copies[0])
+    np.testing.assert_array_equal(image, copies[1])
+
+
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_memory_stays_linear_in_labels_times_pixels(use_kernels, monkeypatch):
+    """No per-tap array: with 2 labels and a 7x7 kernel (48 taps) the peak allocation stays a
+    small multiple of the unary's size, far below one array per tap."""
+    monkeypatch.setattr(crf, "_USE_CPU_KERNELS", use_kernels)
+    rng = np.random.default_rng(5)
+    unary = rng.normal(size=(2, 96, 96)).astype(np.float32)
+    image = rng.random((96, 96, 3)).astype(np.float32)
+    terms = [PairwiseTerm(kernel_size=7, dilation=1)]
+    pac_crf(unary, image, pairwise=terms, num_steps=1)  # compile outside the measurement
+    tracemalloc.start()
+    pac_crf(unary, image, pairwise=terms, num_steps=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    per_tap_array = 48 * 96 * 96 * 4
+    assert peak < 16 * unary.nbytes < per_tap_array, (peak, unary.nbytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Refinement quality on a real photograph
+
+
+def _photograph():
+    try:
+        from pacarray.data import sample_image
+    except ImportError:
+        from skimage.data import astronaut as sample_image
+    image = np.asarray(sample_image(), dtype=np.float64) / 255.0
+    # 512 -> 256 by 2x2 means: keeps the test fast.
+    return image.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+
+
+def _reference_labels(image, classes, seed):
+    """k-means on colour, then cleaned: two 3x3 majority votes and no piece smaller than
+    0.5 % of the image (small pieces take the label of the nearest large piece)."""
+    from scipy.cluster.vq import kmeans2
+
+    _, labels = kmeans2(image.reshape(-1, 3), classes, seed=np.random.default_rng(seed),
+                        minit="++")
+    labels = labels.reshape(image.shape[:2])
+    for _ in range(2):
+        votes = ndi.uniform_filter(np.eye(classes)[labels].transpose(2, 0, 1), size=(1, 3, 3),
+                                   mode="nearest")
+        labels = votes.argmax(axis=0)
+    small = np.zeros(labels.shape, bool)
+    for label in range(classes):
+        pieces, count = ndi.label(labels == label)
+        sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+        sizes[0] = labels.size
+        small |= sizes[pieces] < 0.005 * labels.size
+    _, (iy, ix) = ndi.distance_transform_edt(small, return_indices=True)
+    return labels[iy, ix]
+
+
+def _degraded_unary(labels, classes, seed, factor=8, blur=1.0, noise=0.3):
+    """Log-probabilities: one-hot labels averaged over factor x factor blocks, blurred, with
+    Gaussian noise, renormalized and upsampled bilinearly."""
+    rng = np.random.default_rng(seed)
+    onehot = np.eye(classes)[labels].transpose(2, 0, 1)
+    height, width = labels.shape
+    low = onehot.reshape(classes, height // factor, factor, width // factor, factor)
+    low = ndi.gaussian_filter(low.mean(axis=(2, 4)), (0, blur, blur), mode="nearest")
+    low = np.clip(low + rng.normal(0.0, noise, low.shape), 1e-3, None)
+    low /= low.sum(axis=0)
+    up = ndi.zoom(low, (1, factor, factor), order=1, mode="nearest", grid_mode=True)
+    up = np.clip(up, 1e-3, None)
+    return np.log(up / up.sum(axis=0))
+
+
+def _mean_iou(predicted, reference, classes):
+    scores = []
+    for label in range(classes):
+        union = np.sum((predicted == label) | (reference == label))
+        if union:
+            scores.append(np.sum((predicted == label) & (reference == label)) / union)
+    return 100.0 * float(np.mean(scores))
+
+
+@pytest.mark.parametrize("classes", [4, 5])
+def test_refines_a_degraded_segmentation_of_a_photograph(classes):
+    image = _photograph()
+    reference = _reference_labels(image, classes, seed=0)
+    unary = _degraded_unary(reference, classes, seed=1).astype(np.float32)
+    before = _mean_iou(unary.argmax(axis=0), reference, classes)
+    image8 = np.round(image * 255).astype(np.uint8)
+    refined = pac_crf(unary, image8, output="labels")  # defaults, uint8 image
+    after = _mean_iou(refined, reference, classes)
+    print(f"\nPAC-CRF on the sample photograph (256x256, {classes} k-means classes): "
+          f"mean IoU {before:.1f} -> {after:.1f} ({after - before:+.1f} points)")
+    assert after >= before + 5.0, (before, after)
+    # The float image on [0, 1] is the same input as the uint8 one.
+    refined_float = pac_crf(unary, (image8 / 255).astype(np.float32), output="labels")
+    assert np.mean(refined_float == refined) > 0.999
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def _good():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(3, 8, 9)), rng.random((8, 9, 3))
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda u, i: (u, i[:7]), ValueError, "image spatial shape"),
+        (lambda u, i: (u[:, :, :8], i), ValueError, "image spatial shape"),
+        (lambda u, i: (np.where(np.arange(9) == 4, np.nan, u), i), ValueError, "unary must be fin"),
+        (lambda u, i: (np.where(np.arange(9) == 4, np.inf, u), i), ValueError, "unary must be fin"),
+        (lambda u, i: (u, np.where(np.arange(9)[:, None] == 2, np.nan, i)), ValueError,
+         "image must be finite"),
+        (lambda u, i: (u[:1], i), ValueError, "at least 2 labels"),
+        (lambda u, i: (u[0], i), ValueError, "unary must be"),
+        (lambda u, i: (u + 1j, i), TypeError, "unary must be real"),
+        (lambda u, i: (u, i[..., 0]), ValueError, "image must be"),
+    ],
+)
+def test_bad_arrays(change, error, match):
+    unary, image = change(*_good())
+    with pytest.raises(error, match=match):
+        pac_crf(unary, image)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"compatibility": np.ones((2, 2))}, ValueError, r"compatibility must have shape \(L, L\)"),
+        ({"compatibility": np.ones((3, 3, 1))}, ValueError, "compatibility must have shape"),
+        ({"compatibility": "ising"}, ValueError, "compatibility must be 'potts'"),
+        ({"compatibility": np.full((3, 3), np.nan)}, ValueError, "compatibility must be finite"),
+        ({"num_steps": -1}, ValueError, "num_steps must be >= 0"),
+        ({"num_steps": 2.5}, TypeError, "num_steps must be an int"),
+        ({"unary_weight": -1.0}, ValueError, "unary_weight must be >= 0"),
+        ({"unary_weight": np.nan}, ValueError, "unary_weight must be finite"),
+        ({"input": "scores"}, ValueError, "input must be"),
+        ({"output": "argmax"}, ValueError, "output must be"),
+        ({"label_axis": 3}, ValueError, "label_axis"),
+        ({"channel_axis": 5}, ValueError, "channel_axis"),
+        ({"pairwise": "appearance"}, TypeError, "pairwise must be a PairwiseTerm"),
+        ({"pairwise": [PairwiseTerm(features=np.ones((1, 4, 4)))]}, ValueError,
+         r"pairwise\[0\]\.features must have shape"),
+    ],
+)
+def test_bad_options(kwargs, error, match):
+    unary, image = _good()
+    with pytest.raises(error, match=match):
+        pac_crf(unary, image, **kwargs)
+
+
+def test_bad_probabilities_and_missing_image():
+    unary, image = _good()
+    with pytest.raises(ValueError, match=r"probabilities must lie in \[0, 1\]"):
+        pac_crf(unary, image, input="probabilities")
+    with pytest.raises(ValueError, match="needs the image"):
+        pac_crf(unary, None)
+    with pytest.raises(ValueError, match="batch axis"):
+        pac_crf(unary[None], image[None], label_axis=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"weight": -0.5}, "weight must be >= 0"),
+        ({"weight": np.inf}, "weight must be finite"),
+        ({"kernel_size": 4}, "kernel_size must be odd"),
+        ({"kernel_size": 1}, "larger than 1"),
+        ({"dilation": 0}, "dilation must be >= 1"),
+        ({"sigma_spatial": 0.0}, "sigma_spatial must be > 0"),
+        ({"sigma_color": -0.1}, "sigma_color must be > 0"),
+        ({"features": "colour"}, "features must be 'appearance', 'smoothness' or an array"),
+        ({"features": np.ones((4, 4))}, r"features array must have shape \(F, H, W\)"),
+        ({"blur": 0}, "blur must be an integer >= 1"),
+        ({"blur": 1.5}, "blur must be an integer >= 1"),
+    ],
+)
+def test_bad_pairwise_terms(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PairwiseTerm(**kwargs)
+
+
+def test_default_pairwise_is_the_documented_term():
+    (term,) = DEFAULT_PAIRWISE
+    assert (term.weight, term.kernel_size, term.dilation, term.sigma_spatial,
+            term.sigma_color, term.features, term.blur) == (2.0, 5, 3, 6.0, 0.08, "appearance", 1)
