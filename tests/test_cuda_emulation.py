@@ -491,7 +491,9 @@ def test_harness_checks_argument_types(emulator):
 
 def test_every_kernel_instantiation_is_emulated(cuda_backend, rng, monkeypatch):
     """Each instantiation the CuPy loader compiles runs at least once here (both float types,
-    both index types, every kernel)."""
+    both index types, every kernel, forward and backward)."""
+    from pacarray.gradients import pac_pool_vjp
+
     x = rng.standard_normal((1, 2, 5, 6))
     guide = rng.random((1, 2, 5, 6))
     weight = rng.standard_normal((3, 2, 3, 3))
@@ -504,8 +506,205 @@ def test_every_kernel_instantiation_is_emulated(cuda_backend, rng, monkeypatch):
             monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
             pacarray.pac_conv(xd, wd, guide=gd, padding=1)
             monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 64)
+            pac_pool_vjp(_cast(rng.standard_normal((1, 2, 5, 6)), dtype), xd, 3, guide=gd,
+                         padding=1)
     compiled = {expression for filename in _loader.KERNELS
                 for expression in _loader.name_expressions(filename)}
     emulated = set(cuda_backend.launches)
     assert emulated == compiled
     print(f"\nemulated {len(emulated)} kernel instantiations: {sorted(emulated)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Backward passes (pac_backward): against finite differences of the oracle, and against the
+# CPU backend's VJPs (themselves checked against finite differences in test_gradients.py).
+
+BACKWARD_OPS = ["pool", "shared", "conv", "conv_transpose"]
+
+
+def _op_inputs(op, rng, options, geometry, dtype):
+    """(call, arrays, keywords, oracle) for one op: ``call(**arrays, **keywords)`` is the public
+    forward, ``oracle(**float64 arrays)`` the same computed by tests/reference.py."""
+    transposed = op == "conv_transpose"
+    if transposed:
+        kernel_size, stride, padding, dilation, output_padding, shape = geometry
+    else:
+        kernel_size, stride, padding, dilation, shape = geometry
+        output_padding = 0
+    channels = 2 if options[5] else 3
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    if transposed:
+        guide_shape = tuple(
+            (n - 1) * s - 2 * p + d * (k - 1) + op_ + 1
+            for n, k, s, p, d, op_ in zip(shape, _pair(kernel_size), _pair(stride),
+                                          _pair(padding), _pair(dilation),
+                                          _pair(output_padding)))
+    else:
+        guide_shape = shape
+    public, oracle, guide = _setup(rng, options, kernel_size, dilation, guide_shape, channels,
+                                   dtype)
+    geometry_kw = dict(stride=stride, padding=padding, dilation=dilation)
+    if transposed:
+        geometry_kw["output_padding"] = output_padding
+    arrays = dict(x=x)
+    if op == "shared":
+        arrays["weight"] = _rounded(rng.standard_normal((1, 1, *_pair(kernel_size))), dtype)
+    elif op == "conv":
+        arrays["weight"] = _rounded(rng.standard_normal((4, channels, *_pair(kernel_size))), dtype)
+    elif op == "conv_transpose":
+        arrays["weight"] = _rounded(rng.standard_normal((channels, 4, *_pair(kernel_size))), dtype)
+    for name in ("guide", "spatial_weight", "mask"):
+        if public[name] is not None:
+            arrays[name] = oracle.get(name, guide)
+    keywords = {k: v for k, v in public.items() if k not in arrays and k != "guide"}
+
+    def call(module_function, grad_output=None, **values):
+        values = {k: _cast(v, dtype) for k, v in values.items()}
+        leading = () if grad_output is None else (_cast(grad_output, dtype),)
+        if op == "pool":
+            leading += (values.pop("x"), kernel_size)
+        else:
+            leading += (values.pop("x"), values.pop("weight"))
+        return module_function(*leading, **geometry_kw, **keywords, **values)
+
+    def evaluate(**values):
+        kernel_keywords = {k: v for k, v in oracle.items() if k not in ("spatial_weight", "mask")}
+        kernel_keywords["spatial_weight"] = values.get("spatial_weight")
+        kernel_keywords["mask"] = values.get("mask")
+        kernel_guide = values.get("guide", guide)
+        if transposed:
+            K, _ = ref_kernel(kernel_guide, kernel_size, dilation=dilation, transposed=True,
+                              **kernel_keywords)
+            return ref_conv_transpose(values["x"], K, values["weight"], **geometry_kw)
+        K, _ = ref_kernel(kernel_guide, kernel_size, **geometry_kw, **kernel_keywords)
+        if op == "pool":
+            return ref_pool(values["x"], K, **geometry_kw)
+        return ref_conv(values["x"], K, values["weight"], **geometry_kw)
+
+    return call, arrays, evaluate
+
+
+_FORWARD = {"pool": pacarray.pac_pool, "shared": pacarray.pac_conv, "conv": pacarray.pac_conv,
+            "conv_transpose": pacarray.pac_conv_transpose}
+
+
+def _assert_matches(assert_close, actual, expected, dtype):
+    """assert_close, except that an all-zero expectation (an exactly vanishing gradient, e.g.
+    of a normalized one-tap kernel) is met by values at rounding level."""
+    if np.all(np.asarray(expected) == 0):
+        tolerance = 1e-12 if np.dtype(dtype) == np.float64 else 1e-5
+        assert np.asarray(actual).dtype == np.dtype(dtype)
+        assert np.max(np.abs(actual)) <= tolerance
+    else:
+        assert_close(actual, expected, dtype)
+
+
+def _vjp_function(op):
+    import pacarray.gradients as gradients
+
+    return {"pool": gradients.pac_pool_vjp, "shared": gradients.pac_conv_vjp,
+            "conv": gradients.pac_conv_vjp,
+            "conv_transpose": gradients.pac_conv_transpose_vjp}[op]
+
+
+def _backward_cases(with_bands=False):
+    """Ops x options x geometries; with_bands adds the row-band chunking of the conv ops."""
+    cases = []
+    for i, op in enumerate(BACKWARD_OPS * 4):
+        geometries = TRANSPOSED_GEOMETRIES if op == "conv_transpose" else FORWARD_GEOMETRIES
+        options = OPTIONS[(i * 3) % len(OPTIONS)]
+        geometry = geometries[i % len(geometries)]
+        paths = ["whole", "bands"] if with_bands and op in ("conv", "conv_transpose") else [
+            "whole"]
+        for path in paths:
+            cases.append(pytest.param(i, op, options, geometry, path, id=f"{op}-case{i}-{path}"))
+    return cases
+
+
+@pytest.mark.parametrize("index, op, options, geometry, path", _backward_cases(True))
+def test_vjp_matches_finite_differences_of_the_oracle(cuda_backend, rng, monkeypatch, index, op,
+                                                      options, geometry, path):
+    """<vjp, v> for a random direction v of every input against central differences."""
+    if path == "bands":
+        monkeypatch.setattr(launch, "WORKSPACE_BYTES", 400)
+    _small_grid(index, monkeypatch)
+    call, arrays, evaluate = _op_inputs(op, rng, options, geometry, np.float64)
+    reference = evaluate(**arrays)
+    grad_output = rng.standard_normal(reference.shape)
+    grads = call(_vjp_function(op), grad_output=grad_output, **arrays)
+    assert {name.split("<")[0] for name in cuda_backend.launches} <= {
+        "pac_backward", "pac_patches"}
+    assert any(name.startswith("pac_backward") for name in cuda_backend.launches)
+    step = 1e-6
+    for name, value in arrays.items():
+        direction = rng.standard_normal(value.shape)
+        if name == "mask":
+            direction *= (value > 0.05) & (value < 0.95)  # stay inside [0, 1]
+        plus = evaluate(**{**arrays, name: value + step * direction})
+        minus = evaluate(**{**arrays, name: value - step * direction})
+        numeric = float(np.sum(grad_output * (plus - minus))) / (2 * step)
+        analytic = float(np.sum(np.asarray(getattr(grads, name)) * direction))
+        scale = max(abs(numeric), 1e-3)
+        assert abs(analytic - numeric) <= 1e-6 * scale, (name, analytic, numeric)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index, op, options, geometry, path", _backward_cases())
+def test_vjp_matches_the_cpu_backend(emulator, assert_close, rng, monkeypatch, index, op,
+                                     options, geometry, path, dtype):
+    call, arrays, _ = _op_inputs(op, rng, options, geometry, dtype)
+    grad_output = None
+    results = {}
+    for backend in ("cpu", "cuda"):
+        if backend == "cuda":
+            runtime = emu.EmulatedRuntime(emulator, reverse=index % 2 == 1)
+            module = emu.emulated_backend(runtime)
+            monkeypatch.setitem(sys.modules, module.__name__, module)
+            monkeypatch.setitem(dispatch._BACKEND_MODULES, "numpy", module.__name__)
+            _small_grid(index, monkeypatch)
+            monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+        if grad_output is None:
+            shape = call(_FORWARD[op], **arrays).shape
+            grad_output = _rounded(rng.standard_normal(shape), dtype)
+        grads = call(_vjp_function(op), grad_output=_cast(grad_output, dtype), **arrays)
+        results[backend] = {k: None if v is None else np.array(v)
+                            for k, v in grads._asdict().items()}
+    assert results["cuda"].keys() == results["cpu"].keys()
+    for name, expected in results["cpu"].items():
+        actual = results["cuda"][name]
+        assert (actual is None) == (expected is None), name
+        if expected is not None:
+            _assert_matches(assert_close, actual, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index", range(len(OPTIONS)))
+def test_pac_kernel_vjp_matches_the_cpu_backend(emulator, assert_close, rng, monkeypatch, index,
+                                                dtype):
+    import pacarray.gradients as gradients
+
+    options = OPTIONS[index]
+    if options[0] == "none":
+        options = ("inverse", *options[1:])
+    kernel_size, stride, padding, dilation, shape = FORWARD_GEOMETRIES[index]
+    public, _, guide = _setup(rng, options, kernel_size, dilation, shape, 2, dtype)
+    public.pop("guide")
+    geometry_kw = dict(stride=stride, padding=padding, dilation=dilation)
+    K = pacarray.pac_kernel(_cast(guide, dtype), kernel_size, **geometry_kw, **public)
+    grad_output = _cast(rng.standard_normal(K.shape), dtype)
+    results = {}
+    for backend in ("cpu", "cuda"):
+        if backend == "cuda":
+            module = emu.emulated_backend(emu.EmulatedRuntime(emulator, reverse=index % 2 == 0))
+            monkeypatch.setitem(sys.modules, module.__name__, module)
+            monkeypatch.setitem(dispatch._BACKEND_MODULES, "numpy", module.__name__)
+            _small_grid(index + 1, monkeypatch)
+        grads = gradients.pac_kernel_vjp(grad_output, _cast(guide, dtype), kernel_size,
+                                         **geometry_kw, **public)
+        results[backend] = {k: None if v is None else np.array(v)
+                            for k, v in grads._asdict().items()}
+    for name, expected in results["cpu"].items():
+        actual = results["cuda"][name]
+        assert (actual is None) == (expected is None), name
+        if expected is not None:
+            _assert_matches(assert_close, actual, expected, dtype)

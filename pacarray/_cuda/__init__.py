@@ -14,9 +14,34 @@ planning below is exercised without a GPU.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from . import _loader, launch
 from .launch import int32
+
+__all__ = [
+    "KernelGrads", "conv", "conv_backward", "kernel_backward", "materialize_kernel", "pool",
+    "pool_backward", "smooth", "smooth_backward",
+]
+
+# pac_backward's upstream kinds (pac::UPSTREAM_* in pac_backward.cu).
+_UPSTREAM_KERNEL, _UPSTREAM_DEPTHWISE, _UPSTREAM_PATCHES = 0, 1, 2
+
+
+class KernelGrads(NamedTuple):
+    """Gradients reaching the inputs of a fused adaptive kernel (as ``_cpu.backward``'s).
+
+    ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour and the centre
+    features (``None`` unless ``need_guide``); ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is
+    ``(kh, kw)``, ``mask`` is ``(N, H, W)`` (``None`` without a mask).
+    """
+
+    guide: object
+    centre: object
+    alpha: object
+    lam: object
+    spatial: object
+    mask: object
 
 
 class _CupyRuntime:
@@ -141,30 +166,256 @@ def _conv(runtime, x, weight_matrix, spec, geometry, k_stride, k_padding, out_sh
     patch_rows = channels * geometry.taps
     chunks = launch.conv_chunks(batch, out_h, out_w, patch_rows, x.itemsize)
     workspace = xp.empty(max(c.images * c.rows for c in chunks) * patch_rows * out_w, dtype)
-    explicit = _explicit_or_placeholder(xp, spec, dtype)
-    kernel_groups = channels if spec.fk_count > 1 else 1
     y_flat = y.reshape(batch, out_channels, out_h * out_w)
     for chunk in chunks:
         columns = chunk.rows * out_w
-        patch = workspace[: chunk.images * patch_rows * columns].reshape(
-            chunk.images, patch_rows, columns
-        )
-        runtime.run(launch.plan(
-            "pac_patches", dtype, chunk.images * kernel_groups * columns,
-            [x.size, workspace.size, explicit.size, *launch.description_sizes(spec)],
-            (
-                x, *int32(channels, in_h, in_w), patch,
-                *int32(chunk.n0, chunk.row_start, chunk.rows, out_h, out_w, *geometry.stride,
-                       *geometry.padding, geometry.transposed),
-                explicit, *int32(spec.use_explicit, spec.fk_count),
-                *launch.description_args(
-                    spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, dtype
-                ),
-            ),
-        ))
+        patch = _chunk_view(workspace, chunk, patch_rows, out_w)
+        _build_patches(runtime, x, patch, chunk, spec, geometry, k_stride, k_padding, out_shape)
         if chunk.rows == out_h:
             xp.matmul(weight_matrix, patch, out=y_flat[chunk.n0:chunk.n0 + chunk.images])
         else:
             start = chunk.row_start * out_w
             y_flat[chunk.n0, :, start:start + columns] = xp.matmul(weight_matrix, patch[0])
     return y
+
+
+def _chunk_view(workspace, chunk, patch_rows, out_w):
+    """``(images, patch_rows, rows*out_w)`` view of the start of ``workspace``."""
+    columns = chunk.rows * out_w
+    return workspace[: chunk.images * patch_rows * columns].reshape(
+        chunk.images, patch_rows, columns
+    )
+
+
+def _build_patches(runtime, x, patch, chunk, spec, geometry, k_stride, k_padding, out_shape):
+    """Launch ``pac_patches`` filling ``patch`` for one chunk."""
+    xp = runtime.xp
+    dtype = x.dtype
+    channels, in_h, in_w = x.shape[1:]
+    explicit = _explicit_or_placeholder(xp, spec, dtype)
+    kernel_groups = channels if spec.fk_count > 1 else 1
+    runtime.run(launch.plan(
+        "pac_patches", dtype, chunk.images * kernel_groups * chunk.rows * out_shape[1],
+        [x.size, patch.size, explicit.size, *launch.description_sizes(spec)],
+        (
+            x, *int32(channels, in_h, in_w), patch,
+            *int32(chunk.n0, chunk.row_start, chunk.rows, *out_shape, *geometry.stride,
+                   *geometry.padding, geometry.transposed),
+            explicit, *int32(spec.use_explicit, spec.fk_count),
+            *launch.description_args(
+                spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, dtype
+            ),
+        ),
+    ))
+
+
+# --------------------------------------------------------------------------------------------
+# Backward passes: the same names, signatures and results as ``pacarray._cpu.backward``.
+
+
+def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide):
+    """VJP of :func:`materialize_kernel`: ``grad_kernel (N, Fk, T, Ho, Wo)`` -> KernelGrads."""
+    with _on_device_of(grad_kernel):
+        return _kernel_backward(
+            _RUNTIME, grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide
+        )
+
+
+def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x,
+                  need_weight, need_kernel, need_guide):
+    """VJP of :func:`pool`: ``(grad_x, grad_tap_weight, grad_explicit, kernel_grads)``."""
+    with _on_device_of(x):
+        return _pool_backward(
+            _RUNTIME, grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x,
+            need_weight, need_kernel, need_guide,
+        )
+
+
+def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding, need_x,
+                  need_weight, need_kernel, need_guide):
+    """VJP of :func:`conv`: ``(grad_x, grad_weight_matrix, grad_explicit, kernel_grads)``."""
+    with _on_device_of(x):
+        return _conv_backward(
+            _RUNTIME, grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding, need_x,
+            need_weight, need_kernel, need_guide,
+        )
+
+
+def smooth_backward(grad_centre, guide, weights, need_weights):
+    """VJP of :func:`smooth`: ``(grad_guide, grad_weights)`` (``None`` unless asked)."""
+    import cupy
+    import cupyx.scipy.ndimage
+
+    with _on_device_of(grad_centre):
+        # The adjoint of correlating with weights is correlating with the flipped weights.
+        flipped = cupy.ascontiguousarray(weights[::-1, ::-1])
+        grad_guide = cupyx.scipy.ndimage.correlate(
+            grad_centre, flipped[None, None], mode="constant", cval=0.0
+        )
+        if not need_weights:
+            return grad_guide, None
+        height, width = guide.shape[2:]
+        ry, rx = (weights.shape[0] - 1) // 2, (weights.shape[1] - 1) // 2
+        padded = cupy.pad(guide, ((0, 0), (0, 0), (ry, ry), (rx, rx)))
+        sums = [
+            cupy.vdot(grad_centre, padded[:, :, u:u + height, v:v + width])
+            for u in range(weights.shape[0])
+            for v in range(weights.shape[1])
+        ]
+        return grad_guide, cupy.stack(sums).reshape(weights.shape)
+
+
+class _Gradients(NamedTuple):
+    """Zeroed outputs of ``pac_backward`` (placeholders where not computed)."""
+
+    x: object
+    tap_weight: object
+    explicit: object
+    guide: object
+    centre: object
+    mask: object
+    alpha: object
+    lam: object
+    spatial: object
+
+
+def _gradients(xp, spec, x_shape, taps, out_shape, dtype, need_x, need_weight, need_kernel,
+               need_guide):
+    placeholder = xp.empty(0, dtype)
+
+    def zeros(shape, wanted):
+        return xp.zeros(shape, dtype) if wanted else placeholder
+
+    fused = need_kernel and not spec.use_explicit
+    batch = spec.explicit.shape[0] if spec.use_explicit else 0
+    explicit_shape = (batch, spec.fk_count, taps, *out_shape)
+    return _Gradients(
+        x=zeros(x_shape, need_x),
+        tap_weight=zeros(taps, need_weight),
+        explicit=zeros(explicit_shape, need_kernel and spec.use_explicit),
+        guide=zeros(spec.guide.shape, fused and need_guide),
+        centre=zeros(spec.guide.shape, fused and need_guide),
+        mask=zeros(spec.mask.shape, fused and spec.has_mask),
+        alpha=zeros(spec.fk_count, fused),
+        lam=zeros(spec.fk_count, fused),
+        spatial=zeros(taps, fused),
+    )
+
+
+def _kernel_grads(spec, grads, kernel_size, need_kernel, need_guide):
+    if not need_kernel or spec.use_explicit:
+        return None
+    return KernelGrads(
+        guide=grads.guide if need_guide else None,
+        centre=grads.centre if need_guide else None,
+        alpha=grads.alpha,
+        lam=grads.lam,
+        spatial=grads.spatial.reshape(kernel_size),
+        mask=grads.mask if spec.has_mask else None,
+    )
+
+
+def _launch_backward(runtime, kind, upstream, x, tap_weight, chunk, out_shape, stride, padding,
+                     transposed, spec, kernel_size, k_stride, k_padding, dilation, needs,
+                     grads):
+    """Launch ``pac_backward`` over one chunk; ``needs`` = (x, weight, kernel, guide)."""
+    xp = runtime.xp
+    dtype = upstream.dtype
+    channels, in_h, in_w = x.shape[1:] if kind != _UPSTREAM_KERNEL else (spec.fk_count, 1, 1)
+    kernel_groups = channels if spec.fk_count > 1 else 1
+    explicit = _explicit_or_placeholder(xp, spec, dtype)
+    arrays = (x, upstream, explicit, *grads)
+    runtime.run(launch.plan(
+        "pac_backward", dtype, chunk.images * kernel_groups * chunk.rows * out_shape[1],
+        [a.size for a in arrays] + launch.description_sizes(spec),
+        (
+            *int32(kind), upstream, x, *int32(channels, in_h, in_w), tap_weight,
+            *int32(chunk.n0, chunk.row_start, chunk.rows, *out_shape, *stride, *padding,
+                   transposed),
+            explicit, *int32(spec.use_explicit, spec.fk_count, *needs), *grads,
+            *launch.description_args(spec, kernel_size, k_stride, k_padding, dilation, dtype),
+        ),
+    ))
+
+
+def _kernel_backward(runtime, grad_kernel, spec, kernel_size, k_stride, k_padding, dilation,
+                     need_guide):
+    xp = runtime.xp
+    batch, _, taps, *out_shape = grad_kernel.shape
+    dtype = grad_kernel.dtype
+    grads = _gradients(xp, spec, (0,), taps, out_shape, dtype, False, False, True, need_guide)
+    placeholder = xp.empty(0, dtype)
+    _launch_backward(
+        runtime, _UPSTREAM_KERNEL, grad_kernel, placeholder, placeholder,
+        launch.Chunk(0, batch, 0, out_shape[0]), out_shape, (1, 1), (0, 0), False, spec,
+        kernel_size, k_stride, k_padding, dilation, (False, False, True, need_guide), grads,
+    )
+    return _kernel_grads(spec, grads, kernel_size, True, need_guide)
+
+
+def _pool_backward(runtime, grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x,
+                   need_weight, need_kernel, need_guide):
+    xp = runtime.xp
+    out_shape = tuple(grad_y.shape[2:])
+    taps = geometry.taps
+    grads = _gradients(xp, spec, x.shape, taps, out_shape, x.dtype, need_x, need_weight,
+                       need_kernel, need_guide)
+    tap_weight = xp.ascontiguousarray(tap_weight).reshape(-1)
+    _launch_backward(
+        runtime, _UPSTREAM_DEPTHWISE, xp.ascontiguousarray(grad_y), x, tap_weight,
+        launch.Chunk(0, x.shape[0], 0, out_shape[0]), out_shape, geometry.stride,
+        geometry.padding, geometry.transposed, spec, geometry.kernel_size, k_stride, k_padding,
+        geometry.dilation, (need_x, need_weight, need_kernel, need_guide), grads,
+    )
+    return (
+        grads.x if need_x else None,
+        grads.tap_weight.reshape(geometry.kernel_size) if need_weight else None,
+        grads.explicit if need_kernel and spec.use_explicit else None,
+        _kernel_grads(spec, grads, geometry.kernel_size, need_kernel, need_guide),
+    )
+
+
+def _conv_backward(runtime, grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
+                   need_x, need_weight, need_kernel, need_guide):
+    """Chunks of whole images or row bands: cuBLAS forms the patch gradient
+    ``weight_matrix.T @ grad_y``, ``pac_backward`` takes it to x and the kernel, and for the
+    weight gradient the forward patches are rebuilt and multiplied with ``grad_y``."""
+    xp = runtime.xp
+    dtype = x.dtype
+    batch, channels = x.shape[:2]
+    out_channels = weight_matrix.shape[0]
+    out_shape = tuple(grad_y.shape[2:])
+    out_h, out_w = out_shape
+    patch_rows = channels * geometry.taps
+    grads = _gradients(xp, spec, x.shape, geometry.taps, out_shape, dtype, need_x, False,
+                       need_kernel, need_guide)
+    grad_matrix = xp.zeros(weight_matrix.shape, dtype) if need_weight else None
+    chunks = launch.conv_chunks(batch, out_h, out_w, patch_rows, x.itemsize)
+    size = max(c.images * c.rows for c in chunks) * patch_rows * out_w
+    workspace = xp.empty(size, dtype)
+    matrix_t = xp.ascontiguousarray(weight_matrix.T)
+    grad_y_flat = xp.ascontiguousarray(grad_y).reshape(batch, out_channels, out_h * out_w)
+    placeholder = xp.empty(0, dtype)
+    for chunk in chunks:
+        start = chunk.row_start * out_w
+        grad_chunk = grad_y_flat[chunk.n0:chunk.n0 + chunk.images, :,
+                                 start:start + chunk.rows * out_w]
+        buffer = _chunk_view(workspace, chunk, patch_rows, out_w)
+        if need_x or need_kernel:
+            xp.matmul(matrix_t, grad_chunk, out=buffer)
+            _launch_backward(
+                runtime, _UPSTREAM_PATCHES, buffer, x, placeholder, chunk, out_shape,
+                geometry.stride, geometry.padding, geometry.transposed, spec,
+                geometry.kernel_size, k_stride, k_padding, geometry.dilation,
+                (need_x, False, need_kernel, need_guide), grads,
+            )
+        if need_weight:
+            _build_patches(runtime, x, buffer, chunk, spec, geometry, k_stride, k_padding,
+                           out_shape)
+            grad_matrix += xp.matmul(grad_chunk, buffer.transpose(0, 2, 1)).sum(axis=0)
+    return (
+        grads.x if need_x else None,
+        grad_matrix,
+        grads.explicit if need_kernel and spec.use_explicit else None,
+        _kernel_grads(spec, grads, geometry.kernel_size, need_kernel, need_guide),
+    )

@@ -18,11 +18,12 @@ import numpy as np
 #: Kernel templates of each source file. Every one is instantiated as ``name<T, I>``.
 KERNELS: dict[str, tuple[str, ...]] = {
     "pac_forward.cu": ("pac_fill", "pac_direct", "pac_patches"),
+    "pac_backward.cu": ("pac_backward",),
 }
 
 #: Kernels that synchronize the threads of a block (``__syncthreads``, warp shuffles). The
 #: host-emulation harness runs these as cooperative fibers, the others as plain loops.
-SYNCHRONIZING: frozenset[str] = frozenset()
+SYNCHRONIZING: frozenset[str] = frozenset({"pac_backward"})
 
 #: C++ names of the template arguments.
 FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}

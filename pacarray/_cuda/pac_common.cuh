@@ -38,6 +38,8 @@ __device__ __forceinline__ float exponential(float v) { return expf(v); }
 __device__ __forceinline__ double exponential(double v) { return exp(v); }
 __device__ __forceinline__ float power(float base, float exponent) { return powf(base, exponent); }
 __device__ __forceinline__ double power(double base, double exponent) { return pow(base, exponent); }
+__device__ __forceinline__ float logarithm(float v) { return logf(v); }
+__device__ __forceinline__ double logarithm(double v) { return log(v); }
 
 // Floor division for a possibly negative numerator and a positive divisor.
 __device__ __forceinline__ int floor_div(int numerator, int divisor) {
@@ -79,31 +81,35 @@ struct KernelDescription {
     int kh, kw, ksy, ksx, kpy, kpx, dh, dw;
 };
 
+// Squared feature distance between the centre (cy, cx) and the in-range neighbour (qy, qx):
+// over all features for a shared kernel (fk = 0), feature fk for a channel-wise one; clamped to
+// max(0, fc - fq) per feature for the asymmetric family.
+template <typename T, typename I>
+__device__ __forceinline__ T squared_distance(const KernelDescription<T>& d, I n, int fk, int cy,
+                                              int cx, int qy, int qx) {
+    const I plane = (I)d.guide_h * d.guide_w;
+    const I centre_offset = (I)cy * d.guide_w + cx;
+    const I neighbour_offset = (I)qy * d.guide_w + qx;
+    const bool clamp = d.family == FAMILY_INVERSE_ASYMMETRIC;
+    const int f_first = d.channel_wise ? fk : 0;
+    const int f_last = d.channel_wise ? fk + 1 : d.features;
+    T squared = T(0);
+    I base = (n * d.features + f_first) * plane;
+    for (int f = f_first; f < f_last; ++f, base += plane) {
+        T diff = d.centre[base + centre_offset] - d.guide[base + neighbour_offset];
+        if (clamp && diff < T(0)) diff = T(0);
+        squared += diff * diff;
+    }
+    return squared;
+}
+
 // kappa(fc, fq) for the centre (cy, cx) and the in-range neighbour (qy, qx); fk is the kernel
 // channel (0 for a shared kernel, which sums the squared differences over all features).
 template <typename T, typename I>
 __device__ __forceinline__ T kappa(const KernelDescription<T>& d, I n, int fk, int cy, int cx,
                                    int qy, int qx) {
     if (d.family == FAMILY_CONSTANT) return T(1);
-    const I plane = (I)d.guide_h * d.guide_w;
-    const I centre_offset = (I)cy * d.guide_w + cx;
-    const I neighbour_offset = (I)qy * d.guide_w + qx;
-    const bool clamp = d.family == FAMILY_INVERSE_ASYMMETRIC;
-    T squared;
-    if (d.channel_wise) {
-        const I base = (n * d.features + fk) * plane;
-        T diff = d.centre[base + centre_offset] - d.guide[base + neighbour_offset];
-        if (clamp && diff < T(0)) diff = T(0);
-        squared = diff * diff;
-    } else {
-        squared = T(0);
-        I base = n * d.features * plane;
-        for (int f = 0; f < d.features; ++f, base += plane) {
-            T diff = d.centre[base + centre_offset] - d.guide[base + neighbour_offset];
-            if (clamp && diff < T(0)) diff = T(0);
-            squared += diff * diff;
-        }
-    }
+    const T squared = squared_distance<T, I>(d, n, fk, cy, cx, qy, qx);
     if (d.family == FAMILY_GAUSSIAN) return exponential(T(-0.5) * squared);
     return d.alpha[fk] + power(squared + d.eps2, T(0.5) * d.lam[fk]);
 }

@@ -201,10 +201,11 @@ class EmulatedRuntime:
 def emulated_backend(runtime: EmulatedRuntime) -> types.ModuleType:
     """A module with ``pacarray._cuda``'s public functions running on ``runtime``.
 
-    ``smooth`` is CuPy's ``cupyx.scipy.ndimage.correlate`` on the GPU, not a kernel of ours; here
-    it is the CPU backend's.
+    ``smooth`` and ``smooth_backward`` are CuPy's ``cupyx.scipy.ndimage.correlate`` (and array
+    operations) on the GPU, not kernels of ours; here they are the CPU backend's.
     """
     import pacarray._cpu as cpu
+    import pacarray._cpu.backward as cpu_backward
     import pacarray._cuda as cuda
 
     module = types.ModuleType("pacarray_emulated_cuda_backend")
@@ -223,7 +224,26 @@ def emulated_backend(runtime: EmulatedRuntime) -> types.ModuleType:
             runtime, x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape
         )
 
+    def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation,
+                        need_guide):
+        return cuda._kernel_backward(runtime, grad_kernel, spec, kernel_size, k_stride,
+                                     k_padding, dilation, need_guide)
+
+    def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x,
+                      need_weight, need_kernel, need_guide):
+        return cuda._pool_backward(runtime, grad_y, x, tap_weight, spec, geometry, k_stride,
+                                   k_padding, need_x, need_weight, need_kernel, need_guide)
+
+    def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding, need_x,
+                      need_weight, need_kernel, need_guide):
+        return cuda._conv_backward(runtime, grad_y, x, weight_matrix, spec, geometry, k_stride,
+                                   k_padding, need_x, need_weight, need_kernel, need_guide)
+
     module.materialize_kernel = materialize_kernel
     module.pool = pool
     module.conv = conv
+    module.kernel_backward = kernel_backward
+    module.pool_backward = pool_backward
+    module.conv_backward = conv_backward
+    module.smooth_backward = cpu_backward.smooth_backward
     return module
