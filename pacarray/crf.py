@@ -19,6 +19,7 @@ from . import _arrays
 from ._dispatch import namespace, select_backend
 from ._geometry import as_tuple
 from .kernels import spatial_window
+from .gradients import pac_pool_vjp
 from .ops import pac_pool
 
 __all__ = ["PairwiseTerm", "DEFAULT_PAIRWISE", "CRFGradients", "pac_crf", "pac_crf_vjp"]
@@ -473,8 +474,15 @@ def _upsample_adjoint(xp, grad, low_shape, factor):
     return grad
 
 
+def _pool_arguments(term):
+    kernel_size = tuple(term.spatial.shape)
+    padding = tuple(d * (k // 2) for k, d in zip(kernel_size, term.dilation))
+    return kernel_size, dict(guide=term.guide, padding=padding, dilation=term.dilation,
+                             spatial_weight=term.spatial)
+
+
 def _add_raw_messages(xp, q, term, scale, out):
-    """``out += scale * message(q)`` on the term's own grid (no blur handling)."""
+    """``out += scale * M q`` on the term's own grid (no blur handling)."""
     if xp is np and _USE_CPU_KERNELS:
         from ._cpu import _crf_kernels
 
@@ -483,13 +491,22 @@ def _add_raw_messages(xp, q, term, scale, out):
             guide = np.zeros((q.shape[0], 0, *q.shape[2:]), q.dtype)
         _crf_kernels.add_messages(q, guide, term.spatial, *term.dilation, scale, out)
         return
-    kernel_size = tuple(term.spatial.shape)
-    padding = tuple(d * (k // 2) for k, d in zip(kernel_size, term.dilation))
-    message = pac_pool(
-        q, kernel_size, guide=term.guide, padding=padding, dilation=term.dilation,
-        spatial_weight=term.spatial,
-    )
-    out += q.dtype.type(scale) * message
+    kernel_size, options = _pool_arguments(term)
+    out += q.dtype.type(scale) * pac_pool(q, kernel_size, **options)
+
+
+def _add_raw_adjoint(xp, grad, q, term, scale, out):
+    """``out += scale * M^T grad`` for the message operator ``M`` applied to ``q``.
+
+    ``M`` is symmetric (see :func:`pac_crf_vjp`), so the dedicated CPU kernel applies it
+    directly; the generic path goes through the core gradient :func:`pac_pool_vjp`.
+    """
+    if xp is np and _USE_CPU_KERNELS:
+        _add_raw_messages(xp, grad, term, scale, out)
+        return
+    kernel_size, options = _pool_arguments(term)
+    adjoint = pac_pool_vjp(grad, q, kernel_size, **options, wrt="x").x
+    out += grad.dtype.type(scale) * adjoint
 
 
 def _pairwise_sum(xp, q, terms, weights, out):
@@ -518,22 +535,25 @@ def _pairwise_sum(xp, q, terms, weights, out):
 def _pairwise_adjoint(xp, grad, q, terms, weights, out, weight_grads):
     """``out = sum_k weights[k] M_k^T grad``; ``weight_grads[k] += <q, M_k^T grad>``.
 
-    The fine-grid message operator is self-adjoint; a blurred term is
-    ``b**2 * Up o M o Mean``, whose adjoint is ``b**2 * Mean^T o M o Up^T``.
+    ``q`` is the input of the forward messages. A blurred term is ``b**2 * Up o M o Mean``,
+    whose adjoint is ``b**2 * Mean^T o M^T o Up^T``.
     """
     out[...] = 0
     single = xp.empty_like(grad)
+    pooled = {}
     for index, (term, weight) in enumerate(zip(terms, weights)):
         if term.blur == 1:
             single[...] = 0
-            _add_raw_messages(xp, grad, term, 1.0, single)
+            _add_raw_adjoint(xp, grad, q, term, 1.0, single)
         else:
-            low_shape = tuple(-(-size // term.blur) for size in grad.shape[2:])
+            if term.blur not in pooled:
+                pooled[term.blur] = xp.ascontiguousarray(_block_mean(xp, q, term.blur))
+            coarse_q = pooled[term.blur]
             coarse_grad = xp.ascontiguousarray(
-                _upsample_adjoint(xp, grad, low_shape, term.blur)
+                _upsample_adjoint(xp, grad, coarse_q.shape[2:], term.blur)
             )
             coarse = xp.zeros_like(coarse_grad)
-            _add_raw_messages(xp, coarse_grad, term, float(term.blur**2), coarse)
+            _add_raw_adjoint(xp, coarse_grad, coarse_q, term, float(term.blur**2), coarse)
             single[...] = _block_mean_adjoint(xp, coarse, *grad.shape[2:], term.blur)
         weight_grads[index] += float(xp.sum(q * single))
         if weight != 0:

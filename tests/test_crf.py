@@ -10,7 +10,9 @@ import pytest
 import scipy.ndimage as ndi
 
 import pacarray.crf as crf
-from pacarray.crf import DEFAULT_PAIRWISE, PairwiseTerm, pac_crf
+from pacarray.crf import DEFAULT_PAIRWISE, PairwiseTerm, pac_crf, pac_crf_vjp
+from pacarray.features import color_position_features
+from pacarray.testing import check_gradients
 
 # --------------------------------------------------------------------------------------------
 # A direct NumPy implementation of the update, written from the formulas with explicit loops
@@ -193,6 +195,20 @@ def test_zero_steps_and_zero_weight_give_the_softmax(rng):
                                expected, rtol=1e-12)
 
 
+def test_appearance_term_equals_colour_position_features(rng):
+    """The appearance term (colour in the guide, position in the spatial window) equals a user
+    feature term on the joint (colour, position) stack, by the factorization of the Gaussian."""
+    unary = rng.normal(size=(3, 10, 11))
+    image = rng.random((10, 11, 3))
+    appearance = PairwiseTerm(weight=1.3, kernel_size=5, dilation=2, sigma_spatial=2.5,
+                              sigma_color=0.2)
+    stack = color_position_features(image, sigma_spatial=2.5, sigma_color=0.2, channel_axis=-1)
+    joint = PairwiseTerm(weight=1.3, kernel_size=5, dilation=2, sigma_spatial=None,
+                         features=stack)
+    np.testing.assert_allclose(pac_crf(unary, image, pairwise=[appearance]),
+                               pac_crf(unary, None, pairwise=[joint]), rtol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------
 # Layouts, dtypes, inputs and outputs
 
@@ -260,6 +276,101 @@ def test_memory_stays_linear_in_labels_times_pixels(use_kernels, monkeypatch):
     tracemalloc.stop()
     per_tap_array = 48 * 96 * 96 * 4
     assert peak < 16 * unary.nbytes < per_tap_array, (peak, unary.nbytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradients
+
+
+def _crf_function(image, terms, **options):
+    """pac_crf as a function of the arrays the gradient checker perturbs."""
+    def function(unary, weights, unary_weight, compatibility=None):
+        chosen = [PairwiseTerm(**{**vars(t), "weight": w}) for t, w in zip(terms, weights)]
+        compat = "potts" if compatibility is None else compatibility
+        return pac_crf(unary, image, pairwise=chosen, unary_weight=unary_weight,
+                       compatibility=compat, **options)
+
+    def vjp(grad_output, unary, weights, unary_weight, compatibility=None):
+        chosen = [PairwiseTerm(**{**vars(t), "weight": w}) for t, w in zip(terms, weights)]
+        compat = "potts" if compatibility is None else compatibility
+        grads = pac_crf_vjp(grad_output, unary, image, pairwise=chosen,
+                            unary_weight=unary_weight, compatibility=compat, **options)
+        return {"unary": grads.unary, "weights": np.asarray(grads.weights),
+                "unary_weight": grads.unary_weight, "compatibility": grads.compatibility}
+
+    return function, vjp
+
+
+GRADIENT_CASES = {
+    "potts": ([PairwiseTerm(weight=0.8, kernel_size=3, sigma_spatial=2.0, sigma_color=0.3),
+               PairwiseTerm(weight=0.4, kernel_size=(3, 5), dilation=(1, 2), sigma_spatial=None,
+                            features="smoothness")], False, {}),
+    "matrix+log": ([PairwiseTerm(weight=0.6, kernel_size=5, sigma_spatial=2.0,
+                                 sigma_color=0.4)], True, {"output": "log"}),
+    "blur+probabilities": ([PairwiseTerm(weight=0.5, kernel_size=3, sigma_spatial=3.0,
+                                         sigma_color=0.5, blur=2)], False,
+                           {"input": "probabilities", "num_steps": 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(GRADIENT_CASES))
+def test_gradients_match_finite_differences(path, case):
+    terms, use_matrix, options = GRADIENT_CASES[case]
+    rng = np.random.default_rng(11)
+    labels, height, width = 3, 7, 9
+    image = rng.random((height, width, 3))
+    if options.get("input") == "probabilities":
+        unary = rng.dirichlet(np.ones(labels), size=(height, width)).transpose(2, 0, 1)
+        unary = 0.05 + 0.9 * unary  # away from the clipping floor and from 1
+    else:
+        unary = rng.normal(0.0, 1.0, (labels, height, width))
+    inputs = {"unary": unary, "weights": np.array([t.weight for t in terms]),
+              "unary_weight": 0.9}
+    if use_matrix:
+        inputs["compatibility"] = rng.normal(0.0, 1.0, (labels, labels))
+    function, vjp = _crf_function(image, terms, num_steps=options.pop("num_steps", 3),
+                                  **options)
+    report = check_gradients(function, vjp, inputs, tolerance=1e-6)
+    assert report.passed, str(report)
+    assert set(report.errors) == set(inputs)
+
+
+def test_gradient_of_a_cross_entropy_fit_lowers_the_loss():
+    """A gradient step on the pairwise weight and the unary weight reduces a real loss."""
+    rng = np.random.default_rng(3)
+    truth = np.zeros((16, 16), int)
+    truth[:, 8:] = 1
+    image = np.repeat(truth[..., None], 3, axis=-1).astype(float)
+    unary = np.stack([truth == 0, truth == 1]).astype(float) * 0.5 + rng.normal(0, 1, (2, 16, 16))
+    target = np.eye(2)[truth].transpose(2, 0, 1)
+
+    def loss_and_grads(weight, unary_weight):
+        terms = [PairwiseTerm(weight=weight, kernel_size=5, dilation=1, sigma_color=0.2)]
+        log_q = pac_crf(unary, image, pairwise=terms, unary_weight=unary_weight, output="log")
+        grads = pac_crf_vjp(-target, unary, image, pairwise=terms, unary_weight=unary_weight,
+                            output="log")
+        return -float(np.sum(target * log_q)), grads
+
+    loss, grads = loss_and_grads(0.1, 1.0)
+    assert grads.compatibility is None and grads.unary.shape == unary.shape
+    assert grads.weights[0] < 0  # more smoothing along the edges helps here
+    new_loss, _ = loss_and_grads(0.1 - 1e-3 * grads.weights[0], 1.0 - 1e-3 * grads.unary_weight)
+    assert new_loss < loss
+
+
+def test_vjp_layout_and_errors(rng):
+    unary = rng.normal(size=(2, 6, 7, 3))  # (N, H, W, L)
+    image = rng.random((2, 6, 7, 3))
+    grad = rng.normal(size=unary.shape)
+    channels_last = pac_crf_vjp(grad, unary, image, label_axis=-1)
+    planar = pac_crf_vjp(np.moveaxis(grad, -1, 1), np.moveaxis(unary, -1, 1), image)
+    np.testing.assert_allclose(channels_last.unary, np.moveaxis(planar.unary, 1, -1),
+                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(channels_last.weights, planar.weights, rtol=1e-10)
+    with pytest.raises(ValueError, match="grad_output must have the output's shape"):
+        pac_crf_vjp(grad[:, :5], unary, image, label_axis=-1)
+    with pytest.raises(ValueError, match="labels are piecewise constant"):
+        pac_crf_vjp(grad, unary, image, label_axis=-1, output="labels")
 
 
 # --------------------------------------------------------------------------------------------
