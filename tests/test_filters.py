@@ -374,16 +374,13 @@ def test_joint_upsample_default_factor_and_constant():
 
 
 def _piecewise_smooth_depth(photo):
-    """A 'depth' that is smooth inside segments of the photograph and jumps at their edges."""
-    gray = ndi.gaussian_filter(photo.mean(axis=-1), 2.0)
-    segments = np.digitize(gray, np.quantile(gray, [0.2, 0.4, 0.6, 0.8]))
-    rng = np.random.default_rng(7)
-    yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]] / gray.shape[0]
-    depth = np.zeros_like(gray)
-    for label in range(5):
-        a, b, c = rng.uniform(-1, 1, 3)
-        depth[segments == label] = (2.0 * label + a + b * yy + c * xx)[segments == label]
-    return depth
+    """A 'depth' with jumps exactly at the photograph's edges and smooth elsewhere: its
+    luminance flattened by an edge-preserving filter (three bilateral passes), plus a ramp."""
+    luminance = photo.mean(axis=-1)
+    for _ in range(3):
+        luminance = bilateral_filter(luminance, sigma_spatial=3.0, sigma_color=0.1)
+    yy, xx = np.mgrid[: luminance.shape[0], : luminance.shape[1]] / luminance.shape[0]
+    return 4.0 * luminance + yy + xx
 
 
 def _bilinear(low, shape):
