@@ -58,6 +58,13 @@ def test_plan_packs_total_with_the_index_type(monkeypatch):
     )
 
 
+@pytest.mark.parametrize("block", [48, 0, 2048])
+def test_plan_rejects_blocks_that_are_not_whole_warps(monkeypatch, block):
+    monkeypatch.setattr(launch, "BLOCK_THREADS", block)
+    with pytest.raises(ValueError, match="BLOCK_THREADS"):
+        launch.plan("pac_fill", np.float32, 10, [10], ())
+
+
 def test_int32_packs_numpy_scalars():
     values = launch.int32(1, True, np.int64(7))
     assert [type(v) for v in values] == [np.int32] * 3

@@ -7,7 +7,8 @@ attributes read at call time; tests and benchmarks may patch them.
 Attributes
 ----------
 BLOCK_THREADS : int
-    Threads per block of every kernel.
+    Threads per block of every kernel; a multiple of the warp size (32), which the backward
+    kernel's block-wide sums need.
 MAX_BLOCKS : int
     Upper bound of the grid; larger problems are covered by the kernels' grid-stride loops.
 DIRECT_CONV_MAX_CHANNEL_PRODUCT : int
@@ -32,6 +33,7 @@ WORKSPACE_BYTES = 64 * 2**20
 
 #: Output channels one thread of ``pac_direct`` accumulates (``pac::DIRECT_GROUP`` in CUDA).
 DIRECT_GROUP = 4
+WARP_SIZE = 32
 #: Largest value of a signed 32-bit index.
 INT32_MAX = 2**31 - 1
 
@@ -70,6 +72,8 @@ def index_dtype(total: int, element_counts, launched_threads: int) -> np.dtype:
 def plan(kernel: str, dtype, total: int, element_counts, args: tuple) -> Launch:
     """A grid-stride launch over ``total`` items; the kernel's first argument is ``total``."""
     block = BLOCK_THREADS
+    if block % WARP_SIZE or not 0 < block <= 1024:
+        raise ValueError(f"BLOCK_THREADS must be a multiple of {WARP_SIZE} up to 1024, got {block}")
     grid = grid_size(total, block)
     index = index_dtype(total, element_counts, grid * block)
     return Launch(kernel, np.dtype(dtype), index, grid, block, (index.type(total), *args))
