@@ -561,16 +561,22 @@ def _pairwise_adjoint(xp, grad, q, terms, weights, out, weight_grads):
     return out
 
 
-def _softmax_of_sum(xp, first, second, sign, out):
-    """``out = softmax(first + sign * second)`` over the label axis (axis 1)."""
+def _softmax(xp, logits):
+    """Softmax over the label axis (axis 1), in a new array."""
     if xp is np and _USE_CPU_KERNELS:
         from ._cpu import _crf_kernels
 
-        _crf_kernels.softmax_of_sum(first, second, sign, out)
+        # A step without pairwise terms is exactly the softmax of its unary; reusing the step
+        # kernel saves compiling a separate parallel kernel per dtype.
+        out = np.empty_like(logits)
+        no_terms = _packed_terms(logits, [])
+        _crf_kernels.mean_field_step(
+            logits, logits, *no_terms, logits, False, np.zeros((1, 1), logits.dtype), False,
+            out, logits, False,
+        )
         return out
-    logits = first + first.dtype.type(sign) * second
-    logits -= logits.max(axis=1, keepdims=True)
-    xp.exp(logits, out=out)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    out = xp.exp(shifted)
     out /= out.sum(axis=1, keepdims=True)
     return out
 
@@ -587,33 +593,84 @@ def _compat_apply(xp, compat, pairwise):
     return xp.matmul(compat, flat).reshape(pairwise.shape)
 
 
-def _second_term(xp, problem, pairwise):
-    """The term added (sign) to the scaled unary to form the logits, from the pairwise sum.
+def _logits(xp, problem, pairwise):
+    """Logits of an update from the weighted message sum ``P``.
 
-    Potts compatibility ``mu = 1 - I`` gives ``-(sum_l' P[l'] - P[l])``; the sum over labels is
-    the same for every label of a pixel and cancels in the softmax, so ``+P`` is used.
+    Potts compatibility ``mu = 1 - I`` gives ``U - (sum_l' P[l'] - P[l])``; the sum over labels
+    is the same for every label of a pixel and cancels in the softmax, so ``U + P`` is used.
     """
     if problem.compatibility is None:
-        return pairwise, 1.0
-    return _compat_apply(xp, problem.compatibility, pairwise), -1.0
+        return problem.scaled_unary + pairwise
+    return problem.scaled_unary - _compat_apply(xp, problem.compatibility, pairwise)
 
 
-def _mean_field(problem, keep_history=False):
-    """Run the updates; returns ``(Q, logits of the last update, history of Q)``."""
+def _packed_terms(unary, terms):
+    """The full-resolution terms as the flat arrays of the fused CPU step kernel."""
+    dtype = unary.dtype
+    terms = [t for t in terms if t.blur == 1 and t.weight != 0]
+    kh = max([t.spatial.shape[0] for t in terms], default=1)
+    kw = max([t.spatial.shape[1] for t in terms], default=1)
+    # Each window centred in a common (kh, kw) frame; padding taps are 0 and skipped.
+    spatials = np.zeros((len(terms), kh, kw), dtype)
+    guides, bounds, start = [], np.zeros((len(terms), 2), np.int64), 0
+    for index, term in enumerate(terms):
+        th, tw = term.spatial.shape
+        top, left = (kh - th) // 2, (kw - tw) // 2
+        spatials[index, top:top + th, left:left + tw] = term.spatial
+        count = 0 if term.guide is None else term.guide.shape[1]
+        if count:
+            guides.append(term.guide)
+        bounds[index] = start, start + count
+        start += count
+    if guides:
+        guide = np.ascontiguousarray(np.concatenate(guides, axis=1))
+    else:
+        guide = np.zeros((unary.shape[0], 0, *unary.shape[2:]), dtype)
+    dilations = np.array([t.dilation for t in terms], np.int64).reshape(len(terms), 2)
+    weights = np.array([t.weight for t in terms], np.float64)
+    return guide, bounds, spatials, dilations, weights
+
+
+def _mean_field(problem, keep_history=False, want_logits=False):
+    """Run the updates; returns ``(Q, logits of the last update or None, history of Q)``."""
     xp = problem.xp
     unary = problem.scaled_unary
-    weights = [t.weight for t in problem.terms]
-    q = _softmax_of_sum(xp, unary, unary, 0.0, xp.empty_like(unary))
+    q = _softmax(xp, unary)
     history = [q] if keep_history else None
+    logits = unary if want_logits else None
+    fused = xp is np and _USE_CPU_KERNELS
+    if fused:
+        from ._cpu import _crf_kernels
+
+        packed = _packed_terms(unary, problem.terms)
+        compat = problem.compatibility
+        use_compat = compat is not None
+        if compat is None:
+            compat = np.zeros((1, 1), unary.dtype)
+        blurred = [t.weight if t.blur > 1 else 0.0 for t in problem.terms]
+        use_extra = any(blurred)
+    else:
+        weights = [t.weight for t in problem.terms]
     pairwise = xp.empty_like(unary)
-    second, sign = unary, 0.0
-    for _ in range(problem.num_steps):
-        _pairwise_sum(xp, q, problem.terms, weights, pairwise)
-        second, sign = _second_term(xp, problem, pairwise)
-        q = _softmax_of_sum(xp, unary, second, sign, xp.empty_like(unary))
+    for step in range(problem.num_steps):
+        last = step == problem.num_steps - 1
+        if fused:
+            if use_extra:
+                _pairwise_sum(xp, q, problem.terms, blurred, pairwise)
+            new_q = np.empty_like(unary)
+            logits = np.empty_like(unary) if (want_logits and last) else unary
+            _crf_kernels.mean_field_step(
+                unary, q, *packed, pairwise, use_extra, compat, use_compat, new_q, logits,
+                want_logits and last,
+            )
+            q = new_q
+        else:
+            _pairwise_sum(xp, q, problem.terms, weights, pairwise)
+            logits = _logits(xp, problem, pairwise)
+            q = _softmax(xp, logits)
         if keep_history:
             history.append(q)
-    return q, (second, sign), history
+    return q, logits, history
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,8 +759,9 @@ def pac_crf(
     where ``N_k(i)`` is term k's window around pixel ``i`` and ``k_k`` its kernel (see
     :class:`PairwiseTerm`). Each message is one fused :func:`pac_pool` of Q (the L labels are
     its channels, the adaptive kernel is shared by them), so memory stays O(L x pixels):
-    no per-tap array is ever stored. On the CPU a dedicated Numba kernel computes the same
-    messages (vectorized exponential in float32). The kernel is unnormalized, as in a dense
+    no per-tap array is ever stored. On the CPU one fused Numba kernel per step computes the
+    same messages for every full-resolution term, the compatibility and the softmax, row by
+    row (vectorized exponential in float32). The kernel is unnormalized, as in a dense
     CRF, so a pixel with few similar neighbours receives a weak message.
 
     References: P. Krähenbühl and V. Koltun, "Efficient Inference in Fully Connected CRFs with
@@ -729,11 +787,10 @@ def pac_crf(
     problem = _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibility,
                        label_axis, channel_axis)
     xp = problem.xp
-    q, (second, sign), _ = _mean_field(problem)
+    q, logits, _ = _mean_field(problem, want_logits=output == "log")
     if output == "labels":
         return problem.restore_labels(xp.argmax(q, axis=1))
     if output == "log":
-        logits = problem.scaled_unary + q.dtype.type(sign) * second
         return problem.restore(_log_softmax(xp, logits))
     return problem.restore(q)
 

@@ -1,16 +1,21 @@
 """Numba kernels of PAC-CRF mean-field inference on the CPU.
 
-A mean-field step is one message pass per pairwise term followed by a softmax over the labels.
-The generic fused ``pac_pool`` computes the same messages, but it evaluates the exponential with
-Numba's scalar ``np.exp`` and multiplies through runtime strides, which keeps the label loop from
-vectorizing; the CRF is the one place where the same kernel meets many channels (labels) at
-stride 1, so it gets its own kernels:
+A mean-field step is one message pass per pairwise term, the compatibility transform and a
+softmax over the labels. The generic fused ``pac_pool`` computes the same messages, but it
+evaluates the exponential with Numba's scalar ``np.exp`` and reads through runtime strides,
+which keeps its channel loop from vectorizing (about 16 times slower at 21 labels). The CRF is
+the one place where the same kernel meets many channels (labels) at stride 1, so it gets its own
+kernels:
 
-* one output row per task (``prange``); the row's adaptive kernel ``(taps, W)`` is computed once
-  into a buffer that stays in L1/L2 and consumed by every label at once (nothing per tap is kept
-  beyond the row, so memory stays O(labels x pixels));
-* every inner loop runs over a contiguous range of columns with a constant offset, so LLVM
-  vectorizes it;
+* :func:`mean_field_step` does a whole update in one parallel pass, one output row per task:
+  each term's adaptive kernel for the row, ``(taps, W)``, is computed into a buffer that stays
+  in L1/L2 and consumed by every label at once; the weighted messages of all terms, the
+  compatibility transform and the softmax follow on ``(L, W)`` row buffers, so nothing per tap
+  outlives a row and memory stays O(labels x pixels);
+* :func:`add_messages` is the message pass of one term alone (blurred terms on their coarse
+  grid, and the backward pass);
+* every inner loop runs over a contiguous range of columns through slices, so indices are
+  provably non-negative and LLVM vectorizes it;
 * in float32 the exponential is a branch-free polynomial that vectorizes (Numba's ``np.exp``
   runs scalar without Intel SVML); float64 keeps ``np.exp``.
 
@@ -70,20 +75,107 @@ def _exp_nonpositive_overload(x):
     return impl
 
 
+@njit(cache=True, fastmath=_FASTMATH)
+def _kernel_rows(guide, feature_start, feature_stop, n, y, spatial, dilation_y, dilation_x,
+                 kernel, tap_row, tap_offset, scratch):
+    """Adaptive kernel of output row ``y``: ``kernel[t, x]`` for the active taps ``t``.
+
+    Taps outside the image vertically or with a zero spatial weight are skipped; returns the
+    number of active taps, whose source row and column offset go to ``tap_row`` and
+    ``tap_offset``. ``kernel[t]`` is 0 where the neighbour falls outside horizontally.
+    Features ``feature_start:feature_stop`` of ``guide`` are compared.
+    """
+    height, width = guide.shape[2], guide.shape[3]
+    kh, kw = spatial.shape
+    radius_y, radius_x = (kh - 1) // 2, (kw - 1) // 2
+    minus_half = kernel.dtype.type(-0.5)
+    active = 0
+    for ty in range(kh):
+        qy = y + (ty - radius_y) * dilation_y
+        if qy < 0 or qy >= height:
+            continue
+        for tx in range(kw):
+            g = spatial[ty, tx]
+            if g == 0.0:
+                continue
+            offset = (tx - radius_x) * dilation_x
+            lo = max(0, -offset)
+            hi = min(width, width - offset)
+            if lo >= hi:
+                continue
+            # Slices keep every index non-negative, which is what lets LLVM vectorize.
+            span = hi - lo
+            row = kernel[active]
+            row[:lo] = 0.0
+            row[hi:] = 0.0
+            distance = scratch[:span]
+            distance[:] = 0.0
+            for f in range(feature_start, feature_stop):
+                centre = guide[n, f, y, lo:hi]
+                neighbour = guide[n, f, qy, lo + offset:hi + offset]
+                for x in range(span):
+                    diff = centre[x] - neighbour[x]
+                    distance[x] += diff * diff
+            log_g = np.log(g)
+            values = row[lo:hi]
+            for x in range(span):
+                values[x] = exp_nonpositive(log_g + minus_half * distance[x])
+            tap_row[active] = qy
+            tap_offset[active] = offset
+            active += 1
+    return active
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc):
+    """``acc[x] = sum_t kernel[t, x] q[n, label, tap_row[t], x + tap_offset[t]]``."""
+    width = q.shape[3]
+    acc[:] = 0.0
+    for t in range(active):
+        offset = tap_offset[t]
+        lo = max(0, -offset)
+        hi = min(width, width - offset)
+        weights = kernel[t, lo:hi]
+        source = q[n, label, tap_row[t], lo + offset:hi + offset]
+        target = acc[lo:hi]
+        for x in range(hi - lo):
+            target[x] += weights[x] * source[x]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _softmax_rows(logits, peak, total):
+    """In place: each column of ``logits (L, W)`` becomes its softmax over the labels."""
+    labels, width = logits.shape
+    peak[:] = -np.inf
+    total[:] = 0.0
+    for label in range(labels):
+        row = logits[label]
+        for x in range(width):
+            peak[x] = max(peak[x], row[x])
+    for label in range(labels):
+        row = logits[label]
+        for x in range(width):
+            value = exp_nonpositive(row[x] - peak[x])
+            row[x] = value
+            total[x] += value
+    one = logits.dtype.type(1.0)
+    for x in range(width):
+        total[x] = one / total[x]
+    for label in range(labels):
+        row = logits[label]
+        for x in range(width):
+            row[x] *= total[x]
+
+
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out):
     """``out[n,l] += weight * message(q[n,l])`` for one pairwise term (see the module notes).
 
     ``q`` ``(N, L, H, W)``, ``guide`` ``(N, F, H, W)`` (F may be 0: the kernel is ``spatial``
-    alone), ``spatial`` ``(kh, kw)`` with its centre already 0; taps with ``spatial == 0`` are
-    skipped.
+    alone), ``spatial`` ``(kh, kw)`` with its centre already 0.
     """
     batch, labels, height, width = q.shape
-    features = guide.shape[1]
-    kh, kw = spatial.shape
-    taps = kh * kw
-    radius_y, radius_x = (kh - 1) // 2, (kw - 1) // 2
-    minus_half = q.dtype.type(-0.5)
+    taps = spatial.shape[0] * spatial.shape[1]
     scale = q.dtype.type(weight)
     for job in prange(batch * height):
         n = job // height
@@ -92,87 +184,75 @@ def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out):
         acc = np.empty(width, q.dtype)
         tap_row = np.empty(taps, np.int64)
         tap_offset = np.empty(taps, np.int64)
-        active = 0
-        for ty in range(kh):
-            qy = y + (ty - radius_y) * dilation_y
-            if qy < 0 or qy >= height:
-                continue
-            for tx in range(kw):
-                g = spatial[ty, tx]
-                if g == 0.0:
-                    continue
-                offset = (tx - radius_x) * dilation_x
-                lo = max(0, -offset)
-                hi = min(width, width - offset)
-                if lo >= hi:
-                    continue
-                # Slices keep every index non-negative, which is what lets LLVM vectorize.
-                span = hi - lo
-                row = kernel[active]
-                row[:lo] = 0.0
-                row[hi:] = 0.0
-                distance = acc[:span]
-                distance[:] = 0.0
-                for f in range(features):
-                    centre = guide[n, f, y, lo:hi]
-                    neighbour = guide[n, f, qy, lo + offset:hi + offset]
-                    for x in range(span):
-                        diff = centre[x] - neighbour[x]
-                        distance[x] += diff * diff
-                log_g = np.log(g)
-                values = row[lo:hi]
-                for x in range(span):
-                    values[x] = exp_nonpositive(log_g + minus_half * distance[x])
-                tap_row[active] = qy
-                tap_offset[active] = offset
-                active += 1
+        active = _kernel_rows(guide, 0, guide.shape[1], n, y, spatial, dilation_y, dilation_x,
+                              kernel, tap_row, tap_offset, acc)
         for label in range(labels):
-            acc[:] = 0.0
-            for t in range(active):
-                offset = tap_offset[t]
-                lo = max(0, -offset)
-                hi = min(width, width - offset)
-                span = hi - lo
-                weights = kernel[t, lo:hi]
-                source = q[n, label, tap_row[t], lo + offset:hi + offset]
-                target = acc[lo:hi]
-                for x in range(span):
-                    target[x] += weights[x] * source[x]
+            _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc)
             result = out[n, label, y]
             for x in range(width):
                 result[x] += scale * acc[x]
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def softmax_of_sum(first, second, sign, out):
-    """``out = softmax(first + sign * second)`` over axis 1 of ``(N, L, H, W)`` arrays."""
-    batch, labels, height, width = first.shape
-    sign = first.dtype.type(sign)
-    one = first.dtype.type(1.0)
+def mean_field_step(unary, q, guides, feature_bounds, spatials, dilations, weights,
+                    extra, use_extra, compatibility, use_compatibility, q_out,
+                    logits_out, write_logits):
+    """One whole mean-field update, row by row: messages of every term, compatibility, softmax.
+
+    ``unary`` ``(N, L, H, W)`` (already times the unary weight), ``q`` the current marginals.
+    Term ``k`` compares features ``feature_bounds[k, 0]:feature_bounds[k, 1]`` of ``guides``
+    with spatial weight ``spatials[k]`` (padded to a common size around the centre, centre 0)
+    and dilation ``dilations[k]``, and has weight ``weights[k]``. ``extra`` (when
+    ``use_extra``) is added to the weighted message sum ``P`` (the blurred terms). The logits
+    are ``unary + P`` (Potts, up to a per-pixel constant) or ``unary - compatibility @ P``; their
+    softmax goes to ``q_out`` and, when ``write_logits``, the logits to ``logits_out``.
+    """
+    batch, labels, height, width = q.shape
+    terms = spatials.shape[0]
+    taps = spatials.shape[1] * spatials.shape[2]
     for job in prange(batch * height):
         n = job // height
         y = job % height
-        logits = np.empty((labels, width), first.dtype)
-        peak = np.full(width, -np.inf, first.dtype)
-        total = np.zeros(width, first.dtype)
+        pairwise = np.zeros((labels, width), q.dtype)
+        logits = np.empty((labels, width), q.dtype)
+        kernel = np.empty((taps, width), q.dtype)
+        acc = np.empty(width, q.dtype)
+        peak = np.empty(width, q.dtype)
+        tap_row = np.empty(taps, np.int64)
+        tap_offset = np.empty(taps, np.int64)
+        for term in range(terms):
+            active = _kernel_rows(guides, feature_bounds[term, 0], feature_bounds[term, 1], n, y,
+                                  spatials[term], dilations[term, 0], dilations[term, 1],
+                                  kernel, tap_row, tap_offset, acc)
+            scale = q.dtype.type(weights[term])
+            for label in range(labels):
+                _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc)
+                target = pairwise[label]
+                for x in range(width):
+                    target[x] += scale * acc[x]
+        if use_extra:
+            for label in range(labels):
+                source = extra[n, label, y]
+                target = pairwise[label]
+                for x in range(width):
+                    target[x] += source[x]
         for label in range(labels):
-            a = first[n, label, y]
-            b = second[n, label, y]
-            row = logits[label]
-            for x in range(width):
-                value = a[x] + sign * b[x]
-                row[x] = value
-                peak[x] = max(peak[x], value)
+            source = unary[n, label, y]
+            target = logits[label]
+            if use_compatibility:
+                target[:] = source
+                for other in range(labels):
+                    mu = compatibility[label, other]
+                    message = pairwise[other]
+                    for x in range(width):
+                        target[x] -= mu * message[x]
+            else:
+                message = pairwise[label]
+                for x in range(width):
+                    target[x] = source[x] + message[x]
+        if write_logits:
+            for label in range(labels):
+                logits_out[n, label, y] = logits[label]
+        _softmax_rows(logits, peak, acc)
         for label in range(labels):
-            row = logits[label]
-            for x in range(width):
-                value = exp_nonpositive(row[x] - peak[x])
-                row[x] = value
-                total[x] += value
-        for x in range(width):
-            total[x] = one / total[x]
-        for label in range(labels):
-            row = logits[label]
-            result = out[n, label, y]
-            for x in range(width):
-                result[x] = row[x] * total[x]
+            q_out[n, label, y] = logits[label]
