@@ -64,7 +64,12 @@ class PairwiseTerm:
         divided by ``sigma_color`` (an edge-aware term); ``"smoothness"`` nothing (position
         only, label smoothing that ignores the image); or an array of shape ``(F, H, W)`` or
         ``(N, F, H, W)`` of features already scaled to unit bandwidth (the kernel is
-        ``exp(-1/2 |f_i - f_j|**2)``), for example depth or a second modality.
+        ``exp(-1/2 |f_i - f_j|**2)``), for example depth or a second modality. With
+        ``features=pacarray.features.color_position_features(image, sigma_spatial=s,
+        sigma_color=c, channel_axis=-1)`` and ``sigma_spatial=None`` the term equals the
+        appearance term with those bandwidths (for a float image; that helper keeps integer
+        images in their own units), only slower: the appearance term puts the position part
+        into the spatial window instead of comparing two more features per tap.
     blur : int, default 1
         Run the term on a grid coarser by this factor: the label marginals and the features are
         averaged over ``blur x blur`` blocks, the message is computed there (kernel size and
@@ -512,8 +517,7 @@ def _add_raw_adjoint(xp, grad, q, term, scale, out):
 def _pairwise_sum(xp, q, terms, weights, out):
     """``out = sum_k weights[k] * message_k(q)`` at full resolution (``out`` is overwritten).
 
-    The message operator is symmetric (``k(i, j) = k(j, i)``; see :func:`pac_crf_vjp`), so the
-    same function applies its adjoint.
+    Blurred terms run on their coarse grid (marginals pooled once per blur factor).
     """
     out[...] = 0
     pooled = {}
@@ -847,8 +851,9 @@ channel_axis
     Memory is O(num_steps x L x pixels): the marginals of every step are kept for the backward
     pass. The message operator of a term is symmetric — ``k(i, j) = k(j, i)`` because the
     Gaussian of a feature difference and the spatial window (centre excluded) are symmetric and
-    a pair is counted only when both pixels are inside the image — so the backward pass applies
-    the forward message operator to the gradients. For a step
+    a pair is counted only when both pixels are inside the image — so on the CPU the backward
+    pass applies the forward message kernel to the gradients; other backends go through
+    :func:`~pacarray.gradients.pac_pool_vjp`. For a step
     ``Q_s = softmax(a_s)``, ``a_s = U - mu P_s``, ``P_s = sum_k w_k M_k Q_(s-1)``:
     ``dL/dw_k = -<mu^T dL/da_s, M_k Q_(s-1)>``, ``dL/dmu = -dL/da_s P_s^T`` and
     ``dL/dQ_(s-1) = -sum_k w_k M_k mu^T dL/da_s``.

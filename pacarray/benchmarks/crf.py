@@ -8,7 +8,8 @@
 Peer: :func:`unfold_crf`, the same mean field written the way a deep-learning framework does it
 (unfold the marginals, multiply by the kernel computed once from the unfolded features, sum,
 Potts compatibility, softmax), whose output must equal pacarray's. Target: 60 ms median for
-pacarray (the project's issue #6), which is about a tenth of the unfold baseline here.
+pacarray (the project's issue #6); the issue puts the unfold baseline at about 0.7 s, hence the
+ratio target 1/12.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def build_crf(context: Context) -> Case:
             return q[0]
 
     case.peers.append(
-        Peer("torch unfold mean field", unfold, role="same result", target=1 / 8,
+        Peer("torch unfold mean field", unfold, role="same result", target=1 / 12,
              reference=True)
     )
     return case
