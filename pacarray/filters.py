@@ -13,6 +13,7 @@ float32 and float64 stay as they are; the result has the computation dtype.
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
@@ -50,15 +51,30 @@ def _guide_planar(xp, guide, channel_axis, spatial_shape, name="guide"):
     return planar
 
 
+def _flush_exponent(dtype) -> float:
+    """Exponent below which the Numba kernels' exponential returns exactly 0."""
+    return -69.0 if dtype == np.float32 else -600.0
+
+
+def _effective_radius(radius, sigma_spatial, dtype) -> int:
+    """The radius beyond which every spatial weight is below the kernels' flush threshold (so
+    exactly 0): a large explicit radius with a small sigma costs nothing extra."""
+    reach = math.sqrt(-2.0 * _flush_exponent(dtype)) * sigma_spatial
+    return min(radius, int(math.floor(reach)))
+
+
 def _taps(radius, sigma_spatial, window, dtype):
     """Offsets and log spatial weights of the window, without taps whose weight the kernels'
     exponential flushes to zero anyway."""
-    offsets = np.arange(-radius, radius + 1)
+    reach = _effective_radius(radius, sigma_spatial, dtype)
+    offsets = np.arange(-reach, reach + 1)
     dy, dx = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
-    keep = spatial_window(2 * radius + 1, window=window).ravel() > 0
+    if window == "disk":
+        keep = dy * dy + dx * dx <= radius * radius
+    else:
+        keep = np.ones(dy.shape, dtype=bool)
     log_weight = -(dy * dy + dx * dx) / (2.0 * sigma_spatial * sigma_spatial)
-    flush = -69.0 if dtype == np.float32 else -600.0
-    keep &= log_weight >= flush
+    keep &= log_weight >= _flush_exponent(dtype)
     return dy[keep], dx[keep], log_weight[keep]
 
 
@@ -267,8 +283,13 @@ def _bilateral_generic(xp, planar, guide_planar, sigma_spatial, sigma_color, rad
             f"{guide_source.shape[0]} guide channels. Use color_distance='l2'."
         )
     dtype = planar.dtype
-    size = 2 * radius + 1
-    weights = spatial_window(size, sigma_spatial, window=window)
+    reach = _effective_radius(radius, sigma_spatial, dtype)
+    size = 2 * reach + 1
+    weights = spatial_window(size, sigma_spatial)
+    if window == "disk":
+        offsets = np.arange(-reach, reach + 1)
+        weights = weights * (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius)
+    radius = reach
     padding = radius if mode == "exclude" else 0
     x = _pad_spatial(xp, planar, radius, mode, cval)
     features = _pad_spatial(xp, guide_source, radius, mode, cval) * dtype.type(1 / sigma_color)

@@ -531,3 +531,14 @@ def test_normalized_convolution_guide_arguments():
                                sigma_color=0.1)
     with pytest.raises(ValueError, match="sigma_spatial"):
         normalized_convolution(data, certainty, sigma_spatial=-1.0)
+
+
+def test_large_radius_with_small_sigma_is_exact_and_cheap(rng):
+    # Taps beyond sqrt(1200) * sigma have weights below exp(-600): dropped without changing the
+    # result, so a radius of 40 costs what a radius of 17 does.
+    image = rng.random((12, 12))
+    out = bilateral_filter(image, sigma_spatial=0.5, sigma_color=0.3, radius=40, mode="wrap")
+    expected = naive_bilateral(image[None], image[None], 0.5, 0.3, 40, mode="wrap")[0]
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+    generic = _bilateral_generic(np, image[None], None, 0.5, 0.3, 40, "disk", "l2", "wrap", 0.0)
+    np.testing.assert_allclose(generic[0], expected, rtol=0, atol=1e-12)
