@@ -185,9 +185,9 @@ def pac_conv(
 
     Notes
     -----
-    NaN and Inf in the data propagate as IEEE arithmetic does. Large channel counts run as
-    "K-weighted patches times weight matrix" products through BLAS over bands of rows, with a
-    workspace bounded by :data:`pacarray.config.WORKSPACE_BYTES`.
+    NaN and Inf in the data propagate as IEEE arithmetic does. On the CPU every output row forms
+    its K-weighted input rows in a small block and folds them into a ``(C_out, Wo)``
+    accumulator, so memory stays O(input + output) whatever the channel counts.
 
     Examples
     --------
