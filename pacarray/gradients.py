@@ -460,9 +460,9 @@ def pac_conv_vjp(
     With ``P[c*T+t, i] = K[(c),t,i] x[c, src(i,t)]`` the forward is ``y = W P + b``, so
     ``dW = g P^T``, ``dP = W^T g``, ``dx`` gathers ``dP * K`` back to the source positions and
     ``dK = sum_c dP * x``, which :func:`pac_kernel_vjp`'s rules carry to the guide and the
-    kernel parameters. The products with ``W`` run through BLAS over bounded chunks of rows; the
-    fused kernel is recomputed row by row and never stored. Results are bit-identical from run
-    to run.
+    kernel parameters. Everything runs row by row in one parallel pass: the fused kernel and
+    the patch rows are recomputed and never stored, so the extra memory is O(input + output).
+    Results are bit-identical from run to run and independent of the number of threads.
 
     Examples
     --------

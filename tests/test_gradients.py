@@ -7,7 +7,7 @@ padding, dilation, output_padding, rectangular kernels) and weight layouts (full
 the fused, explicit and kernel-free paths. Linear inputs also get the exact dot-product test,
 with the float64 oracle (tests/reference.py) as the forward. Further tests: composition
 (explicit path + pac_kernel_vjp == fused path), the Z == 0 rule, float32 against float64,
-bit-identical repeats, chunked BLAS path, bad input, inputs left untouched.
+bit-identical repeats, weight-gradient accumulators, bad input, inputs left untouched.
 """
 
 from __future__ import annotations
@@ -462,7 +462,7 @@ def test_wrt_selects_fields_without_changing_values(rng):
 
 
 # ----------------------------------------------------------------------------------------
-# precision, determinism, chunking
+# precision, determinism, accumulators
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -521,18 +521,18 @@ def test_backward_is_bit_identical_run_to_run_and_across_thread_counts(op):
 
 
 @pytest.mark.parametrize("op", ["conv", "conv_transpose"])
-def test_chunked_blas_path_matches_single_chunk(op, rng, monkeypatch):
+def test_one_weight_accumulator_matches_many(op, rng, monkeypatch):
+    """The weight gradient's band partial sums in one slot (many waves) or several."""
     forward, vjp, inputs = fused_case(rng, op, "inverse_pc_mask", 0)
     inputs["weight"] = rng.standard_normal(
         (OUT_CHANNELS, CHANNELS, 3, 3) if op == "conv" else (CHANNELS, OUT_CHANNELS, 3, 3))
     grad_y = rng.standard_normal(forward(**inputs).shape)
-    whole = vjp(grad_y, **inputs)
-    # two rows of patches per chunk (and a shorter last chunk)
-    monkeypatch.setattr(config, "WORKSPACE_BYTES", 2 * 2 * CHANNELS * 9 * 8 * 8 + 1)
-    chunked = vjp(grad_y, **inputs)
-    for name, value in whole._asdict().items():
+    many = vjp(grad_y, **inputs)
+    monkeypatch.setattr(config, "WORKSPACE_BYTES", 1)
+    one = vjp(grad_y, **inputs)
+    for name, value in many._asdict().items():
         if value is not None:
-            np.testing.assert_allclose(getattr(chunked, name), value, rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(getattr(one, name), value, rtol=1e-12, atol=1e-13)
     _assert_passed(check_gradients(forward, vjp, inputs, step=STEP, tolerance=FD_TOLERANCE,
                                    directions=2))
 

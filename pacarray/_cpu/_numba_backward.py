@@ -2,17 +2,20 @@
 
 Every kernel walks output rows ``(n, oy)``, recomputes that row's adaptive kernel into small
 buffers (``(Fk, T, Wo)``: never the whole K) and pushes the row's upstream gradient back to
-the inputs.
+the inputs. The convolution's products with the weight matrix are formed here too, one patch
+row at a time, so no BLAS call competes with Numba's threads and nothing larger than a row is
+materialized.
 
 Determinism without atomics. A row's gradient lands on the input rows its taps read (and, for
 the kernel, on the guide/mask rows of its taps and on its own centre row, which no other row
 touches). Output rows are grouped into *bands* of ``band_height`` consecutive rows, where
 ``band_height`` is chosen by the driver so that two bands with one band between them never touch
-the same input, guide or mask row. Even bands then run in parallel, followed by odd bands, each
-band walking its rows in order, so every element receives its contributions in one fixed order
-whatever the thread schedule: results are bit-identical run to run. Per-row partial sums of the
-small parameters (tap weights, spatial weight, ``alpha``, ``lambda``) go to per-row slots that
-the driver reduces in a fixed order.
+the same input, guide or mask row. Even bands run in parallel, then odd bands, each band
+walking its rows in order, so every element receives its contributions in one fixed order
+whatever the thread schedule: results are bit-identical run to run. Partial sums of the small
+parameters go to per-row slots (tap weights, spatial weight, ``alpha``, ``lambda``) or, for
+the weight matrix, to ``slots`` accumulators: bands run in waves of at most ``slots`` bands and
+band ``i`` of a wave owns slot ``i``. The driver reduces the slots in a fixed order.
 
 Integer codes are those of :mod:`pacarray._cpu._numba_kernels` (family 0 constant, 1 Gaussian,
 2 inverse power, 3 asymmetric inverse power; normalize 0 none, 1 kernel, 2 mask, 3 mask_kernel).
@@ -35,6 +38,30 @@ from ._numba_kernels import (
     _tap_range,
 )
 
+_FAST = {"reassoc", "contract"}
+
+
+@njit(cache=True)
+def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, step, count,
+                            asymmetric):
+    """``d2[j] += max?(centre_row[c_first + j*step] - guide_row[q_first + j*step])**2``."""
+    zero = d2.dtype.type(0.0)
+    if step == 1:
+        # unit stride: contiguous rows, so the loop vectorizes
+        c_part = centre_row[c_first:c_first + count]
+        q_part = guide_row[q_first:q_first + count]
+        for j in range(count):
+            diff = c_part[j] - q_part[j]
+            if asymmetric:
+                diff = max(diff, zero)
+            d2[j] += diff * diff
+    else:
+        for j in range(count):
+            diff = centre_row[c_first + j * step] - guide_row[q_first + j * step]
+            if asymmetric:
+                diff = max(diff, zero)
+            d2[j] += diff * diff
+
 
 @njit(cache=True)
 def kappa_row(
@@ -43,58 +70,54 @@ def kappa_row(
 ):
     """Raw kernel values of output row ``oy`` (no spatial weight, mask or normalizer).
 
-    ``kap[Fk, T, Wo]`` receives kappa (0 for out-of-range taps). For the Gaussian family
-    ``power`` holds kappa too; for the inverse families ``base`` holds ``d2 + eps2`` and ``power``
-    holds ``base ** (lambda/2)``, the pieces the backward pass differentiates.
+    ``kap[Fk, T, Wo]`` receives kappa (0 for out-of-range taps). For the inverse families
+    ``base`` holds ``d2 + eps2`` and ``power`` holds ``base ** (lambda/2)``, the pieces the
+    backward pass differentiates (the Gaussian's derivative needs kappa only).
     """
     fk_count = kap.shape[0]
     features = guide.shape[1]
+    asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
+    minus_half = kap.dtype.type(-0.5)
+    eps2_typed = kap.dtype.type(eps2)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
-    centre_dx = dw * ((kw - 1) // 2)
+    centre_shift = dw * ((kw - 1) // 2) - kpx
+    kap[:] = 0.0
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
-        row_ok = qy >= 0 and qy < guide_h
+        if qy < 0 or qy >= guide_h:
+            continue
         for tx in range(kw):
             t = ty * kw + tx
-            for fk in range(fk_count):
-                for ox in range(out_w):
-                    kap[fk, t, ox] = 0.0
-            if not row_ok:
-                continue
             lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+            count = hi - lo
             if family == FAMILY_CONSTANT:
                 for fk in range(fk_count):
-                    for ox in range(lo, hi):
-                        kap[fk, t, ox] = 1.0
+                    kap[fk, t, lo:hi] = 1.0
                 continue
             for fk in range(fk_count):
-                for ox in range(lo, hi):
-                    base[fk, t, ox] = 0.0
-            centre_shift = centre_dx - kpx
-            neighbour_shift = tx * dw - kpx
+                base[fk, t, lo:hi] = 0.0
+            c_first = lo * ksx + centre_shift
+            q_first = lo * ksx + tx * dw - kpx
             for f in range(features):
-                fk = f if channel_wise else 0
-                for ox in range(lo, hi):
-                    diff = (centre[n, f, cy, ox * ksx + centre_shift]
-                            - guide[n, f, qy, ox * ksx + neighbour_shift])
-                    if family == FAMILY_INVERSE_ASYMMETRIC and diff < 0.0:
-                        diff = 0.0
-                    base[fk, t, ox] += diff * diff
+                _add_squared_difference(base[f if channel_wise else 0, t, lo:hi],
+                                        centre[n, f, cy], c_first, guide[n, f, qy], q_first,
+                                        ksx, count, asymmetric)
             for fk in range(fk_count):
+                b_part = base[fk, t, lo:hi]
+                k_part = kap[fk, t, lo:hi]
                 if family == FAMILY_GAUSSIAN:
-                    for ox in range(lo, hi):
-                        value = np.exp(-0.5 * base[fk, t, ox])
-                        power[fk, t, ox] = value
-                        kap[fk, t, ox] = value
+                    for j in range(count):
+                        k_part[j] = np.exp(minus_half * b_part[j])
                 else:
+                    p_part = power[fk, t, lo:hi]
                     a = alpha[fk]
-                    half_power = 0.5 * lam[fk]
-                    for ox in range(lo, hi):
-                        b = base[fk, t, ox] + eps2
+                    half_power = kap.dtype.type(0.5) * lam[fk]
+                    for j in range(count):
+                        b = b_part[j] + eps2_typed
                         p = b ** half_power
-                        base[fk, t, ox] = b
-                        power[fk, t, ox] = p
-                        kap[fk, t, ox] = a + p
+                        b_part[j] = b
+                        p_part[j] = p
+                        k_part[j] = a + p
 
 
 @njit(cache=True)
@@ -105,48 +128,87 @@ def normalize_row(
     """``kbuf = kap * G * M / Z`` for one output row; ``zinv[Fk, Wo]`` gets ``1/Z`` (0 where
     ``Z == 0``, 1 without normalization). Same operation order as the forward kernels."""
     fk_count = kap.shape[0]
-    for fk in range(fk_count):
-        for ox in range(out_w):
-            zinv[fk, ox] = 0.0
+    zinv[:] = 0.0
+    kbuf[:] = 0.0
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
-        row_ok = qy >= 0 and qy < guide_h
+        if qy < 0 or qy >= guide_h:
+            continue
         for tx in range(kw):
             t = ty * kw + tx
-            for fk in range(fk_count):
-                for ox in range(out_w):
-                    kbuf[fk, t, ox] = 0.0
-            if not row_ok:
-                continue
             lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
             g = spatial[t]
             shift = tx * dw - kpx
             for fk in range(fk_count):
+                z_row = zinv[fk]
+                k_row = kbuf[fk, t]
+                kap_row = kap[fk, t]
                 for ox in range(lo, hi):
-                    value = kap[fk, t, ox] * g
-                    m = 1.0
-                    if has_mask:
-                        m = mask[n, qy, ox * ksx + shift]
-                    if normalize == NORMALIZE_KERNEL:
-                        zinv[fk, ox] += value
-                    elif normalize == NORMALIZE_MASK:
-                        zinv[fk, ox] += m
-                    elif normalize == NORMALIZE_MASK_KERNEL:
-                        zinv[fk, ox] += m * value
-                    if has_mask:
-                        value = value * m
-                    kbuf[fk, t, ox] = value
+                    k_row[ox] = kap_row[ox] * g
+                if normalize == NORMALIZE_KERNEL:
+                    for ox in range(lo, hi):
+                        z_row[ox] += k_row[ox]
+                if has_mask:
+                    mask_row = mask[n, qy]
+                    for ox in range(lo, hi):
+                        m = mask_row[ox * ksx + shift]
+                        if normalize == NORMALIZE_MASK:
+                            z_row[ox] += m
+                        elif normalize == NORMALIZE_MASK_KERNEL:
+                            z_row[ox] += m * k_row[ox]
+                        k_row[ox] = k_row[ox] * m
     for fk in range(fk_count):
+        z_row = zinv[fk]
+        if normalize == NORMALIZE_NONE:
+            z_row[:] = 1.0
+            continue
         for ox in range(out_w):
-            if normalize == NORMALIZE_NONE:
-                zinv[fk, ox] = 1.0
-            else:
-                zv = zinv[fk, ox]
-                zinv[fk, ox] = 0.0 if zv == 0.0 else 1.0 / zv
-        if normalize != NORMALIZE_NONE:
-            for t in range(kh * kw):
-                for ox in range(out_w):
-                    kbuf[fk, t, ox] *= zinv[fk, ox]
+            zv = z_row[ox]
+            z_row[ox] = 0.0 if zv == 0.0 else 1.0 / zv
+        for t in range(kh * kw):
+            k_row = kbuf[fk, t]
+            for ox in range(out_w):
+                k_row[ox] *= z_row[ox]
+
+
+@njit(cache=True, fastmath=_FAST)
+def _sum_product(a, b):
+    """``sum_j a[j] * b[j]`` (vectorized; one fixed order per build)."""
+    total = a.dtype.type(0.0)
+    for j in range(a.shape[0]):
+        total += a[j] * b[j]
+    return total
+
+
+@njit(cache=True)
+def _scatter_difference_gradient(gd2, centre_row, centre_grad, c_first, guide_row, guide_grad,
+                                 q_first, step, count, asymmetric):
+    """``g = 2 gd2 max?(fc - fq)``: ``+g`` to the centre feature, ``-g`` to the neighbour's."""
+    zero = gd2.dtype.type(0.0)
+    two = gd2.dtype.type(2.0)
+    if step == 1:
+        c_part = centre_row[c_first:c_first + count]
+        q_part = guide_row[q_first:q_first + count]
+        c_grad = centre_grad[c_first:c_first + count]
+        q_grad = guide_grad[q_first:q_first + count]
+        for j in range(count):
+            diff = c_part[j] - q_part[j]
+            if asymmetric:
+                # d/d(diff) of max(0, diff)^2 is 2 max(0, diff): 0 at and below the kink
+                diff = max(diff, zero)
+            g_diff = two * gd2[j] * diff
+            c_grad[j] += g_diff
+            q_grad[j] -= g_diff
+    else:
+        for j in range(count):
+            c_index = c_first + j * step
+            q_index = q_first + j * step
+            diff = centre_row[c_index] - guide_row[q_index]
+            if asymmetric:
+                diff = max(diff, zero)
+            g_diff = two * gd2[j] * diff
+            centre_grad[c_index] += g_diff
+            guide_grad[q_index] -= g_diff
 
 
 @njit(cache=True)
@@ -154,33 +216,43 @@ def kernel_backward_row(
     gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
     kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
     channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_row, grad_lam_row,
-    grad_spatial_row, gz, gd2,
+    grad_spatial_row, gz, gd2, rr, u,
 ):
     """Back-propagate ``gk[Fk, T, Wo]`` (gradient of one row of the normalized K).
 
     ``K = U / Z`` with ``U = kappa G M`` and ``Z = sum_t V``, ``V`` being ``kappa G`` (kernel),
     ``M`` (mask) or ``kappa G M`` (mask_kernel). With ``r = gk / Z`` and
     ``gz = -sum_t gk K / Z`` the gradients of ``U`` and ``V`` are ``r`` and ``gz``; where
-    ``Z == 0`` both are 0. Contributions go to ``grad_guide`` (neighbour rows, band-protected),
-    ``grad_centre`` (this row's centre, touched by no other row), ``grad_mask`` (neighbour rows)
-    and the per-row slots ``grad_alpha_row[Fk]``, ``grad_lam_row[Fk]``,
-    ``grad_spatial_row[T]``. ``gz`` and ``gd2`` are ``(Wo,)`` work buffers.
+    ``Z == 0`` both are 0. Writing ``rr = r + [mask_kernel] gz`` and
+    ``u = M rr + [kernel] gz``: ``dkappa = G u``, ``dG = kappa u``,
+    ``dM = kappa G rr + [mask] gz``. Contributions go to ``grad_guide`` (neighbour rows,
+    band-protected), ``grad_centre`` (this row's centre, touched by no other row), ``grad_mask``
+    (neighbour rows) and the per-row slots ``grad_alpha_row[Fk]``, ``grad_lam_row[Fk]``,
+    ``grad_spatial_row[T]``. ``gz``, ``gd2``, ``rr`` and ``u`` are ``(Wo,)`` work buffers.
     """
     fk_count = kap.shape[0]
     features = guide.shape[1]
+    dtype = kap.dtype.type
+    zero, one = dtype(0.0), dtype(1.0)
+    half, minus_half = dtype(0.5), dtype(-0.5)
+    in_rr = one if normalize == NORMALIZE_MASK_KERNEL else zero
+    in_u = one if normalize == NORMALIZE_KERNEL else zero
+    in_mask = one if normalize == NORMALIZE_MASK else zero
+    asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
-    inverse = family != FAMILY_CONSTANT and family != FAMILY_GAUSSIAN
     for fk in range(fk_count):
-        for ox in range(out_w):
-            gz[ox] = 0.0
+        z_row = zinv[fk]
+        gz[:] = 0.0
         if normalize != NORMALIZE_NONE:
             for t in range(kh * kw):
+                g_row = gk[fk, t]
+                k_row = kbuf[fk, t]
                 for ox in range(out_w):
-                    gz[ox] += gk[fk, t, ox] * kbuf[fk, t, ox]
+                    gz[ox] += g_row[ox] * k_row[ox]
             for ox in range(out_w):
-                gz[ox] = -gz[ox] * zinv[fk, ox]
-        half_lam = 0.5 * lam[fk]
+                gz[ox] = -gz[ox] * z_row[ox]
+        half_lam = half * lam[fk]
         for ty in range(kh):
             qy = oy * ksy - kpy + ty * dh
             if qy < 0 or qy >= guide_h:
@@ -188,69 +260,64 @@ def kernel_backward_row(
             for tx in range(kw):
                 t = ty * kw + tx
                 lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                count = hi - lo
                 g = spatial[t]
                 shift = tx * dw - kpx
-                spatial_sum = 0.0
-                alpha_sum = 0.0
-                lam_sum = 0.0
-                for ox in range(lo, hi):
-                    r = gk[fk, t, ox] * zinv[fk, ox]
-                    m = 1.0
-                    if has_mask:
-                        m = mask[n, qy, ox * ksx + shift]
-                    kp = kap[fk, t, ox]
-                    if normalize == NORMALIZE_KERNEL:
-                        a = m * r + gz[ox]
-                        g_kappa = g * a
-                        spatial_sum += kp * a
-                        g_mask = kp * g * r
-                    elif normalize == NORMALIZE_MASK:
-                        a = m * r
-                        g_kappa = g * a
-                        spatial_sum += kp * a
-                        g_mask = kp * g * r + gz[ox]
-                    elif normalize == NORMALIZE_MASK_KERNEL:
-                        a = r + gz[ox]
-                        g_kappa = g * m * a
-                        spatial_sum += kp * m * a
-                        g_mask = kp * g * a
-                    else:
-                        a = m * r
-                        g_kappa = g * a
-                        spatial_sum += kp * a
-                        g_mask = kp * g * r
-                    if has_mask:
-                        grad_mask[n, qy, ox * ksx + shift] += g_mask
-                    if family == FAMILY_GAUSSIAN:
-                        gd2[ox] = -0.5 * g_kappa * power[fk, t, ox]
-                    elif inverse:
+                g_part = gk[fk, t, lo:hi]
+                z_part = zinv[fk, lo:hi]
+                gz_part = gz[lo:hi]
+                kap_part = kap[fk, t, lo:hi]
+                rr_part = rr[:count]
+                u_part = u[:count]
+                for j in range(count):
+                    rr_part[j] = g_part[j] * z_part[j] + in_rr * gz_part[j]
+                if has_mask:
+                    mask_row = mask[n, qy]
+                    mask_grad = grad_mask[n, qy]
+                    for j in range(count):
+                        m_index = (lo + j) * ksx + shift
+                        u_part[j] = mask_row[m_index] * rr_part[j] + in_u * gz_part[j]
+                        mask_grad[m_index] += kap_part[j] * g * rr_part[j] + in_mask * gz_part[j]
+                else:
+                    for j in range(count):
+                        u_part[j] = rr_part[j] + in_u * gz_part[j]
+                grad_spatial_row[t] += _sum_product(kap_part, u_part)
+                if family == FAMILY_CONSTANT:
+                    continue
+                gd2_part = gd2[:count]
+                if family == FAMILY_GAUSSIAN:
+                    scale = minus_half * g
+                    for j in range(count):
+                        gd2_part[j] = scale * u_part[j] * kap_part[j]
+                else:
+                    p_part = power[fk, t, lo:hi]
+                    b_part = base[fk, t, lo:hi]
+                    alpha_sum = zero
+                    lam_sum = zero
+                    for j in range(count):
+                        g_kappa = g * u_part[j]
                         alpha_sum += g_kappa
-                        b = base[fk, t, ox]
-                        if b > 0.0:
-                            p = power[fk, t, ox]
-                            lam_sum += g_kappa * 0.5 * np.log(b) * p
-                            gd2[ox] = g_kappa * half_lam * p / b
+                        b = b_part[j]
+                        if b > zero:
+                            p = p_part[j]
+                            lam_sum += g_kappa * half * np.log(b) * p
+                            gd2_part[j] = g_kappa * half_lam * p / b
                         else:
-                            # d2 + eps^2 == 0 (eps = 0, equal features): derivative taken as 0.
-                            gd2[ox] = 0.0
-                grad_spatial_row[t] += spatial_sum
-                if inverse:
+                            # d2 + eps^2 == 0 (eps = 0, equal features): derivative taken as 0
+                            gd2_part[j] = zero
                     grad_alpha_row[fk] += alpha_sum
                     grad_lam_row[fk] += lam_sum
-                if not need_guide or family == FAMILY_CONSTANT:
+                if not need_guide:
                     continue
+                c_first = lo * ksx + centre_shift
+                q_first = lo * ksx + shift
                 f_first = fk if channel_wise else 0
                 f_last = fk + 1 if channel_wise else features
                 for f in range(f_first, f_last):
-                    for ox in range(lo, hi):
-                        diff = (centre[n, f, cy, ox * ksx + centre_shift]
-                                - guide[n, f, qy, ox * ksx + shift])
-                        if family == FAMILY_INVERSE_ASYMMETRIC and diff < 0.0:
-                            # d/d(diff) of max(0, diff)^2 is 2 max(0, diff): 0 at and below 0.
-                            diff = 0.0
-                        g_diff = 2.0 * gd2[ox] * diff
-                        grad_centre[n, f, cy, ox * ksx + centre_shift] += g_diff
-                        grad_guide[n, f, qy, ox * ksx + shift] -= g_diff
+                    _scatter_difference_gradient(
+                        gd2_part, centre[n, f, cy], grad_centre[n, f, cy], c_first,
+                        guide[n, f, qy], grad_guide[n, f, qy], q_first, ksx, count, asymmetric,
+                    )
 
 
 @njit(cache=True)
@@ -263,8 +330,7 @@ def _load_kernel_row(
     if use_explicit:
         for fk in range(kbuf.shape[0]):
             for t in range(kbuf.shape[1]):
-                for ox in range(out_w):
-                    kbuf[fk, t, ox] = explicit[n, fk, t, oy, ox]
+                kbuf[fk, t] = explicit[n, fk, t, oy]
         return
     kappa_row(
         guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
@@ -277,10 +343,79 @@ def _load_kernel_row(
 
 
 @njit(cache=True)
+def _finish_row(
+    gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv, guide, centre,
+    n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial,
+    mask, has_mask, normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
+):
+    """Hand a row's kernel gradient ``gk`` to the explicit K or through the fused kernel."""
+    if not need_kernel:
+        return
+    if use_explicit:
+        for fk in range(gk.shape[0]):
+            for t in range(gk.shape[1]):
+                grad_explicit[n, fk, t, oy] = gk[fk, t]
+        return
+    kernel_backward_row(
+        gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
+        kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
+        channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_rows[n, oy],
+        grad_lam_rows[n, oy], grad_spatial_rows[n, oy], gz, gd2, rr, u,
+    )
+
+
+@njit(cache=True)
 def _band_count(rows, band_height, colour):
     """Number of bands of ``colour`` (0 even, 1 odd) among ``ceil(rows / band_height)``."""
     bands = (rows + band_height - 1) // band_height
     return (bands - colour + 1) // 2
+
+
+@njit(cache=True)
+def _span(transposed, tx, kw, sx, px, dw, in_w, out_w):
+    """Pairs (output ox, input ix) of kernel column ``tx`` as arithmetic progressions.
+
+    Returns ``(count, o_first, o_step, i_first, i_step)``: output ``o_first + j*o_step`` reads
+    input ``i_first + j*i_step`` for ``j < count``.
+    """
+    if transposed:
+        # inputs ix with ox = ix*sx - px + (kw-1-tx)*dw inside the output
+        offset = (kw - 1 - tx) * dw
+        lo, hi = _tap_range(offset, sx, px, out_w, in_w)
+        return hi - lo, lo * sx + offset - px, sx, lo, 1
+    lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+    return hi - lo, lo, 1, lo * sx + tx * dw - px, sx
+
+
+@njit(cache=True)
+def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, count, scale):
+    """``out[o_first + j*o_step] += scale * a[a_first + j*a_step] * b[b_first + j*b_step]``."""
+    if o_step == 1 and a_step == 1 and b_step == 1:
+        out_part = out[o_first:o_first + count]
+        a_part = a[a_first:a_first + count]
+        b_part = b[b_first:b_first + count]
+        for j in range(count):
+            out_part[j] += scale * a_part[j] * b_part[j]
+    else:
+        for j in range(count):
+            out[o_first + j * o_step] += scale * a[a_first + j * a_step] * b[b_first + j * b_step]
+
+
+@njit(cache=True, fastmath=_FAST)
+def _dot3(a, a_first, a_step, b, b_first, b_step, c, c_first, c_step, count):
+    """``sum_j a[a_first + j*a_step] * b[..] * c[..]`` (vectorized; fixed order per build)."""
+    total = a.dtype.type(0.0)
+    if a_step == 1 and b_step == 1 and c_step == 1:
+        a_part = a[a_first:a_first + count]
+        b_part = b[b_first:b_first + count]
+        c_part = c[c_first:c_first + count]
+        for j in range(count):
+            total += a_part[j] * b_part[j] * c_part[j]
+    else:
+        for j in range(count):
+            total += a[a_first + j * a_step] * b[b_first + j * b_step] * c[c_first + j * c_step]
+    return total
 
 
 @njit(cache=True, parallel=True)
@@ -310,6 +445,8 @@ def kernel_backward(
             zinv = np.empty((fk_count, out_w), grad_kernel.dtype)
             gz = np.empty(out_w, grad_kernel.dtype)
             gd2 = np.empty(out_w, grad_kernel.dtype)
+            rr = np.empty(out_w, grad_kernel.dtype)
+            u = np.empty(out_w, grad_kernel.dtype)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 kappa_row(
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
@@ -321,39 +458,14 @@ def kernel_backward(
                 )
                 for fk in range(fk_count):
                     for t in range(taps):
-                        for ox in range(out_w):
-                            gk[fk, t, ox] = grad_kernel[n, fk, t, oy, ox]
+                        gk[fk, t] = grad_kernel[n, fk, t, oy]
                 kernel_backward_row(
                     gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h,
                     guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask,
                     has_mask, normalize, channel_wise, need_guide, grad_guide, grad_centre,
                     grad_mask, grad_alpha_rows[n, oy], grad_lam_rows[n, oy],
-                    grad_spatial_rows[n, oy], gz, gd2,
+                    grad_spatial_rows[n, oy], gz, gd2, rr, u,
                 )
-
-
-@njit(cache=True)
-def _finish_row(
-    gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv, guide, centre,
-    n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial,
-    mask, has_mask, normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2,
-):
-    """Hand a row's kernel gradient ``gk`` to the explicit K or through the fused kernel."""
-    if not need_kernel:
-        return
-    if use_explicit:
-        for fk in range(gk.shape[0]):
-            for t in range(gk.shape[1]):
-                for ox in range(out_w):
-                    grad_explicit[n, fk, t, oy, ox] = gk[fk, t, ox]
-        return
-    kernel_backward_row(
-        gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
-        kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
-        channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_rows[n, oy],
-        grad_lam_rows[n, oy], grad_spatial_rows[n, oy], gz, gd2,
-    )
 
 
 @njit(cache=True, parallel=True)
@@ -389,6 +501,8 @@ def direct_backward(
             zinv = np.empty((fk_count, out_w), grad_y.dtype)
             gz = np.empty(out_w, grad_y.dtype)
             gd2 = np.empty(out_w, grad_y.dtype)
+            rr = np.empty(out_w, grad_y.dtype)
+            u = np.empty(out_w, grad_y.dtype)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 _load_kernel_row(
                     explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
@@ -407,132 +521,231 @@ def direct_backward(
                         for tx in range(kw):
                             t = ty * kw + tx
                             w = tap_weight[ty, tx]
-                            k_row = kbuf[kc, t]
-                            if transposed:
-                                # inputs ix with ox = ix*sx - px + (kw-1-tx)*dw inside the output
-                                step = sx
-                                lo, hi = _tap_range((kw - 1 - tx) * dw, sx, px, out_w, in_w)
-                                first = lo * sx + (kw - 1 - tx) * dw - px
-                                x_first, x_step = lo, 1
-                            else:
-                                step = 1
-                                lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
-                                first = lo
-                                x_first, x_step = lo * sx + tx * dw - px, sx
-                            span = hi - lo
+                            span, o_first, o_step, i_first, i_step = _span(
+                                transposed, tx, kw, sx, px, dw, in_w, out_w)
                             if need_kernel:
-                                gk_row = gk[kc, t]
-                                for j in range(span):
-                                    ox = first + j * step
-                                    gk_row[ox] += w * grad_row[ox] * x_row[x_first + j * x_step]
+                                _add_product(gk[kc, t], o_first, o_step, grad_row, o_first,
+                                             o_step, x_row, i_first, i_step, span, w)
                             if need_tap_weight:
-                                acc = 0.0
-                                for j in range(span):
-                                    ox = first + j * step
-                                    acc += grad_row[ox] * k_row[ox] * x_row[x_first + j * x_step]
-                                grad_tap_rows[n, oy, t] += acc
+                                grad_tap_rows[n, oy, t] += _dot3(
+                                    grad_row, o_first, o_step, kbuf[kc, t], o_first, o_step,
+                                    x_row, i_first, i_step, span)
                             if need_x:
-                                grad_x_row = grad_x[n, c, iy]
-                                for j in range(span):
-                                    ox = first + j * step
-                                    grad_x_row[x_first + j * x_step] += w * grad_row[ox] * k_row[ox]
+                                _add_product(grad_x[n, c, iy], i_first, i_step, grad_row,
+                                             o_first, o_step, kbuf[kc, t], o_first, o_step,
+                                             span, w)
                 _finish_row(
                     gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv,
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
                     dh, dw, family, lam, spatial, mask, has_mask, normalize, channel_wise,
                     grad_explicit, grad_guide, grad_centre, grad_mask, grad_alpha_rows,
-                    grad_lam_rows, grad_spatial_rows, gz, gd2,
+                    grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
                 )
+
+
+_PATCH_BLOCK = 16
+
+
+@njit(cache=True, fastmath=_FAST)
+def _patch_gradient_block(block, weight_t, first, count, grad_rows):
+    """``block[i, :] = sum_o weight_t[first + i, o] * grad_rows[o, :]`` for ``i < count``.
+
+    Rows of ``W^T g`` two at a time and output channels eight at a time, so each load of
+    ``grad_rows`` feeds two rows (a register-tiled small GEMM).
+    """
+    out_channels, width = grad_rows.shape
+    i = 0
+    while i < count:
+        r = block[i]
+        j = first + i
+        r[:] = 0.0
+        if i + 1 < count:
+            q = block[i + 1]
+            q[:] = 0.0
+            o = 0
+            while o + 8 <= out_channels:
+                rows, wj, wk = grad_rows, weight_t[j], weight_t[j + 1]
+                g0, g1, g2, g3 = rows[o], rows[o + 1], rows[o + 2], rows[o + 3]
+                g4, g5, g6, g7 = rows[o + 4], rows[o + 5], rows[o + 6], rows[o + 7]
+                w0, w1, w2, w3 = wj[o], wj[o + 1], wj[o + 2], wj[o + 3]
+                w4, w5, w6, w7 = wj[o + 4], wj[o + 5], wj[o + 6], wj[o + 7]
+                v0, v1, v2, v3 = wk[o], wk[o + 1], wk[o + 2], wk[o + 3]
+                v4, v5, v6, v7 = wk[o + 4], wk[o + 5], wk[o + 6], wk[o + 7]
+                for ox in range(width):
+                    a0, a1, a2, a3 = g0[ox], g1[ox], g2[ox], g3[ox]
+                    a4, a5, a6, a7 = g4[ox], g5[ox], g6[ox], g7[ox]
+                    r[ox] += (w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3
+                              + w4 * a4 + w5 * a5 + w6 * a6 + w7 * a7)
+                    q[ox] += (v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3
+                              + v4 * a4 + v5 * a5 + v6 * a6 + v7 * a7)
+                o += 8
+            while o < out_channels:
+                g0 = grad_rows[o]
+                w0 = weight_t[j, o]
+                v0 = weight_t[j + 1, o]
+                for ox in range(width):
+                    r[ox] += w0 * g0[ox]
+                    q[ox] += v0 * g0[ox]
+                o += 1
+            i += 2
+        else:
+            for o in range(out_channels):
+                g0 = grad_rows[o]
+                w0 = weight_t[j, o]
+                for ox in range(width):
+                    r[ox] += w0 * g0[ox]
+            i += 1
+
+
+@njit(cache=True, fastmath=_FAST)
+def _weight_gradient_block(grad_w, first, count, grad_rows, block):
+    """``grad_w[o, first + i] += sum_ox grad_rows[o, ox] * block[i, ox]`` for ``i < count``.
+
+    Tiles of two patch rows by four output channels: eight dot products share their loads.
+    """
+    out_channels, width = grad_rows.shape
+    zero = block.dtype.type(0.0)
+    i = 0
+    while i < count:
+        j = first + i
+        p = block[i]
+        if i + 1 < count:
+            q = block[i + 1]
+            o = 0
+            while o + 4 <= out_channels:
+                g0, g1, g2, g3 = grad_rows[o], grad_rows[o + 1], grad_rows[o + 2], grad_rows[o + 3]
+                s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = zero
+                for ox in range(width):
+                    a0, a1, a2, a3 = g0[ox], g1[ox], g2[ox], g3[ox]
+                    v = p[ox]
+                    u = q[ox]
+                    s0 += a0 * v
+                    s1 += a1 * v
+                    s2 += a2 * v
+                    s3 += a3 * v
+                    t0 += a0 * u
+                    t1 += a1 * u
+                    t2 += a2 * u
+                    t3 += a3 * u
+                grad_w[o, j] += s0
+                grad_w[o + 1, j] += s1
+                grad_w[o + 2, j] += s2
+                grad_w[o + 3, j] += s3
+                grad_w[o, j + 1] += t0
+                grad_w[o + 1, j + 1] += t1
+                grad_w[o + 2, j + 1] += t2
+                grad_w[o + 3, j + 1] += t3
+                o += 4
+            while o < out_channels:
+                g0 = grad_rows[o]
+                s0 = t0 = zero
+                for ox in range(width):
+                    s0 += g0[ox] * p[ox]
+                    t0 += g0[ox] * q[ox]
+                grad_w[o, j] += s0
+                grad_w[o, j + 1] += t0
+                o += 1
+            i += 2
+        else:
+            for o in range(out_channels):
+                g0 = grad_rows[o]
+                s0 = zero
+                for ox in range(width):
+                    s0 += g0[ox] * p[ox]
+                grad_w[o, j] += s0
+            i += 1
 
 
 @njit(cache=True, parallel=True)
-def conv_backward_rows(
-    grad_patch, x, n, row_start, explicit, use_explicit, guide, centre, guide_h, guide_w,
+def conv_backward(
+    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
     kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    out_w, band_height, need_x, need_patch, need_kernel, need_guide,
-    patch, grad_x, grad_explicit, grad_guide, grad_centre, grad_mask,
+    band_height, slots, need_x, need_weight, need_kernel, need_guide,
+    grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
-    """One chunk of output rows ``row_start ..`` of batch ``n`` of the BLAS conv's VJP.
+    """VJP of ``y[n,o,i] = sum_j W[o, j] P[n, j, i]``, ``P[c*T+t, i] = K[(c),t,i] x[c,src]``.
 
-    ``grad_patch[c*T + t, r*Wo + ox]`` is the gradient of the K-weighted patch (weight matrix
-    transposed times the chunk of ``grad_y``, from BLAS). The kernel row is computed once and
-    used three ways: ``patch`` (the forward's K-weighted patches, for the weight gradient
-    ``grad_y @ patch.T`` the driver takes next), ``grad_x += grad_patch * K`` at the source
-    positions, and the kernel gradient ``sum_c grad_patch * x``.
+    ``weight_t`` is ``W^T`` ``(C*T, C_out)``. Per output row, blocks of patch rows ``j``: the
+    kernel forms ``(W^T g)[j]`` from the row's upstream gradient, adds it times K to ``grad_x``
+    at the source positions and times ``x`` to the kernel gradient, and adds ``g P[j]^T`` to the
+    weight gradient slot of its band (``grad_w_slots`` ``(slots, C_out, C*T)``, zeroed; see the
+    module docstring). Other outputs as in :func:`direct_backward`.
     """
-    channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    batch, channels, in_h, in_w = x.shape
+    out_channels, out_h, out_w = grad_y.shape[1], grad_y.shape[2], grad_y.shape[3]
     taps = kh * kw
-    rows = grad_patch.shape[1] // out_w
+    total = channels * taps
+    one = x.dtype.type(1.0)
+    need_patch_grad = need_x or need_kernel
     for colour in range(2):
-        count = _band_count(rows, band_height, colour)
-        for job in prange(count):
-            band = 2 * job + colour
-            kap = np.empty((fk_count, taps, out_w), grad_patch.dtype)
-            power = np.empty_like(kap)
-            base = np.empty_like(kap)
-            kbuf = np.empty_like(kap)
-            gk = np.empty_like(kap)
-            zinv = np.empty((fk_count, out_w), grad_patch.dtype)
-            gz = np.empty(out_w, grad_patch.dtype)
-            gd2 = np.empty(out_w, grad_patch.dtype)
-            for r in range(band * band_height, min((band + 1) * band_height, rows)):
-                oy = row_start + r
-                col = r * out_w
-                _load_kernel_row(
-                    explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
-                    kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask,
-                    has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
-                )
-                gk[:] = 0.0
-                for c in range(channels):
-                    kc = c if fk_count > 1 else 0
-                    for ty in range(kh):
-                        iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                        for tx in range(kw):
-                            t = ty * kw + tx
-                            prow = c * taps + t
-                            if need_patch:
-                                for ox in range(out_w):
-                                    patch[prow, col + ox] = 0.0
+        per_batch = _band_count(out_h, band_height, colour)
+        jobs = batch * per_batch
+        for wave in range((jobs + slots - 1) // slots):
+            first_job = wave * slots
+            width = min(slots, jobs - first_job)
+            for slot in prange(width):
+                job = first_job + slot
+                n = job // per_batch
+                band = 2 * (job % per_batch) + colour
+                kap = np.empty((fk_count, taps, out_w), x.dtype)
+                power = np.empty_like(kap)
+                base = np.empty_like(kap)
+                kbuf = np.empty_like(kap)
+                gk = np.empty_like(kap)
+                zinv = np.empty((fk_count, out_w), x.dtype)
+                gz = np.empty(out_w, x.dtype)
+                gd2 = np.empty(out_w, x.dtype)
+                rr = np.empty(out_w, x.dtype)
+                u = np.empty(out_w, x.dtype)
+                grad_rows = np.empty((out_channels, out_w), x.dtype)
+                patch_grads = np.empty((_PATCH_BLOCK, out_w), x.dtype)
+                patch_rows = np.empty((_PATCH_BLOCK, out_w), x.dtype)
+                grad_w = grad_w_slots[slot]
+                for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
+                    _load_kernel_row(
+                        explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
+                        kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
+                        mask, has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
+                    )
+                    for o in range(out_channels):
+                        grad_rows[o] = grad_y[n, o, oy]
+                    gk[:] = 0.0
+                    for first in range(0, total, _PATCH_BLOCK):
+                        count = min(_PATCH_BLOCK, total - first)
+                        if need_patch_grad:
+                            _patch_gradient_block(patch_grads, weight_t, first, count, grad_rows)
+                        for i in range(count):
+                            c = (first + i) // taps
+                            t = (first + i) % taps
+                            ty = t // kw
+                            tx = t % kw
+                            kc = c if fk_count > 1 else 0
+                            if need_weight:
+                                patch_rows[i] = 0.0
+                            iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
                             if iy < 0:
-                                continue
-                            if transposed:
-                                step = sx
-                                lo, hi = _tap_range((kw - 1 - tx) * dw, sx, px, out_w, in_w)
-                                first = col + lo * sx + (kw - 1 - tx) * dw - px
-                                x_first, x_step = lo, 1
-                            else:
-                                step = 1
-                                lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
-                                first = col + lo
-                                x_first, x_step = lo * sx + tx * dw - px, sx
-                            span = hi - lo
+                                continue  # P[j] is 0 on this row
                             x_row = x[n, c, iy]
-                            k_row = kbuf[kc, t]
-                            # patch columns are col + ox; k_row is indexed by ox
-                            if need_patch:
-                                patch_row = patch[prow]
-                                for j in range(span):
-                                    o = first + j * step
-                                    patch_row[o] = k_row[o - col] * x_row[x_first + j * x_step]
+                            span, o_first, o_step, i_first, i_step = _span(
+                                transposed, tx, kw, sx, px, dw, in_w, out_w)
                             if need_kernel:
-                                grad_row = grad_patch[prow]
-                                gk_row = gk[kc, t]
-                                for j in range(span):
-                                    o = first + j * step
-                                    gk_row[o - col] += grad_row[o] * x_row[x_first + j * x_step]
+                                _add_product(gk[kc, t], o_first, o_step, patch_grads[i],
+                                             o_first, o_step, x_row, i_first, i_step, span, one)
                             if need_x:
-                                grad_row = grad_patch[prow]
-                                grad_x_row = grad_x[n, c, iy]
-                                for j in range(span):
-                                    o = first + j * step
-                                    grad_x_row[x_first + j * x_step] += grad_row[o] * k_row[o - col]
-                _finish_row(
-                    gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv,
-                    guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
-                    dh, dw, family, lam, spatial, mask, has_mask, normalize, channel_wise,
-                    grad_explicit, grad_guide, grad_centre, grad_mask, grad_alpha_rows,
-                    grad_lam_rows, grad_spatial_rows, gz, gd2,
-                )
+                                _add_product(grad_x[n, c, iy], i_first, i_step, patch_grads[i],
+                                             o_first, o_step, kbuf[kc, t], o_first, o_step,
+                                             span, one)
+                            if need_weight:
+                                _add_product(patch_rows[i], o_first, o_step, kbuf[kc, t],
+                                             o_first, o_step, x_row, i_first, i_step, span, one)
+                        if need_weight:
+                            _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
+                    _finish_row(
+                        gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf,
+                        zinv, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx,
+                        kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
+                        channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
+                        grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
+                    )

@@ -1,4 +1,4 @@
-"""CPU backward passes: drivers of the Numba kernels in ``_numba_backward`` (plus BLAS).
+"""CPU backward passes: drivers of the Numba kernels in ``_numba_backward``.
 
 Like the forward functions of this backend, these take already-validated, C-contiguous arrays of
 one float dtype and never validate. The CUDA backend mirrors the same names, signatures and
@@ -30,8 +30,9 @@ both indexed exactly as the forward indexes them (the front end undoes any flip)
 the guide and centre parts, the expensive ones).
 
 All results are deterministic: bands of output rows with a fixed partition (see the kernels'
-module docstring), per-row partial sums reduced by NumPy in a fixed order, and BLAS products
-over fixed chunks accumulated in chunk order.
+module docstring), per-row or per-slot partial sums reduced by NumPy in a fixed order; the
+partition depends on the shapes (and :data:`pacarray.config.WORKSPACE_BYTES`), never on the
+number of threads.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from .. import config
 from . import _numba_backward as nb
 
 __all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "smooth_backward"]
+
+#: Upper bound of the weight-gradient accumulators of :func:`conv_backward`.
+_MAX_WEIGHT_SLOTS = 32
 
 
 class KernelGrads(NamedTuple):
@@ -192,64 +196,49 @@ def _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x, g
     )
 
 
+def _weight_slots(matrix_shape, itemsize, jobs):
+    """Number of weight-gradient accumulators: from the shapes only, never the thread count."""
+    per_slot = max(1, matrix_shape[0] * matrix_shape[1] * itemsize)
+    return int(max(1, min(_MAX_WEIGHT_SLOTS, jobs, config.WORKSPACE_BYTES // per_slot)))
+
+
 def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding, need_x,
                   need_weight, need_kernel, need_guide):
     """VJP of :func:`conv`; see the module docstring for the returned tuple.
 
-    Works over chunks of output rows of one batch entry at a time: BLAS forms the patch
-    gradient ``weight_matrix.T @ grad_y[chunk]``, one Numba pass recomputes the chunk's kernel
-    rows and fills the K-weighted patches, ``grad_x`` and the kernel gradient, and BLAS adds
-    ``grad_y[chunk] @ patches.T`` to the weight gradient. The two work buffers together stay
-    within :data:`pacarray.config.WORKSPACE_BYTES`.
+    One Numba pass over bands of output rows recomputes each kernel row and forms the patch
+    gradient ``W^T g`` row by row, feeding ``grad_x``, the kernel gradient and the weight
+    gradient; the weight gradient's per-band partial sums live in at most
+    :data:`_MAX_WEIGHT_SLOTS` accumulators (within :data:`pacarray.config.WORKSPACE_BYTES`)
+    summed in a fixed order at the end.
     """
-    batch, channels = x.shape[:2]
-    out_channels = weight_matrix.shape[0]
+    batch = x.shape[0]
     out_h, out_w = grad_y.shape[2:]
     kh, kw = geometry.kernel_size
     taps = kh * kw
     dtype = x.dtype
-    rows_per_chunk = config.WORKSPACE_BYTES // max(1, 2 * channels * taps * out_w * x.itemsize)
-    rows_per_chunk = min(max(1, rows_per_chunk), out_h)
+    band_height = _band_height(geometry.kernel_size, geometry.dilation, k_stride,
+                               geometry.stride, geometry.transposed)
+    jobs = batch * _ceil_div(_ceil_div(out_h, band_height), 2)
+    # without a weight gradient there is nothing to accumulate: one wave of all bands
+    slots = _weight_slots(weight_matrix.shape, x.itemsize, jobs) if need_weight else jobs
     grad_x = np.zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
-    grad_matrix = np.zeros(weight_matrix.shape, dtype) if need_weight else None
+    grad_w_slots = np.zeros((slots, *weight_matrix.shape) if need_weight else (slots, 1, 1),
+                            dtype)
     grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
                                    need_kernel)
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = _explicit(spec, dtype)
-    band_height = _band_height(geometry.kernel_size, geometry.dilation, k_stride,
-                               geometry.stride, geometry.transposed)
-    matrix_t = np.ascontiguousarray(weight_matrix.T)
-    flat_grad_y = grad_y.reshape(batch, out_channels, out_h * out_w)
-    grad_patch_space = np.empty((channels * taps, rows_per_chunk * out_w), dtype)
-    patch_space = np.empty((channels * taps, rows_per_chunk * out_w) if need_weight else (1, 1),
-                           dtype)
-    product = np.empty(weight_matrix.shape, dtype) if need_weight else None
-    for n in range(batch):
-        for row_start in range(0, out_h, rows_per_chunk):
-            rows = min(rows_per_chunk, out_h - row_start)
-            grad_chunk = flat_grad_y[n, :, row_start * out_w:(row_start + rows) * out_w]
-            grad_patch = grad_patch_space[:, : rows * out_w]
-            if rows != rows_per_chunk:
-                grad_patch = np.ascontiguousarray(grad_patch)
-            if need_x or need_kernel:
-                np.matmul(matrix_t, grad_chunk, out=grad_patch)
-            patch = patch_space
-            if need_weight:
-                patch = patch_space[:, : rows * out_w]
-                if rows != rows_per_chunk:
-                    patch = np.ascontiguousarray(patch)
-            nb.conv_backward_rows(
-                grad_patch, x, n, row_start, explicit, use_explicit, spec.guide, spec.centre,
-                *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
-                *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
-                *_kernel_args(spec), spec.fk_count, out_w, band_height, need_x, need_weight,
-                need_kernel, need_guide and not use_explicit, patch, grad_x, grad_explicit,
-                buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
-                buffers.lam_rows, buffers.spatial_rows,
-            )
-            if need_weight:
-                np.matmul(grad_chunk, patch.T, out=product)
-                grad_matrix += product
+    nb.conv_backward(
+        grad_y, x, np.ascontiguousarray(weight_matrix.T), explicit, use_explicit, spec.guide,
+        spec.centre, *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
+        *geometry.dilation, *k_stride, *k_padding, geometry.transposed, *_kernel_args(spec),
+        spec.fk_count, band_height, slots, need_x, need_weight, need_kernel,
+        need_guide and not use_explicit, grad_x, grad_w_slots, grad_explicit, buffers.guide,
+        buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
+        buffers.spatial_rows,
+    )
+    grad_matrix = grad_w_slots.sum(axis=0) if need_weight else None
     return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
                     grad_matrix, grad_explicit)
 
