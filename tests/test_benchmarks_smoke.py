@@ -7,7 +7,7 @@ import pytest
 
 from pacarray.benchmarks import WORKLOAD_MODULES, Case, Peer, Workload, load_workloads
 from pacarray.benchmarks.__main__ import main
-from pacarray.benchmarks._harness import peak_extra_memory_mb, reset_peak_rss, time_case
+from pacarray.benchmarks._harness import peak_extra_memory_mib, reset_peak_rss, time_case
 
 
 def test_quick_run_end_to_end(tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert timing["name"] == "pacarray" and timing["runs"] == 2
         assert 0 < timing["min_ms"] <= timing["median_ms"] <= timing["max_ms"]
         assert timing["q1_ms"] <= timing["q3_ms"]
-        peak = entry["memory"]["peak_mb"]["pacarray"]
+        peak = entry["memory"]["peak_mib"]["pacarray"]
         assert peak is None or peak >= 0
     cold = report["cold"]["Numba cache warm"]
     assert cold["import_pacarray_s"] > 0
@@ -53,8 +53,8 @@ def test_workload_names_must_be_unique(monkeypatch):
 def test_peak_memory_sees_numpy_and_numba_allocations():
     import numba
 
-    megabytes = 48
-    count = megabytes * 10**6 // 8
+    mebibytes = 48
+    count = mebibytes * 2**20 // 8
 
     def numpy_call():
         return np.ones(count)
@@ -68,9 +68,9 @@ def test_peak_memory_sees_numpy_and_numba_allocations():
 
     numba_allocation(10)
     for call in (numpy_call, lambda: numba_allocation(count)):
-        measured = peak_extra_memory_mb(call)
-        assert megabytes * 0.9 < measured < megabytes * 1.5
-    assert peak_extra_memory_mb(lambda: None) < 5
+        measured = peak_extra_memory_mib(call)
+        assert mebibytes * 0.95 < measured < mebibytes * 1.5
+    assert peak_extra_memory_mib(lambda: None) < 5
 
 
 def test_time_case_statistics_and_reference_check():

@@ -24,7 +24,7 @@ order. To add some (``filters.py``, ``crf.py``, ``gradients.py``, ``gpu.py``, ..
    inputs built in ``build``, so input creation is not timed), a short label, a list of
    :class:`Peer` (name, call, role, ``target`` = the largest acceptable pacarray / peer time ratio,
    ``reference=True`` when the peer computes the same result, which is then compared), notes,
-   and an optional ``memory_target_mb``;
+   and an optional ``memory_target_mb`` (in MiB);
 3. append ``"pacarray.benchmarks.<name>"`` to :data:`WORKLOAD_MODULES`.
 
 Workload names must be unique across modules; ``--only`` selects by name (``--only cold`` for
@@ -37,6 +37,7 @@ from ._harness import Case, Context, Peer, Workload, load_workloads
 #: Modules whose ``WORKLOADS`` make up the benchmark suite, in report order.
 WORKLOAD_MODULES: tuple[str, ...] = (
     "pacarray.benchmarks.core",
+    "pacarray.benchmarks.filters",
 )
 
 __all__ = ["WORKLOAD_MODULES", "Case", "Context", "Peer", "Workload", "load_workloads"]

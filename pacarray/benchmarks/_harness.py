@@ -64,7 +64,11 @@ class Peer:
 
 @dataclass
 class Case:
-    """One workload made concrete: inputs allocated, calls ready to time."""
+    """One workload made concrete: inputs allocated, calls ready to time.
+
+    ``memory_target_mb`` is the largest acceptable peak extra memory of the pacarray call, in
+    MiB (2**20 bytes), like every memory figure of the report.
+    """
 
     call: Callable[[], object]
     label: str
@@ -242,9 +246,9 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_extra_memory_mb(call: Callable[[], object],
+def peak_extra_memory_mib(call: Callable[[], object],
                          synchronize: Callable[[], None] = lambda: None) -> float | None:
-    """Peak resident memory a call adds above the level before it, in MB (10**6 bytes).
+    """Peak resident memory a call adds above the level before it, in MiB (2**20 bytes).
 
     ``None`` where the operating system cannot reset the high-water mark.
     """
@@ -256,7 +260,7 @@ def peak_extra_memory_mb(call: Callable[[], object],
     synchronize()
     peak = _proc_status_kib("VmHWM")
     del result
-    return max(peak - before, 0) * 1024 / 1e6
+    return max(peak - before, 0) / 1024
 
 
 def _gpu_peak_tracker(cupy):
@@ -298,11 +302,11 @@ def memory_case(case: Case, *, device: str = "cpu") -> dict:
                 result = call()
                 synchronize()
                 del result
-            peaks[name] = tracker.peak / 1e6
-        return {"peak_mb": peaks, "method": "bytes taken from CuPy's memory pool"}
+            peaks[name] = tracker.peak / 2**20
+        return {"peak_mib": peaks, "method": "bytes taken from CuPy's memory pool"}
     for name, call in implementations:
-        peaks[name] = peak_extra_memory_mb(call, synchronize)
-    return {"peak_mb": peaks, "method": "VmHWM - VmRSS"}
+        peaks[name] = peak_extra_memory_mib(call, synchronize)
+    return {"peak_mib": peaks, "method": "VmHWM - VmRSS"}
 
 
 def run_child(spec: dict) -> int:
@@ -478,55 +482,65 @@ def _format_mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-_COLUMNS = (("workload", 10), ("implementation", 40), ("median ms", 10), ("IQR ms", 8),
-            ("ratio", 7), ("target", 13), ("peak MB", 9), ("check", 0))
+_NUMERIC_COLUMNS = (("median ms", 10), ("IQR ms", 8), ("ratio", 7), ("target", 16),
+                    ("peak MiB", 9))
 
 
-def _row(*cells: str) -> str:
-    parts = []
-    for (title, width), cell in zip(_COLUMNS, cells):
-        if title in ("median ms", "IQR ms", "ratio", "peak MB"):
-            parts.append(cell.rjust(width))
-        else:
-            parts.append(cell.ljust(width))
-    return "  ".join(parts).rstrip()
+class _Table:
+    """Fixed-width rows, streamed as workloads finish: the free-length texts (implementation,
+    check) come last so that they never push the numbers out of line."""
 
+    def __init__(self, workload_width: int):
+        self.workload_width = max(workload_width, len("workload"))
 
-def _workload_rows(name: str, timing: dict, memory: dict | None) -> list[str]:
-    timings = {entry["name"]: entry for entry in timing["timings"]}
-    peaks = (memory or {}).get("peak_mb", {})
-    peers = {peer["name"]: peer for peer in timing["peers"]}
-    mine = timings["pacarray"]
-    rows = []
-    memory_target = timing.get("memory_target_mb")
-    mine_peak = peaks.get("pacarray")
-    memory_verdict = ""
-    if memory_target is not None and mine_peak is not None:
-        memory_verdict = f"mem <= {memory_target:g} MB " + (
-            "met" if mine_peak <= memory_target else "MISSED")
-    rows.append(_row(name, f"pacarray {timing['label']}", _format_ms(mine["median_ms"]),
-                     _format_ms(mine["q3_ms"] - mine["q1_ms"]), "", "",
-                     _format_mb(mine_peak), memory_verdict))
-    for peer_name, entry in timings.items():
-        if peer_name == "pacarray":
-            continue
-        peer = peers[peer_name]
-        ratio = mine["median_ms"] / entry["median_ms"]
-        target = ""
-        if peer["target"] is not None:
-            target = f"<= {peer['target']:g} " + ("met" if ratio <= peer["target"] else "MISSED")
-        check = ""
-        if peer_name in timing["checks"]:
-            outcome = timing["checks"][peer_name]
-            if "error" in outcome and isinstance(outcome["error"], float):
-                check = f"agrees, rel err {outcome['error']:.1e}" if outcome["ok"] else (
-                    f"MISMATCH, rel err {outcome['error']:.1e}")
-            else:
-                check = f"MISMATCH: {outcome.get('error')}"
-        rows.append(_row("", f"{peer_name} [{peer['role']}]", _format_ms(entry["median_ms"]),
-                         _format_ms(entry["q3_ms"] - entry["q1_ms"]), f"{ratio:.2f}", target,
-                         _format_mb(peaks.get(peer_name)), check))
-    return rows
+    def row(self, workload: str, numbers: Sequence[str] = ("",) * 5, text: str = "") -> str:
+        cells = [workload.ljust(self.workload_width)]
+        cells += [cell.rjust(width) for cell, (_, width) in zip(numbers, _NUMERIC_COLUMNS)]
+        cells[4] = numbers[3].ljust(_NUMERIC_COLUMNS[3][1])  # the target column reads as text
+        return "  ".join(cells + [text]).rstrip()
+
+    def header(self) -> list[str]:
+        titles = [title for title, _ in _NUMERIC_COLUMNS]
+        rules = ["-" * width for _, width in _NUMERIC_COLUMNS]
+        return [self.row("workload", titles, "implementation [role]; check"),
+                self.row("-" * self.workload_width, rules, "-" * 28)]
+
+    def workload_rows(self, name: str, timing: dict, memory: dict | None) -> list[str]:
+        timings = {entry["name"]: entry for entry in timing["timings"]}
+        peaks = (memory or {}).get("peak_mib", {})
+        peers = {peer["name"]: peer for peer in timing["peers"]}
+        mine = timings["pacarray"]
+        memory_target = timing.get("memory_target_mb")
+        mine_peak = peaks.get("pacarray")
+        text = f"pacarray {timing['label']}"
+        if memory_target is not None and mine_peak is not None:
+            text += f"; memory <= {memory_target:g} MiB " + (
+                "met" if mine_peak <= memory_target else "MISSED")
+        rows = [self.row(name, (_format_ms(mine["median_ms"]),
+                                _format_ms(mine["q3_ms"] - mine["q1_ms"]), "", "",
+                                _format_mb(mine_peak)), text)]
+        for peer_name, entry in timings.items():
+            if peer_name == "pacarray":
+                continue
+            peer = peers[peer_name]
+            ratio = mine["median_ms"] / entry["median_ms"]
+            target = ""
+            if peer["target"] is not None:
+                target = f"<= {peer['target']:g} " + (
+                    "met" if ratio <= peer["target"] else "MISSED")
+            text = f"{peer_name} [{peer['role']}]"
+            outcome = timing["checks"].get(peer_name)
+            if outcome is not None:
+                if isinstance(outcome.get("error"), float):
+                    verdict = "agrees" if outcome["ok"] else "MISMATCH"
+                    text += f"; {verdict}, max error {outcome['error']:.1e} of max |y|"
+                else:
+                    text += f"; MISMATCH: {outcome.get('error')}"
+            rows.append(self.row("", (_format_ms(entry["median_ms"]),
+                                      _format_ms(entry["q3_ms"] - entry["q1_ms"]),
+                                      f"{ratio:.2f}", target, _format_mb(peaks.get(peer_name))),
+                                 text))
+        return rows
 
 
 def run_all(options: Options, write: Callable[[str], None] | None = None) -> int:
@@ -554,18 +568,19 @@ def run_all(options: Options, write: Callable[[str], None] | None = None) -> int
           f"{warmup} warm-up run(s), each workload in fresh processes")
     write(f"machine: {report['machine']}")
     write("ratio = pacarray median / peer median (below 1: pacarray is faster); "
-          "peak MB = resident memory the call adds, output included")
+          "peak MiB = resident memory the call adds, output included")
     if device == "gpu":
         reason = _gpu_unavailable_reason()
         if reason is not None:
             write(f"GPU benchmarks skipped: {reason}")
             return 0
     write("")
-    write(_row(*(title for title, _ in _COLUMNS)))
-    write(_row(*("-" * max(width, len(title)) for title, width in _COLUMNS)))
+    table = _Table(max((len(w.name) for w in selected), default=0))
+    for line in table.header():
+        write(line)
     for workload in selected:
         if device not in workload.devices:
-            write(_row(workload.name, f"(no {device.upper()} variant)"))
+            write(table.row(workload.name, text=f"(no {device.upper()} variant)"))
             continue
         spec = {"modules": list(options.modules), "workload": workload.name, "device": device,
                 "quick": options.quick, "repeat": repeat, "warmup": warmup,
@@ -575,12 +590,12 @@ def run_all(options: Options, write: Callable[[str], None] | None = None) -> int
             memory = spawn_measurement(dict(spec, mode="memory"), timeout)
         except (ChildError, subprocess.TimeoutExpired) as error:
             status = 1
-            write(_row(workload.name, "ERROR"))
+            write(table.row(workload.name, text="ERROR"))
             for line in str(error).splitlines():
                 write(f"    {line}")
             report["workloads"][workload.name] = {"error": str(error)}
             continue
-        for row in _workload_rows(workload.name, timing, memory):
+        for row in table.workload_rows(workload.name, timing, memory):
             write(row)
         for check in timing["checks"].values():
             if not check["ok"]:
