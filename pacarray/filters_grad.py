@@ -1,0 +1,342 @@
+"""Gradients of the image filters, composed from the core operations' gradients.
+
+:func:`bilateral_filter_vjp` differentiates :func:`~pacarray.filters.bilateral_filter` with
+respect to the image, the guide and both bandwidths. It runs the filter's generic formulation
+(the fused ``pac_pool`` on the border-extended image and guide) backwards through
+:func:`~pacarray.gradients.pac_pool_vjp`, then carries the result through the scaling of the
+guide by ``1 / sigma_color``, the spatial Gaussian of ``sigma_spatial`` and the adjoint of the
+border extension, and finally back to the caller's layout and dtypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _arrays
+from ._dispatch import namespace, select_backend
+from ._filters_util import MODES, NUMPY_PAD_MODES, check_choice, finite_value, radius_value
+from .features import _as_float_image, _channels_back, _channels_first, _positive_scalar
+from .filters import _effective_radius, _guide_planar, _pad_spatial
+from .gradients import pac_pool_vjp
+from .kernels import Gaussian, spatial_window
+from .ops import pac_pool
+
+__all__ = ["BilateralGradients", "bilateral_filter_vjp"]
+
+
+class BilateralGradients(NamedTuple):
+    """Gradients returned by :func:`bilateral_filter_vjp`.
+
+    Attributes
+    ----------
+    image : ndarray
+        Shape of ``image``; for a plain (not joint) bilateral filter it includes the path
+        through the range weights, since the image is its own guide.
+    guide : ndarray or None
+        Shape of ``guide``; ``None`` when no guide was given.
+    sigma_spatial, sigma_color : ndarray
+        0-d arrays of the computation dtype.
+    """
+
+    image: object
+    guide: object = None
+    sigma_spatial: object = None
+    sigma_color: object = None
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A validated bilateral-filter call, in the planar layout the pooling works on."""
+
+    xp: object
+    planar: object                # (C, H, W) image in the computation dtype
+    guide_planar: object          # (G, H, W) guide in the computation dtype, or None
+    image_dtype: np.dtype         # the image's dtype after the filters' dtype policy
+    guide_dtype: np.dtype | None
+    image_axis: int | None        # normalized channel axis of the image
+    guide_layout: tuple | None    # (ndim, normalized channel axis) of the guide
+    sigma_spatial: float
+    sigma_color: float
+    radius: int                   # the window's radius (the disk's extent)
+    reach: int                    # taps actually used (weights beyond underflow to 0)
+    window: str
+    mode: str
+    cval: float
+
+    @property
+    def dtype(self):
+        return self.planar.dtype
+
+    @property
+    def size(self) -> int:
+        return 2 * self.reach + 1
+
+    @property
+    def padding(self) -> int:
+        return self.reach if self.mode == "exclude" else 0
+
+    def squared_offsets(self):
+        offsets = np.arange(-self.reach, self.reach + 1)
+        return offsets[:, None] ** 2 + offsets[None, :] ** 2
+
+    def spatial_weights(self):
+        """The float64 spatial weight (Gaussian, zero outside the disk) the filter uses."""
+        weights = spatial_window(self.size, self.sigma_spatial)
+        if self.window == "disk":
+            weights = weights * (self.squared_offsets() <= self.radius * self.radius)
+        return weights
+
+    def pool_inputs(self):
+        """``(x, features, keywords)`` of the ``pac_pool`` call that is the filter."""
+        xp, dtype = self.xp, self.dtype
+        source = self.planar if self.guide_planar is None else self.guide_planar
+        x = _pad_spatial(xp, self.planar, self.reach, self.mode, self.cval)
+        features = (_pad_spatial(xp, source, self.reach, self.mode, self.cval)
+                    * dtype.type(1 / self.sigma_color))
+        keywords = dict(
+            guide=features[None], family=Gaussian(), padding=self.padding,
+            spatial_weight=xp.asarray(self.spatial_weights(), dtype=dtype),
+            normalize="kernel",
+        )
+        return x[None], features, keywords
+
+
+def _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance, mode,
+             cval, channel_axis, xp) -> _Problem:
+    """Validate exactly as :func:`bilateral_filter` does (same order, same errors)."""
+    image = _as_float_image(xp, image)
+    planar, axis = _channels_first(image, channel_axis)
+    spatial_shape = tuple(planar.shape[1:])
+    guide_planar = guide_dtype = guide_layout = None
+    if guide is not None:
+        guide = _as_float_image(xp, guide, "guide")
+        guide_planar = _guide_planar(xp, guide, channel_axis, spatial_shape)
+        guide_dtype = guide.dtype
+        guide_axis = None if guide.ndim == 2 else (-1 if channel_axis is None else channel_axis)
+        guide_layout = (guide.ndim, None if guide_axis is None else int(guide_axis) % 3)
+    dtype = np.result_type(image.dtype, *(() if guide_dtype is None else (guide_dtype,)))
+    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
+    sigma_color = _positive_scalar(sigma_color, "sigma_color")
+    window = check_choice(window, "window", ("disk", "square"))
+    color_distance = check_choice(color_distance, "color_distance", ("l2", "l1"))
+    mode = check_choice(mode, "mode", MODES)
+    cval = finite_value(cval, "cval")
+    radius = radius_value(radius, sigma_spatial, 3.0, spatial_shape)
+    guide_channels = planar.shape[0] if guide_planar is None else guide_planar.shape[0]
+    if color_distance == "l1" and guide_channels > 1:
+        raise NotImplementedError(
+            "bilateral_filter_vjp: color_distance='l1' with a multichannel guide has no "
+            "gradient here: the core's Gaussian family is Euclidean, and the L1 range distance "
+            f"over {guide_channels} guide channels is not one of its kernels. Use "
+            "color_distance='l2' (for one guide channel 'l1' and 'l2' coincide and both work)."
+        )
+    return _Problem(
+        xp=xp, planar=planar.astype(dtype, copy=False),
+        guide_planar=None if guide_planar is None else guide_planar.astype(dtype, copy=False),
+        image_dtype=image.dtype, guide_dtype=guide_dtype, image_axis=axis,
+        guide_layout=guide_layout, sigma_spatial=sigma_spatial, sigma_color=sigma_color,
+        radius=radius, reach=_effective_radius(radius, sigma_spatial, dtype), window=window,
+        mode=mode, cval=cval,
+    )
+
+
+def _unpad_adjoint(xp, padded_grad, reach, mode):
+    """Adjoint of the border extension of the last two axes by ``reach`` with ``mode``: the
+    gradient of every padded pixel is added onto the source pixel it was copied from (nothing
+    for ``"constant"``, whose padding holds ``cval``)."""
+    if mode == "exclude" or reach == 0:
+        return padded_grad
+    grad = padded_grad
+    for axis in (-2, -1):
+        n = grad.shape[axis] - 2 * reach
+        if mode == "constant":
+            sources = np.pad(np.arange(n), reach, mode="constant", constant_values=-1)
+        else:
+            sources = np.pad(np.arange(n), reach, mode=NUMPY_PAD_MODES[mode])
+        moved = xp.moveaxis(grad, axis, 0)
+        folded = moved[reach:reach + n].copy()
+        # The border is a few rows or columns wide: a loop of slice additions is cheap and
+        # accumulates correctly where several padded positions share a source (wrap, nearest).
+        for position in (*range(reach), *range(reach + n, n + 2 * reach)):
+            source = int(sources[position])
+            if source >= 0:
+                folded[source] += moved[position]
+        grad = xp.moveaxis(folded, 0, axis)
+    return grad
+
+
+def _undo_layout(xp, planar_grad, layout, dtype):
+    """Planar ``(C, H, W)`` gradient back to the caller's layout and dtype."""
+    ndim, axis = layout
+    grad = planar_grad[0] if ndim == 2 else _channels_back(xp, planar_grad, axis)
+    return xp.ascontiguousarray(grad.astype(dtype, copy=False))
+
+
+def _filter_output(image, *, sigma_spatial, sigma_color, radius=None, window="disk",
+                   color_distance="l2", mode="mirror", cval=0.0, channel_axis=None, guide=None):
+    """The forward value :func:`bilateral_filter_vjp` differentiates, in the image's layout
+    (for the tests, which check that it equals :func:`bilateral_filter`)."""
+    xp = namespace(select_backend(image=image, guide=guide))
+    problem = _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance,
+                       mode, cval, channel_axis, xp)
+    x, _, keywords = problem.pool_inputs()
+    return _channels_back(xp, pac_pool(x, problem.size, **keywords)[0], problem.image_axis)
+
+
+def bilateral_filter_vjp(
+    grad_output,
+    image,
+    *,
+    sigma_spatial: float,
+    sigma_color: float,
+    radius: int | None = None,
+    window: str = "disk",
+    color_distance: str = "l2",
+    mode: str = "mirror",
+    cval: float = 0.0,
+    channel_axis: int | None = None,
+    guide=None,
+) -> BilateralGradients:
+    """Gradients of :func:`~pacarray.filters.bilateral_filter` with respect to the image, the
+    guide and both sigmas.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of a scalar loss with respect to the filter's output: the image's shape, a
+        real floating dtype (converted to the computation dtype).
+    image : array_like
+        As passed to :func:`~pacarray.filters.bilateral_filter`.
+    sigma_spatial, sigma_color, radius, window, color_distance, mode, cval, channel_axis, guide
+        Exactly as passed to :func:`~pacarray.filters.bilateral_filter` (validated the same
+        way, with the same errors).
+
+    Returns
+    -------
+    BilateralGradients
+        ``image`` (the image's shape), ``guide`` (the guide's shape, ``None`` without a
+        guide), ``sigma_spatial`` and ``sigma_color`` (0-d arrays). Each array gradient has its
+        input's dtype after the filters' dtype policy (float32 for float32, float16, integer
+        and bool inputs; float64 for float64), whatever dtype the filter computed in; the
+        sigma gradients have the computation dtype.
+
+    Raises
+    ------
+    ValueError
+        ``grad_output`` not of the image's shape; every error of ``bilateral_filter``.
+    TypeError
+        ``grad_output`` not a real floating array; every error of ``bilateral_filter``.
+    NotImplementedError
+        ``color_distance="l1"`` with more than one guide channel (see Notes).
+
+    See Also
+    --------
+    pacarray.filters.bilateral_filter
+    pacarray.gradients.pac_pool_vjp : the core gradient this is built on.
+    pacarray.testing.check_gradients
+
+    Notes
+    -----
+    The filter is ``y = pac_pool(P(x), G, guide=P(g) / sigma_color, normalize="kernel")``
+    with ``P`` the border extension of ``mode`` (none for ``"exclude"``, whose out-of-image taps
+    are dropped), ``g`` the guide (the image itself without one) and the spatial weight
+    ``G[d] = exp(-|d|^2 / (2 sigma_spatial^2))`` (zero outside the disk). With ``dX``, ``dF``,
+    ``dG`` the gradients :func:`~pacarray.gradients.pac_pool_vjp` returns for the extended
+    image, the scaled extended guide and the spatial weight, the chain rule gives
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = P^T dX \\;(+\\, P^T dF / \\sigma_c
+        \\text{ without a guide}),\\qquad
+        \\frac{\\partial L}{\\partial g} = P^T dF / \\sigma_c,
+
+        \\frac{\\partial L}{\\partial \\sigma_c} = -\\frac{1}{\\sigma_c}
+        \\sum dF \\cdot \\frac{P(g)}{\\sigma_c},\\qquad
+        \\frac{\\partial L}{\\partial \\sigma_s} = \\sum_d dG[d]\\, G[d]\\,
+        \\frac{|d|^2}{\\sigma_s^3}.
+
+    ``P^T`` adds the gradient of every extended pixel onto the pixel it copies (``"reflect"``,
+    ``"mirror"``, ``"nearest"``, ``"wrap"``); the ``cval`` border of ``"constant"`` depends on
+    no input pixel, but as part of the scaled guide it does depend on ``sigma_color``.
+
+    The window is held fixed: ``radius`` (by default ``ceil(3 * sigma_spatial)``, a step
+    function of ``sigma_spatial``) and the taps dropped because their weight underflows are
+    not differentiated, so the ``sigma_spatial`` gradient is that of the weights inside the
+    window. Memory stays O(image): the adaptive kernel is never materialized.
+
+    ``color_distance="l1"`` measures ``(sum_c |g_p,c - g_q,c|)^2``; for one guide channel that
+    is ``(g_p - g_q)^2``, the same smooth function as ``"l2"``, and it is differentiated as
+    such. For several guide channels the core has no L1 kernel to differentiate (its Gaussian
+    family is Euclidean), so this raises ``NotImplementedError`` rather than return the
+    gradient of a different function.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pacarray.filters import bilateral_filter
+    >>> from pacarray.filters_grad import bilateral_filter_vjp
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.random((6, 7, 3))
+    >>> target = np.full(image.shape, 0.5)
+    >>> options = dict(sigma_spatial=1.5, sigma_color=0.3, channel_axis=-1)
+    >>> y = bilateral_filter(image, **options)
+    >>> grads = bilateral_filter_vjp(2 * (y - target), image, **options)   # of sum((y - t)^2)
+    >>> grads.image.shape, grads.guide, grads.sigma_color.shape
+    ((6, 7, 3), None, ())
+
+    A step along ``-grads.image`` lowers the loss:
+
+    >>> loss = lambda im: float(((bilateral_filter(im, **options) - target) ** 2).sum())
+    >>> bool(loss(image - 1e-3 * grads.image) < loss(image))
+    True
+    """
+    xp = namespace(select_backend(grad_output=grad_output, image=image, guide=guide))
+    problem = _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance,
+                       mode, cval, channel_axis, xp)
+    grad_output = _arrays.convert(xp, grad_output, "grad_output")
+    _arrays.require_float(grad_output, "grad_output")
+    image_shape = tuple(np.shape(image))
+    if tuple(grad_output.shape) != image_shape:
+        raise ValueError(
+            f"grad_output must have the shape of the filter's output, which is the image's "
+            f"shape {image_shape}, got grad_output of shape {tuple(grad_output.shape)}"
+        )
+    dtype = problem.dtype
+    upstream, _ = _channels_first(grad_output, channel_axis, "grad_output")
+    upstream = _arrays.cast(xp, upstream, dtype)[None]
+
+    x, features, keywords = problem.pool_inputs()
+    grads = pac_pool_vjp(upstream, x, problem.size, **keywords)
+    grad_x, grad_features = grads.x[0], grads.guide[0]
+    inverse_sigma = dtype.type(1 / problem.sigma_color)
+
+    # F = P(g) / sigma_color, the cval border included: dF / dsigma_color = -F / sigma_color.
+    grad_sigma_color = -(grad_features * features).sum() * inverse_sigma
+    weights = problem.spatial_weights()
+    weight_slope = xp.asarray(
+        weights * problem.squared_offsets() / problem.sigma_spatial**3, dtype=dtype
+    )
+    grad_sigma_spatial = (grads.spatial_weight * weight_slope).sum()
+
+    grad_guide = None
+    if problem.guide_planar is None:
+        grad_image = _unpad_adjoint(xp, grad_x + grad_features * inverse_sigma, problem.reach,
+                                    problem.mode)
+    else:
+        grad_image = _unpad_adjoint(xp, grad_x, problem.reach, problem.mode)
+        grad_guide = _undo_layout(
+            xp, _unpad_adjoint(xp, grad_features * inverse_sigma, problem.reach, problem.mode),
+            problem.guide_layout, problem.guide_dtype,
+        )
+    grad_image = _undo_layout(
+        xp, grad_image, (3 if problem.image_axis is not None else 2, problem.image_axis),
+        problem.image_dtype,
+    )
+    return BilateralGradients(
+        image=grad_image, guide=grad_guide,
+        sigma_spatial=xp.asarray(grad_sigma_spatial, dtype=dtype),
+        sigma_color=xp.asarray(grad_sigma_color, dtype=dtype),
+    )
