@@ -8,6 +8,7 @@ from . import testing
 from .crf import PairwiseTerm, pac_crf, pac_crf_vjp
 from .features import color_position_features
 from .filters import bilateral_filter, joint_bilateral_upsample, normalized_convolution
+from .filters_grad import bilateral_filter_vjp
 from .gradients import pac_conv_transpose_vjp, pac_conv_vjp, pac_kernel_vjp, pac_pool_vjp
 from .kernels import Gaussian, InversePower, pac_kernel, spatial_window
 from .ops import pac_conv, pac_conv_transpose, pac_pool
@@ -20,6 +21,7 @@ __all__ = [
     "InversePower",
     "PairwiseTerm",
     "bilateral_filter",
+    "bilateral_filter_vjp",
     "color_position_features",
     "detail_preserving_pool",
     "joint_bilateral_upsample",
