@@ -38,6 +38,8 @@ from ._harness import Case, Context, Peer, Workload, load_workloads
 WORKLOAD_MODULES: tuple[str, ...] = (
     "pacarray.benchmarks.core",
     "pacarray.benchmarks.filters",
+    "pacarray.benchmarks.crf",
+    "pacarray.benchmarks.gpu",
 )
 
 __all__ = ["WORKLOAD_MODULES", "Case", "Context", "Peer", "Workload", "load_workloads"]

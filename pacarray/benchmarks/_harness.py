@@ -514,7 +514,7 @@ class _Table:
         mine_peak = peaks.get("pacarray")
         text = f"pacarray {timing['label']}"
         if memory_target is not None and mine_peak is not None:
-            text += f"; memory <= {memory_target:g} MiB " + (
+            text += f"; memory <= {memory_target:.4g} MiB " + (
                 "met" if mine_peak <= memory_target else "MISSED")
         rows = [self.row(name, (_format_ms(mine["median_ms"]),
                                 _format_ms(mine["q3_ms"] - mine["q1_ms"]), "", "",
@@ -575,13 +575,12 @@ def run_all(options: Options, write: Callable[[str], None] | None = None) -> int
             write(f"GPU benchmarks skipped: {reason}")
             return 0
     write("")
+    elsewhere = [w.name for w in selected if device not in w.devices]
+    selected = [w for w in selected if device in w.devices]
     table = _Table(max((len(w.name) for w in selected), default=0))
     for line in table.header():
         write(line)
     for workload in selected:
-        if device not in workload.devices:
-            write(table.row(workload.name, text=f"(no {device.upper()} variant)"))
-            continue
         spec = {"modules": list(options.modules), "workload": workload.name, "device": device,
                 "quick": options.quick, "repeat": repeat, "warmup": warmup,
                 "peers": options.peers}
@@ -604,8 +603,12 @@ def run_all(options: Options, write: Callable[[str], None] | None = None) -> int
             write(f"    note: {note}")
         report["workloads"][workload.name] = {"timing": timing, "memory": memory}
 
+    if elsewhere:
+        other = "GPU" if device == "cpu" else "CPU"
+        write(f"    ({other}-only workloads not run here: {', '.join(elsewhere)})")
+
     if device == "cpu" and options.cold and (not wanted or "cold" in wanted):
-        cold_names = [w.name for w in selected if "cpu" in w.devices]
+        cold_names = [w.name for w in selected]
         if cold_names:
             status = max(status, _cold_report(options, cold_names, timeout, report, write))
 
