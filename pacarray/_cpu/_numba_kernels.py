@@ -395,7 +395,11 @@ def _accumulate_forward(acc, weight, k_row, x_row, phases, base, stride, in_w):
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def _accumulate_block(acc, weight_matrix, block, first, count):
-    """``acc[o, :] += sum_j weight_matrix[o, first + j] * block[j, :]`` for ``j < count``."""
+    """``acc[o, :] += sum_j weight_matrix[o, first + j] * block[j, :]`` for ``j < count``.
+
+    Register-tiled 4 block rows x 4 output channels: each loaded block element feeds four
+    accumulators, which roughly halves the loads per multiply-add against a plain loop.
+    """
     out_channels, width = acc.shape
     j = 0
     while j + 4 <= count:
@@ -403,14 +407,38 @@ def _accumulate_block(acc, weight_matrix, block, first, count):
         v1 = block[j + 1]
         v2 = block[j + 2]
         v3 = block[j + 3]
-        for o in range(out_channels):
-            w0 = weight_matrix[o, first + j]
-            w1 = weight_matrix[o, first + j + 1]
-            w2 = weight_matrix[o, first + j + 2]
-            w3 = weight_matrix[o, first + j + 3]
+        f = first + j
+        o = 0
+        while o + 4 <= out_channels:
             a = acc[o]
+            b = acc[o + 1]
+            c = acc[o + 2]
+            d = acc[o + 3]
+            a0, a1, a2, a3 = (weight_matrix[o, f], weight_matrix[o, f + 1],
+                              weight_matrix[o, f + 2], weight_matrix[o, f + 3])
+            b0, b1, b2, b3 = (weight_matrix[o + 1, f], weight_matrix[o + 1, f + 1],
+                              weight_matrix[o + 1, f + 2], weight_matrix[o + 1, f + 3])
+            c0, c1, c2, c3 = (weight_matrix[o + 2, f], weight_matrix[o + 2, f + 1],
+                              weight_matrix[o + 2, f + 2], weight_matrix[o + 2, f + 3])
+            d0, d1, d2, d3 = (weight_matrix[o + 3, f], weight_matrix[o + 3, f + 1],
+                              weight_matrix[o + 3, f + 2], weight_matrix[o + 3, f + 3])
             for ox in range(width):
-                a[ox] += w0 * v0[ox] + w1 * v1[ox] + w2 * v2[ox] + w3 * v3[ox]
+                x0 = v0[ox]
+                x1 = v1[ox]
+                x2 = v2[ox]
+                x3 = v3[ox]
+                a[ox] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                b[ox] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                c[ox] += c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
+                d[ox] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+            o += 4
+        while o < out_channels:
+            a = acc[o]
+            a0, a1, a2, a3 = (weight_matrix[o, f], weight_matrix[o, f + 1],
+                              weight_matrix[o, f + 2], weight_matrix[o, f + 3])
+            for ox in range(width):
+                a[ox] += a0 * v0[ox] + a1 * v1[ox] + a2 * v2[ox] + a3 * v3[ox]
+            o += 1
         j += 4
     while j < count:
         v0 = block[j]
