@@ -15,7 +15,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert main(["--quick", "--no-peers", "--repeat", "2", "--json", str(results)]) == 0
     text = capsys.readouterr().out
     report = json.loads(results.read_text())
-    names = [workload.name for workload in load_workloads(WORKLOAD_MODULES)]
+    names = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices]
     assert {"B-conv16", "B-conv64", "B-pool"} <= set(names)
     for name in names:
         assert name in text
@@ -31,6 +31,10 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert cold["import_pacarray_s"] > 0
     assert [call["name"] for call in cold["calls"]] == names
     assert "cold start" in text and "import pacarray" in text
+    gpu_only = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" not in w.devices]
+    assert set(report["workloads"]) == set(names)
+    for name in gpu_only:
+        assert name in text  # listed as not run on this device
 
 
 def test_unknown_workload_is_rejected():
