@@ -372,6 +372,34 @@ def test_fused_gradients_equal_explicit_kernel_composed_with_pac_kernel_vjp(op, 
                                        rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("op, normalize, stride", [("conv", None, 1), ("conv", "kernel", 2),
+                                                   ("pool", "kernel", 2), ("pool", None, 1)])
+def test_gradients_match_pytorch_autograd_through_unfold(op, normalize, stride, rng):
+    """An independent implementation: autograd through the benchmarks' unfold + einsum PAC."""
+    torch = pytest.importorskip("torch")
+    from pacarray.benchmarks.core import unfold_pac
+
+    kernel_size, padding = 5, 2
+    x = rng.standard_normal((2, 3, 11, 12))
+    guide = 2.0 * rng.random((2, 4, 11, 12))
+    weight = rng.standard_normal((2, 3, 5, 5)) if op == "conv" else None
+    tensors = [torch.from_numpy(a).requires_grad_(True)
+               for a in (x, guide, weight) if a is not None]
+    y = unfold_pac(torch, tensors[0], tensors[1], tensors[2] if op == "conv" else None,
+                   kernel_size, stride=stride, padding=padding, normalize=normalize)
+    grad_y = rng.standard_normal(tuple(y.shape))
+    expected = torch.autograd.grad(y, tensors, torch.from_numpy(grad_y))
+    kw = dict(guide=guide, stride=stride, padding=padding, normalize=normalize)
+    if op == "conv":
+        grads = pac_conv_vjp(grad_y, x, weight, **kw)
+        actual = (grads.x, grads.guide, grads.weight)
+    else:
+        grads = pac_pool_vjp(grad_y, x, kernel_size, **kw)
+        actual = (grads.x, grads.guide)
+    for mine, theirs in zip(actual, expected):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-10, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------------------
 # properties
 

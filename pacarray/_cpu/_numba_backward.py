@@ -34,6 +34,7 @@ from ._numba_kernels import (
     NORMALIZE_MASK,
     NORMALIZE_MASK_KERNEL,
     NORMALIZE_NONE,
+    _gaussian_of_d2,
     _source_index,
     _tap_range,
 )
@@ -77,7 +78,7 @@ def kappa_row(
     fk_count = kap.shape[0]
     features = guide.shape[1]
     asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
-    minus_half = kap.dtype.type(-0.5)
+    one = kap.dtype.type(1.0)
     eps2_typed = kap.dtype.type(eps2)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
@@ -106,8 +107,7 @@ def kappa_row(
                 b_part = base[fk, t, lo:hi]
                 k_part = kap[fk, t, lo:hi]
                 if family == FAMILY_GAUSSIAN:
-                    for j in range(count):
-                        k_part[j] = np.exp(minus_half * b_part[j])
+                    _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one)
                 else:
                     p_part = power[fk, t, lo:hi]
                     a = alpha[fk]
