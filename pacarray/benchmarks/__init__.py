@@ -39,6 +39,7 @@ WORKLOAD_MODULES: tuple[str, ...] = (
     "pacarray.benchmarks.core",
     "pacarray.benchmarks.filters",
     "pacarray.benchmarks.crf",
+    "pacarray.benchmarks.gradients",
     "pacarray.benchmarks.gpu",
 )
 
