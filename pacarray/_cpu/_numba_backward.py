@@ -34,6 +34,7 @@ from ._numba_kernels import (
     NORMALIZE_MASK,
     NORMALIZE_MASK_KERNEL,
     NORMALIZE_NONE,
+    _deinterleave,
     _gaussian_of_d2,
     _source_index,
     _tap_range,
@@ -468,6 +469,16 @@ def kernel_backward(
                 )
 
 
+@njit(cache=True)
+def _interleave_add(row, phases, stride):
+    """``row[j*stride + r] += phases[r, j]``: the inverse of ``_deinterleave``, accumulating."""
+    width = row.shape[0]
+    for r in range(stride):
+        source = phases[r]
+        for j in range((width - r + stride - 1) // stride):
+            row[j * stride + r] += source[j]
+
+
 @njit(cache=True, parallel=True)
 def direct_backward(
     grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_h, guide_w,
@@ -488,6 +499,7 @@ def direct_backward(
     out_h, out_w = grad_y.shape[2], grad_y.shape[3]
     kh, kw = tap_weight.shape[0], tap_weight.shape[1]
     taps = kh * kw
+    split = sx > 1 and not transposed
     for colour in range(2):
         count = _band_count(out_h, band_height, colour)
         for job in prange(batch * count):
@@ -503,6 +515,8 @@ def direct_backward(
             gd2 = np.empty(out_w, grad_y.dtype)
             rr = np.empty(out_w, grad_y.dtype)
             u = np.empty(out_w, grad_y.dtype)
+            x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
+            gx_phases = np.empty_like(x_phases)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 _load_kernel_row(
                     explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
@@ -518,22 +532,37 @@ def direct_backward(
                         if iy < 0:
                             continue
                         x_row = x[n, c, iy]
+                        if split:
+                            # strided reads and writes become contiguous ones per phase
+                            _deinterleave(x_row, sx, x_phases)
+                            gx_phases[:] = 0.0
                         for tx in range(kw):
                             t = ty * kw + tx
                             w = tap_weight[ty, tx]
-                            span, o_first, o_step, i_first, i_step = _span(
-                                transposed, tx, kw, sx, px, dw, in_w, out_w)
+                            if split:
+                                lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+                                phase = (tx * dw - px) % sx
+                                span, o_first, o_step = hi - lo, lo, 1
+                                i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
+                                source = x_phases[phase]
+                            else:
+                                span, o_first, o_step, i_first, i_step = _span(
+                                    transposed, tx, kw, sx, px, dw, in_w, out_w)
+                                phase = 0
+                                source = x_row
                             if need_kernel:
                                 _add_product(gk[kc, t], o_first, o_step, grad_row, o_first,
-                                             o_step, x_row, i_first, i_step, span, w)
+                                             o_step, source, i_first, i_step, span, w)
                             if need_tap_weight:
                                 grad_tap_rows[n, oy, t] += _dot3(
                                     grad_row, o_first, o_step, kbuf[kc, t], o_first, o_step,
-                                    x_row, i_first, i_step, span)
+                                    source, i_first, i_step, span)
                             if need_x:
-                                _add_product(grad_x[n, c, iy], i_first, i_step, grad_row,
-                                             o_first, o_step, kbuf[kc, t], o_first, o_step,
-                                             span, w)
+                                target = gx_phases[phase] if split else grad_x[n, c, iy]
+                                _add_product(target, i_first, i_step, grad_row, o_first, o_step,
+                                             kbuf[kc, t], o_first, o_step, span, w)
+                        if split and need_x:
+                            _interleave_add(grad_x[n, c, iy], gx_phases, sx)
                 _finish_row(
                     gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv,
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
