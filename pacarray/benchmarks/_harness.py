@@ -5,9 +5,11 @@ The parent process only orchestrates. Every workload is measured in fresh child 
 and thread pools never colour another's numbers:
 
 * a **timing** child builds the inputs, runs every implementation (pacarray and its peers)
-  ``warmup`` times, then ``repeat`` rounds in which each implementation runs once, round-robin,
-  so that a burst of load from elsewhere on the machine hits all of them alike; it reports the
-  median, quartiles and extremes, and checks that peers marked ``reference`` agree with pacarray;
+  ``warmup`` times, then ``repeat`` timed runs of each, in blocks of one implementation (opened
+  by an untimed call, so that the previous library's spinning threads are idle again) taken in
+  three alternating passes, so that a drift of the machine's load hits all of them alike; it
+  reports the median, quartiles and extremes, and checks that peers marked ``reference`` agree
+  with pacarray;
 * a **memory** child does the same warm-up, then for each implementation resets the kernel's
   resident-set high-water mark (``/proc/self/clear_refs``), runs it once and reports
   ``VmHWM - VmRSS(before)``: the peak extra memory of the call, output included, whoever
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 THREADS = 2
+TIMING_PASSES = 3
 MEMORY_MMAP_THRESHOLD = 64 * 1024
 
 
@@ -178,7 +181,7 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def time_case(case: Case, *, repeat: int, warmup: int, device: str = "cpu") -> dict:
-    """Warm up, then time ``repeat`` round-robin rounds; compare reference peers' outputs."""
+    """Warm up, then time ``repeat`` runs of each implementation; compare reference peers."""
     synchronize = _synchronizer(device)
     implementations = _implementations(case)
     first_ms: dict[str, float] = {}
@@ -191,13 +194,23 @@ def time_case(case: Case, *, repeat: int, warmup: int, device: str = "cpu") -> d
             if round_index == 0:
                 first_ms[name] = (time.perf_counter() - start) * 1e3
                 outputs[name] = result
+    # Timed runs come in blocks, one implementation at a time, in alternating passes: PyTorch's
+    # and Numba's OpenMP thread pools keep spinning for a while after a call and, on a 2-core
+    # machine, a call interleaved right after the other library's ran up to 2x slow. An untimed
+    # call opens each block to let the other pool go idle; the passes spread slow drifts of the
+    # machine's load over all implementations alike.
     runs: dict[str, list[float]] = {name: [] for name, _ in implementations}
-    for _ in range(repeat):
+    passes = min(TIMING_PASSES, repeat)
+    for pass_index in range(passes):
+        count = repeat // passes + (1 if pass_index < repeat % passes else 0)
         for name, call in implementations:
-            start = time.perf_counter()
             call()
             synchronize()
-            runs[name].append((time.perf_counter() - start) * 1e3)
+            for _ in range(count):
+                start = time.perf_counter()
+                call()
+                synchronize()
+                runs[name].append((time.perf_counter() - start) * 1e3)
 
     checks = {}
     mine = _to_numpy(outputs["pacarray"]).astype(np.float64)
