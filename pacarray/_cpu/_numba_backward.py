@@ -66,15 +66,54 @@ def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, step, c
 
 
 @njit(cache=True)
+def _centre_rows(centre, n, cy, centre_shift, ksx, f_first, f_last, phases):
+    """For a strided kernel, ``phases[0, f, 0, j] = centre[n, f, cy, j*ksx + phase]``: the
+    centre features of one output row, made contiguous (``phase = centre_shift % ksx``)."""
+    if ksx == 1:
+        return
+    phase = centre_shift % ksx
+    width = centre.shape[3]
+    for f in range(f_first, f_last):
+        row = centre[n, f, cy]
+        dst = phases[0, f, 0]
+        for j in range((width - phase + ksx - 1) // ksx):
+            dst[j] = row[j * ksx + phase]
+
+
+@njit(cache=True)
+def _guide_rows(guide, n, qy, ksx, f_first, f_last, phases):
+    """For a strided kernel, ``phases[1, f] = `` guide row ``qy`` of feature ``f`` split by
+    phase (``_deinterleave``)."""
+    if ksx == 1:
+        return
+    for f in range(f_first, f_last):
+        _deinterleave(guide[n, f, qy], ksx, phases[1, f])
+
+
+@njit(cache=True)
+def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift, ksx, phases):
+    """Centre and neighbour feature rows of tap column ``neighbour_shift`` as unit-stride arrays:
+    ``(centre_row, c_first, guide_row, q_first, step)`` with output ``lo + j`` reading
+    ``centre_row[c_first + j*step]`` and ``guide_row[q_first + j*step]``."""
+    if ksx == 1:
+        return centre[n, f, cy], lo + centre_shift, guide[n, f, qy], lo + neighbour_shift, 1
+    c_phase = centre_shift % ksx
+    q_phase = neighbour_shift % ksx
+    return (phases[0, f, 0], lo + (centre_shift - c_phase) // ksx, phases[1, f, q_phase],
+            lo + (neighbour_shift - q_phase) // ksx, 1)
+
+
+@njit(cache=True)
 def kappa_row(
     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-    family, alpha, lam, eps2, channel_wise, kap, power, base,
+    family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
 ):
     """Raw kernel values of output row ``oy`` (no spatial weight, mask or normalizer).
 
     ``kap[Fk, T, Wo]`` receives kappa (0 for out-of-range taps). For the inverse families
     ``base`` holds ``d2 + eps2`` and ``power`` holds ``base ** (lambda/2)``, the pieces the
-    backward pass differentiates (the Gaussian's derivative needs kappa only).
+    backward pass differentiates (the Gaussian's derivative needs kappa only). ``phases``
+    ``(2, F, ksx, ceil(W/ksx))`` is work space for strided kernels (see :func:`_feature_rows`).
     """
     fk_count = kap.shape[0]
     features = guide.shape[1]
@@ -84,10 +123,14 @@ def kappa_row(
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
     kap[:] = 0.0
+    if family != FAMILY_CONSTANT:
+        _centre_rows(centre, n, cy, centre_shift, ksx, 0, features, phases)
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
         if qy < 0 or qy >= guide_h:
             continue
+        if family != FAMILY_CONSTANT:
+            _guide_rows(guide, n, qy, ksx, 0, features, phases)
         for tx in range(kw):
             t = ty * kw + tx
             lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
@@ -98,12 +141,11 @@ def kappa_row(
                 continue
             for fk in range(fk_count):
                 base[fk, t, lo:hi] = 0.0
-            c_first = lo * ksx + centre_shift
-            q_first = lo * ksx + tx * dw - kpx
             for f in range(features):
-                _add_squared_difference(base[f if channel_wise else 0, t, lo:hi],
-                                        centre[n, f, cy], c_first, guide[n, f, qy], q_first,
-                                        ksx, count, asymmetric)
+                centre_row, c_first, guide_row, q_first, step = _feature_rows(
+                    centre, guide, n, cy, qy, f, lo, centre_shift, tx * dw - kpx, ksx, phases)
+                _add_squared_difference(base[f if channel_wise else 0, t, lo:hi], centre_row,
+                                        c_first, guide_row, q_first, step, count, asymmetric)
             for fk in range(fk_count):
                 b_part = base[fk, t, lo:hi]
                 k_part = kap[fk, t, lo:hi]
@@ -217,7 +259,7 @@ def kernel_backward_row(
     gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
     kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
     channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_row, grad_lam_row,
-    grad_spatial_row, gz, gd2, rr, u,
+    grad_spatial_row, gz, gd2, rr, u, phases, grad_phases,
 ):
     """Back-propagate ``gk[Fk, T, Wo]`` (gradient of one row of the normalized K).
 
@@ -229,7 +271,9 @@ def kernel_backward_row(
     ``dM = kappa G rr + [mask] gz``. Contributions go to ``grad_guide`` (neighbour rows,
     band-protected), ``grad_centre`` (this row's centre, touched by no other row), ``grad_mask``
     (neighbour rows) and the per-row slots ``grad_alpha_row[Fk]``, ``grad_lam_row[Fk]``,
-    ``grad_spatial_row[T]``. ``gz``, ``gd2``, ``rr`` and ``u`` are ``(Wo,)`` work buffers.
+    ``grad_spatial_row[T]``. ``gz``, ``gd2``, ``rr`` and ``u`` are ``(Wo,)`` work buffers;
+    ``phases`` and ``grad_phases`` ``(2, F, ksx, ceil(W/ksx))`` hold a strided kernel's feature
+    rows and their gradients split by phase, so that those loops run at unit stride.
     """
     fk_count = kap.shape[0]
     features = guide.shape[1]
@@ -242,8 +286,14 @@ def kernel_backward_row(
     asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
+    split = need_guide and family != FAMILY_CONSTANT and ksx > 1
+    if split:
+        _centre_rows(centre, n, cy, centre_shift, ksx, 0, features, phases)
+        grad_phases[0] = 0.0
     for fk in range(fk_count):
         z_row = zinv[fk]
+        f_first = fk if channel_wise else 0
+        f_last = fk + 1 if channel_wise else features
         gz[:] = 0.0
         if normalize != NORMALIZE_NONE:
             for t in range(kh * kw):
@@ -258,6 +308,10 @@ def kernel_backward_row(
             qy = oy * ksy - kpy + ty * dh
             if qy < 0 or qy >= guide_h:
                 continue
+            if split:
+                _guide_rows(guide, n, qy, ksx, f_first, f_last, phases)
+                for f in range(f_first, f_last):
+                    grad_phases[1, f] = 0.0
             for tx in range(kw):
                 t = ty * kw + tx
                 lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
@@ -310,22 +364,36 @@ def kernel_backward_row(
                     grad_lam_row[fk] += lam_sum
                 if not need_guide:
                     continue
-                c_first = lo * ksx + centre_shift
-                q_first = lo * ksx + shift
-                f_first = fk if channel_wise else 0
-                f_last = fk + 1 if channel_wise else features
                 for f in range(f_first, f_last):
+                    centre_row, c_first, guide_row, q_first, step = _feature_rows(
+                        centre, guide, n, cy, qy, f, lo, centre_shift, shift, ksx, phases)
+                    if split:
+                        centre_grad = grad_phases[0, f, 0]
+                        guide_grad = grad_phases[1, f, shift % ksx]
+                    else:
+                        centre_grad = grad_centre[n, f, cy]
+                        guide_grad = grad_guide[n, f, qy]
                     _scatter_difference_gradient(
-                        gd2_part, centre[n, f, cy], grad_centre[n, f, cy], c_first,
-                        guide[n, f, qy], grad_guide[n, f, qy], q_first, ksx, count, asymmetric,
+                        gd2_part, centre_row, centre_grad, c_first, guide_row, guide_grad,
+                        q_first, step, count, asymmetric,
                     )
+            if split:
+                for f in range(f_first, f_last):
+                    _interleave_add(grad_guide[n, f, qy], grad_phases[1, f], ksx)
+    if split:
+        phase = centre_shift % ksx
+        for f in range(features):
+            row = grad_centre[n, f, cy]
+            source = grad_phases[0, f, 0]
+            for j in range((row.shape[0] - phase + ksx - 1) // ksx):
+                row[j * ksx + phase] += source[j]
 
 
 @njit(cache=True)
 def _load_kernel_row(
     explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
     ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize,
-    channel_wise, kap, power, base, kbuf, zinv,
+    channel_wise, kap, power, base, kbuf, zinv, phases,
 ):
     """Row ``oy`` of K into ``kbuf``: copied from an explicit K, or recomputed with its parts."""
     if use_explicit:
@@ -335,7 +403,7 @@ def _load_kernel_row(
         return
     kappa_row(
         guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-        family, alpha, lam, eps2, channel_wise, kap, power, base,
+        family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
     )
     normalize_row(
         kap, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
@@ -348,7 +416,7 @@ def _finish_row(
     gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv, guide, centre,
     n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial,
     mask, has_mask, normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases, grad_phases,
 ):
     """Hand a row's kernel gradient ``gk`` to the explicit K or through the fused kernel."""
     if not need_kernel:
@@ -362,7 +430,7 @@ def _finish_row(
         gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
         kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
         channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_rows[n, oy],
-        grad_lam_rows[n, oy], grad_spatial_rows[n, oy], gz, gd2, rr, u,
+        grad_lam_rows[n, oy], grad_spatial_rows[n, oy], gz, gd2, rr, u, phases, grad_phases,
     )
 
 
@@ -448,10 +516,13 @@ def kernel_backward(
             gd2 = np.empty(out_w, grad_kernel.dtype)
             rr = np.empty(out_w, grad_kernel.dtype)
             u = np.empty(out_w, grad_kernel.dtype)
+            phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx),
+                              grad_kernel.dtype)
+            grad_phases = np.empty_like(phases)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 kappa_row(
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
-                    dh, dw, family, alpha, lam, eps2, channel_wise, kap, power, base,
+                    dh, dw, family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
                 )
                 normalize_row(
                     kap, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
@@ -465,7 +536,7 @@ def kernel_backward(
                     guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask,
                     has_mask, normalize, channel_wise, need_guide, grad_guide, grad_centre,
                     grad_mask, grad_alpha_rows[n, oy], grad_lam_rows[n, oy],
-                    grad_spatial_rows[n, oy], gz, gd2, rr, u,
+                    grad_spatial_rows[n, oy], gz, gd2, rr, u, phases, grad_phases,
                 )
 
 
@@ -515,13 +586,15 @@ def direct_backward(
             gd2 = np.empty(out_w, grad_y.dtype)
             rr = np.empty(out_w, grad_y.dtype)
             u = np.empty(out_w, grad_y.dtype)
+            phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), grad_y.dtype)
+            grad_phases = np.empty_like(phases)
             x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
             gx_phases = np.empty_like(x_phases)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 _load_kernel_row(
                     explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
                     kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask,
-                    has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
+                    has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv, phases,
                 )
                 gk[:] = 0.0
                 for c in range(channels):
@@ -568,7 +641,7 @@ def direct_backward(
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
                     dh, dw, family, lam, spatial, mask, has_mask, normalize, channel_wise,
                     grad_explicit, grad_guide, grad_centre, grad_mask, grad_alpha_rows,
-                    grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
+                    grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases, grad_phases,
                 )
 
 
@@ -708,6 +781,7 @@ def conv_backward(
     total = channels * taps
     one = x.dtype.type(1.0)
     need_patch_grad = need_x or need_kernel
+    split = sx > 1 and not transposed
     for colour in range(2):
         per_batch = _band_count(out_h, band_height, colour)
         jobs = batch * per_batch
@@ -728,19 +802,26 @@ def conv_backward(
                 gd2 = np.empty(out_w, x.dtype)
                 rr = np.empty(out_w, x.dtype)
                 u = np.empty(out_w, x.dtype)
+                phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), x.dtype)
+                grad_phases = np.empty_like(phases)
                 grad_rows = np.empty((out_channels, out_w), x.dtype)
                 patch_grads = np.empty((_PATCH_BLOCK, out_w), x.dtype)
                 patch_rows = np.empty((_PATCH_BLOCK, out_w), x.dtype)
+                x_phases = np.empty((sx, (in_w + sx - 1) // sx), x.dtype)
+                gx_phases = np.empty_like(x_phases)
                 grad_w = grad_w_slots[slot]
                 for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                     _load_kernel_row(
                         explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
                         kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
                         mask, has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
+                        phases,
                     )
                     for o in range(out_channels):
                         grad_rows[o] = grad_y[n, o, oy]
                     gk[:] = 0.0
+                    group = -1          # (c, ty) whose source row sits in x_phases
+                    group_iy = -1
                     for first in range(0, total, _PATCH_BLOCK):
                         count = min(_PATCH_BLOCK, total - first)
                         if need_patch_grad:
@@ -757,24 +838,47 @@ def conv_backward(
                             if iy < 0:
                                 continue  # P[j] is 0 on this row
                             x_row = x[n, c, iy]
-                            span, o_first, o_step, i_first, i_step = _span(
-                                transposed, tx, kw, sx, px, dw, in_w, out_w)
+                            if split:
+                                if group != c * kh + ty:
+                                    if need_x and group >= 0:
+                                        _interleave_add(grad_x[n, group // kh, group_iy],
+                                                        gx_phases, sx)
+                                    # strided reads and writes become contiguous per phase
+                                    _deinterleave(x_row, sx, x_phases)
+                                    gx_phases[:] = 0.0
+                                    group = c * kh + ty
+                                    group_iy = iy
+                                lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+                                phase = (tx * dw - px) % sx
+                                span, o_first, o_step = hi - lo, lo, 1
+                                i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
+                                source = x_phases[phase]
+                            else:
+                                span, o_first, o_step, i_first, i_step = _span(
+                                    transposed, tx, kw, sx, px, dw, in_w, out_w)
+                                phase = 0
+                                source = x_row
                             if need_kernel:
                                 _add_product(gk[kc, t], o_first, o_step, patch_grads[i],
-                                             o_first, o_step, x_row, i_first, i_step, span, one)
+                                             o_first, o_step, source, i_first, i_step, span,
+                                             one)
                             if need_x:
-                                _add_product(grad_x[n, c, iy], i_first, i_step, patch_grads[i],
-                                             o_first, o_step, kbuf[kc, t], o_first, o_step,
-                                             span, one)
+                                target = gx_phases[phase] if split else grad_x[n, c, iy]
+                                _add_product(target, i_first, i_step, patch_grads[i], o_first,
+                                             o_step, kbuf[kc, t], o_first, o_step, span, one)
                             if need_weight:
                                 _add_product(patch_rows[i], o_first, o_step, kbuf[kc, t],
-                                             o_first, o_step, x_row, i_first, i_step, span, one)
+                                             o_first, o_step, source, i_first, i_step, span,
+                                             one)
                         if need_weight:
                             _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
+                    if split and need_x and group >= 0:
+                        _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
                     _finish_row(
                         gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf,
                         zinv, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx,
                         kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
                         channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-                        grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
+                        grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
+                        grad_phases,
                     )
