@@ -495,8 +495,8 @@ def _format_mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-_NUMERIC_COLUMNS = (("median ms", 10), ("IQR ms", 8), ("ratio", 7), ("target", 16),
-                    ("peak MiB", 9))
+_NUMERIC_COLUMNS = (("median ms", 10), ("min ms", 8), ("IQR ms", 8), ("ratio", 7),
+                    ("target", 16), ("peak MiB", 9))
 
 
 class _Table:
@@ -506,10 +506,10 @@ class _Table:
     def __init__(self, workload_width: int):
         self.workload_width = max(workload_width, len("workload"))
 
-    def row(self, workload: str, numbers: Sequence[str] = ("",) * 5, text: str = "") -> str:
+    def row(self, workload: str, numbers: Sequence[str] = ("",) * 6, text: str = "") -> str:
         cells = [workload.ljust(self.workload_width)]
         cells += [cell.rjust(width) for cell, (_, width) in zip(numbers, _NUMERIC_COLUMNS)]
-        cells[4] = numbers[3].ljust(_NUMERIC_COLUMNS[3][1])  # the target column reads as text
+        cells[5] = numbers[4].ljust(_NUMERIC_COLUMNS[4][1])  # the target column reads as text
         return "  ".join(cells + [text]).rstrip()
 
     def header(self) -> list[str]:
@@ -529,7 +529,7 @@ class _Table:
         if memory_target is not None and mine_peak is not None:
             text += f"; memory <= {memory_target:.4g} MiB " + (
                 "met" if mine_peak <= memory_target else "MISSED")
-        rows = [self.row(name, (_format_ms(mine["median_ms"]),
+        rows = [self.row(name, (_format_ms(mine["median_ms"]), _format_ms(mine["min_ms"]),
                                 _format_ms(mine["q3_ms"] - mine["q1_ms"]), "", "",
                                 _format_mb(mine_peak)), text)]
         for peer_name, entry in timings.items():
@@ -549,7 +549,7 @@ class _Table:
                     text += f"; {verdict}, max error {outcome['error']:.1e} of max |y|"
                 else:
                     text += f"; MISMATCH: {outcome.get('error')}"
-            rows.append(self.row("", (_format_ms(entry["median_ms"]),
+            rows.append(self.row("", (_format_ms(entry["median_ms"]), _format_ms(entry["min_ms"]),
                                       _format_ms(entry["q3_ms"] - entry["q1_ms"]),
                                       f"{ratio:.2f}", target, _format_mb(peaks.get(peer_name))),
                                  text))
@@ -582,6 +582,8 @@ def run_all(options: Options, write: Callable[[str], None] | None = None) -> int
     write(f"machine: {report['machine']}")
     write("ratio = pacarray median / peer median (below 1: pacarray is faster); "
           "peak MiB = resident memory the call adds, output included")
+    write("on a shared machine a busy core slows every 2-thread call: the load average above "
+          "and the min column tell")
     if device == "gpu":
         reason = _gpu_unavailable_reason()
         if reason is not None:
