@@ -240,6 +240,31 @@ def test_explicit_vjp_matches_finite_differences_and_adjoint(op, index, rng):
     _assert_passed(dot_product_test(FORWARD[op], VJP[op], inputs, tolerance=1e-11))
 
 
+@pytest.mark.parametrize("out_channels", [4, 8, 12, 16])
+@pytest.mark.parametrize("channels", [2, 3])
+def test_conv_vjp_with_wide_channel_counts(out_channels, channels, rng):
+    """The register-tiled products (output channels in fours and eights, patch rows in pairs,
+    odd remainders) against finite differences and the oracle's adjoint."""
+    x = rng.standard_normal((1, channels, 6, 7))
+    weight = rng.standard_normal((out_channels, channels, 3, 3))
+    guide = 2.0 * rng.random((1, 2, 6, 7))
+    inputs = dict(x=x, weight=weight, guide=guide, padding=1, normalize="kernel")
+    _assert_passed(check_gradients(pac_conv, pac_conv_vjp, inputs, step=STEP,
+                                   tolerance=FD_TOLERANCE, directions=2))
+    # without the weight gradient the patch gradient runs alone (another tiled kernel)
+    grad_y = rng.standard_normal((1, out_channels, 6, 7))
+    everything = pac_conv_vjp(grad_y, **inputs)
+    for name in ("x", "guide", "weight"):
+        alone = getattr(pac_conv_vjp(grad_y, **inputs, wrt=name), name)
+        np.testing.assert_allclose(alone, getattr(everything, name), rtol=1e-12, atol=1e-13)
+    kernel = rng.uniform(0.1, 1.0, (1, 1, 3, 3, 6, 7))
+    oracle = dict(x=x, weight=weight, kernel=kernel)
+    report = dot_product_test(lambda x, weight, kernel: ref_conv(x, kernel, weight, padding=1),
+                              lambda g, **kw: pac_conv_vjp(g, padding=1, **kw), oracle,
+                              tolerance=1e-11)
+    _assert_passed(report)
+
+
 def _oracle_forward(op, geometry):
     """The float64 oracle's op as ``function(x, weight, bias, kernel)``."""
     keys = ("stride", "padding", "dilation") + (("output_padding",) if op == "conv_transpose"

@@ -758,6 +758,59 @@ def _weight_gradient_block(grad_w, first, count, grad_rows, block):
             i += 1
 
 
+@njit(cache=True, fastmath=_FAST)
+def _patch_and_weight_gradient_block(block, grad_w, weight_t, first, count, grad_rows,
+                                     patch_rows):
+    """:func:`_patch_gradient_block` and :func:`_weight_gradient_block` in one sweep.
+
+    Both products read the same rows of ``g``; tiles of two patch rows by four output channels
+    load each ``g`` vector once for sixteen multiply-adds.
+    """
+    out_channels, width = grad_rows.shape
+    zero = block.dtype.type(0.0)
+    if count % 2 == 1 or out_channels % 4 != 0:
+        _patch_gradient_block(block, weight_t, first, count, grad_rows)
+        _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
+        return
+    for i in range(0, count, 2):
+        j = first + i
+        r = block[i]
+        q = block[i + 1]
+        r[:] = 0.0
+        q[:] = 0.0
+        p = patch_rows[i]
+        pp = patch_rows[i + 1]
+        wj = weight_t[j]
+        wk = weight_t[j + 1]
+        for o in range(0, out_channels, 4):
+            g0, g1, g2, g3 = grad_rows[o], grad_rows[o + 1], grad_rows[o + 2], grad_rows[o + 3]
+            w0, w1, w2, w3 = wj[o], wj[o + 1], wj[o + 2], wj[o + 3]
+            v0, v1, v2, v3 = wk[o], wk[o + 1], wk[o + 2], wk[o + 3]
+            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = zero
+            for ox in range(width):
+                a0, a1, a2, a3 = g0[ox], g1[ox], g2[ox], g3[ox]
+                r[ox] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3
+                q[ox] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3
+                u = p[ox]
+                z = pp[ox]
+                s0 += a0 * u
+                s1 += a1 * u
+                s2 += a2 * u
+                s3 += a3 * u
+                t0 += a0 * z
+                t1 += a1 * z
+                t2 += a2 * z
+                t3 += a3 * z
+            grad_w[o, j] += s0
+            grad_w[o + 1, j] += s1
+            grad_w[o + 2, j] += s2
+            grad_w[o + 3, j] += s3
+            grad_w[o, j + 1] += t0
+            grad_w[o + 1, j + 1] += t1
+            grad_w[o + 2, j + 1] += t2
+            grad_w[o + 3, j + 1] += t3
+
+
 @njit(cache=True, parallel=True)
 def conv_backward(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
@@ -824,16 +877,34 @@ def conv_backward(
                     group_iy = -1
                     for first in range(0, total, _PATCH_BLOCK):
                         count = min(_PATCH_BLOCK, total - first)
-                        if need_patch_grad:
+                        if need_weight:
+                            # the block's K-weighted patch rows P[j] (0 where no source)
+                            for i in range(count):
+                                c = (first + i) // taps
+                                t = (first + i) % taps
+                                patch_rows[i] = 0.0
+                                iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
+                                if iy >= 0:
+                                    span, o_first, o_step, i_first, i_step = _span(
+                                        transposed, t % kw, kw, sx, px, dw, in_w, out_w)
+                                    _add_product(patch_rows[i], o_first, o_step,
+                                                 kbuf[c if fk_count > 1 else 0, t], o_first,
+                                                 o_step, x[n, c, iy], i_first, i_step, span, one)
+                        if need_patch_grad and need_weight:
+                            _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
+                                                             count, grad_rows, patch_rows)
+                        elif need_patch_grad:
                             _patch_gradient_block(patch_grads, weight_t, first, count, grad_rows)
+                        elif need_weight:
+                            _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
+                        if not need_patch_grad:
+                            continue
                         for i in range(count):
                             c = (first + i) // taps
                             t = (first + i) % taps
                             ty = t // kw
                             tx = t % kw
                             kc = c if fk_count > 1 else 0
-                            if need_weight:
-                                patch_rows[i] = 0.0
                             iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
                             if iy < 0:
                                 continue  # P[j] is 0 on this row
@@ -866,12 +937,6 @@ def conv_backward(
                                 target = gx_phases[phase] if split else grad_x[n, c, iy]
                                 _add_product(target, i_first, i_step, patch_grads[i], o_first,
                                              o_step, kbuf[kc, t], o_first, o_step, span, one)
-                            if need_weight:
-                                _add_product(patch_rows[i], o_first, o_step, kbuf[kc, t],
-                                             o_first, o_step, source, i_first, i_step, span,
-                                             one)
-                        if need_weight:
-                            _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
                     if split and need_x and group >= 0:
                         _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
                     _finish_row(
