@@ -178,7 +178,9 @@ def _kernel_fields(module, xp, spec, parts, needed, family, smooth, guide_given)
         return fields
     if "guide" in needed or "smooth" in needed:
         weights = smoothing_weights(smooth) if guide_given else None
-        if weights is None:
+        if parts.centre is None:  # the backend already added the centre part
+            fields["guide"] = parts.guide
+        elif weights is None:
             fields["guide"] = parts.guide + parts.centre
         else:
             weights = _arrays.cast(xp, _arrays.convert(xp, weights, "smooth"), spec.guide.dtype)

@@ -56,8 +56,10 @@ class KernelGrads(NamedTuple):
 
     ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour features and
     through the centre features (before smoothing; the front end applies ``smooth_backward``);
-    ``None`` unless ``need_guide``. ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is
-    ``(kh, kw)``, ``mask`` is ``(N, H, W)`` (``None`` without a mask).
+    ``None`` unless ``need_guide``. Without smoothing (``spec.centre is spec.guide``) the centre
+    part may already be included in ``guide``, and ``centre`` is then ``None``. ``alpha``,
+    ``lam`` are ``(Fk,)``, ``spatial`` is ``(kh, kw)``, ``mask`` is ``(N, H, W)`` (``None``
+    without a mask).
     """
 
     guide: object
@@ -108,8 +110,12 @@ def _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide):
     guide_shape = spec.guide.shape if fused and need_guide else (1, 1, 1, 1)
     mask_shape = spec.mask.shape if fused and spec.has_mask else (1, 1, 1)
     rows = (batch, out_h) if fused else (1, 1)
+    guide = np.zeros(guide_shape, dtype)
+    # Without smoothing the centre gradient lands on the guide itself; a row's centre lies
+    # inside the rows its own taps read, so the band partition protects those writes too.
+    centre = guide if spec.centre is spec.guide else np.zeros(guide_shape, dtype)
     return _KernelBuffers(
-        np.zeros(guide_shape, dtype), np.zeros(guide_shape, dtype), np.zeros(mask_shape, dtype),
+        guide, centre, np.zeros(mask_shape, dtype),
         np.zeros((*rows, spec.fk_count), dtype), np.zeros((*rows, spec.fk_count), dtype),
         np.zeros((*rows, taps), dtype),
     )
@@ -118,7 +124,7 @@ def _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide):
 def _kernel_result(spec, buffers, kernel_size, need_guide):
     return KernelGrads(
         guide=buffers.guide if need_guide else None,
-        centre=buffers.centre if need_guide else None,
+        centre=buffers.centre if need_guide and buffers.centre is not buffers.guide else None,
         alpha=buffers.alpha_rows.sum(axis=(0, 1)),
         lam=buffers.lam_rows.sum(axis=(0, 1)),
         spatial=buffers.spatial_rows.sum(axis=(0, 1)).reshape(kernel_size),
