@@ -146,7 +146,7 @@ def _user_smoothing(smooth) -> bool:
 
 
 def _kernel_needs(wanted, guide, family, smooth, spatial_weight, mask):
-    """(need_kernel, need_guide) for the fused kernel's inputs that were given and wanted."""
+    """``(need_kernel, need_guide, needed)`` for the fused kernel's inputs given and wanted."""
     given = set()
     if guide is not None:
         given.add("guide")
@@ -202,6 +202,51 @@ def _kernel_fields(module, xp, spec, parts, needed, family, smooth, guide_given)
     return fields
 
 
+def _backward(module, xp, grad_y, x, weight, spec, geometry, shared, out_channels, need_x,
+              need_weight, need_kernel, need_guide):
+    """The backend pass of an op: ``(grad_x, grad_weight, grad_explicit, kernel_grads)``.
+
+    Weights are laid out exactly as the forward lays them out for the backend (shared and
+    transposed filters flipped), and the weight gradient is brought back to the user's layout.
+    """
+    transposed = geometry.transposed
+    k_stride, k_padding = kernel_geometry(geometry)
+    kh, kw = geometry.kernel_size
+    grad_weight = None
+    if shared:
+        if weight is None:
+            tap_weight = xp.ones((kh, kw), x.dtype)
+        else:
+            tap_weight = weight[0, 0]
+            if transposed:
+                tap_weight = xp.ascontiguousarray(tap_weight[::-1, ::-1])
+        grad_x, grad_taps, grad_explicit, parts = module.pool_backward(
+            grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x, need_weight,
+            need_kernel, need_guide,
+        )
+        if need_weight:
+            if transposed:
+                grad_taps = grad_taps[::-1, ::-1]
+            grad_weight = xp.ascontiguousarray(grad_taps).reshape(1, 1, kh, kw)
+        return grad_x, grad_weight, grad_explicit, parts
+    if transposed:
+        # weight (C, C_out, kh, kw) -> matrix (C_out, C*T) indexed by the flipped tap
+        matrix = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    else:
+        matrix = weight
+    matrix = xp.ascontiguousarray(matrix.reshape(matrix.shape[0], -1))
+    grad_x, grad_matrix, grad_explicit, parts = module.conv_backward(
+        grad_y, x, matrix, spec, geometry, k_stride, k_padding, need_x, need_weight, need_kernel,
+        need_guide,
+    )
+    if need_weight:
+        grad_weight = grad_matrix.reshape(out_channels, x.shape[1], kh, kw)
+        if transposed:
+            grad_weight = grad_weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        grad_weight = xp.ascontiguousarray(grad_weight)
+    return grad_x, grad_weight, grad_explicit, parts
+
+
 def _op_vjp(op, grad_output, x, weight, bias, kernel, guide, family, kernel_size, stride,
             padding, dilation, output_padding, options, wrt, fields):
     select_backend(
@@ -229,41 +274,14 @@ def _op_vjp(op, grad_output, x, weight, bias, kernel, guide, family, kernel_size
         need_kernel, need_guide, needed = _kernel_needs(
             wanted, guide, family, options["smooth"], options["spatial_weight"], options["mask"]
         )
-    k_stride, k_padding = kernel_geometry(geometry)
     kh, kw = geometry.kernel_size
 
-    grad_weight = None
-    if shared:
-        if weight is None:
-            tap_weight = xp.ones((kh, kw), x.dtype)
-        else:
-            tap_weight = weight[0, 0]
-            if transposed:
-                tap_weight = xp.ascontiguousarray(tap_weight[::-1, ::-1])
-        grad_x, grad_taps, grad_explicit, parts = module.pool_backward(
-            grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x, need_weight,
-            need_kernel, need_guide,
+    grad_x = grad_weight = grad_explicit = parts = None
+    if need_x or need_weight or need_kernel:  # else only the bias is wanted: no pass over rows
+        grad_x, grad_weight, grad_explicit, parts = _backward(
+            module, xp, grad_y, x, weight, spec, geometry, shared, out_channels, need_x,
+            need_weight, need_kernel, need_guide,
         )
-        if need_weight:
-            if transposed:
-                grad_taps = grad_taps[::-1, ::-1]
-            grad_weight = xp.ascontiguousarray(grad_taps).reshape(1, 1, kh, kw)
-    else:
-        if transposed:
-            # weight (C, C_out, kh, kw) -> matrix (C_out, C*T) indexed by the flipped tap
-            matrix = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        else:
-            matrix = weight
-        matrix = xp.ascontiguousarray(matrix.reshape(matrix.shape[0], -1))
-        grad_x, grad_matrix, grad_explicit, parts = module.conv_backward(
-            grad_y, x, matrix, spec, geometry, k_stride, k_padding, need_x, need_weight,
-            need_kernel, need_guide,
-        )
-        if need_weight:
-            grad_weight = grad_matrix.reshape(out_channels, x.shape[1], kh, kw)
-            if transposed:
-                grad_weight = grad_weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
-            grad_weight = xp.ascontiguousarray(grad_weight)
 
     result = dict.fromkeys(fields)
     result["x"] = grad_x

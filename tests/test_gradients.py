@@ -512,6 +512,9 @@ def test_wrt_selects_fields_without_changing_values(rng):
             assert getattr(some, name) is None
     only_x = vjp(grad_y, **inputs, wrt="x")
     np.testing.assert_array_equal(only_x.x, everything.x)
+    only_bias = vjp(grad_y, **inputs, wrt="bias")
+    np.testing.assert_array_equal(only_bias.bias, grad_y.sum(axis=(0, 2, 3)))
+    assert all(getattr(only_bias, n) is None for n in everything._fields if n != "bias")
 
 
 # ----------------------------------------------------------------------------------------
