@@ -44,25 +44,16 @@ _FAST = {"reassoc", "contract"}
 
 
 @njit(cache=True)
-def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, step, count,
-                            asymmetric):
-    """``d2[j] += max?(centre_row[c_first + j*step] - guide_row[q_first + j*step])**2``."""
+def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, count, asymmetric):
+    """``d2[j] += max?(centre_row[c_first + j] - guide_row[q_first + j])**2`` (vectorized)."""
     zero = d2.dtype.type(0.0)
-    if step == 1:
-        # unit stride: contiguous rows, so the loop vectorizes
-        c_part = centre_row[c_first:c_first + count]
-        q_part = guide_row[q_first:q_first + count]
-        for j in range(count):
-            diff = c_part[j] - q_part[j]
-            if asymmetric:
-                diff = max(diff, zero)
-            d2[j] += diff * diff
-    else:
-        for j in range(count):
-            diff = centre_row[c_first + j * step] - guide_row[q_first + j * step]
-            if asymmetric:
-                diff = max(diff, zero)
-            d2[j] += diff * diff
+    c_part = centre_row[c_first:c_first + count]
+    q_part = guide_row[q_first:q_first + count]
+    for j in range(count):
+        diff = c_part[j] - q_part[j]
+        if asymmetric:
+            diff = max(diff, zero)
+        d2[j] += diff * diff
 
 
 @njit(cache=True)
@@ -93,14 +84,14 @@ def _guide_rows(guide, n, qy, ksx, f_first, f_last, phases):
 @njit(cache=True)
 def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift, ksx, phases):
     """Centre and neighbour feature rows of tap column ``neighbour_shift`` as unit-stride arrays:
-    ``(centre_row, c_first, guide_row, q_first, step)`` with output ``lo + j`` reading
-    ``centre_row[c_first + j*step]`` and ``guide_row[q_first + j*step]``."""
+    ``(centre_row, c_first, guide_row, q_first)`` with output ``lo + j`` reading
+    ``centre_row[c_first + j]`` and ``guide_row[q_first + j]``."""
     if ksx == 1:
-        return centre[n, f, cy], lo + centre_shift, guide[n, f, qy], lo + neighbour_shift, 1
+        return centre[n, f, cy], lo + centre_shift, guide[n, f, qy], lo + neighbour_shift
     c_phase = centre_shift % ksx
     q_phase = neighbour_shift % ksx
     return (phases[0, f, 0], lo + (centre_shift - c_phase) // ksx, phases[1, f, q_phase],
-            lo + (neighbour_shift - q_phase) // ksx, 1)
+            lo + (neighbour_shift - q_phase) // ksx)
 
 
 @njit(cache=True)
@@ -142,10 +133,10 @@ def kappa_row(
             for fk in range(fk_count):
                 base[fk, t, lo:hi] = 0.0
             for f in range(features):
-                centre_row, c_first, guide_row, q_first, step = _feature_rows(
+                centre_row, c_first, guide_row, q_first = _feature_rows(
                     centre, guide, n, cy, qy, f, lo, centre_shift, tx * dw - kpx, ksx, phases)
                 _add_squared_difference(base[f if channel_wise else 0, t, lo:hi], centre_row,
-                                        c_first, guide_row, q_first, step, count, asymmetric)
+                                        c_first, guide_row, q_first, count, asymmetric)
             for fk in range(fk_count):
                 b_part = base[fk, t, lo:hi]
                 k_part = kap[fk, t, lo:hi]
@@ -224,34 +215,26 @@ def _sum_product(a, b):
 
 
 @njit(cache=True)
-def _scatter_difference_gradient(gd2, centre_row, centre_grad, c_first, guide_row, guide_grad,
-                                 q_first, step, count, asymmetric):
-    """``g = 2 gd2 max?(fc - fq)``: ``+g`` to the centre feature, ``-g`` to the neighbour's."""
+def _scatter_difference_gradient(gd2, centre_row, c_first, centre_grad, guide_row, q_first,
+                                 guide_grad, count, asymmetric):
+    """``g = 2 gd2 max?(fc - fq)``: ``+g`` to the centre feature, ``-g`` to the neighbour's.
+
+    Output ``j`` reads ``centre_row[c_first + j]`` and ``guide_row[q_first + j]`` and adds to
+    ``centre_grad[j]`` (a per-row accumulator) and ``guide_grad[q_first + j]``.
+    """
     zero = gd2.dtype.type(0.0)
     two = gd2.dtype.type(2.0)
-    if step == 1:
-        c_part = centre_row[c_first:c_first + count]
-        q_part = guide_row[q_first:q_first + count]
-        c_grad = centre_grad[c_first:c_first + count]
-        q_grad = guide_grad[q_first:q_first + count]
-        for j in range(count):
-            diff = c_part[j] - q_part[j]
-            if asymmetric:
-                # d/d(diff) of max(0, diff)^2 is 2 max(0, diff): 0 at and below the kink
-                diff = max(diff, zero)
-            g_diff = two * gd2[j] * diff
-            c_grad[j] += g_diff
-            q_grad[j] -= g_diff
-    else:
-        for j in range(count):
-            c_index = c_first + j * step
-            q_index = q_first + j * step
-            diff = centre_row[c_index] - guide_row[q_index]
-            if asymmetric:
-                diff = max(diff, zero)
-            g_diff = two * gd2[j] * diff
-            centre_grad[c_index] += g_diff
-            guide_grad[q_index] -= g_diff
+    c_part = centre_row[c_first:c_first + count]
+    q_part = guide_row[q_first:q_first + count]
+    q_grad = guide_grad[q_first:q_first + count]
+    for j in range(count):
+        diff = c_part[j] - q_part[j]
+        if asymmetric:
+            # d/d(diff) of max(0, diff)^2 is 2 max(0, diff): 0 at and below the kink
+            diff = max(diff, zero)
+        g_diff = two * gd2[j] * diff
+        centre_grad[j] += g_diff
+        q_grad[j] -= g_diff
 
 
 @njit(cache=True)
@@ -273,7 +256,8 @@ def kernel_backward_row(
     (neighbour rows) and the per-row slots ``grad_alpha_row[Fk]``, ``grad_lam_row[Fk]``,
     ``grad_spatial_row[T]``. ``gz``, ``gd2``, ``rr`` and ``u`` are ``(Wo,)`` work buffers;
     ``phases`` and ``grad_phases`` ``(2, F, ksx, ceil(W/ksx))`` hold a strided kernel's feature
-    rows and their gradients split by phase, so that those loops run at unit stride.
+    rows and their gradients split by phase, so that those loops run at unit stride;
+    ``grad_phases[0, :, 0, :Wo]`` accumulates the row's centre gradients by output column.
     """
     fk_count = kap.shape[0]
     features = guide.shape[1]
@@ -286,9 +270,12 @@ def kernel_backward_row(
     asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
-    split = need_guide and family != FAMILY_CONSTANT and ksx > 1
+    scatter = need_guide and family != FAMILY_CONSTANT
+    split = scatter and ksx > 1
     if split:
         _centre_rows(centre, n, cy, centre_shift, ksx, 0, features, phases)
+    if scatter:
+        # centre gradients of this row, indexed by output column (added to the guide at the end)
         grad_phases[0] = 0.0
     for fk in range(fk_count):
         z_row = zinv[fk]
@@ -365,28 +352,22 @@ def kernel_backward_row(
                 if not need_guide:
                     continue
                 for f in range(f_first, f_last):
-                    centre_row, c_first, guide_row, q_first, step = _feature_rows(
+                    centre_row, c_first, guide_row, q_first = _feature_rows(
                         centre, guide, n, cy, qy, f, lo, centre_shift, shift, ksx, phases)
-                    if split:
-                        centre_grad = grad_phases[0, f, 0]
-                        guide_grad = grad_phases[1, f, shift % ksx]
-                    else:
-                        centre_grad = grad_centre[n, f, cy]
-                        guide_grad = grad_guide[n, f, qy]
+                    guide_grad = grad_phases[1, f, shift % ksx] if split else grad_guide[n, f, qy]
                     _scatter_difference_gradient(
-                        gd2_part, centre_row, centre_grad, c_first, guide_row, guide_grad,
-                        q_first, step, count, asymmetric,
+                        gd2_part, centre_row, c_first, grad_phases[0, f, 0, lo:hi], guide_row,
+                        q_first, guide_grad, count, asymmetric,
                     )
             if split:
                 for f in range(f_first, f_last):
                     _interleave_add(grad_guide[n, f, qy], grad_phases[1, f], ksx)
-    if split:
-        phase = centre_shift % ksx
+    if scatter:
         for f in range(features):
             row = grad_centre[n, f, cy]
             source = grad_phases[0, f, 0]
-            for j in range((row.shape[0] - phase + ksx - 1) // ksx):
-                row[j * ksx + phase] += source[j]
+            for ox in range(out_w):
+                row[ox * ksx + centre_shift] += source[ox]
 
 
 @njit(cache=True)
