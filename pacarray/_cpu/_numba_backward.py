@@ -792,6 +792,130 @@ def _patch_and_weight_gradient_block(block, grad_w, weight_t, first, count, grad
             grad_w[o + 3, j + 1] += t3
 
 
+@njit(cache=True)
+def _conv_band(
+    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
+    kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
+    band_height, need_x, need_weight, need_kernel, need_guide,
+    grad_x, grad_w, grad_explicit, grad_guide, grad_centre, grad_mask,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
+):
+    """Rows of band ``band`` of batch ``n`` for :func:`conv_backward` (weight slot ``grad_w``).
+
+    A separate, serial function: the parallel driver stays small, which keeps Numba's compile
+    time down.
+    """
+    channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    out_channels, out_h, out_w = grad_y.shape[1], grad_y.shape[2], grad_y.shape[3]
+    taps = kh * kw
+    total = channels * taps
+    one = x.dtype.type(1.0)
+    need_patch_grad = need_x or need_kernel
+    split = sx > 1 and not transposed
+    kap = np.empty((fk_count, taps, out_w), x.dtype)
+    power = np.empty_like(kap)
+    base = np.empty_like(kap)
+    kbuf = np.empty_like(kap)
+    gk = np.empty_like(kap)
+    zinv = np.empty((fk_count, out_w), x.dtype)
+    gz = np.empty(out_w, x.dtype)
+    gd2 = np.empty(out_w, x.dtype)
+    rr = np.empty(out_w, x.dtype)
+    u = np.empty(out_w, x.dtype)
+    phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), x.dtype)
+    grad_phases = np.empty_like(phases)
+    grad_rows = np.empty((out_channels, out_w), x.dtype)
+    patch_grads = np.empty((_PATCH_BLOCK, out_w), x.dtype)
+    patch_rows = np.empty((_PATCH_BLOCK, out_w), x.dtype)
+    x_phases = np.empty((sx, (in_w + sx - 1) // sx), x.dtype)
+    gx_phases = np.empty_like(x_phases)
+    for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
+        _load_kernel_row(
+            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
+            kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
+            mask, has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
+            phases,
+        )
+        for o in range(out_channels):
+            grad_rows[o] = grad_y[n, o, oy]
+        gk[:] = 0.0
+        group = -1          # (c, ty) whose source row sits in x_phases
+        group_iy = -1
+        for first in range(0, total, _PATCH_BLOCK):
+            count = min(_PATCH_BLOCK, total - first)
+            if need_weight:
+                # the block's K-weighted patch rows P[j] (0 where no source)
+                for i in range(count):
+                    c = (first + i) // taps
+                    t = (first + i) % taps
+                    patch_rows[i] = 0.0
+                    iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
+                    if iy >= 0:
+                        span, o_first, o_step, i_first, i_step = _span(
+                            transposed, t % kw, kw, sx, px, dw, in_w, out_w)
+                        _add_product(patch_rows[i], o_first, o_step,
+                                     kbuf[c if fk_count > 1 else 0, t], o_first,
+                                     o_step, x[n, c, iy], i_first, i_step, span, one)
+            if need_patch_grad and need_weight:
+                _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
+                                                 count, grad_rows, patch_rows)
+            elif need_patch_grad:
+                _patch_gradient_block(patch_grads, weight_t, first, count, grad_rows)
+            elif need_weight:
+                _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
+            if not need_patch_grad:
+                continue
+            for i in range(count):
+                c = (first + i) // taps
+                t = (first + i) % taps
+                ty = t // kw
+                tx = t % kw
+                kc = c if fk_count > 1 else 0
+                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                if iy < 0:
+                    continue  # P[j] is 0 on this row
+                x_row = x[n, c, iy]
+                if split:
+                    if group != c * kh + ty:
+                        if need_x and group >= 0:
+                            _interleave_add(grad_x[n, group // kh, group_iy],
+                                            gx_phases, sx)
+                        # strided reads and writes become contiguous per phase
+                        _deinterleave(x_row, sx, x_phases)
+                        gx_phases[:] = 0.0
+                        group = c * kh + ty
+                        group_iy = iy
+                    lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+                    phase = (tx * dw - px) % sx
+                    span, o_first, o_step = hi - lo, lo, 1
+                    i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
+                    source = x_phases[phase]
+                else:
+                    span, o_first, o_step, i_first, i_step = _span(
+                        transposed, tx, kw, sx, px, dw, in_w, out_w)
+                    phase = 0
+                    source = x_row
+                if need_kernel:
+                    _add_product(gk[kc, t], o_first, o_step, patch_grads[i],
+                                 o_first, o_step, source, i_first, i_step, span,
+                                 one)
+                if need_x:
+                    target = gx_phases[phase] if split else grad_x[n, c, iy]
+                    _add_product(target, i_first, i_step, patch_grads[i], o_first,
+                                 o_step, kbuf[kc, t], o_first, o_step, span, one)
+        if split and need_x and group >= 0:
+            _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
+        _finish_row(
+            gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf,
+            zinv, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx,
+            kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
+            channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
+            grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
+            grad_phases,
+        )
+
+
 @njit(cache=True, parallel=True)
 def conv_backward(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
@@ -809,13 +933,7 @@ def conv_backward(
     weight gradient slot of its band (``grad_w_slots`` ``(slots, C_out, C*T)``, zeroed; see the
     module docstring). Other outputs as in :func:`direct_backward`.
     """
-    batch, channels, in_h, in_w = x.shape
-    out_channels, out_h, out_w = grad_y.shape[1], grad_y.shape[2], grad_y.shape[3]
-    taps = kh * kw
-    total = channels * taps
-    one = x.dtype.type(1.0)
-    need_patch_grad = need_x or need_kernel
-    split = sx > 1 and not transposed
+    batch, out_h = x.shape[0], grad_y.shape[2]
     for colour in range(2):
         per_batch = _band_count(out_h, band_height, colour)
         jobs = batch * per_batch
@@ -826,105 +944,11 @@ def conv_backward(
                 job = first_job + slot
                 n = job // per_batch
                 band = 2 * (job % per_batch) + colour
-                kap = np.empty((fk_count, taps, out_w), x.dtype)
-                power = np.empty_like(kap)
-                base = np.empty_like(kap)
-                kbuf = np.empty_like(kap)
-                gk = np.empty_like(kap)
-                zinv = np.empty((fk_count, out_w), x.dtype)
-                gz = np.empty(out_w, x.dtype)
-                gd2 = np.empty(out_w, x.dtype)
-                rr = np.empty(out_w, x.dtype)
-                u = np.empty(out_w, x.dtype)
-                phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), x.dtype)
-                grad_phases = np.empty_like(phases)
-                grad_rows = np.empty((out_channels, out_w), x.dtype)
-                patch_grads = np.empty((_PATCH_BLOCK, out_w), x.dtype)
-                patch_rows = np.empty((_PATCH_BLOCK, out_w), x.dtype)
-                x_phases = np.empty((sx, (in_w + sx - 1) // sx), x.dtype)
-                gx_phases = np.empty_like(x_phases)
-                grad_w = grad_w_slots[slot]
-                for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
-                    _load_kernel_row(
-                        explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
-                        kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
-                        mask, has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
-                        phases,
-                    )
-                    for o in range(out_channels):
-                        grad_rows[o] = grad_y[n, o, oy]
-                    gk[:] = 0.0
-                    group = -1          # (c, ty) whose source row sits in x_phases
-                    group_iy = -1
-                    for first in range(0, total, _PATCH_BLOCK):
-                        count = min(_PATCH_BLOCK, total - first)
-                        if need_weight:
-                            # the block's K-weighted patch rows P[j] (0 where no source)
-                            for i in range(count):
-                                c = (first + i) // taps
-                                t = (first + i) % taps
-                                patch_rows[i] = 0.0
-                                iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
-                                if iy >= 0:
-                                    span, o_first, o_step, i_first, i_step = _span(
-                                        transposed, t % kw, kw, sx, px, dw, in_w, out_w)
-                                    _add_product(patch_rows[i], o_first, o_step,
-                                                 kbuf[c if fk_count > 1 else 0, t], o_first,
-                                                 o_step, x[n, c, iy], i_first, i_step, span, one)
-                        if need_patch_grad and need_weight:
-                            _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
-                                                             count, grad_rows, patch_rows)
-                        elif need_patch_grad:
-                            _patch_gradient_block(patch_grads, weight_t, first, count, grad_rows)
-                        elif need_weight:
-                            _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
-                        if not need_patch_grad:
-                            continue
-                        for i in range(count):
-                            c = (first + i) // taps
-                            t = (first + i) % taps
-                            ty = t // kw
-                            tx = t % kw
-                            kc = c if fk_count > 1 else 0
-                            iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                            if iy < 0:
-                                continue  # P[j] is 0 on this row
-                            x_row = x[n, c, iy]
-                            if split:
-                                if group != c * kh + ty:
-                                    if need_x and group >= 0:
-                                        _interleave_add(grad_x[n, group // kh, group_iy],
-                                                        gx_phases, sx)
-                                    # strided reads and writes become contiguous per phase
-                                    _deinterleave(x_row, sx, x_phases)
-                                    gx_phases[:] = 0.0
-                                    group = c * kh + ty
-                                    group_iy = iy
-                                lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
-                                phase = (tx * dw - px) % sx
-                                span, o_first, o_step = hi - lo, lo, 1
-                                i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
-                                source = x_phases[phase]
-                            else:
-                                span, o_first, o_step, i_first, i_step = _span(
-                                    transposed, tx, kw, sx, px, dw, in_w, out_w)
-                                phase = 0
-                                source = x_row
-                            if need_kernel:
-                                _add_product(gk[kc, t], o_first, o_step, patch_grads[i],
-                                             o_first, o_step, source, i_first, i_step, span,
-                                             one)
-                            if need_x:
-                                target = gx_phases[phase] if split else grad_x[n, c, iy]
-                                _add_product(target, i_first, i_step, patch_grads[i], o_first,
-                                             o_step, kbuf[kc, t], o_first, o_step, span, one)
-                    if split and need_x and group >= 0:
-                        _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
-                    _finish_row(
-                        gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf,
-                        zinv, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx,
-                        kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
-                        channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-                        grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
-                        grad_phases,
-                    )
+                _conv_band(
+                    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h,
+                    guide_w, kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+                    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
+                    fk_count, band_height, need_x, need_weight, need_kernel, need_guide,
+                    grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
+                    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
+                )
