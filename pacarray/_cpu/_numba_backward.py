@@ -57,14 +57,14 @@ def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, count, 
 
 
 @njit(cache=True)
-def _centre_rows(centre, n, cy, centre_shift, ksx, f_first, f_last, phases):
+def _centre_rows(centre, n, cy, centre_shift, ksx, phases):
     """For a strided kernel, ``phases[0, f, 0, j] = centre[n, f, cy, j*ksx + phase]``: the
     centre features of one output row, made contiguous (``phase = centre_shift % ksx``)."""
     if ksx == 1:
         return
     phase = centre_shift % ksx
     width = centre.shape[3]
-    for f in range(f_first, f_last):
+    for f in range(centre.shape[1]):
         row = centre[n, f, cy]
         dst = phases[0, f, 0]
         for j in range((width - phase + ksx - 1) // ksx):
@@ -115,7 +115,7 @@ def kappa_row(
     centre_shift = dw * ((kw - 1) // 2) - kpx
     kap[:] = 0.0
     if family != FAMILY_CONSTANT:
-        _centre_rows(centre, n, cy, centre_shift, ksx, 0, features, phases)
+        _centre_rows(centre, n, cy, centre_shift, ksx, phases)
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
         if qy < 0 or qy >= guide_h:
@@ -273,7 +273,7 @@ def kernel_backward_row(
     scatter = need_guide and family != FAMILY_CONSTANT
     split = scatter and ksx > 1
     if split:
-        _centre_rows(centre, n, cy, centre_shift, ksx, 0, features, phases)
+        _centre_rows(centre, n, cy, centre_shift, ksx, phases)
     if scatter:
         # centre gradients of this row, indexed by output column (added to the guide at the end)
         grad_phases[0] = 0.0
