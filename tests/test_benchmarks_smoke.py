@@ -12,7 +12,9 @@ from pacarray.benchmarks._harness import peak_extra_memory_mib, reset_peak_rss, 
 
 def test_quick_run_end_to_end(tmp_path, capsys):
     results = tmp_path / "results.json"
-    assert main(["--quick", "--no-peers", "--repeat", "2", "--json", str(results)]) == 0
+    # the cold-start table compiles every kernel again in fresh processes: covered separately
+    options = ["--quick", "--no-peers", "--no-cold", "--repeat", "2"]
+    assert main([*options, "--json", str(results)]) == 0
     text = capsys.readouterr().out
     report = json.loads(results.read_text())
     names = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices]
@@ -29,14 +31,22 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert timing["q1_ms"] <= timing["q3_ms"]
         peak = entry["memory"]["peak_mib"]["pacarray"]
         assert peak is None or peak >= 0
-    cold = report["cold"]["Numba cache warm"]
-    assert cold["import_pacarray_s"] > 0
-    assert [call["name"] for call in cold["calls"]] == names
-    assert "cold start" in text and "import pacarray" in text
     gpu_only = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" not in w.devices]
     assert set(report["workloads"]) == set(names)
     for name in gpu_only:
         assert name in text  # listed as not run on this device
+
+
+def test_quick_cold_start_table(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    assert main(["--quick", "--no-peers", "--repeat", "1", "--only", "B-pool", "cold",
+                 "--json", str(results)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(results.read_text())
+    cold = report["cold"]["Numba cache warm"]  # --quick skips the empty-cache run
+    assert cold["import_pacarray_s"] > 0
+    assert [call["name"] for call in cold["calls"]] == ["B-pool"]
+    assert "cold start" in text and "import pacarray" in text
 
 
 def test_unknown_workload_is_rejected():
