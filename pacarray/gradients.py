@@ -20,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _arrays
-from ._dispatch import backend_module, namespace, select_backend
-from ._geometry import kernel_geometry, make_geometry
-from .kernels import InversePower, build_spec, resolve_family, smoothing_weights
+from ._dispatch import backend_module, select_backend
+from ._geometry import kernel_geometry
+from .kernels import InversePower, prepare_kernel, resolve_family, smoothing_weights
 from .ops import _prepare
 
 __all__ = [
@@ -377,30 +377,13 @@ def pac_kernel_vjp(
     >>> float(np.abs(grads.guide).max()) < 1e-12  # normalized K sums to 1 over the taps
     True
     """
-    backend = select_backend(grad_output=grad_output, guide=guide,
-                             spatial_weight=spatial_weight, mask=mask)
-    xp = namespace(backend)
-    guide = _arrays.convert(xp, guide, "guide")
-    _arrays.require_float(guide, "guide")
-    _arrays.require_ndim(guide, 4, "guide", "(N, F, H, W)")
-    if spatial_weight is not None:
-        spatial_weight = _arrays.convert(xp, spatial_weight, "spatial_weight")
-        _arrays.require_float(spatial_weight, "spatial_weight")
-    dtype = _arrays.compute_dtype(guide, spatial_weight)
-    geometry = make_geometry(
-        kernel_size, stride, padding, dilation, output_padding, transposed=transposed
+    backend, xp, geometry, guide, spec, out_shape = prepare_kernel(
+        guide, kernel_size, stride=stride, padding=padding, dilation=dilation, family=family,
+        smooth=smooth, spatial_weight=spatial_weight, mask=mask, normalize=normalize,
+        channel_wise=channel_wise, transposed=transposed, output_padding=output_padding,
+        other_arrays={"grad_output": grad_output},
     )
-    guide_shape = tuple(guide.shape[2:])
-    if transposed:
-        out_shape = guide_shape
-    else:
-        out_shape = geometry.checked_output_shape(guide_shape, "guide")
-    spec = build_spec(
-        xp, dtype, geometry, guide=_arrays.cast(xp, guide, dtype), guide_shape=guide_shape,
-        batch=guide.shape[0], channels=None, family=family, smooth=smooth,
-        spatial_weight=spatial_weight, mask=mask, normalize=normalize,
-        channel_wise=channel_wise, backend=backend,
-    )
+    dtype = spec.guide.dtype
     kh, kw = geometry.kernel_size
     grad_kernel = _grad_output(
         xp, grad_output, (guide.shape[0], spec.fk_count, kh, kw, *out_shape), dtype

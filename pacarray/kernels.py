@@ -426,7 +426,33 @@ def pac_kernel(
     >>> bool(np.allclose(K.sum(axis=(2, 3)), 1.0))
     True
     """
-    backend = select_backend(guide=guide, spatial_weight=spatial_weight, mask=mask)
+    backend, _, geometry, _, spec, out_shape = prepare_kernel(
+        guide, kernel_size, stride=stride, padding=padding, dilation=dilation, family=family,
+        smooth=smooth, spatial_weight=spatial_weight, mask=mask, normalize=normalize,
+        channel_wise=channel_wise, transposed=transposed, output_padding=output_padding,
+    )
+    module = backend_module(backend)
+    k_stride, k_padding = kernel_geometry(geometry)
+    K, valid = module.materialize_kernel(
+        spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, out_shape
+    )
+    if return_validity:
+        return K, valid
+    return K
+
+
+def prepare_kernel(
+    guide, kernel_size, *, stride, padding, dilation, family, smooth, spatial_weight, mask,
+    normalize, channel_wise, transposed, output_padding, other_arrays=None,
+):
+    """Validate :func:`pac_kernel`'s arguments once (shared with its gradient).
+
+    ``other_arrays`` (name -> array) take part in the backend choice only. Returns
+    ``(backend, xp, geometry, guide, spec, out_shape)`` with ``guide`` converted.
+    """
+    backend = select_backend(
+        **(other_arrays or {}), guide=guide, spatial_weight=spatial_weight, mask=mask
+    )
     xp = namespace(backend)
     guide = _arrays.convert(xp, guide, "guide")
     _arrays.require_float(guide, "guide")
@@ -459,14 +485,7 @@ def pac_kernel(
         channel_wise=channel_wise,
         backend=backend,
     )
-    module = backend_module(backend)
-    k_stride, k_padding = kernel_geometry(geometry)
-    K, valid = module.materialize_kernel(
-        spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, out_shape
-    )
-    if return_validity:
-        return K, valid
-    return K
+    return backend, xp, geometry, guide, spec, out_shape
 
 
 def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
