@@ -35,6 +35,7 @@ from ._numba_kernels import (
     NORMALIZE_MASK_KERNEL,
     NORMALIZE_NONE,
     _deinterleave,
+    _fill_forward,
     _gaussian_of_d2,
     _source_index,
     _tap_range,
@@ -114,6 +115,7 @@ def kappa_row(
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
     kap[:] = 0.0
+    work = np.empty((2, out_w), np.float64)  # for the vectorized exp
     if family != FAMILY_CONSTANT:
         _centre_rows(centre, n, cy, centre_shift, ksx, phases)
     for ty in range(kh):
@@ -141,7 +143,7 @@ def kappa_row(
                 b_part = base[fk, t, lo:hi]
                 k_part = kap[fk, t, lo:hi]
                 if family == FAMILY_GAUSSIAN:
-                    _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one)
+                    _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one, work)
                 else:
                     p_part = power[fk, t, lo:hi]
                     a = alpha[fk]
@@ -849,8 +851,13 @@ def _conv_band(
                 for i in range(count):
                     c = (first + i) // taps
                     t = (first + i) % taps
-                    patch_rows[i] = 0.0
                     iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
+                    if iy >= 0 and sx == 1 and not transposed:
+                        # unit stride: one pass that also writes the zeros at the edges
+                        _fill_forward(patch_rows[i], kbuf[c if fk_count > 1 else 0, t],
+                                      x[n, c, iy], x_phases, (t % kw) * dw - px, 1, in_w)
+                        continue
+                    patch_rows[i] = 0.0
                     if iy >= 0:
                         span, o_first, o_step, i_first, i_step = _span(
                             transposed, t % kw, kw, sx, px, dw, in_w, out_w)
