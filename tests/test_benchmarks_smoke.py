@@ -7,19 +7,37 @@ import pytest
 
 from pacarray.benchmarks import WORKLOAD_MODULES, Case, Peer, Workload, load_workloads
 from pacarray.benchmarks.__main__ import main
-from pacarray.benchmarks._harness import peak_extra_memory_mib, reset_peak_rss, time_case
+from pacarray.benchmarks._harness import (
+    Context,
+    peak_extra_memory_mib,
+    reset_peak_rss,
+    time_case,
+)
+
+
+def _first_cpu_workload_of_each_module():
+    chosen = []
+    for module in WORKLOAD_MODULES:
+        names = [w.name for w in load_workloads([module]) if "cpu" in w.devices]
+        if names:
+            chosen.append(names[0])
+    return chosen
 
 
 def test_quick_run_end_to_end(tmp_path, capsys):
+    # The whole command line on one CPU workload of each module (each measured in two fresh
+    # child processes) plus one GPU-only workload, which must be listed as not run here.
+    # test_every_cpu_workload_runs covers the other workloads in this process, which is much
+    # cheaper than two process start-ups each. The cold-start table is covered separately.
+    chosen = _first_cpu_workload_of_each_module()
+    assert {"B-conv16", "B-bilateral-512", "B-crf", "B-conv16-grad"} <= set(chosen)
+    gpu_only = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" not in w.devices]
     results = tmp_path / "results.json"
-    # the cold-start table compiles every kernel again in fresh processes: covered separately
     options = ["--quick", "--no-peers", "--no-cold", "--repeat", "2"]
-    assert main([*options, "--json", str(results)]) == 0
+    assert main([*options, "--only", *chosen, gpu_only[0], "--json", str(results)]) == 0
     text = capsys.readouterr().out
     report = json.loads(results.read_text())
-    names = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices]
-    assert {"B-conv16", "B-conv64", "B-pool"} <= set(names)
-    for name in names:
+    for name in chosen:
         assert name in text
         entry = report["workloads"][name]
         assert "error" not in entry, entry
@@ -31,10 +49,22 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert timing["q1_ms"] <= timing["q3_ms"]
         peak = entry["memory"]["peak_mib"]["pacarray"]
         assert peak is None or peak >= 0
-    gpu_only = [w.name for w in load_workloads(WORKLOAD_MODULES) if "cpu" not in w.devices]
-    assert set(report["workloads"]) == set(names)
-    for name in gpu_only:
-        assert name in text  # listed as not run on this device
+    assert set(report["workloads"]) == set(chosen)
+    assert f"GPU-only workloads not run here: {gpu_only[0]}" in text
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [w for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices],
+    ids=lambda w: w.name,
+)
+def test_every_cpu_workload_runs(workload):
+    """Every CPU workload builds at quick sizes and its pacarray call returns finite numbers."""
+    case = workload.build(Context(quick=True, peers=False))
+    result = case.call()
+    values = np.asarray(result[0] if isinstance(result, tuple) else result)
+    assert values.size > 0 and np.all(np.isfinite(values)), workload.name
+    assert not any(peer.name.startswith("torch") for peer in case.peers)
 
 
 def test_quick_cold_start_table(tmp_path, capsys):
