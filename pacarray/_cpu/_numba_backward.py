@@ -35,7 +35,6 @@ from ._numba_kernels import (
     NORMALIZE_MASK_KERNEL,
     NORMALIZE_NONE,
     _deinterleave,
-    _fill_forward,
     _gaussian_of_d2,
     _source_index,
     _tap_range,
@@ -851,13 +850,8 @@ def _conv_band(
                 for i in range(count):
                     c = (first + i) // taps
                     t = (first + i) % taps
-                    iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
-                    if iy >= 0 and sx == 1 and not transposed:
-                        # unit stride: one pass that also writes the zeros at the edges
-                        _fill_forward(patch_rows[i], kbuf[c if fk_count > 1 else 0, t],
-                                      x[n, c, iy], x_phases, (t % kw) * dw - px, 1, in_w)
-                        continue
                     patch_rows[i] = 0.0
+                    iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
                     if iy >= 0:
                         span, o_first, o_step, i_first, i_step = _span(
                             transposed, t % kw, kw, sx, px, dw, in_w, out_w)
