@@ -453,6 +453,25 @@ def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, c
             out[o_first + j * o_step] += scale * a[a_first + j * a_step] * b[b_first + j * b_step]
 
 
+@njit(cache=True)
+def _add_kernel_and_input_gradient(grad_k, grad_x, patch_grad, x, k, o_first, i_first, count):
+    """One patch row's two updates in one pass (unit strides): ``grad_k[o] += pg[o] x[i]`` and
+    ``grad_x[i] += pg[o] k[o]`` for ``o = o_first + j``, ``i = i_first + j``, ``j < count``.
+
+    The same products, in the same order, as two :func:`_add_product` calls; ``pg`` is read
+    once.
+    """
+    gk_part = grad_k[o_first:o_first + count]
+    pg_part = patch_grad[o_first:o_first + count]
+    k_part = k[o_first:o_first + count]
+    x_part = x[i_first:i_first + count]
+    gx_part = grad_x[i_first:i_first + count]
+    for j in range(count):
+        p = pg_part[j]
+        gk_part[j] += p * x_part[j]
+        gx_part[j] += p * k_part[j]
+
+
 @njit(cache=True, fastmath=_FAST)
 def _dot3(a, a_first, a_step, b, b_first, b_step, c, c_first, c_step, count):
     """``sum_j a[a_first + j*a_step] * b[..] * c[..]`` (vectorized; fixed order per build)."""
@@ -897,6 +916,11 @@ def _conv_band(
                         transposed, tx, kw, sx, px, dw, in_w, out_w)
                     phase = 0
                     source = x_row
+                if need_kernel and need_x and o_step == 1 and i_step == 1:
+                    _add_kernel_and_input_gradient(
+                        gk[kc, t], gx_phases[phase] if split else grad_x[n, c, iy],
+                        patch_grads[i], source, kbuf[kc, t], o_first, i_first, span)
+                    continue
                 if need_kernel:
                     _add_product(gk[kc, t], o_first, o_step, patch_grads[i],
                                  o_first, o_step, source, i_first, i_step, span,
