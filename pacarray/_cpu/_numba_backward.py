@@ -454,6 +454,19 @@ def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, c
 
 
 @njit(cache=True)
+def _set_product(out, k, x, o_first, i_first, count):
+    """``out[o_first + j] = k[o_first + j] * x[i_first + j]`` for ``j < count``, 0 elsewhere
+    (one write of ``out`` instead of zeroing it and adding)."""
+    out[:o_first] = 0.0
+    out[o_first + count:] = 0.0
+    out_part = out[o_first:o_first + count]
+    k_part = k[o_first:o_first + count]
+    x_part = x[i_first:i_first + count]
+    for j in range(count):
+        out_part[j] = k_part[j] * x_part[j]
+
+
+@njit(cache=True)
 def _add_kernel_and_input_gradient(grad_k, grad_x, patch_grad, x, k, o_first, i_first, count):
     """One patch row's two updates in one pass (unit strides): ``grad_k[o] += pg[o] x[i]`` and
     ``grad_x[i] += pg[o] k[o]`` for ``o = o_first + j``, ``i = i_first + j``, ``j < count``.
@@ -869,14 +882,20 @@ def _conv_band(
                 for i in range(count):
                     c = (first + i) // taps
                     t = (first + i) % taps
-                    patch_rows[i] = 0.0
                     iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
-                    if iy >= 0:
-                        span, o_first, o_step, i_first, i_step = _span(
-                            transposed, t % kw, kw, sx, px, dw, in_w, out_w)
-                        _add_product(patch_rows[i], o_first, o_step,
-                                     kbuf[c if fk_count > 1 else 0, t], o_first,
-                                     o_step, x[n, c, iy], i_first, i_step, span, one)
+                    if iy < 0:
+                        patch_rows[i] = 0.0
+                        continue
+                    span, o_first, o_step, i_first, i_step = _span(
+                        transposed, t % kw, kw, sx, px, dw, in_w, out_w)
+                    if o_step == 1 and i_step == 1:
+                        _set_product(patch_rows[i], kbuf[c if fk_count > 1 else 0, t],
+                                     x[n, c, iy], o_first, i_first, span)
+                        continue
+                    patch_rows[i] = 0.0
+                    _add_product(patch_rows[i], o_first, o_step,
+                                 kbuf[c if fk_count > 1 else 0, t], o_first,
+                                 o_step, x[n, c, iy], i_first, i_step, span, one)
             if need_patch_grad and need_weight:
                 _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
                                                  count, grad_rows, patch_rows)
