@@ -888,14 +888,13 @@ def _conv_band(
                         continue
                     span, o_first, o_step, i_first, i_step = _span(
                         transposed, t % kw, kw, sx, px, dw, in_w, out_w)
+                    k_row = kbuf[c if fk_count > 1 else 0, t]
                     if o_step == 1 and i_step == 1:
-                        _set_product(patch_rows[i], kbuf[c if fk_count > 1 else 0, t],
-                                     x[n, c, iy], o_first, i_first, span)
+                        _set_product(patch_rows[i], k_row, x[n, c, iy], o_first, i_first, span)
                         continue
                     patch_rows[i] = 0.0
-                    _add_product(patch_rows[i], o_first, o_step,
-                                 kbuf[c if fk_count > 1 else 0, t], o_first,
-                                 o_step, x[n, c, iy], i_first, i_step, span, one)
+                    _add_product(patch_rows[i], o_first, o_step, k_row, o_first, o_step,
+                                 x[n, c, iy], i_first, i_step, span, one)
             if need_patch_grad and need_weight:
                 _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
                                                  count, grad_rows, patch_rows)
