@@ -826,18 +826,34 @@ def _patch_and_weight_gradient_block(block, grad_w, weight_t, first, count, grad
 
 
 @njit(cache=True)
+def _next_tap(c, ty, tx, kh, kw):
+    """The patch row after ``(c, ty, tx)``: taps in row-major order within a channel."""
+    tx += 1
+    if tx == kw:
+        tx = 0
+        ty += 1
+        if ty == kh:
+            ty = 0
+            c += 1
+    return c, ty, tx
+
+
+@njit(cache=True)
 def _conv_band(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
     kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_height, need_x, need_weight, need_kernel, need_guide,
+    band_height, group_rows, need_x, need_weight, need_kernel, need_guide,
     grad_x, grad_w, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
 ):
     """Rows of band ``band`` of batch ``n`` for :func:`conv_backward` (weight slot ``grad_w``).
 
-    A separate, serial function: the parallel driver stays small, which keeps Numba's compile
-    time down.
+    The band's rows go in groups of ``group_rows`` (1 for a split, strided read): a group's
+    rows sit side by side in the patch blocks, so the two products with the weight matrix run
+    over ``group_rows * Wo`` columns at once (longer rows keep the small GEMMs nearer the FMA
+    peak), while kernel rows, patch rows and their gradients are formed row by row. A separate,
+    serial function: the parallel driver stays small, which keeps Numba's compile time down.
     """
     channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
     out_channels, out_h, out_w = grad_y.shape[1], grad_y.shape[2], grad_y.shape[3]
@@ -846,55 +862,86 @@ def _conv_band(
     one = x.dtype.type(1.0)
     need_patch_grad = need_x or need_kernel
     split = sx > 1 and not transposed
-    kap = np.empty((fk_count, taps, out_w), x.dtype)
+    kap = np.empty((group_rows, fk_count, taps, out_w), x.dtype)
     power = np.empty_like(kap)
     base = np.empty_like(kap)
     kbuf = np.empty_like(kap)
     gk = np.empty_like(kap)
-    zinv = np.empty((fk_count, out_w), x.dtype)
+    zinv = np.empty((group_rows, fk_count, out_w), x.dtype)
     gz = np.empty(out_w, x.dtype)
     gd2 = np.empty(out_w, x.dtype)
     rr = np.empty(out_w, x.dtype)
     u = np.empty(out_w, x.dtype)
     phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), x.dtype)
     grad_phases = np.empty_like(phases)
-    grad_rows = np.empty((out_channels, out_w), x.dtype)
-    patch_grads = np.empty((_PATCH_BLOCK, out_w), x.dtype)
-    patch_rows = np.empty((_PATCH_BLOCK, out_w), x.dtype)
+    # flat work space, viewed as C-contiguous (rows, group width) blocks per group
+    grad_flat = np.empty(out_channels * group_rows * out_w, x.dtype)
+    patch_grad_flat = np.empty(_PATCH_BLOCK * group_rows * out_w, x.dtype)
+    patch_flat = np.empty_like(patch_grad_flat)
     x_phases = np.empty((sx, (in_w + sx - 1) // sx), x.dtype)
     gx_phases = np.empty_like(x_phases)
-    for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
-        _load_kernel_row(
-            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
-            kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
-            mask, has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv,
-            phases,
-        )
-        for o in range(out_channels):
-            grad_rows[o] = grad_y[n, o, oy]
-        gk[:] = 0.0
-        group = -1          # (c, ty) whose source row sits in x_phases
+    # Column geometry of each tap column, once per band: span, o_first, o_step, i_first,
+    # i_step (as _span), and for a split (strided) read the phase and its first index.
+    columns = np.empty((kw, 7), np.int64)
+    for tx in range(kw):
+        span, o_first, o_step, i_first, i_step = _span(transposed, tx, kw, sx, px, dw, in_w,
+                                                       out_w)
+        phase = (tx * dw - px) % sx
+        columns[tx, 0] = span
+        columns[tx, 1] = o_first
+        columns[tx, 2] = o_step
+        columns[tx, 3] = i_first
+        columns[tx, 4] = i_step
+        columns[tx, 5] = phase
+        columns[tx, 6] = o_first + (tx * dw - px - phase) // sx
+    source_rows = np.empty((group_rows, kh), np.int64)
+    band_stop = min((band + 1) * band_height, out_h)
+    for group_first in range(band * band_height, band_stop, group_rows):
+        rows = min(group_rows, band_stop - group_first)
+        width = rows * out_w
+        grad_rows = grad_flat[:out_channels * width].reshape((out_channels, width))
+        patch_grads = patch_grad_flat[:_PATCH_BLOCK * width].reshape((_PATCH_BLOCK, width))
+        patch_rows = patch_flat[:_PATCH_BLOCK * width].reshape((_PATCH_BLOCK, width))
+        for r in range(rows):
+            oy = group_first + r
+            _load_kernel_row(
+                explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
+                kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
+                mask, has_mask, normalize, channel_wise, kap[r], power[r], base[r], kbuf[r],
+                zinv[r], phases,
+            )
+            for o in range(out_channels):
+                grad_rows[o, r * out_w:(r + 1) * out_w] = grad_y[n, o, oy]
+            for ty in range(kh):
+                source_rows[r, ty] = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+            gk[r] = 0.0
+        group = -1          # (c, ty) whose source row sits in x_phases (split: one row)
         group_iy = -1
         for first in range(0, total, _PATCH_BLOCK):
             count = min(_PATCH_BLOCK, total - first)
+            block_c = first // taps
+            block_ty = (first % taps) // kw
+            block_tx = (first % taps) % kw
             if need_weight:
                 # the block's K-weighted patch rows P[j] (0 where no source)
+                c, ty, tx = block_c, block_ty, block_tx
                 for i in range(count):
-                    c = (first + i) // taps
-                    t = (first + i) % taps
-                    iy = _source_index(oy, t // kw, kh, sy, py, dh, in_h, transposed)
-                    if iy < 0:
-                        patch_rows[i] = 0.0
-                        continue
-                    span, o_first, o_step, i_first, i_step = _span(
-                        transposed, t % kw, kw, sx, px, dw, in_w, out_w)
-                    k_row = kbuf[c if fk_count > 1 else 0, t]
-                    if o_step == 1 and i_step == 1:
-                        _set_product(patch_rows[i], k_row, x[n, c, iy], o_first, i_first, span)
-                        continue
-                    patch_rows[i] = 0.0
-                    _add_product(patch_rows[i], o_first, o_step, k_row, o_first, o_step,
-                                 x[n, c, iy], i_first, i_step, span, one)
+                    kc = c if fk_count > 1 else 0
+                    t = ty * kw + tx
+                    span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
+                    for r in range(rows):
+                        iy = source_rows[r, ty]
+                        row = patch_rows[i, r * out_w:(r + 1) * out_w]
+                        k_row = kbuf[r, kc, t]
+                        if iy < 0:
+                            row[:] = 0.0
+                        elif o_step == 1 and columns[tx, 4] == 1:
+                            _set_product(row, k_row, x[n, c, iy], o_first, columns[tx, 3], span)
+                        else:
+                            row[:] = 0.0
+                            _add_product(row, o_first, o_step, k_row, o_first, o_step,
+                                         x[n, c, iy], columns[tx, 3], columns[tx, 4], span, one)
+                    c, ty, tx = _next_tap(c, ty, tx, kh, kw)
             if need_patch_grad and need_weight:
                 _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
                                                  count, grad_rows, patch_rows)
@@ -904,59 +951,57 @@ def _conv_band(
                 _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
             if not need_patch_grad:
                 continue
+            c, ty, tx = block_c, block_ty, block_tx
             for i in range(count):
-                c = (first + i) // taps
-                t = (first + i) % taps
-                ty = t // kw
-                tx = t % kw
+                t = ty * kw + tx
                 kc = c if fk_count > 1 else 0
-                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                if iy < 0:
-                    continue  # P[j] is 0 on this row
-                x_row = x[n, c, iy]
-                if split:
-                    if group != c * kh + ty:
-                        if need_x and group >= 0:
-                            _interleave_add(grad_x[n, group // kh, group_iy],
-                                            gx_phases, sx)
-                        # strided reads and writes become contiguous per phase
-                        _deinterleave(x_row, sx, x_phases)
-                        gx_phases[:] = 0.0
-                        group = c * kh + ty
-                        group_iy = iy
-                    lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
-                    phase = (tx * dw - px) % sx
-                    span, o_first, o_step = hi - lo, lo, 1
-                    i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
-                    source = x_phases[phase]
-                else:
-                    span, o_first, o_step, i_first, i_step = _span(
-                        transposed, tx, kw, sx, px, dw, in_w, out_w)
-                    phase = 0
-                    source = x_row
-                if need_kernel and need_x and o_step == 1 and i_step == 1:
-                    _add_kernel_and_input_gradient(
-                        gk[kc, t], gx_phases[phase] if split else grad_x[n, c, iy],
-                        patch_grads[i], source, kbuf[kc, t], o_first, i_first, span)
-                    continue
-                if need_kernel:
-                    _add_product(gk[kc, t], o_first, o_step, patch_grads[i],
-                                 o_first, o_step, source, i_first, i_step, span,
-                                 one)
-                if need_x:
-                    target = gx_phases[phase] if split else grad_x[n, c, iy]
-                    _add_product(target, i_first, i_step, patch_grads[i], o_first,
-                                 o_step, kbuf[kc, t], o_first, o_step, span, one)
+                span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
+                for r in range(rows):
+                    iy = source_rows[r, ty]
+                    if iy < 0:
+                        continue  # P[j] is 0 on this row
+                    patch_grad = patch_grads[i, r * out_w:(r + 1) * out_w]
+                    if split:
+                        if group != c * kh + ty:
+                            if need_x and group >= 0:
+                                _interleave_add(grad_x[n, group // kh, group_iy],
+                                                gx_phases, sx)
+                            # strided reads and writes become contiguous per phase
+                            _deinterleave(x[n, c, iy], sx, x_phases)
+                            gx_phases[:] = 0.0
+                            group = c * kh + ty
+                            group_iy = iy
+                        phase = columns[tx, 5]
+                        i_first, i_step = columns[tx, 6], 1
+                        source = x_phases[phase]
+                    else:
+                        phase = 0
+                        i_first, i_step = columns[tx, 3], columns[tx, 4]
+                        source = x[n, c, iy]
+                    if need_kernel and need_x and o_step == 1 and i_step == 1:
+                        _add_kernel_and_input_gradient(
+                            gk[r, kc, t], gx_phases[phase] if split else grad_x[n, c, iy],
+                            patch_grad, source, kbuf[r, kc, t], o_first, i_first, span)
+                        continue
+                    if need_kernel:
+                        _add_product(gk[r, kc, t], o_first, o_step, patch_grad, o_first,
+                                     o_step, source, i_first, i_step, span, one)
+                    if need_x:
+                        target = gx_phases[phase] if split else grad_x[n, c, iy]
+                        _add_product(target, i_first, i_step, patch_grad, o_first, o_step,
+                                     kbuf[r, kc, t], o_first, o_step, span, one)
+                c, ty, tx = _next_tap(c, ty, tx, kh, kw)
         if split and need_x and group >= 0:
             _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
-        _finish_row(
-            gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf,
-            zinv, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx,
-            kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
-            channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-            grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
-            grad_phases,
-        )
+        for r in range(rows):
+            _finish_row(
+                gk[r], use_explicit, need_kernel, need_guide, kap[r], power[r], base[r],
+                kbuf[r], zinv[r], guide, centre, n, group_first + r, out_w, guide_h, guide_w,
+                kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask,
+                normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
+                grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
+                grad_phases,
+            )
 
 
 @njit(cache=True, parallel=True)
@@ -964,7 +1009,7 @@ def conv_backward(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
     kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_height, slots, need_x, need_weight, need_kernel, need_guide,
+    band_height, group_rows, slots, need_x, need_weight, need_kernel, need_guide,
     grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
@@ -991,7 +1036,7 @@ def conv_backward(
                     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h,
                     guide_w, kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
                     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-                    fk_count, band_height, need_x, need_weight, need_kernel, need_guide,
-                    grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
+                    fk_count, band_height, group_rows, need_x, need_weight, need_kernel,
+                    need_guide, grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
                     grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
                 )

@@ -50,6 +50,12 @@ __all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "
 #: Upper bound of the weight-gradient accumulators of :func:`conv_backward`.
 _MAX_WEIGHT_SLOTS = 32
 
+#: :func:`conv_backward` runs its weight products over about this many output columns at once
+#: (several rows side by side when the rows are narrower), where the small GEMMs measured
+#: 15-20% faster than over single 128-column rows.
+_GROUP_WIDTH = 512
+_MAX_GROUP_ROWS = 8
+
 
 class KernelGrads(NamedTuple):
     """Gradients reaching the inputs of a fused adaptive kernel.
@@ -208,6 +214,15 @@ def _weight_slots(matrix_shape, itemsize, jobs):
     return int(max(1, min(_MAX_WEIGHT_SLOTS, jobs, config.WORKSPACE_BYTES // per_slot)))
 
 
+def _group_rows(out_w, split):
+    """Output rows whose products with the weight matrix :func:`conv_backward` forms together:
+    enough for about :data:`_GROUP_WIDTH` columns, at most :data:`_MAX_GROUP_ROWS`; 1 for a
+    strided read split by phase."""
+    if split:
+        return 1
+    return max(1, min(_MAX_GROUP_ROWS, _GROUP_WIDTH // max(1, out_w)))
+
+
 def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding, need_x,
                   need_weight, need_kernel, need_guide):
     """VJP of :func:`conv`; see the module docstring for the returned tuple.
@@ -225,6 +240,8 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     dtype = x.dtype
     band_height = _band_height(geometry.kernel_size, geometry.dilation, k_stride,
                                geometry.stride, geometry.transposed)
+    group_rows = _group_rows(out_w, geometry.stride[1] > 1 and not geometry.transposed)
+    band_height = _ceil_div(band_height, group_rows) * group_rows
     jobs = batch * _ceil_div(_ceil_div(out_h, band_height), 2)
     # without a weight gradient there is nothing to accumulate: one wave of all bands
     slots = _weight_slots(weight_matrix.shape, x.itemsize, jobs) if need_weight else jobs
@@ -239,7 +256,7 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
         grad_y, x, np.ascontiguousarray(weight_matrix.T), explicit, use_explicit, spec.guide,
         spec.centre, *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
         *geometry.dilation, *k_stride, *k_padding, geometry.transposed, *_kernel_args(spec),
-        spec.fk_count, band_height, slots, need_x, need_weight, need_kernel,
+        spec.fk_count, band_height, group_rows, slots, need_x, need_weight, need_kernel,
         need_guide and not use_explicit, grad_x, grad_w_slots, grad_explicit, buffers.guide,
         buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
         buffers.spatial_rows,
