@@ -43,7 +43,7 @@ from ._numba_kernels import (
 _FAST = {"reassoc", "contract"}
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, count, asymmetric):
     """``d2[j] += max?(centre_row[c_first + j] - guide_row[q_first + j])**2`` (vectorized)."""
     zero = d2.dtype.type(0.0)
@@ -81,7 +81,7 @@ def _guide_rows(guide, n, qy, ksx, f_first, f_last, phases):
         _deinterleave(guide[n, f, qy], ksx, phases[1, f])
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift, ksx, phases):
     """Centre and neighbour feature rows of tap column ``neighbour_shift`` as unit-stride arrays:
     ``(centre_row, c_first, guide_row, q_first)`` with output ``lo + j`` reading
@@ -215,7 +215,7 @@ def _sum_product(a, b):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _scatter_difference_gradient(gd2, centre_row, c_first, centre_grad, guide_row, q_first,
                                  guide_grad, count, asymmetric):
     """``g = 2 gd2 max?(fc - fq)``: ``+g`` to the centre feature, ``-g`` to the neighbour's.
@@ -439,7 +439,7 @@ def _span(transposed, tx, kw, sx, px, dw, in_w, out_w):
     return hi - lo, lo, 1, lo * sx + tx * dw - px, sx
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, count, scale):
     """``out[o_first + j*o_step] += scale * a[a_first + j*a_step] * b[b_first + j*b_step]``."""
     if o_step == 1 and a_step == 1 and b_step == 1:
@@ -453,7 +453,7 @@ def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, c
             out[o_first + j * o_step] += scale * a[a_first + j * a_step] * b[b_first + j * b_step]
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _set_product(out, k, x, o_first, i_first, count):
     """``out[o_first + j] = k[o_first + j] * x[i_first + j]`` for ``j < count``, 0 elsewhere
     (one write of ``out`` instead of zeroing it and adding)."""
@@ -466,7 +466,7 @@ def _set_product(out, k, x, o_first, i_first, count):
         out_part[j] = k_part[j] * x_part[j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _add_kernel_and_input_gradient(grad_k, grad_x, patch_grad, x, k, o_first, i_first, count):
     """One patch row's two updates in one pass (unit strides): ``grad_k[o] += pg[o] x[i]`` and
     ``grad_x[i] += pg[o] k[o]`` for ``o = o_first + j``, ``i = i_first + j``, ``j < count``.
