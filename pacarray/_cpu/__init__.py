@@ -10,19 +10,14 @@ import numpy as np
 import scipy.ndimage
 
 from . import _numba_kernels as nk
+from ._inputs import explicit as _explicit_input
+from ._inputs import features, frozen, kernel_args
 from .backward import conv_backward, kernel_backward, pool_backward, smooth_backward  # noqa: F401
 
 
 def smooth(guide, weights):
     """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with ``weights``."""
     return scipy.ndimage.correlate(guide, weights[None, None], mode="constant", cval=0.0)
-
-
-def _kernel_args(spec):
-    return (
-        spec.family, spec.alpha, spec.lam, spec.eps2, spec.spatial.reshape(-1), spec.mask,
-        spec.has_mask, spec.normalize, spec.channel_wise,
-    )
 
 
 def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
@@ -33,16 +28,14 @@ def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_sha
     out = np.empty((batch, spec.fk_count, kh * kw, *out_shape), dtype)
     valid = np.empty((batch, spec.fk_count, *out_shape), np.bool_)
     nk.fill_kernel(
-        spec.guide, spec.centre, *spec.guide_shape, kh, kw, *k_stride, *k_padding, *dilation,
-        *_kernel_args(spec), out, valid,
+        *features(spec), *spec.guide_shape, kh, kw, *k_stride, *k_padding, *dilation,
+        *kernel_args(spec), out, valid,
     )
     return out.reshape(batch, spec.fk_count, kh, kw, *out_shape), valid
 
 
 def _explicit(spec, dtype):
-    if spec.explicit is not None:
-        return spec.explicit, True
-    return np.zeros((1, 1, 1, 1, 1), dtype), False
+    return _explicit_input(spec, dtype, np.zeros)
 
 
 def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
@@ -50,9 +43,9 @@ def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
     explicit, use_explicit = _explicit(spec, x.dtype)
     y = np.empty((x.shape[0], x.shape[1], *out_shape), x.dtype)
     nk.direct(
-        x, tap_weight, explicit, use_explicit, spec.guide, spec.centre, *spec.guide_shape,
+        frozen(x), frozen(tap_weight), explicit, use_explicit, *features(spec), *spec.guide_shape,
         *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride, *k_padding,
-        geometry.transposed, *_kernel_args(spec), spec.fk_count, y,
+        geometry.transposed, *kernel_args(spec), spec.fk_count, y,
     )
     return y
 
@@ -63,8 +56,9 @@ def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
     explicit, use_explicit = _explicit(spec, x.dtype)
     y = np.empty((x.shape[0], weight_matrix.shape[0], *out_shape), x.dtype)
     nk.conv_rows(
-        x, weight_matrix, explicit, use_explicit, spec.guide, spec.centre, *spec.guide_shape,
+        frozen(x), frozen(weight_matrix), explicit, use_explicit, *features(spec),
+        *spec.guide_shape,
         kh, kw, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride, *k_padding,
-        geometry.transposed, *_kernel_args(spec), spec.fk_count, y,
+        geometry.transposed, *kernel_args(spec), spec.fk_count, y,
     )
     return y

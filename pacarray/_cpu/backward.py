@@ -44,6 +44,8 @@ import scipy.ndimage
 
 from .. import config
 from . import _numba_backward as nb
+from ._inputs import explicit as explicit_input
+from ._inputs import features, frozen, kernel_args
 
 __all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "smooth_backward"]
 
@@ -74,13 +76,6 @@ class KernelGrads(NamedTuple):
     lam: object
     spatial: object
     mask: object
-
-
-def _kernel_args(spec):
-    return (
-        spec.family, spec.alpha, spec.lam, spec.eps2, spec.spatial.reshape(-1), spec.mask,
-        spec.has_mask, spec.normalize, spec.channel_wise,
-    )
 
 
 def _ceil_div(a, b):
@@ -144,9 +139,8 @@ def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilatio
     dtype = grad_kernel.dtype
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, True, need_guide)
     nb.kernel_backward(
-        grad_kernel, spec.guide, spec.centre, *spec.guide_shape, *kernel_size, *k_stride,
-        *k_padding, *dilation, spec.family, spec.alpha, spec.lam, spec.eps2,
-        spec.spatial.reshape(-1), spec.mask, spec.has_mask, spec.normalize, spec.channel_wise,
+        frozen(grad_kernel), *features(spec), *spec.guide_shape, *kernel_size, *k_stride,
+        *k_padding, *dilation, *kernel_args(spec),
         _band_height(kernel_size, dilation, k_stride), need_guide, buffers.guide,
         buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
         buffers.spatial_rows,
@@ -155,9 +149,7 @@ def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilatio
 
 
 def _explicit(spec, dtype):
-    if spec.explicit is not None:
-        return spec.explicit, True
-    return np.zeros((1, 1, 1, 1, 1), dtype), False
+    return explicit_input(spec, dtype, np.zeros)
 
 
 def _explicit_grad(spec, shape, dtype, need_kernel):
@@ -181,9 +173,9 @@ def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, ne
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = _explicit(spec, dtype)
     nb.direct_backward(
-        grad_y, x, tap_weight, explicit, use_explicit, spec.guide, spec.centre,
+        frozen(grad_y), frozen(x), frozen(tap_weight), explicit, use_explicit, *features(spec),
         *spec.guide_shape, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride,
-        *k_padding, geometry.transposed, *_kernel_args(spec), spec.fk_count,
+        *k_padding, geometry.transposed, *kernel_args(spec), spec.fk_count,
         _band_height(geometry.kernel_size, geometry.dilation, k_stride, geometry.stride,
                      geometry.transposed),
         need_x, need_weight, need_kernel, need_guide and not use_explicit,
@@ -253,12 +245,12 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = _explicit(spec, dtype)
     nb.conv_backward(
-        grad_y, x, np.ascontiguousarray(weight_matrix.T), explicit, use_explicit, spec.guide,
-        spec.centre, *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding,
-        *geometry.dilation, *k_stride, *k_padding, geometry.transposed, *_kernel_args(spec),
-        spec.fk_count, band_height, group_rows, slots, need_x, need_weight, need_kernel,
-        need_guide and not use_explicit, grad_x, grad_w_slots, grad_explicit, buffers.guide,
-        buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
+        frozen(grad_y), frozen(x), frozen(np.ascontiguousarray(weight_matrix.T)), explicit,
+        use_explicit, *features(spec), *spec.guide_shape, kh, kw, *geometry.stride,
+        *geometry.padding, *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
+        *kernel_args(spec), spec.fk_count, band_height, group_rows, slots, need_x, need_weight,
+        need_kernel, need_guide and not use_explicit, grad_x, grad_w_slots, grad_explicit,
+        buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
         buffers.spatial_rows,
     )
     grad_matrix = grad_w_slots.sum(axis=0) if need_weight else None
