@@ -220,10 +220,10 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     """VJP of :func:`conv`; see the module docstring for the returned tuple.
 
     One Numba pass over bands of output rows recomputes each kernel row and forms the patch
-    gradient ``W^T g`` row by row, feeding ``grad_x``, the kernel gradient and the weight
-    gradient; the weight gradient's per-band partial sums live in at most
-    :data:`_MAX_WEIGHT_SLOTS` accumulators (within :data:`pacarray.config.WORKSPACE_BYTES`)
-    summed in a fixed order at the end.
+    gradient ``W^T g`` for groups of :func:`_group_rows` rows at once, feeding ``grad_x``, the
+    kernel gradient and the weight gradient; the weight gradient's per-band partial sums live
+    in at most :data:`_MAX_WEIGHT_SLOTS` accumulators (within
+    :data:`pacarray.config.WORKSPACE_BYTES`) summed in a fixed order at the end.
     """
     batch = x.shape[0]
     out_h, out_w = grad_y.shape[2:]
