@@ -454,16 +454,42 @@ def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, c
 
 
 @njit(cache=True, inline='always')
-def _set_product(out, k, x, o_first, i_first, count):
-    """``out[o_first + j] = k[o_first + j] * x[i_first + j]`` for ``j < count``, 0 elsewhere
-    (one write of ``out`` instead of zeroing it and adding)."""
-    out[:o_first] = 0.0
-    out[o_first + count:] = 0.0
-    out_part = out[o_first:o_first + count]
-    k_part = k[o_first:o_first + count]
-    x_part = x[i_first:i_first + count]
-    for j in range(count):
-        out_part[j] = k_part[j] * x_part[j]
+def _set_patch_row(patch_rows, i, base, kbuf, r, kc, t, x, n, c, iy, o_first, i_first, count,
+                   width):
+    """``patch_rows[i, base + o] = kbuf[r, kc, t, o] * x[n, c, iy, o - o_first + i_first]`` for
+    ``o`` in ``[o_first, o_first + count)``, 0 for the other ``o < width`` (one write).
+
+    Indexes the whole arrays with unsigned offsets instead of slicing rows: no view per patch
+    row, and no negative-index wraparound in the loop, which therefore vectorizes.
+    """
+    zero = patch_rows.dtype.type(0.0)
+    start = np.uint64(base)
+    first = np.uint64(o_first)
+    source = np.uint64(i_first)
+    for o in range(first):
+        patch_rows[i, start + o] = zero
+    for j in range(np.uint64(count)):
+        patch_rows[i, start + first + j] = kbuf[r, kc, t, first + j] * x[n, c, iy, source + j]
+    for o in range(first + np.uint64(count), np.uint64(width)):
+        patch_rows[i, start + o] = zero
+
+
+@njit(cache=True, inline='always')
+def _add_gradients_at(gk, r, kc, t, grad_x, n, c, iy, patch_grads, i, base, x, kbuf, o_first,
+                      i_first, count):
+    """:func:`_add_kernel_and_input_gradient` on whole arrays (no row views, see
+    :func:`_set_patch_row`): ``gk[r, kc, t, o] += pg * x[n, c, iy, s]`` and
+    ``grad_x[n, c, iy, s] += pg * kbuf[r, kc, t, o]`` with ``pg = patch_grads[i, base + o]``,
+    ``o = o_first + j``, ``s = i_first + j``, ``j < count``."""
+    start = np.uint64(base)
+    first = np.uint64(o_first)
+    source = np.uint64(i_first)
+    for j in range(np.uint64(count)):
+        o = first + j
+        s = source + j
+        p = patch_grads[i, start + o]
+        gk[r, kc, t, o] += p * x[n, c, iy, s]
+        grad_x[n, c, iy, s] += p * kbuf[r, kc, t, o]
 
 
 @njit(cache=True, inline='always')
@@ -931,12 +957,14 @@ def _conv_band(
                     span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
                     for r in range(rows):
                         iy = source_rows[r, ty]
+                        if iy >= 0 and o_step == 1 and columns[tx, 4] == 1:
+                            _set_patch_row(patch_rows, i, r * out_w, kbuf, r, kc, t, x, n, c,
+                                           iy, o_first, columns[tx, 3], span, out_w)
+                            continue
                         row = patch_rows[i, r * out_w:(r + 1) * out_w]
                         k_row = kbuf[r, kc, t]
                         if iy < 0:
                             row[:] = 0.0
-                        elif o_step == 1 and columns[tx, 4] == 1:
-                            _set_product(row, k_row, x[n, c, iy], o_first, columns[tx, 3], span)
                         else:
                             row[:] = 0.0
                             _add_product(row, o_first, o_step, k_row, o_first, o_step,
@@ -960,6 +988,11 @@ def _conv_band(
                     iy = source_rows[r, ty]
                     if iy < 0:
                         continue  # P[j] is 0 on this row
+                    if (need_kernel and need_x and not split and o_step == 1
+                            and columns[tx, 4] == 1):
+                        _add_gradients_at(gk, r, kc, t, grad_x, n, c, iy, patch_grads, i,
+                                          r * out_w, x, kbuf, o_first, columns[tx, 3], span)
+                        continue
                     patch_grad = patch_grads[i, r * out_w:(r + 1) * out_w]
                     if split:
                         if group != c * kh + ty:
