@@ -10,8 +10,7 @@ import numpy as np
 import scipy.ndimage
 
 from . import _numba_kernels as nk
-from ._inputs import explicit as _explicit_input
-from ._inputs import features, frozen, kernel_args
+from ._inputs import explicit_kernel, features, frozen, kernel_args
 from .backward import conv_backward, kernel_backward, pool_backward, smooth_backward  # noqa: F401
 
 
@@ -34,13 +33,9 @@ def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_sha
     return out.reshape(batch, spec.fk_count, kh, kw, *out_shape), valid
 
 
-def _explicit(spec, dtype):
-    return _explicit_input(spec, dtype, np.zeros)
-
-
 def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
     """Direct kernel: ``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]``."""
-    explicit, use_explicit = _explicit(spec, x.dtype)
+    explicit, use_explicit = explicit_kernel(spec, x.dtype)
     y = np.empty((x.shape[0], x.shape[1], *out_shape), x.dtype)
     nk.direct(
         frozen(x), frozen(tap_weight), explicit, use_explicit, *features(spec), *spec.guide_shape,
@@ -53,12 +48,11 @@ def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
 def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
     """``y[n,o,i] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,i] x[n,c,src(i,t)]``."""
     kh, kw = geometry.kernel_size
-    explicit, use_explicit = _explicit(spec, x.dtype)
+    explicit, use_explicit = explicit_kernel(spec, x.dtype)
     y = np.empty((x.shape[0], weight_matrix.shape[0], *out_shape), x.dtype)
     nk.conv_rows(
         frozen(x), frozen(weight_matrix), explicit, use_explicit, *features(spec),
-        *spec.guide_shape,
-        kh, kw, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride, *k_padding,
-        geometry.transposed, *kernel_args(spec), spec.fk_count, y,
+        *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding, *geometry.dilation,
+        *k_stride, *k_padding, geometry.transposed, *kernel_args(spec), spec.fk_count, y,
     )
     return y

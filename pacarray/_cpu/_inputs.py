@@ -10,6 +10,8 @@ would not compile.
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def frozen(array):
     """A read-only view of ``array`` (no copy; ``array`` itself is unchanged)."""
@@ -33,8 +35,8 @@ def features(spec):
     return guide, guide if spec.centre is spec.guide else frozen(spec.centre)
 
 
-def explicit(spec, dtype, zeros):
+def explicit_kernel(spec, dtype):
     """``(explicit K or a small dummy, use_explicit)``, read-only."""
     if spec.explicit is not None:
         return frozen(spec.explicit), True
-    return frozen(zeros((1, 1, 1, 1, 1), dtype)), False
+    return frozen(np.zeros((1, 1, 1, 1, 1), dtype)), False

@@ -962,12 +962,9 @@ def _conv_band(
                                            iy, o_first, columns[tx, 3], span, out_w)
                             continue
                         row = patch_rows[i, r * out_w:(r + 1) * out_w]
-                        k_row = kbuf[r, kc, t]
-                        if iy < 0:
-                            row[:] = 0.0
-                        else:
-                            row[:] = 0.0
-                            _add_product(row, o_first, o_step, k_row, o_first, o_step,
+                        row[:] = 0.0
+                        if iy >= 0:
+                            _add_product(row, o_first, o_step, kbuf[r, kc, t], o_first, o_step,
                                          x[n, c, iy], columns[tx, 3], columns[tx, 4], span, one)
                     c, ty, tx = _next_tap(c, ty, tx, kh, kw)
             if need_patch_grad and need_weight:

@@ -44,8 +44,7 @@ import scipy.ndimage
 
 from .. import config
 from . import _numba_backward as nb
-from ._inputs import explicit as explicit_input
-from ._inputs import features, frozen, kernel_args
+from ._inputs import explicit_kernel, features, frozen, kernel_args
 
 __all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "smooth_backward"]
 
@@ -148,10 +147,6 @@ def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilatio
     return _kernel_result(spec, buffers, kernel_size, need_guide)
 
 
-def _explicit(spec, dtype):
-    return explicit_input(spec, dtype, np.zeros)
-
-
 def _explicit_grad(spec, shape, dtype, need_kernel):
     if spec.use_explicit and need_kernel:
         return np.empty(shape, dtype)
@@ -171,7 +166,7 @@ def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, ne
     grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
                                    need_kernel)
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
-    explicit, use_explicit = _explicit(spec, dtype)
+    explicit, use_explicit = explicit_kernel(spec, dtype)
     nb.direct_backward(
         frozen(grad_y), frozen(x), frozen(tap_weight), explicit, use_explicit, *features(spec),
         *spec.guide_shape, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride,
@@ -243,7 +238,7 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
                                    need_kernel)
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
-    explicit, use_explicit = _explicit(spec, dtype)
+    explicit, use_explicit = explicit_kernel(spec, dtype)
     nb.conv_backward(
         frozen(grad_y), frozen(x), frozen(np.ascontiguousarray(weight_matrix.T)), explicit,
         use_explicit, *features(spec), *spec.guide_shape, kh, kw, *geometry.stride,
