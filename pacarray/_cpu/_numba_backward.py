@@ -94,6 +94,49 @@ def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift
             lo + (neighbour_shift - q_phase) // ksx)
 
 
+@njit(cache=True, inline='always')
+def _squared_distances(base, t, centre, guide, n, cy, qy, lo, count, c_first, q_first,
+                       channel_wise, asymmetric):
+    """``base[fk, t, lo + j] = sum_f max?(centre[n, f, cy, c_first + j]
+    - guide[n, f, qy, q_first + j])**2`` for ``j < count`` (unit kernel stride), with
+    ``fk = f`` when ``channel_wise`` and 0 otherwise.
+
+    The features are added one after another in order (the forward's rounding), two per pass;
+    whole arrays indexed with unsigned offsets (see :func:`_set_patch_row`).
+    """
+    zero = base.dtype.type(0.0)
+    first = np.uint64(lo)
+    c0 = np.uint64(c_first)
+    q0 = np.uint64(q_first)
+    features = guide.shape[1]
+    if channel_wise:
+        for f in range(features):
+            for j in range(np.uint64(count)):
+                diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
+                if asymmetric:
+                    diff = max(diff, zero)
+                base[f, t, first + j] = diff * diff
+        return
+    for j in range(np.uint64(count)):
+        base[0, t, first + j] = zero
+    for f in range(0, features - 1, 2):
+        for j in range(np.uint64(count)):
+            diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
+            other = centre[n, f + 1, cy, c0 + j] - guide[n, f + 1, qy, q0 + j]
+            if asymmetric:
+                diff = max(diff, zero)
+                other = max(other, zero)
+            total = base[0, t, first + j] + diff * diff
+            base[0, t, first + j] = total + other * other
+    if features % 2 == 1:
+        f = features - 1
+        for j in range(np.uint64(count)):
+            diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
+            if asymmetric:
+                diff = max(diff, zero)
+            base[0, t, first + j] += diff * diff
+
+
 @njit(cache=True)
 def kappa_row(
     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
@@ -131,13 +174,20 @@ def kappa_row(
                 for fk in range(fk_count):
                     kap[fk, t, lo:hi] = 1.0
                 continue
-            for fk in range(fk_count):
-                base[fk, t, lo:hi] = 0.0
-            for f in range(features):
-                centre_row, c_first, guide_row, q_first = _feature_rows(
-                    centre, guide, n, cy, qy, f, lo, centre_shift, tx * dw - kpx, ksx, phases)
-                _add_squared_difference(base[f if channel_wise else 0, t, lo:hi], centre_row,
-                                        c_first, guide_row, q_first, count, asymmetric)
+            if ksx == 1 and lo + centre_shift >= 0 and count > 0:
+                _squared_distances(base, t, centre, guide, n, cy, qy, lo, count,
+                                   lo + centre_shift, lo + tx * dw - kpx, channel_wise,
+                                   asymmetric)
+            else:
+                for fk in range(fk_count):
+                    base[fk, t, lo:hi] = 0.0
+                for f in range(features):
+                    centre_row, c_first, guide_row, q_first = _feature_rows(
+                        centre, guide, n, cy, qy, f, lo, centre_shift, tx * dw - kpx, ksx,
+                        phases)
+                    _add_squared_difference(base[f if channel_wise else 0, t, lo:hi],
+                                            centre_row, c_first, guide_row, q_first, count,
+                                            asymmetric)
             for fk in range(fk_count):
                 b_part = base[fk, t, lo:hi]
                 k_part = kap[fk, t, lo:hi]
@@ -161,10 +211,15 @@ def normalize_row(
     spatial, mask, has_mask, normalize, kbuf, zinv,
 ):
     """``kbuf = kap * G * M / Z`` for one output row; ``zinv[Fk, Wo]`` gets ``1/Z`` (0 where
-    ``Z == 0``, 1 without normalization). Same operation order as the forward kernels."""
+    ``Z == 0``, 1 without normalization). Same operation order as the forward kernels.
+
+    Loops index the whole arrays with unsigned offsets (no row views; see
+    :func:`_set_patch_row`), and without normalization the exact multiplication by 1 is skipped.
+    """
     fk_count = kap.shape[0]
     zinv[:] = 0.0
     kbuf[:] = 0.0
+    add_kernel = normalize == NORMALIZE_KERNEL
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
         if qy < 0 or qy >= guide_h:
@@ -172,38 +227,44 @@ def normalize_row(
         for tx in range(kw):
             t = ty * kw + tx
             lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+            if hi <= lo:
+                continue
             g = spatial[t]
-            shift = tx * dw - kpx
+            first = np.uint64(lo)
+            count = np.uint64(hi - lo)
+            # mask column of output lo + j: m_first + j * ksx (>= 0 for a tap in range)
+            m_first = np.uint64(lo * ksx + tx * dw - kpx)
+            m_step = np.uint64(ksx)
             for fk in range(fk_count):
-                z_row = zinv[fk]
-                k_row = kbuf[fk, t]
-                kap_row = kap[fk, t]
-                for ox in range(lo, hi):
-                    k_row[ox] = kap_row[ox] * g
-                if normalize == NORMALIZE_KERNEL:
-                    for ox in range(lo, hi):
-                        z_row[ox] += k_row[ox]
-                if has_mask:
-                    mask_row = mask[n, qy]
-                    for ox in range(lo, hi):
-                        m = mask_row[ox * ksx + shift]
-                        if normalize == NORMALIZE_MASK:
-                            z_row[ox] += m
-                        elif normalize == NORMALIZE_MASK_KERNEL:
-                            z_row[ox] += m * k_row[ox]
-                        k_row[ox] = k_row[ox] * m
+                if not has_mask:
+                    for j in range(count):
+                        o = first + j
+                        k_value = kap[fk, t, o] * g
+                        if add_kernel:
+                            zinv[fk, o] += k_value
+                        kbuf[fk, t, o] = k_value
+                    continue
+                for j in range(count):
+                    o = first + j
+                    k_value = kap[fk, t, o] * g
+                    m = mask[n, qy, m_first + j * m_step]
+                    if add_kernel:
+                        zinv[fk, o] += k_value
+                    elif normalize == NORMALIZE_MASK:
+                        zinv[fk, o] += m
+                    elif normalize == NORMALIZE_MASK_KERNEL:
+                        zinv[fk, o] += m * k_value
+                    kbuf[fk, t, o] = k_value * m
     for fk in range(fk_count):
-        z_row = zinv[fk]
         if normalize == NORMALIZE_NONE:
-            z_row[:] = 1.0
+            zinv[fk] = 1.0
             continue
         for ox in range(out_w):
-            zv = z_row[ox]
-            z_row[ox] = 0.0 if zv == 0.0 else 1.0 / zv
+            zv = zinv[fk, ox]
+            zinv[fk, ox] = 0.0 if zv == 0.0 else 1.0 / zv
         for t in range(kh * kw):
-            k_row = kbuf[fk, t]
             for ox in range(out_w):
-                k_row[ox] *= z_row[ox]
+                kbuf[fk, t, ox] *= zinv[fk, ox]
 
 
 @njit(cache=True, fastmath=_FAST)
