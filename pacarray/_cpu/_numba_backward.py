@@ -95,32 +95,44 @@ def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift
 
 
 @njit(cache=True, inline='always')
+def _add_squared_feature(base, fk, t, first, count, centre, guide, n, f, cy, qy, c0, q0,
+                         asymmetric):
+    """``base[fk, t, first + j] += max?(centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j])**2``
+    for ``j < count`` (unsigned offsets)."""
+    zero = base.dtype.type(0.0)
+    for j in range(count):
+        diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
+        if asymmetric:
+            diff = max(diff, zero)
+        base[fk, t, first + j] += diff * diff
+
+
+@njit(cache=True, inline='always')
 def _squared_distances(base, t, centre, guide, n, cy, qy, lo, count, c_first, q_first,
                        channel_wise, asymmetric):
     """``base[fk, t, lo + j] = sum_f max?(centre[n, f, cy, c_first + j]
     - guide[n, f, qy, q_first + j])**2`` for ``j < count`` (unit kernel stride), with
     ``fk = f`` when ``channel_wise`` and 0 otherwise.
 
-    The features are added one after another in order (the forward's rounding), two per pass;
-    whole arrays indexed with unsigned offsets (see :func:`_set_patch_row`).
+    The features are added one after another in order (the forward's rounding), two per pass
+    for a shared kernel; whole arrays indexed with unsigned offsets (see :func:`_set_patch_row`).
     """
     zero = base.dtype.type(0.0)
     first = np.uint64(lo)
+    size = np.uint64(count)
     c0 = np.uint64(c_first)
     q0 = np.uint64(q_first)
     features = guide.shape[1]
+    for fk in range(features if channel_wise else 1):
+        for j in range(size):
+            base[fk, t, first + j] = zero
     if channel_wise:
         for f in range(features):
-            for j in range(np.uint64(count)):
-                diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
-                if asymmetric:
-                    diff = max(diff, zero)
-                base[f, t, first + j] = diff * diff
+            _add_squared_feature(base, f, t, first, size, centre, guide, n, f, cy, qy, c0, q0,
+                                 asymmetric)
         return
-    for j in range(np.uint64(count)):
-        base[0, t, first + j] = zero
     for f in range(0, features - 1, 2):
-        for j in range(np.uint64(count)):
+        for j in range(size):
             diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
             other = centre[n, f + 1, cy, c0 + j] - guide[n, f + 1, qy, q0 + j]
             if asymmetric:
@@ -129,12 +141,8 @@ def _squared_distances(base, t, centre, guide, n, cy, qy, lo, count, c_first, q_
             total = base[0, t, first + j] + diff * diff
             base[0, t, first + j] = total + other * other
     if features % 2 == 1:
-        f = features - 1
-        for j in range(np.uint64(count)):
-            diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
-            if asymmetric:
-                diff = max(diff, zero)
-            base[0, t, first + j] += diff * diff
+        _add_squared_feature(base, 0, t, first, size, centre, guide, n, features - 1, cy, qy,
+                             c0, q0, asymmetric)
 
 
 @njit(cache=True)
