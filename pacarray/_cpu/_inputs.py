@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._numba_kernels import CACHE_LINE
+
 
 def frozen(array):
     """A read-only view of ``array`` (no copy; ``array`` itself is unchanged)."""
@@ -40,3 +42,13 @@ def explicit_kernel(spec, dtype):
     if spec.explicit is not None:
         return frozen(spec.explicit), True
     return frozen(np.zeros((1, 1, 1, 1, 1), dtype)), False
+
+
+def aligned_zeros(shape, dtype):
+    """``np.zeros(shape, dtype)`` starting on a cache line (see
+    :func:`pacarray._cpu._numba_kernels.aligned_empty`; NumPy aligns to 16 bytes only)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    buffer = np.zeros(count + CACHE_LINE // dtype.itemsize, dtype)
+    skip = (-buffer.ctypes.data) % CACHE_LINE // dtype.itemsize
+    return buffer[skip:skip + count].reshape(shape)

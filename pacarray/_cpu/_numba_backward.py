@@ -38,6 +38,7 @@ from ._numba_kernels import (
     _gaussian_of_d2,
     _source_index,
     _tap_range,
+    aligned_empty,
 )
 
 _FAST = {"reassoc", "contract"}
@@ -615,16 +616,17 @@ def kernel_backward(
         for job in prange(batch * count):
             n = job // count
             band = 2 * (job % count) + colour
-            kap = np.empty((fk_count, taps, out_w), grad_kernel.dtype)
-            power = np.empty_like(kap)
-            base = np.empty_like(kap)
-            kbuf = np.empty_like(kap)
-            gk = np.empty_like(kap)
-            zinv = np.empty((fk_count, out_w), grad_kernel.dtype)
-            gz = np.empty(out_w, grad_kernel.dtype)
-            gd2 = np.empty(out_w, grad_kernel.dtype)
-            rr = np.empty(out_w, grad_kernel.dtype)
-            u = np.empty(out_w, grad_kernel.dtype)
+            row_shape = (fk_count, taps, out_w)
+            kap = aligned_empty(row_shape, grad_kernel)
+            power = aligned_empty(row_shape, grad_kernel)
+            base = aligned_empty(row_shape, grad_kernel)
+            kbuf = aligned_empty(row_shape, grad_kernel)
+            gk = aligned_empty(row_shape, grad_kernel)
+            zinv = aligned_empty((fk_count, out_w), grad_kernel)
+            gz = aligned_empty((out_w,), grad_kernel)
+            gd2 = aligned_empty((out_w,), grad_kernel)
+            rr = aligned_empty((out_w,), grad_kernel)
+            u = aligned_empty((out_w,), grad_kernel)
             phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx),
                               grad_kernel.dtype)
             grad_phases = np.empty_like(phases)
@@ -685,16 +687,17 @@ def direct_backward(
         for job in prange(batch * count):
             n = job // count
             band = 2 * (job % count) + colour
-            kap = np.empty((fk_count, taps, out_w), grad_y.dtype)
-            power = np.empty_like(kap)
-            base = np.empty_like(kap)
-            kbuf = np.empty_like(kap)
-            gk = np.empty_like(kap)
-            zinv = np.empty((fk_count, out_w), grad_y.dtype)
-            gz = np.empty(out_w, grad_y.dtype)
-            gd2 = np.empty(out_w, grad_y.dtype)
-            rr = np.empty(out_w, grad_y.dtype)
-            u = np.empty(out_w, grad_y.dtype)
+            row_shape = (fk_count, taps, out_w)
+            kap = aligned_empty(row_shape, grad_y)
+            power = aligned_empty(row_shape, grad_y)
+            base = aligned_empty(row_shape, grad_y)
+            kbuf = aligned_empty(row_shape, grad_y)
+            gk = aligned_empty(row_shape, grad_y)
+            zinv = aligned_empty((fk_count, out_w), grad_y)
+            gz = aligned_empty((out_w,), grad_y)
+            gd2 = aligned_empty((out_w,), grad_y)
+            rr = aligned_empty((out_w,), grad_y)
+            u = aligned_empty((out_w,), grad_y)
             phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), grad_y.dtype)
             grad_phases = np.empty_like(phases)
             x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
@@ -957,22 +960,23 @@ def _conv_band(
     one = x.dtype.type(1.0)
     need_patch_grad = need_x or need_kernel
     split = sx > 1 and not transposed
-    kap = np.empty((group_rows, fk_count, taps, out_w), x.dtype)
-    power = np.empty_like(kap)
-    base = np.empty_like(kap)
-    kbuf = np.empty_like(kap)
-    gk = np.empty_like(kap)
-    zinv = np.empty((group_rows, fk_count, out_w), x.dtype)
-    gz = np.empty(out_w, x.dtype)
-    gd2 = np.empty(out_w, x.dtype)
-    rr = np.empty(out_w, x.dtype)
-    u = np.empty(out_w, x.dtype)
+    rows_shape = (group_rows, fk_count, taps, out_w)
+    kap = aligned_empty(rows_shape, x)
+    power = aligned_empty(rows_shape, x)
+    base = aligned_empty(rows_shape, x)
+    kbuf = aligned_empty(rows_shape, x)
+    gk = aligned_empty(rows_shape, x)
+    zinv = aligned_empty((group_rows, fk_count, out_w), x)
+    gz = aligned_empty((out_w,), x)
+    gd2 = aligned_empty((out_w,), x)
+    rr = aligned_empty((out_w,), x)
+    u = aligned_empty((out_w,), x)
     phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), x.dtype)
     grad_phases = np.empty_like(phases)
     # flat work space, viewed as C-contiguous (rows, group width) blocks per group
-    grad_flat = np.empty(out_channels * group_rows * out_w, x.dtype)
-    patch_grad_flat = np.empty(_PATCH_BLOCK * group_rows * out_w, x.dtype)
-    patch_flat = np.empty_like(patch_grad_flat)
+    grad_flat = aligned_empty((out_channels * group_rows * out_w,), x)
+    patch_grad_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x)
+    patch_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x)
     x_phases = np.empty((sx, (in_w + sx - 1) // sx), x.dtype)
     gx_phases = np.empty_like(x_phases)
     # Column geometry of each tap column, once per band: span, o_first, o_step, i_first,

@@ -44,7 +44,7 @@ import scipy.ndimage
 
 from .. import config
 from . import _numba_backward as nb
-from ._inputs import explicit_kernel, features, frozen, kernel_args
+from ._inputs import aligned_zeros, explicit_kernel, features, frozen, kernel_args
 
 __all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "smooth_backward"]
 
@@ -161,7 +161,7 @@ def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, ne
     kh, kw = geometry.kernel_size
     taps = kh * kw
     dtype = x.dtype
-    grad_x = np.zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
+    grad_x = aligned_zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
     grad_tap_rows = np.zeros((batch, out_h, taps) if need_weight else (1, 1, 1), dtype)
     grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
                                    need_kernel)
@@ -232,7 +232,7 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     jobs = batch * _ceil_div(_ceil_div(out_h, band_height), 2)
     # without a weight gradient there is nothing to accumulate: one wave of all bands
     slots = _weight_slots(weight_matrix.shape, x.itemsize, jobs) if need_weight else jobs
-    grad_x = np.zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
+    grad_x = aligned_zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
     grad_w_slots = np.zeros((slots, *weight_matrix.shape) if need_weight else (slots, 1, 1),
                             dtype)
     grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
