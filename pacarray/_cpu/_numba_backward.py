@@ -166,7 +166,7 @@ def kappa_row(
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
     kap[:] = 0.0
-    work = np.empty((2, out_w), np.float64)  # for the vectorized exp
+    work = aligned_empty((2, out_w), np.float64)  # for the vectorized exp
     if family != FAMILY_CONSTANT:
         _centre_rows(centre, n, cy, centre_shift, ksx, phases)
     for ty in range(kh):
@@ -617,19 +617,19 @@ def kernel_backward(
             n = job // count
             band = 2 * (job % count) + colour
             row_shape = (fk_count, taps, out_w)
-            kap = aligned_empty(row_shape, grad_kernel)
-            power = aligned_empty(row_shape, grad_kernel)
-            base = aligned_empty(row_shape, grad_kernel)
-            kbuf = aligned_empty(row_shape, grad_kernel)
-            gk = aligned_empty(row_shape, grad_kernel)
-            zinv = aligned_empty((fk_count, out_w), grad_kernel)
-            gz = aligned_empty((out_w,), grad_kernel)
-            gd2 = aligned_empty((out_w,), grad_kernel)
-            rr = aligned_empty((out_w,), grad_kernel)
-            u = aligned_empty((out_w,), grad_kernel)
-            phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx),
-                              grad_kernel.dtype)
-            grad_phases = np.empty_like(phases)
+            kap = aligned_empty(row_shape, grad_kernel.dtype)
+            power = aligned_empty(row_shape, grad_kernel.dtype)
+            base = aligned_empty(row_shape, grad_kernel.dtype)
+            kbuf = aligned_empty(row_shape, grad_kernel.dtype)
+            gk = aligned_empty(row_shape, grad_kernel.dtype)
+            zinv = aligned_empty((fk_count, out_w), grad_kernel.dtype)
+            gz = aligned_empty((out_w,), grad_kernel.dtype)
+            gd2 = aligned_empty((out_w,), grad_kernel.dtype)
+            rr = aligned_empty((out_w,), grad_kernel.dtype)
+            u = aligned_empty((out_w,), grad_kernel.dtype)
+            phase_shape = (2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx)
+            phases = aligned_empty(phase_shape, grad_kernel.dtype)
+            grad_phases = aligned_empty(phase_shape, grad_kernel.dtype)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 kappa_row(
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
@@ -688,18 +688,19 @@ def direct_backward(
             n = job // count
             band = 2 * (job % count) + colour
             row_shape = (fk_count, taps, out_w)
-            kap = aligned_empty(row_shape, grad_y)
-            power = aligned_empty(row_shape, grad_y)
-            base = aligned_empty(row_shape, grad_y)
-            kbuf = aligned_empty(row_shape, grad_y)
-            gk = aligned_empty(row_shape, grad_y)
-            zinv = aligned_empty((fk_count, out_w), grad_y)
-            gz = aligned_empty((out_w,), grad_y)
-            gd2 = aligned_empty((out_w,), grad_y)
-            rr = aligned_empty((out_w,), grad_y)
-            u = aligned_empty((out_w,), grad_y)
-            phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), grad_y.dtype)
-            grad_phases = np.empty_like(phases)
+            kap = aligned_empty(row_shape, grad_y.dtype)
+            power = aligned_empty(row_shape, grad_y.dtype)
+            base = aligned_empty(row_shape, grad_y.dtype)
+            kbuf = aligned_empty(row_shape, grad_y.dtype)
+            gk = aligned_empty(row_shape, grad_y.dtype)
+            zinv = aligned_empty((fk_count, out_w), grad_y.dtype)
+            gz = aligned_empty((out_w,), grad_y.dtype)
+            gd2 = aligned_empty((out_w,), grad_y.dtype)
+            rr = aligned_empty((out_w,), grad_y.dtype)
+            u = aligned_empty((out_w,), grad_y.dtype)
+            phase_shape = (2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx)
+            phases = aligned_empty(phase_shape, grad_y.dtype)
+            grad_phases = aligned_empty(phase_shape, grad_y.dtype)
             x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
             gx_phases = np.empty_like(x_phases)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
@@ -961,22 +962,23 @@ def _conv_band(
     need_patch_grad = need_x or need_kernel
     split = sx > 1 and not transposed
     rows_shape = (group_rows, fk_count, taps, out_w)
-    kap = aligned_empty(rows_shape, x)
-    power = aligned_empty(rows_shape, x)
-    base = aligned_empty(rows_shape, x)
-    kbuf = aligned_empty(rows_shape, x)
-    gk = aligned_empty(rows_shape, x)
-    zinv = aligned_empty((group_rows, fk_count, out_w), x)
-    gz = aligned_empty((out_w,), x)
-    gd2 = aligned_empty((out_w,), x)
-    rr = aligned_empty((out_w,), x)
-    u = aligned_empty((out_w,), x)
-    phases = np.empty((2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx), x.dtype)
-    grad_phases = np.empty_like(phases)
+    kap = aligned_empty(rows_shape, x.dtype)
+    power = aligned_empty(rows_shape, x.dtype)
+    base = aligned_empty(rows_shape, x.dtype)
+    kbuf = aligned_empty(rows_shape, x.dtype)
+    gk = aligned_empty(rows_shape, x.dtype)
+    zinv = aligned_empty((group_rows, fk_count, out_w), x.dtype)
+    gz = aligned_empty((out_w,), x.dtype)
+    gd2 = aligned_empty((out_w,), x.dtype)
+    rr = aligned_empty((out_w,), x.dtype)
+    u = aligned_empty((out_w,), x.dtype)
+    phase_shape = (2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx)
+    phases = aligned_empty(phase_shape, x.dtype)
+    grad_phases = aligned_empty(phase_shape, x.dtype)
     # flat work space, viewed as C-contiguous (rows, group width) blocks per group
-    grad_flat = aligned_empty((out_channels * group_rows * out_w,), x)
-    patch_grad_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x)
-    patch_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x)
+    grad_flat = aligned_empty((out_channels * group_rows * out_w,), x.dtype)
+    patch_grad_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x.dtype)
+    patch_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x.dtype)
     x_phases = np.empty((sx, (in_w + sx - 1) // sx), x.dtype)
     gx_phases = np.empty_like(x_phases)
     # Column geometry of each tap column, once per band: span, o_first, o_step, i_first,

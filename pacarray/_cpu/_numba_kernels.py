@@ -33,8 +33,8 @@ CACHE_LINE = 64
 
 
 @njit(cache=True)
-def aligned_empty(shape, like):
-    """``np.empty(shape, like.dtype)``, starting on a :data:`CACHE_LINE` boundary.
+def aligned_empty(shape, dtype):
+    """``np.empty(shape, dtype)``, starting on a :data:`CACHE_LINE` boundary.
 
     Rows of ``shape`` whose byte length is a multiple of the line stay aligned too, so unit-stride
     loops over them issue no split vector accesses. (A view of a slightly larger buffer.)
@@ -42,9 +42,8 @@ def aligned_empty(shape, like):
     count = 1
     for extent in shape:
         count *= extent
-    size = like.itemsize
-    buffer = np.empty(count + CACHE_LINE // size, like.dtype)
-    skip = (-buffer.ctypes.data) % CACHE_LINE // size
+    buffer = np.empty(count + CACHE_LINE, dtype)
+    skip = (-buffer.ctypes.data) % CACHE_LINE // buffer.itemsize
     return buffer[skip:skip + count].reshape(shape)
 
 
@@ -139,7 +138,7 @@ def kernel_row(
     zero = out.dtype.type(0.0)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_off = dw * ((kw - 1) // 2) - kpx
-    work = np.empty((2, out_w), np.float64)  # for the vectorized exp
+    work = aligned_empty((2, out_w), np.float64)  # for the vectorized exp
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
         row_ok = qy >= 0 and qy < guide_h
@@ -281,9 +280,9 @@ def fill_kernel(
     for job in prange(batch * out_h):
         n = job // out_h
         oy = job % out_h
-        kbuf = np.empty((fk_count, taps, out_w), out.dtype)
-        z = np.empty((fk_count, out_w), out.dtype)
-        scratch = np.empty(out_w, out.dtype)
+        kbuf = aligned_empty((fk_count, taps, out_w), out.dtype)
+        z = aligned_empty((fk_count, out_w), out.dtype)
+        scratch = aligned_empty((out_w,), out.dtype)
         kernel_row(
             guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
             family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
@@ -335,9 +334,9 @@ def direct(
     for job in prange(batch * out_h):
         n = job // out_h
         oy = job % out_h
-        kbuf = aligned_empty((fk_count, taps, out_w), y)
-        z = aligned_empty((fk_count, out_w), y)
-        scratch = aligned_empty((out_w,), y)
+        kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
+        z = aligned_empty((fk_count, out_w), y.dtype)
+        scratch = aligned_empty((out_w,), y.dtype)
         _row_kernel(
             explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
             ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
@@ -504,17 +503,17 @@ def conv_rows(
     for job in prange(batch * out_h):
         n = job // out_h
         oy = job % out_h
-        kbuf = np.empty((fk_count, taps, out_w), y.dtype)
-        z = np.empty((fk_count, out_w), y.dtype)
-        scratch = np.empty(out_w, y.dtype)
+        kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
+        z = aligned_empty((fk_count, out_w), y.dtype)
+        scratch = aligned_empty((out_w,), y.dtype)
         _row_kernel(
             explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
             ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
             normalize, channel_wise, kbuf, z, scratch,
         )
-        acc = aligned_empty((out_channels, out_w), y)
+        acc = aligned_empty((out_channels, out_w), y.dtype)
         acc[:] = 0.0
-        block = aligned_empty((_ROW_BLOCK, out_w), y)
+        block = aligned_empty((_ROW_BLOCK, out_w), y.dtype)
         phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
         filled = 0
         first = 0

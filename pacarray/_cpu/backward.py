@@ -110,10 +110,10 @@ def _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide):
     guide_shape = spec.guide.shape if fused and need_guide else (1, 1, 1, 1)
     mask_shape = spec.mask.shape if fused and spec.has_mask else (1, 1, 1)
     rows = (batch, out_h) if fused else (1, 1)
-    guide = np.zeros(guide_shape, dtype)
+    guide = aligned_zeros(guide_shape, dtype)
     # Without smoothing the centre gradient lands on the guide itself; a row's centre lies
     # inside the rows its own taps read, so the band partition protects those writes too.
-    centre = guide if spec.centre is spec.guide else np.zeros(guide_shape, dtype)
+    centre = guide if spec.centre is spec.guide else aligned_zeros(guide_shape, dtype)
     return _KernelBuffers(
         guide, centre, np.zeros(mask_shape, dtype),
         np.zeros((*rows, spec.fk_count), dtype), np.zeros((*rows, spec.fk_count), dtype),
