@@ -925,16 +925,38 @@ def _patch_and_weight_gradient_block(block, grad_w, weight_t, first, count, grad
 
 
 @njit(cache=True)
-def _next_tap(c, ty, tx, kh, kw):
-    """The patch row after ``(c, ty, tx)``: taps in row-major order within a channel."""
-    tx += 1
-    if tx == kw:
-        tx = 0
-        ty += 1
-        if ty == kh:
-            ty = 0
-            c += 1
-    return c, ty, tx
+def patch_row_tap(j, channels, taps, paired):
+    """``(c, t)`` of patch row ``j``: ``j = c*T + t``, or with ``paired`` channels taken two at
+    a time and interleaved tap by tap, ``j = 2*T*(c//2) + 2*t + c%2`` (an odd last channel
+    alone at the end), so that one tap of two channels sits in rows ``j, j + 1``."""
+    if not paired:
+        return j // taps, j % taps
+    pairs = channels // 2
+    if j >= 2 * taps * pairs:
+        return channels - 1, j - 2 * taps * pairs
+    pair, rest = j // (2 * taps), j % (2 * taps)
+    return 2 * pair + rest % 2, rest // 2
+
+
+@njit(cache=True, inline='always')
+def _add_gradients_pair_at(gk, r, t, grad_x, n, c, iy, patch_grads, i, base, x, kbuf, o_first,
+                           i_first, count):
+    """:func:`_add_gradients_at` for channels ``c`` and ``c + 1`` at one tap of a shared
+    kernel (patch rows ``i``, ``i + 1``): the K row and the kernel-gradient row are loaded and
+    stored once for both, ``gk += pg_c x_c + pg_c1 x_c1`` (fewer memory operations, which bound
+    this loop)."""
+    start = np.uint64(base)
+    first = np.uint64(o_first)
+    source = np.uint64(i_first)
+    for j in range(np.uint64(count)):
+        o = first + j
+        s = source + j
+        p = patch_grads[i, start + o]
+        q = patch_grads[i + 1, start + o]
+        k = kbuf[r, 0, t, o]
+        gk[r, 0, t, o] += p * x[n, c, iy, s] + q * x[n, c + 1, iy, s]
+        grad_x[n, c, iy, s] += p * k
+        grad_x[n, c + 1, iy, s] += q * k
 
 
 @njit(cache=True)
@@ -942,7 +964,7 @@ def _conv_band(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
     kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_height, group_rows, need_x, need_weight, need_kernel, need_guide,
+    band_height, group_rows, paired, need_x, need_weight, need_kernel, need_guide,
     grad_x, grad_w, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
 ):
@@ -1020,15 +1042,12 @@ def _conv_band(
         group_iy = -1
         for first in range(0, total, _PATCH_BLOCK):
             count = min(_PATCH_BLOCK, total - first)
-            block_c = first // taps
-            block_ty = (first % taps) // kw
-            block_tx = (first % taps) % kw
             if need_weight:
                 # the block's K-weighted patch rows P[j] (0 where no source)
-                c, ty, tx = block_c, block_ty, block_tx
                 for i in range(count):
+                    c, t = patch_row_tap(first + i, channels, taps, paired)
+                    ty, tx = t // kw, t % kw
                     kc = c if fk_count > 1 else 0
-                    t = ty * kw + tx
                     span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
                     for r in range(rows):
                         iy = source_rows[r, ty]
@@ -1041,7 +1060,6 @@ def _conv_band(
                         if iy >= 0:
                             _add_product(row, o_first, o_step, kbuf[r, kc, t], o_first, o_step,
                                          x[n, c, iy], columns[tx, 3], columns[tx, 4], span, one)
-                    c, ty, tx = _next_tap(c, ty, tx, kh, kw)
             if need_patch_grad and need_weight:
                 _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
                                                  count, grad_rows, patch_rows)
@@ -1051,11 +1069,23 @@ def _conv_band(
                 _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
             if not need_patch_grad:
                 continue
-            c, ty, tx = block_c, block_ty, block_tx
-            for i in range(count):
-                t = ty * kw + tx
+            i = 0
+            while i < count:
+                c, t = patch_row_tap(first + i, channels, taps, paired)
+                ty, tx = t // kw, t % kw
                 kc = c if fk_count > 1 else 0
                 span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
+                if (paired and fk_count == 1 and c % 2 == 0 and c + 1 < channels and need_kernel
+                        and need_x and not split and o_step == 1 and columns[tx, 4] == 1):
+                    # rows i, i + 1 are channels c, c + 1 at tap t
+                    for r in range(rows):
+                        iy = source_rows[r, ty]
+                        if iy >= 0:
+                            _add_gradients_pair_at(gk, r, t, grad_x, n, c, iy, patch_grads, i,
+                                                   r * out_w, x, kbuf, o_first, columns[tx, 3],
+                                                   span)
+                    i += 2
+                    continue
                 for r in range(rows):
                     iy = source_rows[r, ty]
                     if iy < 0:
@@ -1095,7 +1125,7 @@ def _conv_band(
                         target = gx_phases[phase] if split else grad_x[n, c, iy]
                         _add_product(target, i_first, i_step, patch_grad, o_first, o_step,
                                      kbuf[r, kc, t], o_first, o_step, span, one)
-                c, ty, tx = _next_tap(c, ty, tx, kh, kw)
+                i += 1
         if split and need_x and group >= 0:
             _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
         for r in range(rows):
@@ -1114,7 +1144,7 @@ def conv_backward(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
     kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_height, group_rows, slots, need_x, need_weight, need_kernel, need_guide,
+    band_height, group_rows, slots, paired, need_x, need_weight, need_kernel, need_guide,
     grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
@@ -1141,7 +1171,8 @@ def conv_backward(
                     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h,
                     guide_w, kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
                     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-                    fk_count, band_height, group_rows, need_x, need_weight, need_kernel,
-                    need_guide, grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
-                    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
+                    fk_count, band_height, group_rows, paired, need_x, need_weight,
+                    need_kernel, need_guide, grad_x, grad_w_slots[slot], grad_explicit,
+                    grad_guide, grad_centre, grad_mask, grad_alpha_rows, grad_lam_rows,
+                    grad_spatial_rows, n, band,
                 )

@@ -201,6 +201,20 @@ def _weight_slots(matrix_shape, itemsize, jobs):
     return int(max(1, min(_MAX_WEIGHT_SLOTS, jobs, config.WORKSPACE_BYTES // per_slot)))
 
 
+def _patch_row_order(channels, taps, paired):
+    """Column ``c*T + t`` of the weight matrix for each patch row of :func:`conv_backward`
+    (the order of ``nb.patch_row_tap``)."""
+    rows = np.arange(channels * taps)
+    if not paired:
+        return rows
+    pairs = channels // 2
+    paired_rows = rows[:2 * taps * pairs]
+    pair, rest = paired_rows // (2 * taps), paired_rows % (2 * taps)
+    order = rows.copy()
+    order[:2 * taps * pairs] = (2 * pair + rest % 2) * taps + rest // 2
+    return order
+
+
 def _group_rows(out_w, split):
     """Output rows whose products with the weight matrix :func:`conv_backward` forms together:
     enough for about :data:`_GROUP_WIDTH` columns, at most :data:`_MAX_GROUP_ROWS`; 1 for a
@@ -239,16 +253,24 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
                                    need_kernel)
     buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = explicit_kernel(spec, dtype)
+    # Two channels' rows of one tap side by side let the scatter share its K and kernel-gradient
+    # loads (see nb.patch_row_tap); the weight matrix's columns follow that order.
+    paired = (need_x and need_kernel and spec.fk_count == 1 and x.shape[1] > 1
+              and not (geometry.stride[1] > 1 and not geometry.transposed))
+    order = _patch_row_order(x.shape[1], taps, paired)
     nb.conv_backward(
-        frozen(grad_y), frozen(x), frozen(np.ascontiguousarray(weight_matrix.T)), explicit,
-        use_explicit, *features(spec), *spec.guide_shape, kh, kw, *geometry.stride,
+        frozen(grad_y), frozen(x), frozen(np.ascontiguousarray(weight_matrix.T[order])),
+        explicit, use_explicit, *features(spec), *spec.guide_shape, kh, kw, *geometry.stride,
         *geometry.padding, *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
-        *kernel_args(spec), spec.fk_count, band_height, group_rows, slots, need_x, need_weight,
-        need_kernel, need_guide and not use_explicit, grad_x, grad_w_slots, grad_explicit,
-        buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
-        buffers.spatial_rows,
+        *kernel_args(spec), spec.fk_count, band_height, group_rows, slots, paired, need_x,
+        need_weight, need_kernel, need_guide and not use_explicit, grad_x, grad_w_slots,
+        grad_explicit, buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
+        buffers.lam_rows, buffers.spatial_rows,
     )
-    grad_matrix = grad_w_slots.sum(axis=0) if need_weight else None
+    grad_matrix = None
+    if need_weight:
+        grad_matrix = np.empty(weight_matrix.shape, dtype)
+        grad_matrix[:, order] = grad_w_slots.sum(axis=0)
     return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
                     grad_matrix, grad_explicit)
 
