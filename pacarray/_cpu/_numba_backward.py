@@ -545,6 +545,27 @@ def _set_patch_row(patch_rows, i, base, kbuf, r, kc, t, x, n, c, iy, o_first, i_
 
 
 @njit(cache=True, inline='always')
+def _set_patch_rows_pair(patch_rows, i, base, kbuf, r, t, x, n, c, iy, o_first, i_first, count,
+                         width):
+    """:func:`_set_patch_row` for channels ``c``, ``c + 1`` at one tap of a shared kernel
+    (rows ``i``, ``i + 1``), loading each K value once for both."""
+    zero = patch_rows.dtype.type(0.0)
+    start = np.uint64(base)
+    first = np.uint64(o_first)
+    source = np.uint64(i_first)
+    for o in range(first):
+        patch_rows[i, start + o] = zero
+        patch_rows[i + 1, start + o] = zero
+    for j in range(np.uint64(count)):
+        k = kbuf[r, 0, t, first + j]
+        patch_rows[i, start + first + j] = k * x[n, c, iy, source + j]
+        patch_rows[i + 1, start + first + j] = k * x[n, c + 1, iy, source + j]
+    for o in range(first + np.uint64(count), np.uint64(width)):
+        patch_rows[i, start + o] = zero
+        patch_rows[i + 1, start + o] = zero
+
+
+@njit(cache=True, inline='always')
 def _add_gradients_at(gk, r, kc, t, grad_x, n, c, iy, patch_grads, i, base, x, kbuf, o_first,
                       i_first, count):
     """:func:`_add_kernel_and_input_gradient` on whole arrays (no row views, see
@@ -1044,11 +1065,24 @@ def _conv_band(
             count = min(_PATCH_BLOCK, total - first)
             if need_weight:
                 # the block's K-weighted patch rows P[j] (0 where no source)
-                for i in range(count):
+                i = 0
+                while i < count:
                     c, t = patch_row_tap(first + i, channels, taps, paired)
                     ty, tx = t // kw, t % kw
                     kc = c if fk_count > 1 else 0
                     span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
+                    if (paired and fk_count == 1 and c % 2 == 0 and c + 1 < channels
+                            and o_step == 1 and columns[tx, 4] == 1):
+                        # rows i, i + 1 are channels c, c + 1 at tap t
+                        for r in range(rows):
+                            iy = source_rows[r, ty]
+                            if iy >= 0:
+                                _set_patch_rows_pair(patch_rows, i, r * out_w, kbuf, r, t, x, n,
+                                                     c, iy, o_first, columns[tx, 3], span, out_w)
+                            else:
+                                patch_rows[i:i + 2, r * out_w:(r + 1) * out_w] = 0.0
+                        i += 2
+                        continue
                     for r in range(rows):
                         iy = source_rows[r, ty]
                         if iy >= 0 and o_step == 1 and columns[tx, 4] == 1:
@@ -1060,6 +1094,7 @@ def _conv_band(
                         if iy >= 0:
                             _add_product(row, o_first, o_step, kbuf[r, kc, t], o_first, o_step,
                                          x[n, c, iy], columns[tx, 3], columns[tx, 4], span, one)
+                    i += 1
             if need_patch_grad and need_weight:
                 _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
                                                  count, grad_rows, patch_rows)
