@@ -38,3 +38,35 @@ def test_read_only_inputs_reuse_the_compiled_kernels():
         np.testing.assert_array_equal(getattr(grads_frozen, name), getattr(grads, name))
     # the caller's arrays keep their flags: the backend only makes read-only views
     assert x.flags.writeable and not frozen[0].flags.writeable
+
+
+def test_work_buffers_start_on_a_cache_line():
+    """Numba aligns its arrays to 32 bytes and NumPy to 16; AVX-512 accesses need 64."""
+    from pacarray._cpu._inputs import aligned_zeros
+
+    for dtype in (np.float32, np.float64):
+        for shape in [(3,), (2, 5, 7), (1, 16, 256)]:
+            empty = nk.aligned_empty(shape, np.dtype(dtype))
+            zeros = aligned_zeros(shape, dtype)
+            for array in (empty, zeros):
+                assert array.shape == shape and array.dtype == dtype
+                assert array.ctypes.data % nk.CACHE_LINE == 0
+                assert array.flags.c_contiguous
+            assert not zeros.any()
+
+
+def test_paired_patch_row_order_is_a_permutation_matching_the_kernels():
+    from pacarray._cpu.backward import _patch_row_order
+
+    for channels, taps in [(1, 9), (2, 9), (3, 4), (5, 25), (16, 25)]:
+        for paired in (False, True):
+            order = _patch_row_order(channels, taps, paired)
+            assert sorted(order) == list(range(channels * taps))
+            for j, column in enumerate(order):
+                c, t = nb.patch_row_tap(j, channels, taps, paired)
+                assert column == c * taps + t
+            if paired and channels > 1:
+                # rows 2k, 2k+1 of a pair: channels c, c+1 at one tap
+                c0, t0 = nb.patch_row_tap(0, channels, taps, True)
+                c1, t1 = nb.patch_row_tap(1, channels, taps, True)
+                assert (c0, c1, t0, t1) == (0, 1, 0, 0)

@@ -263,6 +263,28 @@ def test_conv_vjp_with_wide_channel_counts(out_channels, channels, rng):
     _assert_passed(report)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_paired_channel_rows_match_one_channel_at_a_time(dtype, rng):
+    """With x and kernel gradients both wanted, the conv backward interleaves the patch rows of
+    two channels tap by tap (shared K loads, weight columns permuted and restored); asking for
+    one gradient at a time uses the plain order. An odd channel count leaves one channel
+    alone, and 5 x 5 taps put channel pairs across the blocks of patch rows."""
+    channels, out_channels = 5, 4
+    x = rng.standard_normal((2, channels, 9, 11)).astype(dtype)
+    weight = rng.standard_normal((out_channels, channels, 5, 5)).astype(dtype)
+    guide = rng.random((2, 3, 9, 11)).astype(dtype)
+    grad_y = rng.standard_normal((2, out_channels, 9, 11)).astype(dtype)
+    options = dict(guide=guide, padding=(2, 4), dilation=(1, 2))
+    everything = pac_conv_vjp(grad_y, x, weight, **options)
+    tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5,
+                                                                                 atol=2e-5)
+    for name in ("x", "weight", "guide"):
+        alone = getattr(pac_conv_vjp(grad_y, x, weight, **options, wrt=name), name)
+        scale = np.abs(alone).max()
+        np.testing.assert_allclose(getattr(everything, name) / scale, alone / scale,
+                                   **tolerance)
+
+
 def _oracle_forward(op, geometry):
     """The float64 oracle's op as ``function(x, weight, bias, kernel)``."""
     keys = ("stride", "padding", "dilation") + (("output_padding",) if op == "conv_transpose"

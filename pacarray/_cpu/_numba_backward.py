@@ -1183,9 +1183,12 @@ def conv_backward(
     grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
-    """VJP of ``y[n,o,i] = sum_j W[o, j] P[n, j, i]``, ``P[c*T+t, i] = K[(c),t,i] x[c,src]``.
+    """VJP of ``y[n,o,i] = sum_j W[o, j] P[n, j, i]``, ``P[j, i] = K[(c),t,i] x[c,src]``.
 
-    ``weight_t`` is ``W^T`` ``(C*T, C_out)``. Per output row, blocks of patch rows ``j``: the
+    Patch row ``j`` is ``(c, t) = patch_row_tap(j, C, T, paired)``: ``c*T + t``, or with
+    ``paired`` two channels interleaved tap by tap (their rows then share the loads of K and of
+    the kernel gradient). ``weight_t`` is ``W^T`` ``(C*T, C_out)`` with its rows in that order,
+    and so are the columns of the weight gradient. Per output row, blocks of patch rows ``j``: the
     kernel forms ``(W^T g)[j]`` from the row's upstream gradient, adds it times K to ``grad_x``
     at the source positions and times ``x`` to the kernel gradient, and adds ``g P[j]^T`` to the
     weight gradient slot of its band (``grad_w_slots`` ``(slots, C_out, C*T)``, zeroed; see the
