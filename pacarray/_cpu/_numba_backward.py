@@ -437,6 +437,12 @@ def kernel_backward_row(
         for f in range(features):
             row = grad_centre[n, f, cy]
             source = grad_phases[0, f, 0]
+            if ksx == 1 and centre_shift >= 0:
+                # unit stride, unsigned offsets: the loop vectorizes
+                shift = np.uint64(centre_shift)
+                for ox in range(np.uint64(out_w)):
+                    row[ox + shift] += source[ox]
+                continue
             for ox in range(out_w):
                 row[ox * ksx + centre_shift] += source[ox]
 
