@@ -624,6 +624,23 @@ def _dot3(a, a_first, a_step, b, b_first, b_step, c, c_first, c_step, count):
     return total
 
 
+@njit(cache=True)
+def _kernel_row_buffers(rows, fk_count, taps, out_w, features, ksx, guide_w, dtype):
+    """Cache-line aligned work rows for recomputing ``rows`` kernel rows and back-propagating
+    them: ``(kap, power, base, kbuf, gk)`` ``(rows, Fk, T, Wo)``, ``zinv`` ``(rows, Fk, Wo)``,
+    ``(gz, gd2, rr, u)`` ``(Wo,)`` and ``(phases, grad_phases)`` ``(2, F, ksx, ceil(W/ksx))``."""
+    shape = (rows, fk_count, taps, out_w)
+    phase_shape = (2, features, ksx, (guide_w + ksx - 1) // ksx)
+    return (
+        aligned_empty(shape, dtype), aligned_empty(shape, dtype), aligned_empty(shape, dtype),
+        aligned_empty(shape, dtype), aligned_empty(shape, dtype),
+        aligned_empty((rows, fk_count, out_w), dtype),
+        aligned_empty((out_w,), dtype), aligned_empty((out_w,), dtype),
+        aligned_empty((out_w,), dtype), aligned_empty((out_w,), dtype),
+        aligned_empty(phase_shape, dtype), aligned_empty(phase_shape, dtype),
+    )
+
+
 @njit(cache=True, parallel=True)
 def kernel_backward(
     grad_kernel, guide, centre, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
@@ -643,20 +660,11 @@ def kernel_backward(
         for job in prange(batch * count):
             n = job // count
             band = 2 * (job % count) + colour
-            row_shape = (fk_count, taps, out_w)
-            kap = aligned_empty(row_shape, grad_kernel.dtype)
-            power = aligned_empty(row_shape, grad_kernel.dtype)
-            base = aligned_empty(row_shape, grad_kernel.dtype)
-            kbuf = aligned_empty(row_shape, grad_kernel.dtype)
-            gk = aligned_empty(row_shape, grad_kernel.dtype)
-            zinv = aligned_empty((fk_count, out_w), grad_kernel.dtype)
-            gz = aligned_empty((out_w,), grad_kernel.dtype)
-            gd2 = aligned_empty((out_w,), grad_kernel.dtype)
-            rr = aligned_empty((out_w,), grad_kernel.dtype)
-            u = aligned_empty((out_w,), grad_kernel.dtype)
-            phase_shape = (2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx)
-            phases = aligned_empty(phase_shape, grad_kernel.dtype)
-            grad_phases = aligned_empty(phase_shape, grad_kernel.dtype)
+            (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
+             grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1], ksx,
+                                                guide_w, grad_kernel.dtype)
+            kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0], gks[0],
+                                                zinvs[0])
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
                 kappa_row(
                     guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
@@ -714,20 +722,11 @@ def direct_backward(
         for job in prange(batch * count):
             n = job // count
             band = 2 * (job % count) + colour
-            row_shape = (fk_count, taps, out_w)
-            kap = aligned_empty(row_shape, grad_y.dtype)
-            power = aligned_empty(row_shape, grad_y.dtype)
-            base = aligned_empty(row_shape, grad_y.dtype)
-            kbuf = aligned_empty(row_shape, grad_y.dtype)
-            gk = aligned_empty(row_shape, grad_y.dtype)
-            zinv = aligned_empty((fk_count, out_w), grad_y.dtype)
-            gz = aligned_empty((out_w,), grad_y.dtype)
-            gd2 = aligned_empty((out_w,), grad_y.dtype)
-            rr = aligned_empty((out_w,), grad_y.dtype)
-            u = aligned_empty((out_w,), grad_y.dtype)
-            phase_shape = (2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx)
-            phases = aligned_empty(phase_shape, grad_y.dtype)
-            grad_phases = aligned_empty(phase_shape, grad_y.dtype)
+            (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
+             grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1], ksx,
+                                                guide_w, grad_y.dtype)
+            kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0], gks[0],
+                                                zinvs[0])
             x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
             gx_phases = np.empty_like(x_phases)
             for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
@@ -966,6 +965,14 @@ def patch_row_tap(j, channels, taps, paired):
 
 
 @njit(cache=True, inline='always')
+def _pair_starts(paired, c, channels, o_step, i_step):
+    """Whether patch row ``(c, t)`` and the next one are channels ``c``, ``c + 1`` at one tap,
+    read at unit strides: the two-channel fill and scatter apply. (The driver pairs rows only
+    for a shared kernel, an unsplit read and both ``x`` and kernel gradients wanted.)"""
+    return paired and c % 2 == 0 and c + 1 < channels and o_step == 1 and i_step == 1
+
+
+@njit(cache=True, inline='always')
 def _add_gradients_pair_at(gk, r, t, grad_x, n, c, iy, patch_grads, i, base, x, kbuf, o_first,
                            i_first, count):
     """:func:`_add_gradients_at` for channels ``c`` and ``c + 1`` at one tap of a shared
@@ -1010,20 +1017,8 @@ def _conv_band(
     one = x.dtype.type(1.0)
     need_patch_grad = need_x or need_kernel
     split = sx > 1 and not transposed
-    rows_shape = (group_rows, fk_count, taps, out_w)
-    kap = aligned_empty(rows_shape, x.dtype)
-    power = aligned_empty(rows_shape, x.dtype)
-    base = aligned_empty(rows_shape, x.dtype)
-    kbuf = aligned_empty(rows_shape, x.dtype)
-    gk = aligned_empty(rows_shape, x.dtype)
-    zinv = aligned_empty((group_rows, fk_count, out_w), x.dtype)
-    gz = aligned_empty((out_w,), x.dtype)
-    gd2 = aligned_empty((out_w,), x.dtype)
-    rr = aligned_empty((out_w,), x.dtype)
-    u = aligned_empty((out_w,), x.dtype)
-    phase_shape = (2, guide.shape[1], ksx, (guide_w + ksx - 1) // ksx)
-    phases = aligned_empty(phase_shape, x.dtype)
-    grad_phases = aligned_empty(phase_shape, x.dtype)
+    kap, power, base, kbuf, gk, zinv, gz, gd2, rr, u, phases, grad_phases = _kernel_row_buffers(
+        group_rows, fk_count, taps, out_w, guide.shape[1], ksx, guide_w, x.dtype)
     # flat work space, viewed as C-contiguous (rows, group width) blocks per group
     grad_flat = aligned_empty((out_channels * group_rows * out_w,), x.dtype)
     patch_grad_flat = aligned_empty((_PATCH_BLOCK * group_rows * out_w,), x.dtype)
@@ -1077,8 +1072,7 @@ def _conv_band(
                     ty, tx = t // kw, t % kw
                     kc = c if fk_count > 1 else 0
                     span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
-                    if (paired and fk_count == 1 and c % 2 == 0 and c + 1 < channels
-                            and o_step == 1 and columns[tx, 4] == 1):
+                    if _pair_starts(paired, c, channels, o_step, columns[tx, 4]):
                         # rows i, i + 1 are channels c, c + 1 at tap t
                         for r in range(rows):
                             iy = source_rows[r, ty]
@@ -1116,8 +1110,7 @@ def _conv_band(
                 ty, tx = t // kw, t % kw
                 kc = c if fk_count > 1 else 0
                 span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
-                if (paired and fk_count == 1 and c % 2 == 0 and c + 1 < channels and need_kernel
-                        and need_x and not split and o_step == 1 and columns[tx, 4] == 1):
+                if _pair_starts(paired, c, channels, o_step, columns[tx, 4]):
                     # rows i, i + 1 are channels c, c + 1 at tap t
                     for r in range(rows):
                         iy = source_rows[r, ty]
