@@ -7,21 +7,16 @@ contiguous arrays and never validate again.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
-import numpy as np
+from ._args import is_int
 
 SPATIAL_DIMS = 2
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def as_tuple(value, name: str, ndim: int = SPATIAL_DIMS) -> tuple[int, ...]:
     """Turn an int or a per-dimension sequence into a tuple of ``ndim`` ints."""
-    if _is_int(value):
+    if is_int(value):
         return (int(value),) * ndim
     try:
         items = tuple(value)
@@ -29,7 +24,7 @@ def as_tuple(value, name: str, ndim: int = SPATIAL_DIMS) -> tuple[int, ...]:
         raise TypeError(
             f"{name} must be an int or a sequence of {ndim} ints, got {value!r}"
         ) from None
-    if len(items) != ndim or not all(_is_int(v) for v in items):
+    if len(items) != ndim or not all(is_int(v) for v in items):
         raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
     return tuple(int(v) for v in items)
 

@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from . import _arrays
+from . import _args
 from ._dispatch import namespace, select_backend
 from ._geometry import as_tuple
 from .kernels import spatial_window
@@ -94,7 +94,7 @@ class PairwiseTerm:
     blur: int = 1
 
     def __post_init__(self):
-        weight = _arrays.finite_scalar(self.weight, "weight")
+        weight = _args.finite_scalar(self.weight, "weight")
         if weight < 0:
             raise ValueError(f"PairwiseTerm weight must be >= 0, got {self.weight!r}")
         kernel_size = as_tuple(self.kernel_size, "kernel_size")
@@ -107,12 +107,12 @@ class PairwiseTerm:
         if any(d < 1 for d in dilation):
             raise ValueError(f"PairwiseTerm dilation must be >= 1, got {self.dilation!r}")
         if self.sigma_spatial is not None:
-            sigma = _arrays.finite_scalar(self.sigma_spatial, "sigma_spatial")
+            sigma = _args.finite_scalar(self.sigma_spatial, "sigma_spatial")
             if sigma <= 0:
                 raise ValueError(
                     f"PairwiseTerm sigma_spatial must be > 0 (or None), got {self.sigma_spatial!r}"
                 )
-        sigma_color = _arrays.finite_scalar(self.sigma_color, "sigma_color")
+        sigma_color = _args.finite_scalar(self.sigma_color, "sigma_color")
         if sigma_color <= 0:
             raise ValueError(f"PairwiseTerm sigma_color must be > 0, got {self.sigma_color!r}")
         if isinstance(self.features, str):
@@ -126,9 +126,7 @@ class PairwiseTerm:
                 f"PairwiseTerm features array must have shape (F, H, W) or (N, F, H, W), got "
                 f"shape {np.shape(self.features)}"
             )
-        if not isinstance(self.blur, (int, np.integer)) or isinstance(self.blur, bool) or (
-            self.blur < 1
-        ):
+        if not _args.is_int(self.blur) or self.blur < 1:
             raise ValueError(f"PairwiseTerm blur must be an integer >= 1, got {self.blur!r}")
 
 
@@ -186,7 +184,7 @@ class _Problem:
 
 def _image_to_float(xp, image, name):
     """Integers (and bool) -> float32 on [0, 1] by the dtype's maximum; float16 -> float32."""
-    image = _arrays.convert(xp, image, name)
+    image = _args.convert(xp, image, name)
     if image.dtype.kind == "c":
         raise TypeError(f"{name} must be real, got dtype {image.dtype}")
     if image.dtype.kind == "b":
@@ -206,8 +204,7 @@ def _unary_layout(unary_shape, label_axis):
             f"unary must be (L, H, W) / (H, W, L) or batched (N, ...) with 4 dimensions, got "
             f"shape {tuple(unary_shape)}"
         )
-    if not isinstance(label_axis, (int, np.integer)) or isinstance(label_axis, bool):
-        raise TypeError(f"label_axis must be an int, got {label_axis!r}")
+    _args.require_int(label_axis, "label_axis")
     if not -ndim <= label_axis < ndim:
         raise ValueError(f"label_axis={label_axis} is out of range for unary shape {unary_shape}")
     axis = int(label_axis) % ndim
@@ -243,17 +240,14 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     )
     xp = namespace(backend)
 
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
-        raise TypeError(f"num_steps must be an int, got {num_steps!r}")
-    if num_steps < 0:
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    unary_weight = _arrays.finite_scalar(unary_weight, "unary_weight")
+    _args.require_int(num_steps, "num_steps", minimum=0)
+    unary_weight = _args.finite_scalar(unary_weight, "unary_weight")
     if unary_weight < 0:
         raise ValueError(f"unary_weight must be >= 0, got {unary_weight!r}")
     if input not in ("logits", "probabilities"):
         raise ValueError(f"input must be 'logits' or 'probabilities', got {input!r}")
 
-    unary = _arrays.convert(xp, unary, "unary")
+    unary = _args.convert(xp, unary, "unary")
     if unary.dtype.kind == "c":
         raise TypeError(f"unary must be real, got dtype {unary.dtype}")
     batched, axis = _unary_layout(tuple(unary.shape), label_axis)
@@ -304,8 +298,8 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
             raise ValueError("image must be finite (it contains NaN or Inf)")
 
     float_unary = unary if unary.dtype.kind == "f" else unary.astype(np.float32)
-    dtype = _arrays.compute_dtype(float_unary, planes)
-    planar = _arrays.cast(xp, planar, dtype)
+    dtype = _args.compute_dtype(float_unary, planes)
+    planar = _args.cast(xp, planar, dtype)
     if not bool(xp.all(xp.isfinite(planar))):
         raise ValueError("unary must be finite (it contains NaN or Inf)")
     probability_mask = None
@@ -317,7 +311,7 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     else:
         log_potentials = planar
     if planes is not None:
-        planes = _arrays.cast(xp, planes, dtype)
+        planes = _args.cast(xp, planes, dtype)
 
     if isinstance(compatibility, str):
         if compatibility != "potts":
@@ -326,7 +320,7 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
             )
         compat = None
     else:
-        compat = _arrays.convert(xp, compatibility, "compatibility")
+        compat = _args.convert(xp, compatibility, "compatibility")
         if compat.dtype.kind not in "biuf":
             raise TypeError(f"compatibility must be real, got dtype {compat.dtype}")
         if tuple(compat.shape) != (labels, labels):
@@ -334,7 +328,7 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
                 f"compatibility must have shape (L, L) = {(labels, labels)} for {labels} labels, "
                 f"got shape {tuple(compat.shape)}"
             )
-        compat = _arrays.cast(xp, compat, dtype)
+        compat = _args.cast(xp, compat, dtype)
         if not bool(xp.all(xp.isfinite(compat))):
             raise ValueError("compatibility must be finite")
 
@@ -381,8 +375,8 @@ def _resolve_term(xp, term, index, planes, batch, batched, shape, dtype):
                 )
             guide = planes / dtype.type(term.sigma_color)
     else:
-        guide = _arrays.convert(xp, term.features, f"{name}.features")
-        _arrays.require_float(guide, f"{name}.features")
+        guide = _args.convert(xp, term.features, f"{name}.features")
+        _args.require_float(guide, f"{name}.features")
         if guide.ndim == 3:
             guide = xp.broadcast_to(guide[None], (batch, *guide.shape))
         if tuple(guide.shape[2:]) != shape or guide.shape[0] != batch:
@@ -390,7 +384,7 @@ def _resolve_term(xp, term, index, planes, batch, batched, shape, dtype):
                 f"{name}.features must have shape (F, H, W) or (N, F, H, W) with (H, W) = "
                 f"{shape} and N = {batch}, got shape {tuple(term.features.shape)}"
             )
-        guide = _arrays.cast(xp, guide, dtype)
+        guide = _args.cast(xp, guide, dtype)
         if not bool(xp.all(xp.isfinite(guide))):
             raise ValueError(f"{name}.features must be finite")
     if guide is not None and term.blur > 1:
@@ -405,7 +399,7 @@ def _resolve_term(xp, term, index, planes, batch, batched, shape, dtype):
     return _Term(
         weight=float(term.weight),
         guide=guide,
-        spatial=_arrays.cast(xp, xp.asarray(spatial), dtype),
+        spatial=_args.cast(xp, xp.asarray(spatial), dtype),
         dilation=dilation,
         blur=int(term.blur),
     )
@@ -881,7 +875,7 @@ channel_axis
                        label_axis, channel_axis)
     xp = problem.xp
     q, _, history = _mean_field(problem, keep_history=True)
-    grad = _arrays.convert(xp, grad_output, "grad_output")
+    grad = _args.convert(xp, grad_output, "grad_output")
     if tuple(grad.shape) != problem.unary_shape:
         raise ValueError(
             f"grad_output must have the output's shape {problem.unary_shape}, got "
@@ -944,4 +938,4 @@ def _to_planar(xp, array, problem, dtype):
     planar = xp.moveaxis(array, problem.label_axis, 1 if problem.batched else 0)
     if not problem.batched:
         planar = planar[None]
-    return _arrays.cast(xp, planar, dtype)
+    return _args.cast(xp, planar, dtype)

@@ -1,4 +1,4 @@
-"""Feature stacks for pixel-adaptive filtering, and the dtype policy of the image filters.
+"""Feature stacks for pixel-adaptive filtering.
 
 Gaussian filtering in the joint colour/position space (the "W = 1" special case of PAC) is a
 ``pac_pool`` whose guide stacks the colours divided by a colour bandwidth and the pixel
@@ -11,78 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _arrays
+from . import _args
 from ._dispatch import namespace, select_backend
 
 __all__ = ["color_position_features"]
-
-
-def _as_float_image(xp, image, name: str = "image"):
-    """The image filters' dtype policy, in one place for every filter and backend.
-
-    bool, integer and float16 arrays are computed in float32; float32 and float64 stay as they
-    are (no copy). Complex and non-numeric arrays raise ``TypeError`` naming ``name``. Integer
-    images keep their values (a uint8 image stays in [0, 255]; choose ``sigma_color``
-    accordingly): no rescaling, unlike ``skimage.img_as_float``.
-    """
-    array = _arrays.convert(xp, image, name)
-    if array.dtype.kind == "c":
-        raise TypeError(f"{name} must be real, got dtype {array.dtype}")
-    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
-        raise TypeError(f"{name}: extended precision {array.dtype} is not supported; use float64")
-    if array.dtype.kind != "f" or array.dtype.itemsize < 4:
-        return array.astype(np.float32)
-    return array
-
-
-def _float_result_dtype(*arrays):
-    """Computation dtype of several policy-converted arrays: float64 if any is float64."""
-    return np.result_type(*[a.dtype for a in arrays if a is not None])
-
-
-def _channels_first(image, channel_axis, name: str = "image"):
-    """``(C, H, W)`` view of a 2-D image (``channel_axis=None``) or of a 3-D image with its
-    channels along ``channel_axis``; returns the view and the normalized axis."""
-    if channel_axis is None:
-        if image.ndim != 2:
-            raise ValueError(
-                f"{name} must be 2-D (H, W) when channel_axis is None, got shape "
-                f"{tuple(image.shape)}; pass channel_axis for a multichannel image"
-            )
-        planar = image[None]
-    else:
-        if image.ndim != 3:
-            raise ValueError(
-                f"{name} must be 3-D when channel_axis is given, got shape {tuple(image.shape)}"
-            )
-        if not isinstance(channel_axis, (int, np.integer)) or isinstance(channel_axis, bool):
-            raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}")
-        if not -3 <= channel_axis < 3:
-            raise ValueError(
-                f"channel_axis must be in [-3, 2] for a 3-D {name}, got {channel_axis}"
-            )
-        channel_axis = int(channel_axis) % 3
-        planar = image.transpose([channel_axis] + [a for a in range(3) if a != channel_axis])
-    if 0 in planar.shape:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
-    return planar, channel_axis
-
-
-def _channels_back(xp, planar, channel_axis):
-    """Inverse of :func:`_channels_first` for a result computed as ``(C, H, W)``."""
-    if channel_axis is None:
-        return planar[0]
-    return xp.moveaxis(planar, 0, channel_axis)
-
-
-def _positive_scalar(value, name: str, *, allow_none: bool = False) -> float | None:
-    """A finite, strictly positive float (sigmas and bandwidths)."""
-    if value is None and allow_none:
-        return None
-    number = _arrays.finite_scalar(value, name)
-    if number <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return number
 
 
 def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None):
@@ -150,10 +82,10 @@ def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=N
     (1.0, 2.0)
     """
     xp = namespace(select_backend(image=image))
-    image = _as_float_image(xp, image)
-    planar, _ = _channels_first(image, channel_axis)
+    image = _args.as_float_image(xp, image)
+    planar, _ = _args.channels_first(image, channel_axis)
     channels, height, width = planar.shape
-    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
+    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
     colour_scale = np.atleast_1d(np.asarray(sigma_color, dtype=np.float64))
     if colour_scale.ndim != 1 or colour_scale.size not in (1, channels):
         raise ValueError(

@@ -17,16 +17,8 @@ import math
 
 import numpy as np
 
-from . import _arrays
+from . import _args
 from ._dispatch import namespace, select_backend
-from ._filters_util import MODES, NUMPY_PAD_MODES, check_choice, finite_value, radius_value
-from .features import (
-    _as_float_image,
-    _channels_back,
-    _channels_first,
-    _float_result_dtype,
-    _positive_scalar,
-)
 from .kernels import Gaussian, spatial_window
 from .ops import pac_pool
 
@@ -36,11 +28,11 @@ __all__ = ["bilateral_filter", "joint_bilateral_upsample", "normalized_convoluti
 def _guide_planar(xp, guide, channel_axis, spatial_shape, name="guide"):
     """(G, H, W) view of a guide: 2-D is one channel; 3-D has its channels along
     ``channel_axis``, or along the last axis when ``channel_axis`` is None."""
-    guide = _as_float_image(xp, guide, name)
+    guide = _args.as_float_image(xp, guide, name)
     if guide.ndim == 2:
-        planar, _ = _channels_first(guide, None, name)
+        planar, _ = _args.channels_first(guide, None, name)
     elif guide.ndim == 3:
-        planar, _ = _channels_first(guide, -1 if channel_axis is None else channel_axis, name)
+        planar, _ = _args.channels_first(guide, -1 if channel_axis is None else channel_axis, name)
     else:
         raise ValueError(f"{name} must be 2-D or 3-D, got shape {tuple(guide.shape)}")
     if tuple(planar.shape[1:]) != tuple(spatial_shape):
@@ -198,20 +190,20 @@ def bilateral_filter(
     True
     """
     xp = namespace(select_backend(image=image, guide=guide))
-    image = _as_float_image(xp, image)
-    planar, axis = _channels_first(image, channel_axis)
+    image = _args.as_float_image(xp, image)
+    planar, axis = _args.channels_first(image, channel_axis)
     spatial_shape = tuple(planar.shape[1:])
     guide_planar = None
     if guide is not None:
         guide_planar = _guide_planar(xp, guide, channel_axis, spatial_shape)
-    dtype = _float_result_dtype(image, guide_planar)
-    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
-    sigma_color = _positive_scalar(sigma_color, "sigma_color")
-    window = check_choice(window, "window", ("disk", "square"))
-    color_distance = check_choice(color_distance, "color_distance", ("l2", "l1"))
-    mode = check_choice(mode, "mode", MODES)
-    cval = finite_value(cval, "cval")
-    radius = radius_value(radius, sigma_spatial, 3.0, spatial_shape)
+    dtype = _args.float_result_dtype(image, guide_planar)
+    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
+    window = _args.check_choice(window, "window", ("disk", "square"))
+    color_distance = _args.check_choice(color_distance, "color_distance", ("l2", "l1"))
+    mode = _args.check_choice(mode, "mode", _args.MODES)
+    cval = _args.finite_scalar(cval, "cval")
+    radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
 
     planar = planar.astype(dtype, copy=False)
     if guide_planar is not None:
@@ -223,7 +215,7 @@ def bilateral_filter(
         return result
     result = _bilateral_generic(xp, planar, guide_planar, sigma_spatial, sigma_color, radius,
                                 window, color_distance, mode, cval)
-    return _channels_back(xp, result, axis)
+    return _args.channels_back(xp, result, axis)
 
 
 _MAX_GUIDE_PLANES = 8
@@ -259,7 +251,7 @@ def _bilateral_numba(planar, guide_planar, axis, sigma_spatial, sigma_color, rad
         )
     if channels_last:
         return out
-    return _channels_back(np, out, axis)
+    return _args.channels_back(np, out, axis)
 
 
 def _pad_spatial(xp, planar, radius, mode, cval):
@@ -268,7 +260,7 @@ def _pad_spatial(xp, planar, radius, mode, cval):
     widths = ((0, 0), (radius, radius), (radius, radius))
     if mode == "constant":
         return xp.pad(planar, widths, mode="constant", constant_values=cval)
-    return xp.pad(planar, widths, mode=NUMPY_PAD_MODES[mode])
+    return xp.pad(planar, widths, mode=_args.NUMPY_PAD_MODES[mode])
 
 
 def _bilateral_generic(xp, planar, guide_planar, sigma_spatial, sigma_color, radius, window,
@@ -296,29 +288,6 @@ def _bilateral_generic(xp, planar, guide_planar, sigma_spatial, sigma_color, rad
     result = pac_pool(x[None], size, guide=features[None], family=Gaussian(), padding=padding,
                       spatial_weight=xp.asarray(weights, dtype=dtype), normalize="kernel")
     return result[0]
-
-
-def _upsample_factor(factor, low_shape, high_shape):
-    """Integer factor per axis with ceil(high / factor) == low (the low-resolution image covers
-    the guide, its last row and column possibly only in part)."""
-    if factor is None:
-        factors = tuple(-(-high // low) for low, high in zip(low_shape, high_shape))
-    else:
-        factors = factor if isinstance(factor, (tuple, list)) else (factor, factor)
-        if len(factors) != 2 or any(
-            isinstance(f, (bool, np.bool_)) or not isinstance(f, (int, np.integer))
-            or f < 1 for f in factors
-        ):
-            raise ValueError(f"factor must be a positive int or a pair of them, got {factor!r}")
-        factors = tuple(int(f) for f in factors)
-    for axis, (low, high, f) in enumerate(zip(low_shape, high_shape, factors)):
-        if -(-high // f) != low:
-            raise ValueError(
-                f"guide size {high} along spatial axis {axis} is not covered by {low} "
-                f"low-resolution samples at factor {f} (need ceil({high} / {f}) == {low}); "
-                f"got low of spatial shape {tuple(low_shape)}, guide {tuple(high_shape)}"
-            )
-    return factors
 
 
 def _nearest_sample(positions, factor):
@@ -434,9 +403,9 @@ def joint_bilateral_upsample(
     array([ 0.,  0.,  0.,  0.,  0., 10., 10., 10.])
     """
     xp = namespace(select_backend(low=low, guide=guide))
-    low = _as_float_image(xp, low, "low")
-    low_planar, axis = _channels_first(low, channel_axis, "low")
-    guide_arr = _as_float_image(xp, guide, "guide")
+    low = _args.as_float_image(xp, low, "low")
+    low_planar, axis = _args.channels_first(low, channel_axis, "low")
+    guide_arr = _args.as_float_image(xp, guide, "guide")
     if guide_arr.ndim not in (2, 3):
         raise ValueError(f"guide must be 2-D or 3-D, got shape {tuple(guide_arr.shape)}")
     guide_planar = _guide_planar(
@@ -447,11 +416,11 @@ def joint_bilateral_upsample(
     )
     high_shape = tuple(guide_planar.shape[1:])
     low_shape = tuple(low_planar.shape[1:])
-    factors = _upsample_factor(factor, low_shape, high_shape)
-    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
-    sigma_color = _positive_scalar(sigma_color, "sigma_color")
-    radius = radius_value(radius, sigma_spatial, 2.0, low_shape)
-    dtype = _float_result_dtype(low, guide_planar)
+    factors = _args.upsample_factors(factor, low_shape, high_shape)
+    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
+    radius = _args.radius_value(radius, sigma_spatial, 2.0, low_shape)
+    dtype = _args.float_result_dtype(low, guide_planar)
     low_planar = low_planar.astype(dtype, copy=False)
     guide_planar = guide_planar.astype(dtype, copy=False)
 
@@ -474,7 +443,7 @@ def joint_bilateral_upsample(
     else:
         result = _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, rows,
                                          cols, range_coef)
-    return _channels_back(xp, result, axis)
+    return _args.channels_back(xp, result, axis)
 
 
 def _joint_upsample_numba(low_planar, guide_samples, guide_planar, axis, factors, radius,
@@ -617,10 +586,10 @@ def normalized_convolution(
     True
     """
     xp = namespace(select_backend(data=data, certainty=certainty, guide=guide))
-    data = _as_float_image(xp, data, "data")
-    planar, axis = _channels_first(data, channel_axis, "data")
+    data = _args.as_float_image(xp, data, "data")
+    planar, axis = _args.channels_first(data, channel_axis, "data")
     spatial_shape = tuple(planar.shape[1:])
-    certainty_arr = _arrays.convert(xp, certainty, "certainty")
+    certainty_arr = _args.convert(xp, certainty, "certainty")
     if certainty_arr.dtype.kind == "c":
         raise TypeError(f"certainty must be real, got dtype {certainty_arr.dtype}")
     if tuple(certainty_arr.shape) == spatial_shape:
@@ -628,7 +597,7 @@ def normalized_convolution(
         certainty_planar = certainty_arr[None]
     elif tuple(certainty_arr.shape) == tuple(data.shape) and axis is not None:
         per_channel = True
-        certainty_planar, _ = _channels_first(certainty_arr, channel_axis, "certainty")
+        certainty_planar, _ = _args.channels_first(certainty_arr, channel_axis, "certainty")
     else:
         raise ValueError(
             f"certainty must have shape {spatial_shape} or the data's shape "
@@ -637,18 +606,18 @@ def normalized_convolution(
     low, high = float(certainty_arr.min()), float(certainty_arr.max())
     if not (np.isfinite(low) and np.isfinite(high) and 0.0 <= low and high <= 1.0):
         raise ValueError(f"certainty must lie in [0, 1], got values in [{low}, {high}]")
-    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
-    radius = radius_value(radius, sigma_spatial, 3.0, spatial_shape)
+    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
     features = None
     if guide is not None:
         if sigma_color is None:
             raise ValueError("sigma_color is required with a guide, got sigma_color=None")
-        sigma_color = _positive_scalar(sigma_color, "sigma_color")
+        sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
         features = _guide_planar(xp, guide, channel_axis, spatial_shape)
     elif sigma_color is not None:
         raise ValueError(f"sigma_color needs a guide, got sigma_color={sigma_color!r} and no "
                          "guide")
-    dtype = _float_result_dtype(data, features)
+    dtype = _args.float_result_dtype(data, features)
     planar = planar.astype(dtype, copy=False)
     certainty_planar = certainty_planar.astype(dtype)
     if features is not None:
@@ -668,6 +637,6 @@ def normalized_convolution(
         result = pac_pool(planar[None], size, mask=certainty_planar[None],
                           normalize="mask_kernel", **options)[0]
     confidence = pac_pool(certainty_planar[None], size, normalize="kernel", **options)[0]
-    result = _channels_back(xp, result, axis)
-    confidence = _channels_back(xp, confidence, axis) if per_channel else confidence[0]
+    result = _args.channels_back(xp, result, axis)
+    confidence = _args.channels_back(xp, confidence, axis) if per_channel else confidence[0]
     return result, confidence

@@ -15,10 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _arrays
+from . import _args
 from ._dispatch import namespace, select_backend
-from ._filters_util import MODES, NUMPY_PAD_MODES, check_choice, finite_value, radius_value
-from .features import _as_float_image, _channels_back, _channels_first, _positive_scalar
 from .filters import _effective_radius, _guide_planar, _pad_spatial
 from .gradients import pac_pool_vjp
 from .kernels import Gaussian, spatial_window
@@ -107,24 +105,24 @@ class _Problem:
 def _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance, mode,
              cval, channel_axis, xp) -> _Problem:
     """Validate exactly as :func:`bilateral_filter` does (same order, same errors)."""
-    image = _as_float_image(xp, image)
-    planar, axis = _channels_first(image, channel_axis)
+    image = _args.as_float_image(xp, image)
+    planar, axis = _args.channels_first(image, channel_axis)
     spatial_shape = tuple(planar.shape[1:])
     guide_planar = guide_dtype = guide_layout = None
     if guide is not None:
-        guide = _as_float_image(xp, guide, "guide")
+        guide = _args.as_float_image(xp, guide, "guide")
         guide_planar = _guide_planar(xp, guide, channel_axis, spatial_shape)
         guide_dtype = guide.dtype
         guide_axis = None if guide.ndim == 2 else (-1 if channel_axis is None else channel_axis)
         guide_layout = (guide.ndim, None if guide_axis is None else int(guide_axis) % 3)
     dtype = np.result_type(image.dtype, *(() if guide_dtype is None else (guide_dtype,)))
-    sigma_spatial = _positive_scalar(sigma_spatial, "sigma_spatial")
-    sigma_color = _positive_scalar(sigma_color, "sigma_color")
-    window = check_choice(window, "window", ("disk", "square"))
-    color_distance = check_choice(color_distance, "color_distance", ("l2", "l1"))
-    mode = check_choice(mode, "mode", MODES)
-    cval = finite_value(cval, "cval")
-    radius = radius_value(radius, sigma_spatial, 3.0, spatial_shape)
+    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
+    window = _args.check_choice(window, "window", ("disk", "square"))
+    color_distance = _args.check_choice(color_distance, "color_distance", ("l2", "l1"))
+    mode = _args.check_choice(mode, "mode", _args.MODES)
+    cval = _args.finite_scalar(cval, "cval")
+    radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
     guide_channels = planar.shape[0] if guide_planar is None else guide_planar.shape[0]
     if color_distance == "l1" and guide_channels > 1:
         raise NotImplementedError(
@@ -155,7 +153,7 @@ def _unpad_adjoint(xp, padded_grad, reach, mode):
         if mode == "constant":
             sources = np.pad(np.arange(n), reach, mode="constant", constant_values=-1)
         else:
-            sources = np.pad(np.arange(n), reach, mode=NUMPY_PAD_MODES[mode])
+            sources = np.pad(np.arange(n), reach, mode=_args.NUMPY_PAD_MODES[mode])
         moved = xp.moveaxis(grad, axis, 0)
         folded = moved[reach:reach + n].copy()
         # The border is a few rows or columns wide: a loop of slice additions is cheap and
@@ -171,7 +169,7 @@ def _unpad_adjoint(xp, padded_grad, reach, mode):
 def _undo_layout(xp, planar_grad, layout, dtype):
     """Planar ``(C, H, W)`` gradient back to the caller's layout and dtype."""
     ndim, axis = layout
-    grad = planar_grad[0] if ndim == 2 else _channels_back(xp, planar_grad, axis)
+    grad = planar_grad[0] if ndim == 2 else _args.channels_back(xp, planar_grad, axis)
     return xp.ascontiguousarray(grad.astype(dtype, copy=False))
 
 
@@ -183,7 +181,7 @@ def _filter_output(image, *, sigma_spatial, sigma_color, radius=None, window="di
     problem = _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance,
                        mode, cval, channel_axis, xp)
     x, _, keywords = problem.pool_inputs()
-    return _channels_back(xp, pac_pool(x, problem.size, **keywords)[0], problem.image_axis)
+    return _args.channels_back(xp, pac_pool(x, problem.size, **keywords)[0], problem.image_axis)
 
 
 def bilateral_filter_vjp(
@@ -296,8 +294,8 @@ def bilateral_filter_vjp(
     xp = namespace(select_backend(grad_output=grad_output, image=image, guide=guide))
     problem = _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance,
                        mode, cval, channel_axis, xp)
-    grad_output = _arrays.convert(xp, grad_output, "grad_output")
-    _arrays.require_float(grad_output, "grad_output")
+    grad_output = _args.convert(xp, grad_output, "grad_output")
+    _args.require_float(grad_output, "grad_output")
     image_shape = tuple(np.shape(image))
     if tuple(grad_output.shape) != image_shape:
         raise ValueError(
@@ -305,8 +303,8 @@ def bilateral_filter_vjp(
             f"shape {image_shape}, got grad_output of shape {tuple(grad_output.shape)}"
         )
     dtype = problem.dtype
-    upstream, _ = _channels_first(grad_output, channel_axis, "grad_output")
-    upstream = _arrays.cast(xp, upstream, dtype)[None]
+    upstream, _ = _args.channels_first(grad_output, channel_axis, "grad_output")
+    upstream = _args.cast(xp, upstream, dtype)[None]
 
     x, features, keywords = problem.pool_inputs()
     grads = pac_pool_vjp(upstream, x, problem.size, **keywords)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _arrays
+from . import _args
 from ._dispatch import backend_module, select_backend
 from ._geometry import kernel_geometry
 from .kernels import InversePower, prepare_kernel, resolve_family, smoothing_weights
@@ -128,14 +128,14 @@ def _wanted(wrt, fields):
 
 def _grad_output(xp, grad_output, expected_shape, dtype):
     """Convert and check the upstream gradient; it is cast to the computation dtype."""
-    grad_output = _arrays.convert(xp, grad_output, "grad_output")
-    _arrays.require_float(grad_output, "grad_output")
+    grad_output = _args.convert(xp, grad_output, "grad_output")
+    _args.require_float(grad_output, "grad_output")
     if tuple(grad_output.shape) != tuple(expected_shape):
         raise ValueError(
             f"grad_output must have the shape of the forward's output {tuple(expected_shape)}, "
             f"got {tuple(grad_output.shape)}"
         )
-    return _arrays.cast(xp, grad_output, dtype)
+    return _args.cast(xp, grad_output, dtype)
 
 
 def _user_smoothing(smooth) -> bool:
@@ -183,7 +183,7 @@ def _kernel_fields(module, xp, spec, parts, needed, family, smooth, guide_given)
         elif weights is None:
             fields["guide"] = parts.guide + parts.centre
         else:
-            weights = _arrays.cast(xp, _arrays.convert(xp, weights, "smooth"), spec.guide.dtype)
+            weights = _args.cast(xp, _args.convert(xp, weights, "smooth"), spec.guide.dtype)
             through_centre, grad_weights = module.smooth_backward(
                 parts.centre, spec.guide, weights, "smooth" in needed
             )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _arrays
+from . import _args
 from ._dispatch import backend_module, namespace, select_backend
 from ._geometry import Geometry, as_tuple, kernel_geometry, make_geometry
 
@@ -39,7 +39,7 @@ def _per_channel(value, name: str) -> tuple[float, ...]:
     values = np.atleast_1d(np.asarray(value, dtype=object if value is None else None))
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"{name} must be a number or a 1-D sequence of numbers, got {value!r}")
-    return tuple(_arrays.finite_scalar(v, name) for v in values)
+    return tuple(_args.finite_scalar(v, name) for v in values)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class InversePower:
     def __post_init__(self):
         object.__setattr__(self, "_alpha", _per_channel(self.alpha, "alpha"))
         object.__setattr__(self, "_lambda", _per_channel(self.lambda_, "lambda_"))
-        eps = _arrays.finite_scalar(self.eps, "eps")
+        eps = _args.finite_scalar(self.eps, "eps")
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps!r}")
         if eps == 0 and min(self._lambda) < 0:
@@ -89,8 +89,7 @@ class InversePower:
                 f"eps must be > 0 when lambda_ is negative (the kernel would be infinite at "
                 f"zero distance), got eps={self.eps!r}, lambda_={self.lambda_!r}"
             )
-        if not isinstance(self.asymmetric, (bool, np.bool_)):
-            raise TypeError(f"asymmetric must be a bool, got {self.asymmetric!r}")
+        _args.require_bool(self.asymmetric, "asymmetric")
 
 
 def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
@@ -128,7 +127,7 @@ def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
     ty, tx = np.meshgrid(*offsets, indexing="ij")
     weights = np.ones(geometry.kernel_size)
     if sigma is not None:
-        sigma = _arrays.finite_scalar(sigma, "sigma")
+        sigma = _args.finite_scalar(sigma, "sigma")
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma!r}")
         dy = ty * geometry.dilation[0]
@@ -236,11 +235,10 @@ def build_spec(
         raise ValueError(
             f"normalize must be one of None, 'kernel', 'mask', 'mask_kernel', got {normalize!r}"
         )
-    if not isinstance(channel_wise, (bool, np.bool_)):
-        raise TypeError(f"channel_wise must be a bool, got {channel_wise!r}")
+    _args.require_bool(channel_wise, "channel_wise")
     family = resolve_family(family, guide is not None)
     if guide is not None:
-        _arrays.require_ndim(guide, 4, "guide", "(N, F, H, W)")
+        _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
         if guide.shape[0] != batch:
             raise ValueError(
                 f"guide batch size {guide.shape[0]} does not match the data's batch size {batch} "
@@ -289,8 +287,8 @@ def build_spec(
 
     spatial = np.ones(geometry.kernel_size)
     if spatial_weight is not None:
-        spatial_weight = _arrays.convert(xp, spatial_weight, "spatial_weight")
-        _arrays.require_float(spatial_weight, "spatial_weight")
+        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        _args.require_float(spatial_weight, "spatial_weight")
         if tuple(spatial_weight.shape) != geometry.kernel_size:
             raise ValueError(
                 f"spatial_weight must have shape kernel_size={geometry.kernel_size}, "
@@ -300,7 +298,7 @@ def build_spec(
 
     has_mask = mask is not None
     if has_mask:
-        mask = _arrays.convert(xp, mask, "mask")
+        mask = _args.convert(xp, mask, "mask")
         if mask.dtype.kind == "c":
             raise TypeError(f"mask must be real, got dtype {mask.dtype}")
         expected = (batch, 1, *guide_shape)
@@ -308,7 +306,7 @@ def build_spec(
             raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
         if xp is np and not bool(np.all((mask >= 0) & (mask <= 1))):
             raise ValueError("mask values must lie in [0, 1] (and not be NaN)")
-        mask = _arrays.cast(xp, mask.reshape(batch, *guide_shape), dtype)
+        mask = _args.cast(xp, mask.reshape(batch, *guide_shape), dtype)
     elif normalize in ("mask", "mask_kernel"):
         raise ValueError(f"normalize={normalize!r} requires a mask")
     else:
@@ -318,13 +316,13 @@ def build_spec(
     if guide is not None:
         weights = smoothing_weights(smooth)
         if weights is not None:
-            weights = _arrays.convert(xp, weights, "smooth")
-            _arrays.require_float(weights, "smooth")
+            weights = _args.convert(xp, weights, "smooth")
+            _args.require_float(weights, "smooth")
             if weights.ndim != 2 or any(s % 2 == 0 for s in weights.shape):
                 raise ValueError(
                     f"a smooth array must be 2-D with odd sides, got shape {tuple(weights.shape)}"
                 )
-            centre = module.smooth(guide, _arrays.cast(xp, weights, dtype))
+            centre = module.smooth(guide, _args.cast(xp, weights, dtype))
         else:
             centre = guide
     else:
@@ -336,10 +334,10 @@ def build_spec(
         centre=centre,
         guide_shape=tuple(guide_shape),
         family=code,
-        alpha=_arrays.cast(xp, xp.asarray(alpha), dtype),
-        lam=_arrays.cast(xp, xp.asarray(lam), dtype),
+        alpha=_args.cast(xp, xp.asarray(alpha), dtype),
+        lam=_args.cast(xp, xp.asarray(lam), dtype),
         eps2=eps2,
-        spatial=_arrays.cast(xp, xp.asarray(spatial), dtype),
+        spatial=_args.cast(xp, xp.asarray(spatial), dtype),
         mask=mask,
         has_mask=has_mask,
         normalize=NORMALIZE_CODES[normalize],
@@ -454,13 +452,13 @@ def prepare_kernel(
         **(other_arrays or {}), guide=guide, spatial_weight=spatial_weight, mask=mask
     )
     xp = namespace(backend)
-    guide = _arrays.convert(xp, guide, "guide")
-    _arrays.require_float(guide, "guide")
-    _arrays.require_ndim(guide, 4, "guide", "(N, F, H, W)")
+    guide = _args.convert(xp, guide, "guide")
+    _args.require_float(guide, "guide")
+    _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
     if spatial_weight is not None:
-        spatial_weight = _arrays.convert(xp, spatial_weight, "spatial_weight")
-        _arrays.require_float(spatial_weight, "spatial_weight")
-    dtype = _arrays.compute_dtype(guide, spatial_weight)
+        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        _args.require_float(spatial_weight, "spatial_weight")
+    dtype = _args.compute_dtype(guide, spatial_weight)
     geometry = make_geometry(
         kernel_size, stride, padding, dilation, output_padding, transposed=transposed
     )
@@ -473,7 +471,7 @@ def prepare_kernel(
         xp,
         dtype,
         geometry,
-        guide=_arrays.cast(xp, guide, dtype),
+        guide=_args.cast(xp, guide, dtype),
         guide_shape=guide_shape,
         batch=guide.shape[0],
         channels=None,
@@ -490,7 +488,7 @@ def prepare_kernel(
 
 def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
     """Validate an explicit ``K`` array for an operation and wrap it in a :class:`KernelSpec`."""
-    _arrays.require_ndim(kernel, 6, "kernel", "(N, 1|C, kh, kw, Ho, Wo)")
+    _args.require_ndim(kernel, 6, "kernel", "(N, 1|C, kh, kw, Ho, Wo)")
     n, fk, kh, kw, ho, wo = kernel.shape
     expected_tail = (*kernel_size, *out_shape)
     if n != batch or fk not in (1, channels) or (kh, kw, ho, wo) != expected_tail:
@@ -498,7 +496,7 @@ def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
             f"kernel must have shape ({batch}, 1 or {channels}, "
             f"{', '.join(map(str, expected_tail))}) for this operation, got {tuple(kernel.shape)}"
         )
-    explicit = _arrays.cast(xp, kernel, dtype).reshape(n, fk, kh * kw, ho, wo)
+    explicit = _args.cast(xp, kernel, dtype).reshape(n, fk, kh * kw, ho, wo)
     dummy4 = xp.zeros((1, 1, 1, 1), dtype)
     zeros = xp.zeros(1, dtype)
     return KernelSpec(

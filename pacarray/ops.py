@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _arrays
+from . import _args
 from ._dispatch import backend_module, namespace, select_backend
 from ._geometry import kernel_geometry, make_geometry
 from .kernels import build_spec, explicit_spec
@@ -24,24 +24,24 @@ def _prepare(
         spatial_weight=options["spatial_weight"], mask=options["mask"],
     )
     xp = namespace(backend)
-    x = _arrays.convert(xp, x, "x")
-    _arrays.require_float(x, "x")
-    _arrays.require_ndim(x, 4, "x", "(N, C, H, W)")
+    x = _args.convert(xp, x, "x")
+    _args.require_float(x, "x")
+    _args.require_ndim(x, 4, "x", "(N, C, H, W)")
     arrays = {"weight": weight, "bias": bias, "kernel": kernel, "guide": guide}
     for name, value in arrays.items():
         if value is not None:
-            arrays[name] = _arrays.convert(xp, value, name)
-            _arrays.require_float(arrays[name], name)
+            arrays[name] = _args.convert(xp, value, name)
+            _args.require_float(arrays[name], name)
     weight, bias, kernel, guide = (arrays[k] for k in ("weight", "bias", "kernel", "guide"))
     spatial_weight = options["spatial_weight"]
     if spatial_weight is not None:
-        spatial_weight = _arrays.convert(xp, spatial_weight, "spatial_weight")
-        _arrays.require_float(spatial_weight, "spatial_weight")
+        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        _args.require_float(spatial_weight, "spatial_weight")
         options = {**options, "spatial_weight": spatial_weight}
-    dtype = _arrays.compute_dtype(x, weight, bias, kernel, guide, spatial_weight)
+    dtype = _args.compute_dtype(x, weight, bias, kernel, guide, spatial_weight)
 
     if weight is not None:
-        _arrays.require_ndim(weight, 4, "weight", "(C_out, C, kh, kw)")
+        _args.require_ndim(weight, 4, "weight", "(C_out, C, kh, kw)")
         kernel_size = tuple(weight.shape[2:])
         if any(k % 2 == 0 for k in kernel_size):
             raise ValueError(
@@ -84,15 +84,15 @@ def _prepare(
     else:
         spec = build_spec(
             xp, dtype, geometry,
-            guide=None if guide is None else _arrays.cast(xp, guide, dtype),
+            guide=None if guide is None else _args.cast(xp, guide, dtype),
             guide_shape=guide_shape, batch=batch, channels=channels, family=family,
             backend=backend, **options,
         )
-    x = _arrays.cast(xp, x, dtype)
+    x = _args.cast(xp, x, dtype)
     if weight is not None:
-        weight = _arrays.cast(xp, weight, dtype)
+        weight = _args.cast(xp, weight, dtype)
     if bias is not None:
-        bias = _arrays.cast(xp, bias, dtype)
+        bias = _args.cast(xp, bias, dtype)
     return backend_module(backend), xp, x, weight, bias, spec, geometry, out_shape
 
 

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _args
 from ._dispatch import namespace, select_backend
-from .features import _as_float_image, _channels_back, _channels_first
 from .kernels import InversePower
 from .ops import pac_pool
 
 __all__ = ["detail_preserving_pool"]
-
-
-def _int_pair(value, name: str) -> tuple[int, int]:
-    values = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(values) != 2 or any(
-        isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1
-        for v in values
-    ):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return int(values[0]), int(values[1])
 
 
 def detail_preserving_pool(
@@ -123,23 +113,22 @@ def detail_preserving_pool(
     True
     """
     xp = namespace(select_backend(image=image))
-    image = _as_float_image(xp, image)
-    planar, axis = _channels_first(image, channel_axis)
-    size = _int_pair(size, "size")
+    image = _args.as_float_image(xp, image)
+    planar, axis = _args.channels_first(image, channel_axis)
+    size = _args.int_tuple(size, "size", 2)
     if any(k % 2 == 0 for k in size):
         raise ValueError(f"size must be odd (the window has a centre pixel), got {size}")
     if any(k > n for k, n in zip(size, planar.shape[1:])):
         raise ValueError(
             f"size {size} is larger than the image's spatial shape {tuple(planar.shape[1:])}"
         )
-    stride = size if stride is None else _int_pair(stride, "stride")
+    stride = size if stride is None else _args.int_tuple(stride, "stride", 2)
     alphas = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
     if not np.all(np.isfinite(alphas)) or np.any(alphas < 0):
         raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
-    if not isinstance(asymmetric, (bool, np.bool_)):
-        raise TypeError(f"asymmetric must be a bool, got {asymmetric!r}")
-    family = InversePower(alpha=alpha, lambda_=lambda_, eps=eps, asymmetric=bool(asymmetric))
+    asymmetric = _args.require_bool(asymmetric, "asymmetric")
+    family = InversePower(alpha=alpha, lambda_=lambda_, eps=eps, asymmetric=asymmetric)
     x = planar[None]
     pooled = pac_pool(x, size, stride=stride, guide=x, family=family, smooth=smooth,
                       channel_wise=True, normalize="kernel")
-    return _channels_back(xp, pooled[0], axis)
+    return _args.channels_back(xp, pooled[0], axis)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pacarray import pac_pool
-from pacarray.features import _as_float_image, color_position_features
+from pacarray._args import as_float_image
+from pacarray.features import color_position_features
 from pacarray.filters import bilateral_filter
 
 
@@ -49,7 +50,7 @@ def test_gaussian_pooling_on_the_features_is_a_bilateral_filter(radius, rng):
 ])
 def test_dtype_policy(dtype, expected):
     image = np.arange(6).reshape(2, 3).astype(dtype)
-    converted = _as_float_image(np, image)
+    converted = as_float_image(np, image)
     assert converted.dtype == expected
     np.testing.assert_array_equal(converted, image.astype(expected))  # values kept, no rescale
     if dtype in (np.float32, np.float64):
@@ -58,9 +59,9 @@ def test_dtype_policy(dtype, expected):
 
 def test_dtype_policy_rejects_complex_and_objects():
     with pytest.raises(TypeError, match="image"):
-        _as_float_image(np, np.zeros((2, 2), complex))
+        as_float_image(np, np.zeros((2, 2), complex))
     with pytest.raises(TypeError, match="image"):
-        _as_float_image(np, np.array([["a", "b"]], dtype=object))
+        as_float_image(np, np.array([["a", "b"]], dtype=object))
 
 
 @pytest.mark.parametrize("kwargs, match", [

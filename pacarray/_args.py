@@ -1,0 +1,241 @@
+"""Argument and image helpers shared by every front end: one dtype policy, one set of checks.
+
+The core operations (``ops``, ``kernels``, ``gradients``) take ``(N, C, *S)`` arrays and use the
+array checks at the top; the image filters (``filters``, ``pooling``, ``crf``, ``features``) take
+scikit-image-style images and use the image helpers below them. Every check raises ``TypeError``
+or ``ValueError`` with the parameter's name and the received value (``docs/design.md`` §3).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Scalars
+
+
+def is_int(value) -> bool:
+    """True for Python and NumPy integers, False for bools (``True`` is not a size)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def require_int(value, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as an int; ``TypeError`` for non-integers (bools included), ``ValueError`` below
+    ``minimum``."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def require_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def int_tuple(value, name: str, ndim: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a sequence of ``ndim`` ints, each ``>= minimum``, as a tuple of ``ndim`` ints."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * ndim
+    if len(values) != ndim or not all(is_int(v) and v >= minimum for v in values):
+        kind = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(
+            f"{name} must be a {kind} int or a sequence of {ndim} of them, got {value!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+def finite_scalar(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def positive_scalar(value, name: str, *, allow_none: bool = False) -> float | None:
+    """A finite, strictly positive float (sigmas and bandwidths)."""
+    if value is None and allow_none:
+        return None
+    number = finite_scalar(value, name)
+    if number <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def check_choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Arrays of the core operations (dtype policy in one place)
+
+
+def convert(xp, value, name: str):
+    """``xp.asarray(value)`` with a clear error for objects that are not numeric arrays."""
+    try:
+        array = xp.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}: {error}") from None
+    if array.dtype.kind not in "biuf c":
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    return array
+
+
+def require_float(array, name: str) -> None:
+    """Reject integer, bool and complex arrays where real floats are required."""
+    if array.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must have a real floating dtype (float32 or float64), got {array.dtype}; "
+            f"convert it first, e.g. {name}.astype(numpy.float32)"
+        )
+
+
+def compute_dtype(*arrays) -> np.dtype:
+    """float64 if any float argument is float64, else float32 (float16 computes as float32)."""
+    dtypes = [a.dtype for a in arrays if a is not None]
+    result = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+    if result.kind != "f" or result.itemsize < 4:
+        return np.dtype(np.float32)
+    if result.itemsize > 8:
+        raise TypeError(f"extended precision {result} is not supported; use float64")
+    return np.dtype(result)
+
+
+def require_ndim(array, ndim: int, name: str, layout: str) -> None:
+    if array.ndim != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D with layout {layout}, got shape {tuple(array.shape)}"
+        )
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
+
+
+def cast(xp, array, dtype):
+    """C-contiguous array of ``dtype``; a copy only when needed (inputs are never written)."""
+    return xp.ascontiguousarray(array, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Images of the filters (scikit-image conventions)
+
+#: Largest accepted radius, in multiples of the image's largest side: beyond it the window is
+#: mostly border padding and the call would run for a very long time for no benefit.
+RADIUS_LIMIT_FACTOR = 4
+
+#: scipy.ndimage border-mode names -> numpy.pad modes (for the generic, padded path).
+NUMPY_PAD_MODES = {
+    "reflect": "symmetric",
+    "mirror": "reflect",
+    "nearest": "edge",
+    "wrap": "wrap",
+    "constant": "constant",
+}
+MODES = tuple(NUMPY_PAD_MODES) + ("exclude",)
+
+
+def as_float_image(xp, image, name: str = "image"):
+    """The image filters' dtype policy, in one place for every filter and backend.
+
+    bool, integer and float16 arrays are computed in float32; float32 and float64 stay as they
+    are (no copy). Complex and non-numeric arrays raise ``TypeError`` naming ``name``. Integer
+    images keep their values (a uint8 image stays in [0, 255]; choose ``sigma_color``
+    accordingly): no rescaling, unlike ``skimage.img_as_float``.
+    """
+    array = convert(xp, image, name)
+    if array.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        raise TypeError(f"{name}: extended precision {array.dtype} is not supported; use float64")
+    if array.dtype.kind != "f" or array.dtype.itemsize < 4:
+        return array.astype(np.float32)
+    return array
+
+
+def float_result_dtype(*arrays):
+    """Computation dtype of several policy-converted arrays: float64 if any is float64."""
+    return np.result_type(*[a.dtype for a in arrays if a is not None])
+
+
+def channels_first(image, channel_axis, name: str = "image"):
+    """``(C, H, W)`` view of a 2-D image (``channel_axis=None``) or of a 3-D image with its
+    channels along ``channel_axis``; returns the view and the normalized axis."""
+    if channel_axis is None:
+        if image.ndim != 2:
+            raise ValueError(
+                f"{name} must be 2-D (H, W) when channel_axis is None, got shape "
+                f"{tuple(image.shape)}; pass channel_axis for a multichannel image"
+            )
+        planar = image[None]
+    else:
+        if image.ndim != 3:
+            raise ValueError(
+                f"{name} must be 3-D when channel_axis is given, got shape {tuple(image.shape)}"
+            )
+        if not is_int(channel_axis):
+            raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}")
+        if not -3 <= channel_axis < 3:
+            raise ValueError(
+                f"channel_axis must be in [-3, 2] for a 3-D {name}, got {channel_axis}"
+            )
+        channel_axis = int(channel_axis) % 3
+        planar = image.transpose([channel_axis] + [a for a in range(3) if a != channel_axis])
+    if 0 in planar.shape:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
+    return planar, channel_axis
+
+
+def channels_back(xp, planar, channel_axis):
+    """Inverse of :func:`channels_first` for a result computed as ``(C, H, W)``."""
+    if channel_axis is None:
+        return planar[0]
+    return xp.moveaxis(planar, 0, channel_axis)
+
+
+def radius_value(radius, default_sigma: float, sigmas: float, shape, name: str = "radius") -> int:
+    """``radius`` as a non-negative int, ``ceil(sigmas * default_sigma)`` when None; rejects a
+    radius beyond ``RADIUS_LIMIT_FACTOR`` times the largest side of ``shape`` before anything is
+    allocated."""
+    if radius is None:
+        radius = int(math.ceil(sigmas * default_sigma))
+        origin = f" (the default ceil({sigmas:g} * sigma_spatial))"
+    else:
+        if not is_int(radius):
+            raise TypeError(f"{name} must be an int or None, got {radius!r}")
+        radius = int(radius)
+        if radius < 0:
+            raise ValueError(f"{name} must be >= 0, got {radius}")
+        origin = ""
+    limit = RADIUS_LIMIT_FACTOR * max(shape)
+    if radius > limit:
+        raise ValueError(
+            f"{name}={radius}{origin} exceeds {RADIUS_LIMIT_FACTOR} times the largest image side "
+            f"({max(shape)}); pass a smaller {name} or sigma_spatial"
+        )
+    return radius
+
+
+def upsample_factors(factor, low_shape, high_shape):
+    """Integer factor per axis with ceil(high / factor) == low (the low-resolution image covers
+    the guide, its last row and column possibly only in part)."""
+    if factor is None:
+        factors = tuple(-(-high // low) for low, high in zip(low_shape, high_shape))
+    else:
+        factors = int_tuple(factor, "factor", len(low_shape))
+    for axis, (low, high, f) in enumerate(zip(low_shape, high_shape, factors)):
+        if -(-high // f) != low:
+            raise ValueError(
+                f"guide size {high} along spatial axis {axis} is not covered by {low} "
+                f"low-resolution samples at factor {f} (need ceil({high} / {f}) == {low}); "
+                f"got low of spatial shape {tuple(low_shape)}, guide {tuple(high_shape)}"
+            )
+    return factors
