@@ -201,6 +201,24 @@ def channels_back(xp, planar, channel_axis):
     return xp.moveaxis(planar, 0, channel_axis)
 
 
+def guide_planar(guide, channel_axis, spatial_shape, name: str = "guide"):
+    """``(G, H, W)`` view of a guide already converted by :func:`as_float_image`: 2-D is one
+    channel; 3-D has its channels along ``channel_axis``, or along the last axis when
+    ``channel_axis`` is None. Its spatial shape must be ``spatial_shape``."""
+    if guide.ndim == 2:
+        planar, _ = channels_first(guide, None, name)
+    elif guide.ndim == 3:
+        planar, _ = channels_first(guide, -1 if channel_axis is None else channel_axis, name)
+    else:
+        raise ValueError(f"{name} must be 2-D or 3-D, got shape {tuple(guide.shape)}")
+    if tuple(planar.shape[1:]) != tuple(spatial_shape):
+        raise ValueError(
+            f"{name} must have the spatial shape {tuple(spatial_shape)}, got {name} of shape "
+            f"{tuple(guide.shape)}"
+        )
+    return planar
+
+
 def radius_value(radius, default_sigma: float, sigmas: float, shape, name: str = "radius") -> int:
     """``radius`` as a non-negative int, ``ceil(sigmas * default_sigma)`` when None; rejects a
     radius beyond ``RADIUS_LIMIT_FACTOR`` times the largest side of ``shape`` before anything is

@@ -1,13 +1,23 @@
-"""Backend selection from the arrays a call receives.
+"""Backend selection from the arrays a call receives: the one place where routing is decided.
 
 NumPy arrays (and lists / scalars, converted like ``numpy.asarray`` does) run on the CPU backend
 ``pacarray._cpu``; CuPy arrays run on ``pacarray._cuda``. All array arguments of one call must come
 from the same library (and, for CuPy, the same device). CuPy is never imported here: an array is
 recognised as CuPy's by its type's module, so ``import pacarray`` stays free of GPU libraries.
+
+Every backend module provides the core entry points (``pool``, ``conv``, ``materialize_kernel``
+and their ``*_backward``) and the specialised ones listed in
+:data:`pacarray._generic.SPECIALISED` (bilateral filter, joint upsampling, CRF steps). A backend
+without a dedicated kernel for a specialised entry point re-exports the generic, array-namespace
+implementation from :mod:`pacarray._generic`; :func:`generic_kernels` makes every backend do so
+for the duration of a ``with`` block, which is how tests and benchmarks compare the two paths
+(``docs/design.md`` §3).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 
 import numpy as np
@@ -15,8 +25,19 @@ import numpy as np
 _BACKEND_MODULES = {"numpy": "pacarray._cpu", "cupy": "pacarray._cuda"}
 
 
-def array_library(value) -> str | None:
-    """``"numpy"`` or ``"cupy"`` for array inputs, ``None`` for lists, scalars and None."""
+#: Array types pacarray does not take (yet), and how to turn each into a NumPy array.
+_CONVERSIONS = {
+    "dask": "call .compute() first",
+    "xarray": "pass .values (or .data)",
+    "torch": "pass .detach().cpu().numpy() (or use cupy.asarray for a CUDA tensor)",
+    "jax": "pass numpy.asarray(value)",
+    "tensorflow": "pass .numpy()",
+}
+
+
+def array_library(value, name: str = "array") -> str | None:
+    """``"numpy"`` or ``"cupy"`` for array inputs, ``None`` for lists, scalars and None;
+    ``TypeError`` naming ``name`` for arrays of other libraries."""
     if value is None:
         return None
     if isinstance(value, np.ndarray):
@@ -24,10 +45,10 @@ def array_library(value) -> str | None:
     module = type(value).__module__.split(".", 1)[0]
     if module == "cupy":
         return "cupy"
-    if module in ("dask", "torch", "jax", "tensorflow", "xarray"):
+    if module in _CONVERSIONS:
         raise TypeError(
-            f"pacarray functions take NumPy or CuPy arrays, got a {type(value).__module__}."
-            f"{type(value).__name__}; convert it first (dask arrays: use pacarray's dask wrappers)"
+            f"{name} must be a NumPy or CuPy array, got a {type(value).__module__}."
+            f"{type(value).__name__}; {_CONVERSIONS[module]}"
         )
     return None
 
@@ -36,7 +57,7 @@ def select_backend(**arrays) -> str:
     """Name of the backend for these keyword-named arrays; TypeError when they are mixed."""
     found: dict[str, list[str]] = {}
     for name, value in arrays.items():
-        library = array_library(value)
+        library = array_library(value, name)
         if library is not None:
             found.setdefault(library, []).append(name)
     if len(found) > 1:
@@ -61,9 +82,36 @@ def _check_same_device(arrays: dict) -> None:
         raise ValueError(f"all CuPy arrays must be on the same device, got {described}")
 
 
+_GENERIC_KERNELS = contextvars.ContextVar("pacarray_generic_kernels", default=False)
+
+
+@contextlib.contextmanager
+def generic_kernels():
+    """Within the block, every backend runs its specialised entry points (bilateral filter, joint
+    upsampling, CRF) through the generic implementations of :mod:`pacarray._generic`, which are
+    built on the core operations. Thread- and task-local (a context variable)."""
+    token = _GENERIC_KERNELS.set(True)
+    try:
+        yield
+    finally:
+        _GENERIC_KERNELS.reset(token)
+
+
 def backend_module(name: str):
-    """Import the backend module lazily (CuPy and its kernels load on first GPU use only)."""
-    return importlib.import_module(_BACKEND_MODULES[name])
+    """The backend module for ``name`` (imported lazily: CuPy and its kernels load on first GPU
+    use only); inside :func:`generic_kernels`, a view of it whose specialised entry points are
+    the generic ones."""
+    module = importlib.import_module(_BACKEND_MODULES[name])
+    if _GENERIC_KERNELS.get():
+        from . import _generic
+
+        return _generic.over(module)
+    return module
+
+
+def backend_of(**arrays):
+    """``backend_module(select_backend(**arrays))``: the module that runs a call on these arrays."""
+    return backend_module(select_backend(**arrays))
 
 
 def namespace(name: str):
@@ -71,3 +119,22 @@ def namespace(name: str):
     if name == "numpy":
         return np
     return importlib.import_module("cupy")
+
+
+def namespace_of(array):
+    """The array namespace of one array (``numpy`` for anything that is not a CuPy array)."""
+    return namespace("cupy" if array_library(array) == "cupy" else "numpy")
+
+
+def ndimage(array):
+    """``scipy.ndimage`` for NumPy arrays, ``cupyx.scipy.ndimage`` for CuPy arrays."""
+    if array_library(array) == "cupy":
+        return importlib.import_module("cupyx.scipy.ndimage")
+    return importlib.import_module("scipy.ndimage")
+
+
+def device_of(array):
+    """Context manager making ``array``'s device current (CuPy); does nothing for NumPy arrays."""
+    if array_library(array) == "cupy":
+        return array.device
+    return contextlib.nullcontext()

@@ -1,7 +1,7 @@
 """The ``python -m pacarray demo`` job: bilateral denoising of the bundled sample photograph.
 
-The bilateral filter is PAC pooling with a Gaussian range kernel on the colour, a Gaussian
-spatial weight on a disk and normalization by the kernel sum:
+The bilateral filter (:func:`pacarray.bilateral_filter`) is PAC pooling with a Gaussian range
+kernel on the colour, a Gaussian spatial weight on a disk and normalization by the kernel sum:
 
     y[c, i] = sum_a G[a] exp(-|I[i] - I[q]|^2 / (2 sigma_color^2)) x[c, q] / Z[i]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Gaussian, pac_pool, spatial_window
+from .filters import bilateral_filter
 from .data import sample_image
 
 DEFAULT_OUTPUT = "pacarray-demo.png"
@@ -51,23 +51,11 @@ def psnr(reference: np.ndarray, image: np.ndarray, data_range: float = 255.0) ->
 
 def bilateral(image: np.ndarray, *, radius: int, sigma_spatial: float,
               sigma_color: float) -> np.ndarray:
-    """Bilateral filter of an ``(H, W, 3)`` float image through the fused :func:`pac_pool`.
-
-    ``sigma_color`` is in the units of ``image``; taps outside the image are left out and the
-    remaining weights renormalized.
-    """
-    planar = np.ascontiguousarray(np.moveaxis(image, -1, 0)[np.newaxis])  # (1, 3, H, W)
-    size = 2 * radius + 1
-    filtered = pac_pool(
-        planar,
-        size,
-        guide=planar / planar.dtype.type(sigma_color),
-        family=Gaussian(),
-        padding=(size - 1) // 2,
-        spatial_weight=spatial_window(size, sigma_spatial, window="disk"),
-        normalize="kernel",
-    )
-    return np.moveaxis(filtered[0], 0, -1)
+    """The demo's bilateral filter of an ``(H, W, 3)`` float image: :func:`bilateral_filter` on
+    a disk window with the out-of-image taps left out (``mode="exclude"``) and the remaining
+    weights renormalized; ``sigma_color`` is in the units of ``image``."""
+    return bilateral_filter(image, sigma_spatial=sigma_spatial, sigma_color=sigma_color,
+                            radius=radius, window="disk", mode="exclude", channel_axis=-1)
 
 
 def run_demo(output: str | Path = DEFAULT_OUTPUT, *, noise: float = 20.0, radius: int = 4,
@@ -169,7 +157,7 @@ def main(arguments: argparse.Namespace) -> int:
     print(f"pacarray demo: bilateral denoising of the bundled sample photograph "
           f"({width}x{height}, {channels} channels, NASA, public domain)")
     print(f"  noise added       : Gaussian, sigma = {result.noise:g} grey levels (seeded)")
-    print(f"  filter            : fused pac_pool, Gaussian range kernel on the colour "
+    print(f"  filter            : bilateral_filter, Gaussian range kernel on the colour "
           f"(sigma_color = {result.sigma_color:g} grey levels),")
     print(f"                      Gaussian spatial weight (sigma_spatial = "
           f"{result.sigma_spatial:g} px) on a {size}x{size} disk, normalize='kernel'")

@@ -13,61 +13,16 @@ float32 and float64 stay as they are; the result has the computation dtype.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from . import _args
-from ._dispatch import namespace, select_backend
+from . import _bilateral
+from ._dispatch import backend_module, namespace, select_backend
 from .kernels import Gaussian, spatial_window
 from .ops import pac_pool
 
 __all__ = ["bilateral_filter", "joint_bilateral_upsample", "normalized_convolution"]
-
-
-def _guide_planar(xp, guide, channel_axis, spatial_shape, name="guide"):
-    """(G, H, W) view of a guide: 2-D is one channel; 3-D has its channels along
-    ``channel_axis``, or along the last axis when ``channel_axis`` is None."""
-    guide = _args.as_float_image(xp, guide, name)
-    if guide.ndim == 2:
-        planar, _ = _args.channels_first(guide, None, name)
-    elif guide.ndim == 3:
-        planar, _ = _args.channels_first(guide, -1 if channel_axis is None else channel_axis, name)
-    else:
-        raise ValueError(f"{name} must be 2-D or 3-D, got shape {tuple(guide.shape)}")
-    if tuple(planar.shape[1:]) != tuple(spatial_shape):
-        raise ValueError(
-            f"{name} must have the spatial shape {tuple(spatial_shape)}, got {name} of shape "
-            f"{tuple(guide.shape)}"
-        )
-    return planar
-
-
-def _flush_exponent(dtype) -> float:
-    """Exponent below which the Numba kernels' exponential returns exactly 0."""
-    return -69.0 if dtype == np.float32 else -600.0
-
-
-def _effective_radius(radius, sigma_spatial, dtype) -> int:
-    """The radius beyond which every spatial weight is below the kernels' flush threshold (so
-    exactly 0): a large explicit radius with a small sigma costs nothing extra."""
-    reach = math.sqrt(-2.0 * _flush_exponent(dtype)) * sigma_spatial
-    return min(radius, int(math.floor(reach)))
-
-
-def _taps(radius, sigma_spatial, window, dtype):
-    """Offsets and log spatial weights of the window, without taps whose weight the kernels'
-    exponential flushes to zero anyway."""
-    reach = _effective_radius(radius, sigma_spatial, dtype)
-    offsets = np.arange(-reach, reach + 1)
-    dy, dx = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
-    if window == "disk":
-        keep = dy * dy + dx * dx <= radius * radius
-    else:
-        keep = np.ones(dy.shape, dtype=bool)
-    log_weight = -(dy * dy + dx * dx) / (2.0 * sigma_spatial * sigma_spatial)
-    keep &= log_weight >= _flush_exponent(dtype)
-    return dy[keep], dx[keep], log_weight[keep]
 
 
 def bilateral_filter(
@@ -189,126 +144,13 @@ def bilateral_filter(
     >>> bool(smooth[:, :4].max() < 0.2 and smooth[:, 4:].min() > 0.8)   # the edge is kept
     True
     """
-    xp = namespace(select_backend(image=image, guide=guide))
-    image = _args.as_float_image(xp, image)
-    planar, axis = _args.channels_first(image, channel_axis)
-    spatial_shape = tuple(planar.shape[1:])
-    guide_planar = None
-    if guide is not None:
-        guide_planar = _guide_planar(xp, guide, channel_axis, spatial_shape)
-    dtype = _args.float_result_dtype(image, guide_planar)
-    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
-    window = _args.check_choice(window, "window", ("disk", "square"))
-    color_distance = _args.check_choice(color_distance, "color_distance", ("l2", "l1"))
-    mode = _args.check_choice(mode, "mode", _args.MODES)
-    cval = _args.finite_scalar(cval, "cval")
-    radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
-
-    planar = planar.astype(dtype, copy=False)
-    if guide_planar is not None:
-        guide_planar = guide_planar.astype(dtype, copy=False)
-    n_guide = planar.shape[0] if guide_planar is None else guide_planar.shape[0]
-    if xp is np and n_guide <= _MAX_GUIDE_PLANES:
-        result = _bilateral_numba(planar, guide_planar, axis, sigma_spatial, sigma_color, radius,
-                                  window, color_distance == "l1", mode, cval)
-        return result
-    result = _bilateral_generic(xp, planar, guide_planar, sigma_spatial, sigma_color, radius,
-                                window, color_distance, mode, cval)
-    return _args.channels_back(xp, result, axis)
-
-
-_MAX_GUIDE_PLANES = 8
-
-
-def _bilateral_numba(planar, guide_planar, axis, sigma_spatial, sigma_color, radius, window,
-                     l1, mode, cval):
-    import numba
-
-    from ._cpu import bilateral as kernels
-
-    channels, height, width = planar.shape
-    dtype = planar.dtype
-    dy, dx, log_weight = _taps(radius, sigma_spatial, window, dtype)
-    centre = (dy == 0) & (dx == 0)
-    forward = (dy > 0) | ((dy == 0) & (dx > 0))
-    pair = (dy[forward], dx[forward], log_weight[forward].astype(dtype))
-    side = (dy[~centre], dx[~centre], log_weight[~centre].astype(dtype))
-    params = np.array([0.5 / (sigma_color * sigma_color), cval], dtype=dtype)
-    channels_last = axis == 2
-    out = np.empty((height, width, channels) if channels_last else (channels, height, width),
-                   dtype=dtype)
-    threads = numba.get_num_threads()
-    band_height = max(1, min(max(64, 8 * radius), -(-height // threads)))
-    same_guide = guide_planar is None and channels <= kernels.MAX_VALUE_PLANES
-    guide_planes = tuple(planar if guide_planar is None else guide_planar)
-    for start in range(0, channels, kernels.MAX_VALUE_PLANES):
-        value_planes = tuple(planar[start:start + kernels.MAX_VALUE_PLANES])
-        kernels.bilateral_planes(
-            value_planes, value_planes if same_guide else guide_planes, same_guide, out,
-            channels_last, start, *pair, *side, params, l1, kernels.MODE_CODES[mode],
-            band_height,
-        )
-    if channels_last:
-        return out
-    return _args.channels_back(np, out, axis)
-
-
-def _pad_spatial(xp, planar, radius, mode, cval):
-    if mode == "exclude" or radius == 0:
-        return planar
-    widths = ((0, 0), (radius, radius), (radius, radius))
-    if mode == "constant":
-        return xp.pad(planar, widths, mode="constant", constant_values=cval)
-    return xp.pad(planar, widths, mode=_args.NUMPY_PAD_MODES[mode])
-
-
-def _bilateral_generic(xp, planar, guide_planar, sigma_spatial, sigma_color, radius, window,
-                       color_distance, mode, cval):
-    """The bilateral filter through the fused ``pac_pool`` (any backend): the image and guide
-    extended by ``mode``, a Gaussian family on ``guide / sigma_color``."""
-    guide_source = planar if guide_planar is None else guide_planar
-    if color_distance == "l1" and guide_source.shape[0] > 1:
-        raise NotImplementedError(
-            "color_distance='l1' with a multichannel guide needs the NumPy kernel (at most "
-            f"{_MAX_GUIDE_PLANES} guide channels); got a {type(planar).__module__} array with "
-            f"{guide_source.shape[0]} guide channels. Use color_distance='l2'."
-        )
-    dtype = planar.dtype
-    reach = _effective_radius(radius, sigma_spatial, dtype)
-    size = 2 * reach + 1
-    weights = spatial_window(size, sigma_spatial)
-    if window == "disk":
-        offsets = np.arange(-reach, reach + 1)
-        weights = weights * (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius)
-    radius = reach
-    padding = radius if mode == "exclude" else 0
-    x = _pad_spatial(xp, planar, radius, mode, cval)
-    features = _pad_spatial(xp, guide_source, radius, mode, cval) * dtype.type(1 / sigma_color)
-    result = pac_pool(x[None], size, guide=features[None], family=Gaussian(), padding=padding,
-                      spatial_weight=xp.asarray(weights, dtype=dtype), normalize="kernel")
-    return result[0]
-
-
-def _nearest_sample(positions, factor):
-    """Index of the sample whose centre ``(j + 1/2) * factor - 1/2`` is nearest (ties up)."""
-    return (2 * positions + 1) // (2 * factor)
-
-
-def _axis_taps(size, low_size, factor, radius, sigma_spatial):
-    """Along one axis, for tap t of the 2r + 1 nearest samples of every output position p:
-    the sample index ``nearest(p) + t - r``, its log spatial weight (-inf where the sample does
-    not exist), and the contiguous range of p where it exists."""
-    positions = np.arange(size)
-    offsets = np.arange(-radius, radius + 1)
-    samples = _nearest_sample(positions, factor)[None, :] + offsets[:, None]
-    distance = (positions[None, :] + 0.5) / factor - (samples + 0.5)
-    exists = (samples >= 0) & (samples < low_size)
-    log_weight = np.where(exists, -distance**2 / (2.0 * sigma_spatial**2), -np.inf)
-    start = np.argmax(exists, axis=1)
-    stop = size - np.argmax(exists[:, ::-1], axis=1)
-    stop = np.where(exists.any(axis=1), stop, start)
-    return samples, log_weight, start, stop
+    backend = select_backend(image=image, guide=guide)
+    problem = _bilateral.problem(
+        namespace(backend), image, guide, sigma_spatial=sigma_spatial, sigma_color=sigma_color,
+        radius=radius, window=window, color_distance=color_distance, mode=mode, cval=cval,
+        channel_axis=channel_axis,
+    )
+    return backend_module(backend).bilateral(problem)
 
 
 def joint_bilateral_upsample(
@@ -402,14 +244,15 @@ def joint_bilateral_upsample(
     >>> np.round(up[0], 3)                                 # the edge is where the guide's is
     array([ 0.,  0.,  0.,  0.,  0., 10., 10., 10.])
     """
-    xp = namespace(select_backend(low=low, guide=guide))
+    backend = select_backend(low=low, guide=guide)
+    xp = namespace(backend)
     low = _args.as_float_image(xp, low, "low")
     low_planar, axis = _args.channels_first(low, channel_axis, "low")
     guide_arr = _args.as_float_image(xp, guide, "guide")
     if guide_arr.ndim not in (2, 3):
         raise ValueError(f"guide must be 2-D or 3-D, got shape {tuple(guide_arr.shape)}")
-    guide_planar = _guide_planar(
-        xp, guide_arr, channel_axis,
+    guide_planar = _args.guide_planar(
+        guide_arr, channel_axis,
         guide_arr.shape if guide_arr.ndim == 2 else
         tuple(s for a, s in enumerate(guide_arr.shape)
               if a != (-1 if channel_axis is None else channel_axis) % 3),
@@ -425,7 +268,7 @@ def joint_bilateral_upsample(
     guide_planar = guide_planar.astype(dtype, copy=False)
 
     rows, cols = (
-        _axis_taps(size, low_size, f, radius, sigma_spatial)
+        _bilateral.axis_taps(size, low_size, f, radius, sigma_spatial)
         for size, low_size, f in zip(high_shape, low_shape, factors)
     )
     # The guide at each sample's position, floor((j + 1/2) * factor - 1/2) clamped.
@@ -434,68 +277,12 @@ def joint_bilateral_upsample(
     sample_cols = np.minimum(np.arange(low_shape[1]) * factors[1] + (factors[1] - 1) // 2,
                              high_shape[1] - 1)
     guide_samples = guide_planar[:, xp.asarray(sample_rows)][:, :, xp.asarray(sample_cols)]
-    range_coef = 0.5 / (sigma_color * sigma_color)
-    if xp is np and guide_planar.shape[0] <= _MAX_GUIDE_PLANES:
-        result = _joint_upsample_numba(low_planar, guide_samples, guide_planar, axis, factors,
-                                       radius, rows, cols, range_coef)
-        if axis == 2:
-            return result
-    else:
-        result = _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, rows,
-                                         cols, range_coef)
-    return _args.channels_back(xp, result, axis)
-
-
-def _joint_upsample_numba(low_planar, guide_samples, guide_planar, axis, factors, radius,
-                          rows, cols, range_coef):
-    from ._cpu import bilateral as kernels
-
-    dtype = low_planar.dtype
-    channels, height, width = low_planar.shape[0], *guide_planar.shape[1:]
-    factor_x = factors[1]
-    pad_x = radius * factor_x
-    expanded = np.clip(_nearest_sample(np.arange(-pad_x, width + pad_x), factor_x), 0,
-                       low_planar.shape[2] - 1)
-    channels_last = axis == 2
-    out = np.empty((height, width, channels) if channels_last else (channels, height, width),
-                   dtype=dtype)
-    low_expanded = np.ascontiguousarray(low_planar[:, :, expanded])
-    guide_expanded = np.ascontiguousarray(guide_samples[:, :, expanded])
-    for start in range(0, channels, kernels.MAX_VALUE_PLANES):
-        kernels.joint_upsample_rows(
-            tuple(low_expanded[start:start + kernels.MAX_VALUE_PLANES]), guide_expanded,
-            tuple(guide_planar), out, channels_last, start,
-            _nearest_sample(np.arange(height), factors[0]), factor_x, pad_x,
-            rows[1].astype(dtype), cols[1].astype(dtype), cols[2], cols[3],
-            np.array([range_coef], dtype=dtype),
-        )
-    return out
-
-
-def _joint_upsample_generic(xp, low_planar, guide_samples, guide_planar, rows, cols,
-                            range_coef):
-    """The same sum as whole-image array operations, one tap of the window at a time."""
-    dtype = low_planar.dtype
-    h, w = low_planar.shape[1:]
-    terms = []
-    for row_samples, row_lw in zip(rows[0], rows[1]):
-        for col_samples, col_lw in zip(cols[0], cols[1]):
-            index = np.ix_(np.clip(row_samples, 0, h - 1), np.clip(col_samples, 0, w - 1))
-            index = (slice(None),) + tuple(xp.asarray(i) for i in index)
-            d2 = ((guide_samples[index] - guide_planar) ** 2).sum(0)
-            log_spatial = xp.asarray(row_lw[:, None] + col_lw[None, :], dtype=dtype)
-            terms.append((log_spatial - dtype.type(range_coef) * d2, low_planar[index]))
-    # Weights relative to the largest per pixel: no underflow, the same ratios.
-    largest = terms[0][0]
-    for argument, _ in terms[1:]:
-        largest = xp.fmax(largest, argument)
-    numerator = xp.zeros((low_planar.shape[0],) + tuple(guide_planar.shape[1:]), dtype=dtype)
-    denominator = xp.zeros(tuple(guide_planar.shape[1:]), dtype=dtype)
-    for argument, values in terms:
-        weight = xp.exp(argument - largest)
-        numerator += weight * values
-        denominator += weight
-    return numerator / denominator
+    problem = _bilateral.UpsampleProblem(
+        xp=xp, low_planar=low_planar, guide_planar=guide_planar, guide_samples=guide_samples,
+        factors=factors, radius=radius, rows=rows, cols=cols,
+        range_coef=0.5 / (sigma_color * sigma_color), channel_axis=axis,
+    )
+    return backend_module(backend).joint_upsample(problem)
 
 
 def normalized_convolution(
@@ -613,7 +400,8 @@ def normalized_convolution(
         if sigma_color is None:
             raise ValueError("sigma_color is required with a guide, got sigma_color=None")
         sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
-        features = _guide_planar(xp, guide, channel_axis, spatial_shape)
+        features = _args.guide_planar(_args.as_float_image(xp, guide, "guide"), channel_axis,
+                                         spatial_shape)
     elif sigma_color is not None:
         raise ValueError(f"sigma_color needs a guide, got sigma_color={sigma_color!r} and no "
                          "guide")

@@ -10,17 +10,13 @@ border extension, and finally back to the caller's layout and dtypes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from . import _args
+from . import _args, _bilateral
 from ._dispatch import namespace, select_backend
-from .filters import _effective_radius, _guide_planar, _pad_spatial
 from .gradients import pac_pool_vjp
-from .kernels import Gaussian, spatial_window
-from .ops import pac_pool
 
 __all__ = ["BilateralGradients", "bilateral_filter_vjp"]
 
@@ -45,143 +41,11 @@ class BilateralGradients(NamedTuple):
     sigma_color: object = None
 
 
-@dataclass(frozen=True)
-class _Problem:
-    """A validated bilateral-filter call, in the planar layout the pooling works on."""
-
-    xp: object
-    planar: object                # (C, H, W) image in the computation dtype
-    guide_planar: object          # (G, H, W) guide in the computation dtype, or None
-    image_dtype: np.dtype         # the image's dtype after the filters' dtype policy
-    guide_dtype: np.dtype | None
-    image_axis: int | None        # normalized channel axis of the image
-    guide_layout: tuple | None    # (ndim, normalized channel axis) of the guide
-    sigma_spatial: float
-    sigma_color: float
-    radius: int                   # the window's radius (the disk's extent)
-    reach: int                    # taps actually used (weights beyond underflow to 0)
-    window: str
-    mode: str
-    cval: float
-
-    @property
-    def dtype(self):
-        return self.planar.dtype
-
-    @property
-    def size(self) -> int:
-        return 2 * self.reach + 1
-
-    @property
-    def padding(self) -> int:
-        return self.reach if self.mode == "exclude" else 0
-
-    def squared_offsets(self):
-        offsets = np.arange(-self.reach, self.reach + 1)
-        return offsets[:, None] ** 2 + offsets[None, :] ** 2
-
-    def spatial_weights(self):
-        """The float64 spatial weight (Gaussian, zero outside the disk) the filter uses."""
-        weights = spatial_window(self.size, self.sigma_spatial)
-        if self.window == "disk":
-            weights = weights * (self.squared_offsets() <= self.radius * self.radius)
-        return weights
-
-    def pool_inputs(self):
-        """``(x, features, keywords)`` of the ``pac_pool`` call that is the filter."""
-        xp, dtype = self.xp, self.dtype
-        source = self.planar if self.guide_planar is None else self.guide_planar
-        x = _pad_spatial(xp, self.planar, self.reach, self.mode, self.cval)
-        features = (_pad_spatial(xp, source, self.reach, self.mode, self.cval)
-                    * dtype.type(1 / self.sigma_color))
-        keywords = dict(
-            guide=features[None], family=Gaussian(), padding=self.padding,
-            spatial_weight=xp.asarray(self.spatial_weights(), dtype=dtype),
-            normalize="kernel",
-        )
-        return x[None], features, keywords
-
-
-def _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance, mode,
-             cval, channel_axis, xp) -> _Problem:
-    """Validate exactly as :func:`bilateral_filter` does (same order, same errors)."""
-    image = _args.as_float_image(xp, image)
-    planar, axis = _args.channels_first(image, channel_axis)
-    spatial_shape = tuple(planar.shape[1:])
-    guide_planar = guide_dtype = guide_layout = None
-    if guide is not None:
-        guide = _args.as_float_image(xp, guide, "guide")
-        guide_planar = _guide_planar(xp, guide, channel_axis, spatial_shape)
-        guide_dtype = guide.dtype
-        guide_axis = None if guide.ndim == 2 else (-1 if channel_axis is None else channel_axis)
-        guide_layout = (guide.ndim, None if guide_axis is None else int(guide_axis) % 3)
-    dtype = np.result_type(image.dtype, *(() if guide_dtype is None else (guide_dtype,)))
-    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    sigma_color = _args.positive_scalar(sigma_color, "sigma_color")
-    window = _args.check_choice(window, "window", ("disk", "square"))
-    color_distance = _args.check_choice(color_distance, "color_distance", ("l2", "l1"))
-    mode = _args.check_choice(mode, "mode", _args.MODES)
-    cval = _args.finite_scalar(cval, "cval")
-    radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
-    guide_channels = planar.shape[0] if guide_planar is None else guide_planar.shape[0]
-    if color_distance == "l1" and guide_channels > 1:
-        raise NotImplementedError(
-            "bilateral_filter_vjp: color_distance='l1' with a multichannel guide has no "
-            "gradient here: the core's Gaussian family is Euclidean, and the L1 range distance "
-            f"over {guide_channels} guide channels is not one of its kernels. Use "
-            "color_distance='l2' (for one guide channel 'l1' and 'l2' coincide and both work)."
-        )
-    return _Problem(
-        xp=xp, planar=planar.astype(dtype, copy=False),
-        guide_planar=None if guide_planar is None else guide_planar.astype(dtype, copy=False),
-        image_dtype=image.dtype, guide_dtype=guide_dtype, image_axis=axis,
-        guide_layout=guide_layout, sigma_spatial=sigma_spatial, sigma_color=sigma_color,
-        radius=radius, reach=_effective_radius(radius, sigma_spatial, dtype), window=window,
-        mode=mode, cval=cval,
-    )
-
-
-def _unpad_adjoint(xp, padded_grad, reach, mode):
-    """Adjoint of the border extension of the last two axes by ``reach`` with ``mode``: the
-    gradient of every padded pixel is added onto the source pixel it was copied from (nothing
-    for ``"constant"``, whose padding holds ``cval``)."""
-    if mode == "exclude" or reach == 0:
-        return padded_grad
-    grad = padded_grad
-    for axis in (-2, -1):
-        n = grad.shape[axis] - 2 * reach
-        if mode == "constant":
-            sources = np.pad(np.arange(n), reach, mode="constant", constant_values=-1)
-        else:
-            sources = np.pad(np.arange(n), reach, mode=_args.NUMPY_PAD_MODES[mode])
-        moved = xp.moveaxis(grad, axis, 0)
-        folded = moved[reach:reach + n].copy()
-        # The border is a few rows or columns wide: a loop of slice additions is cheap and
-        # accumulates correctly where several padded positions share a source (wrap, nearest).
-        for position in (*range(reach), *range(reach + n, n + 2 * reach)):
-            source = int(sources[position])
-            if source >= 0:
-                folded[source] += moved[position]
-        grad = xp.moveaxis(folded, 0, axis)
-    return grad
-
-
 def _undo_layout(xp, planar_grad, layout, dtype):
     """Planar ``(C, H, W)`` gradient back to the caller's layout and dtype."""
     ndim, axis = layout
     grad = planar_grad[0] if ndim == 2 else _args.channels_back(xp, planar_grad, axis)
     return xp.ascontiguousarray(grad.astype(dtype, copy=False))
-
-
-def _filter_output(image, *, sigma_spatial, sigma_color, radius=None, window="disk",
-                   color_distance="l2", mode="mirror", cval=0.0, channel_axis=None, guide=None):
-    """The forward value :func:`bilateral_filter_vjp` differentiates, in the image's layout
-    (for the tests, which check that it equals :func:`bilateral_filter`)."""
-    xp = namespace(select_backend(image=image, guide=guide))
-    problem = _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance,
-                       mode, cval, channel_axis, xp)
-    x, _, keywords = problem.pool_inputs()
-    return _args.channels_back(xp, pac_pool(x, problem.size, **keywords)[0], problem.image_axis)
 
 
 def bilateral_filter_vjp(
@@ -292,8 +156,18 @@ def bilateral_filter_vjp(
     True
     """
     xp = namespace(select_backend(grad_output=grad_output, image=image, guide=guide))
-    problem = _problem(image, guide, sigma_spatial, sigma_color, radius, window, color_distance,
-                       mode, cval, channel_axis, xp)
+    problem = _bilateral.problem(
+        xp, image, guide, sigma_spatial=sigma_spatial, sigma_color=sigma_color, radius=radius,
+        window=window, color_distance=color_distance, mode=mode, cval=cval,
+        channel_axis=channel_axis,
+    )
+    if problem.color_distance == "l1" and problem.guide_channels > 1:
+        raise NotImplementedError(
+            "bilateral_filter_vjp: color_distance='l1' with a multichannel guide has no "
+            "gradient here: the core's Gaussian family is Euclidean, and the L1 range distance "
+            f"over {problem.guide_channels} guide channels is not one of its kernels. Use "
+            "color_distance='l2' (for one guide channel 'l1' and 'l2' coincide and both work)."
+        )
     grad_output = _args.convert(xp, grad_output, "grad_output")
     _args.require_float(grad_output, "grad_output")
     image_shape = tuple(np.shape(image))
@@ -319,15 +193,16 @@ def bilateral_filter_vjp(
     )
     grad_sigma_spatial = (grads.spatial_weight * weight_slope).sum()
 
+    def unpad(grad):
+        return _bilateral.unpad_adjoint(xp, grad, problem.reach, problem.mode)
+
     grad_guide = None
     if problem.guide_planar is None:
-        grad_image = _unpad_adjoint(xp, grad_x + grad_features * inverse_sigma, problem.reach,
-                                    problem.mode)
+        grad_image = unpad(grad_x + grad_features * inverse_sigma)
     else:
-        grad_image = _unpad_adjoint(xp, grad_x, problem.reach, problem.mode)
+        grad_image = unpad(grad_x)
         grad_guide = _undo_layout(
-            xp, _unpad_adjoint(xp, grad_features * inverse_sigma, problem.reach, problem.mode),
-            problem.guide_layout, problem.guide_dtype,
+            xp, unpad(grad_features * inverse_sigma), problem.guide_layout, problem.guide_dtype
         )
     grad_image = _undo_layout(
         xp, grad_image, (3 if problem.image_axis is not None else 2, problem.image_axis),

@@ -22,8 +22,9 @@ import numpy as np
 from . import _args
 from ._dispatch import backend_module, select_backend
 from ._geometry import kernel_geometry
-from .kernels import InversePower, prepare_kernel, resolve_family, smoothing_weights
-from .ops import _prepare
+from ._spec import prepare_kernel, resolve_family, smooth_backward, smoothing_weights
+from .kernels import InversePower
+from .ops import _prepare, backend_weight, user_weight_gradient
 
 __all__ = [
     "PacConvGradients",
@@ -171,7 +172,7 @@ def _like(xp, grad, value):
     return xp.reshape(grad.sum(), shape)
 
 
-def _kernel_fields(module, xp, spec, parts, needed, family, smooth, guide_given):
+def _kernel_fields(xp, spec, parts, needed, family, smooth, guide_given):
     """Turn the backend's :class:`KernelGrads` into the public kernel fields."""
     fields = dict.fromkeys(_KERNEL_FIELDS)
     if parts is None:
@@ -184,7 +185,7 @@ def _kernel_fields(module, xp, spec, parts, needed, family, smooth, guide_given)
             fields["guide"] = parts.guide + parts.centre
         else:
             weights = _args.cast(xp, _args.convert(xp, weights, "smooth"), spec.guide.dtype)
-            through_centre, grad_weights = module.smooth_backward(
+            through_centre, grad_weights = smooth_backward(
                 parts.centre, spec.guide, weights, "smooth" in needed
             )
             fields["guide"] = parts.guide + through_centre
@@ -209,41 +210,17 @@ def _backward(module, xp, grad_y, x, weight, spec, geometry, shared, out_channel
     Weights are laid out exactly as the forward lays them out for the backend (shared and
     transposed filters flipped), and the weight gradient is brought back to the user's layout.
     """
-    transposed = geometry.transposed
     k_stride, k_padding = kernel_geometry(geometry)
-    kh, kw = geometry.kernel_size
-    grad_weight = None
-    if shared:
-        if weight is None:
-            tap_weight = xp.ones((kh, kw), x.dtype)
-        else:
-            tap_weight = weight[0, 0]
-            if transposed:
-                tap_weight = xp.ascontiguousarray(tap_weight[::-1, ::-1])
-        grad_x, grad_taps, grad_explicit, parts = module.pool_backward(
-            grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x, need_weight,
-            need_kernel, need_guide,
-        )
-        if need_weight:
-            if transposed:
-                grad_taps = grad_taps[::-1, ::-1]
-            grad_weight = xp.ascontiguousarray(grad_taps).reshape(1, 1, kh, kw)
-        return grad_x, grad_weight, grad_explicit, parts
-    if transposed:
-        # weight (C, C_out, kh, kw) -> matrix (C_out, C*T) indexed by the flipped tap
-        matrix = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-    else:
-        matrix = weight
-    matrix = xp.ascontiguousarray(matrix.reshape(matrix.shape[0], -1))
-    grad_x, grad_matrix, grad_explicit, parts = module.conv_backward(
-        grad_y, x, matrix, spec, geometry, k_stride, k_padding, need_x, need_weight, need_kernel,
-        need_guide,
+    _, layout = backend_weight(xp, weight, geometry, x.dtype)
+    run = module.pool_backward if shared else module.conv_backward
+    grad_x, grad_layout, grad_explicit, parts = run(
+        grad_y, x, layout, spec, geometry, k_stride, k_padding, need_x, need_weight,
+        need_kernel, need_guide,
     )
+    grad_weight = None
     if need_weight:
-        grad_weight = grad_matrix.reshape(out_channels, x.shape[1], kh, kw)
-        if transposed:
-            grad_weight = grad_weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
-        grad_weight = xp.ascontiguousarray(grad_weight)
+        grad_weight = user_weight_gradient(xp, grad_layout, shared, geometry, out_channels,
+                                           x.shape[1])
     return grad_x, grad_weight, grad_explicit, parts
 
 
@@ -291,7 +268,7 @@ def _op_vjp(op, grad_output, x, weight, bias, kernel, guide, family, kernel_size
         result["bias"] = grad_y.sum(axis=(0, 2, 3))
     if grad_explicit is not None:
         result["kernel"] = grad_explicit.reshape(spec.explicit.shape[:2] + (kh, kw) + out_shape)
-    result.update(_kernel_fields(module, xp, spec, parts, needed, family, options["smooth"],
+    result.update(_kernel_fields(xp, spec, parts, needed, family, options["smooth"],
                                  guide is not None))
     return result
 
@@ -401,7 +378,7 @@ def pac_kernel_vjp(
         geometry.kernel_size, k_stride, k_padding, geometry.dilation, need_guide,
     )
     return PacKernelGradients(
-        **_kernel_fields(module, xp, spec, parts, needed, family, smooth, True)
+        **_kernel_fields(xp, spec, parts, needed, family, smooth, True)
     )
 
 

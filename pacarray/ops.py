@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import _args
 from ._dispatch import backend_module, namespace, select_backend
 from ._geometry import kernel_geometry, make_geometry
-from .kernels import build_spec, explicit_spec
+from ._spec import build_spec, explicit_spec
 
 __all__ = ["pac_conv", "pac_conv_transpose", "pac_pool"]
 
@@ -86,7 +86,7 @@ def _prepare(
             xp, dtype, geometry,
             guide=None if guide is None else _args.cast(xp, guide, dtype),
             guide_shape=guide_shape, batch=batch, channels=channels, family=family,
-            backend=backend, **options,
+            **options,
         )
     x = _args.cast(xp, x, dtype)
     if weight is not None:
@@ -96,6 +96,44 @@ def _prepare(
     return backend_module(backend), xp, x, weight, bias, spec, geometry, out_shape
 
 
+def _flipped(array, spatial_dims):
+    """``array`` reversed along its last ``spatial_dims`` axes (the taps)."""
+    return array[(Ellipsis,) + (slice(None, None, -1),) * spatial_dims]
+
+
+def backend_weight(xp, weight, geometry, dtype):
+    """The filter as the backends take it, ``(shared, array)``.
+
+    Shared (no weight, or a ``(1, 1, *k)`` filter applied to every channel): the taps ``k``,
+    flipped for a transposed op; the backend's ``pool`` runs it. Otherwise the matrix
+    ``(C_out, C*T)`` for the backend's ``conv``: ``weight`` itself, or for a transposed op
+    ``(C, C_out, *k)`` reordered to ``(C_out, C, *k)`` and indexed by the flipped tap.
+    """
+    dims = len(geometry.kernel_size)
+    if weight is None:
+        return True, xp.ones(geometry.kernel_size, dtype)
+    if weight.shape[:2] == (1, 1):
+        taps = weight[0, 0]
+        if geometry.transposed:
+            taps = xp.ascontiguousarray(_flipped(taps, dims))
+        return True, taps
+    matrix = _flipped(weight, dims).swapaxes(0, 1) if geometry.transposed else weight
+    return False, xp.ascontiguousarray(matrix.reshape(matrix.shape[0], -1))
+
+
+def user_weight_gradient(xp, grad, shared, geometry, out_channels, in_channels):
+    """Inverse of :func:`backend_weight` for a gradient: back to the caller's weight layout."""
+    dims = len(geometry.kernel_size)
+    if shared:
+        if geometry.transposed:
+            grad = _flipped(grad, dims)
+        return xp.ascontiguousarray(grad).reshape(1, 1, *geometry.kernel_size)
+    grad = grad.reshape(out_channels, in_channels, *geometry.kernel_size)
+    if geometry.transposed:
+        grad = _flipped(grad.swapaxes(0, 1), dims)
+    return xp.ascontiguousarray(grad)
+
+
 def _run(op, x, weight, bias, kernel, guide, family, kernel_size, stride, padding, dilation,
          output_padding, options):
     module, xp, x, weight, bias, spec, geometry, out_shape = _prepare(
@@ -103,25 +141,11 @@ def _run(op, x, weight, bias, kernel, guide, family, kernel_size, stride, paddin
         output_padding, options,
     )
     k_stride, k_padding = kernel_geometry(geometry)
-    transposed = geometry.transposed
-    if weight is None:
-        tap_weight = xp.ones(geometry.kernel_size, x.dtype)
-        y = module.pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape)
-    elif weight.shape[:2] == (1, 1):
-        tap_weight = weight[0, 0]
-        if transposed:
-            tap_weight = xp.ascontiguousarray(tap_weight[::-1, ::-1])
-        y = module.pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape)
-    else:
-        if transposed:
-            # weight (C, C_out, kh, kw) -> matrix (C_out, C*T) indexed by the flipped tap
-            matrix = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        else:
-            matrix = weight
-        matrix = xp.ascontiguousarray(matrix.reshape(matrix.shape[0], -1))
-        y = module.conv(x, matrix, spec, geometry, k_stride, k_padding, out_shape)
+    shared, layout = backend_weight(xp, weight, geometry, x.dtype)
+    run = module.pool if shared else module.conv
+    y = run(x, layout, spec, geometry, k_stride, k_padding, out_shape)
     if bias is not None:
-        y += bias[None, :, None, None]
+        y += bias[(None, slice(None)) + (None,) * len(out_shape)]
     return y
 
 

@@ -9,12 +9,8 @@ import pytest
 import reference
 import scipy.ndimage as ndi
 
-from pacarray.filters import (
-    _bilateral_generic,
-    bilateral_filter,
-    joint_bilateral_upsample,
-    normalized_convolution,
-)
+from pacarray._dispatch import generic_kernels
+from pacarray.filters import bilateral_filter, joint_bilateral_upsample, normalized_convolution
 
 MODES = ["reflect", "mirror", "nearest", "wrap", "constant", "exclude"]
 NP_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap"}
@@ -138,7 +134,9 @@ def test_generic_path_equals_numba_path(mode, rng):
     guide = rng.random((2, 9, 7))
     fast = bilateral_filter(image, sigma_spatial=1.3, sigma_color=0.4, radius=2, mode=mode,
                             cval=0.3, channel_axis=0, guide=guide)
-    generic = _bilateral_generic(np, image, guide, 1.3, 0.4, 2, "disk", "l2", mode, 0.3)
+    with generic_kernels():
+        generic = bilateral_filter(image, sigma_spatial=1.3, sigma_color=0.4, radius=2,
+                                   mode=mode, cval=0.3, channel_axis=0, guide=guide)
     np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-12)
 
 
@@ -345,8 +343,6 @@ def test_joint_upsample_matches_naive(dtype, high_shape, factor, rng):
 
 
 def test_joint_upsample_generic_path_and_underflow(rng):
-    from pacarray.filters import _axis_taps, _joint_upsample_generic
-
     low = rng.random((1, 4, 5)).astype(np.float32)
     guide = rng.random((1, 12, 15)).astype(np.float32)
     # sigma_color this small underflows every float32 weight of most pixels: the kernel must
@@ -354,11 +350,9 @@ def test_joint_upsample_generic_path_and_underflow(rng):
     for sigma_color in (0.3, 0.004):
         out = joint_bilateral_upsample(low[0], guide[0], sigma_spatial=1.0,
                                        sigma_color=sigma_color, radius=2)
-        rows = _axis_taps(12, 4, 3, 2, 1.0)
-        cols = _axis_taps(15, 5, 3, 2, 1.0)
-        samples = guide[:, 1::3][:, :, 1::3]
-        generic = _joint_upsample_generic(np, low, samples, guide, rows, cols,
-                                          0.5 / sigma_color**2)[0]
+        with generic_kernels():
+            generic = joint_bilateral_upsample(low[0], guide[0], sigma_spatial=1.0,
+                                               sigma_color=sigma_color, radius=2)
         assert np.all(np.isfinite(out))
         # Where the largest weight is itself tiny (~exp(-60)), the kernel flushes the others
         # below exp(-69) while the generic path keeps them relative to it: 1e-4 apart at most.
@@ -540,5 +534,7 @@ def test_large_radius_with_small_sigma_is_exact_and_cheap(rng):
     out = bilateral_filter(image, sigma_spatial=0.5, sigma_color=0.3, radius=40, mode="wrap")
     expected = naive_bilateral(image[None], image[None], 0.5, 0.3, 40, mode="wrap")[0]
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
-    generic = _bilateral_generic(np, image[None], None, 0.5, 0.3, 40, "disk", "l2", "wrap", 0.0)
-    np.testing.assert_allclose(generic[0], expected, rtol=0, atol=1e-12)
+    with generic_kernels():
+        generic = bilateral_filter(image, sigma_spatial=0.5, sigma_color=0.3, radius=40,
+                                   mode="wrap")
+    np.testing.assert_allclose(generic, expected, rtol=0, atol=1e-12)

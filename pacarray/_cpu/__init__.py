@@ -7,16 +7,11 @@ argument: arrays are C-contiguous and share one float dtype.
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage
 
 from . import _numba_kernels as nk
 from ._inputs import explicit_kernel, features, frozen, kernel_args
-from .backward import conv_backward, kernel_backward, pool_backward, smooth_backward  # noqa: F401
-
-
-def smooth(guide, weights):
-    """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with ``weights``."""
-    return scipy.ndimage.correlate(guide, weights[None, None], mode="constant", cval=0.0)
+from ._filters import bilateral, joint_upsample  # noqa: F401
+from .backward import conv_backward, kernel_backward, pool_backward  # noqa: F401
 
 
 def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
@@ -56,3 +51,90 @@ def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
         *k_stride, *k_padding, geometry.transposed, *kernel_args(spec), spec.fk_count, y,
     )
     return y
+
+
+# CRF entry points
+# (Numba kernels of pacarray._cpu._crf_kernels; signatures in pacarray._mean_field's docstring)
+
+from . import _crf_kernels  # noqa: E402  (kept with the entry points that use it)
+
+
+def _crf_guide(guide, q):
+    """The message kernels read a term without features as an ``(N, 0, H, W)`` guide."""
+    if guide is None:
+        return np.zeros((q.shape[0], 0, *q.shape[2:]), q.dtype)
+    return guide
+
+
+def crf_add_messages(q, guide, spatial, dilation, scale, out):
+    """``out += scale * M q``: the messages of one pairwise term, on the term's own grid.
+
+    ``q`` and ``out`` ``(N, L, h, w)``; ``guide`` ``(N, F, h, w)`` the features the kernel
+    compares (unit bandwidth) or None; ``spatial`` ``(kh, kw)`` odd, the spatial weights with
+    the centre already 0; ``dilation`` ``(dy, dx)``; ``scale`` a Python float. ``M`` is
+    ``pac_pool`` with that guide, spatial weight, dilation and "same" padding.
+    """
+    _crf_kernels.add_messages(q, _crf_guide(guide, q), spatial, *dilation, scale, out)
+
+
+def crf_add_adjoint(grad, q, guide, spatial, dilation, scale, out):
+    """``out += scale * M^T grad`` for the operator ``M`` of :func:`crf_add_messages` (``q`` is
+    its input in the forward pass). ``M`` is symmetric (``pacarray.pac_crf_vjp``'s notes), so
+    this is the message kernel applied to ``grad``; ``q`` is not needed."""
+    crf_add_messages(grad, guide, spatial, dilation, scale, out)
+
+
+def _crf_step_terms(terms, dtype):
+    """``(spatials, feature_bounds, dilations, weights)`` arrays of ``mean_field_step``: every
+    window centred in a common ``(kh, kw)`` frame (the padding taps are 0 and skipped)."""
+    kh = max([spatial.shape[0] for _, spatial, _, _ in terms], default=1)
+    kw = max([spatial.shape[1] for _, spatial, _, _ in terms], default=1)
+    spatials = np.zeros((len(terms), kh, kw), dtype)
+    bounds = np.zeros((len(terms), 2), np.int64)
+    dilations = np.zeros((len(terms), 2), np.int64)
+    weights = np.zeros(len(terms), np.float64)
+    start = 0
+    for index, (weight, spatial, dilation, feature_range) in enumerate(terms):
+        th, tw = spatial.shape
+        top, left = (kh - th) // 2, (kw - tw) // 2
+        spatials[index, top:top + th, left:left + tw] = spatial
+        if feature_range is not None:
+            start = feature_range[1]
+        bounds[index] = feature_range if feature_range is not None else (start, start)
+        dilations[index] = dilation
+        weights[index] = weight
+    return spatials, bounds, dilations, weights
+
+
+def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
+    """One mean-field update in one fused parallel pass: returns ``(new Q, logits or None)``.
+
+    ``unary`` ``(N, L, H, W)`` the log-potentials times the unary weight; ``q`` the current
+    marginals; ``guide`` ``(N, F, H, W)`` the features of all the terms stacked, or None;
+    ``terms`` a sequence of ``(weight, spatial, dilation, features)`` for the full-resolution
+    terms (as in :func:`crf_add_messages`, ``features`` the ``(start, stop)`` range of the
+    term's features in ``guide`` or None); ``extra`` ``(N, L, H, W)`` added to the weighted
+    message sum ``P`` (the blurred terms), or None; ``compatibility`` ``(L, L)``, or None for
+    Potts. The logits are ``unary + P`` (Potts, up to a per-pixel constant) or ``unary -
+    compatibility @ P``; they are returned (a new array) when ``want_logits``.
+    """
+    dtype = unary.dtype
+    spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
+    use_compatibility = compatibility is not None
+    if not use_compatibility:
+        compatibility = np.zeros((1, 1), dtype)
+    new_q = np.empty_like(unary)
+    logits = np.empty_like(unary) if want_logits else unary  # not written unless wanted
+    _crf_kernels.mean_field_step(
+        unary, q, _crf_guide(guide, unary), bounds, spatials, dilations, weights,
+        unary if extra is None else extra, extra is not None, compatibility, use_compatibility,
+        new_q, logits, bool(want_logits),
+    )
+    return new_q, (logits if want_logits else None)
+
+
+def crf_softmax(logits):
+    """Softmax over the labels (axis 1) of ``(N, L, H, W)`` logits, in a new array."""
+    # An update without pairwise terms is exactly the softmax of its unary; reusing the step
+    # kernel saves compiling a separate parallel kernel per dtype.
+    return crf_step(logits, logits, None, (), None, None, False)[0]

@@ -40,13 +40,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy.ndimage
 
 from .. import config
+from .._spec import KernelGrads
 from . import _numba_backward as nb
 from ._inputs import aligned_zeros, explicit_kernel, features, frozen, kernel_args
 
-__all__ = ["KernelGrads", "conv_backward", "kernel_backward", "pool_backward", "smooth_backward"]
+__all__ = ["conv_backward", "kernel_backward", "pool_backward"]
 
 #: Upper bound of the weight-gradient accumulators of :func:`conv_backward`.
 _MAX_WEIGHT_SLOTS = 32
@@ -56,25 +56,6 @@ _MAX_WEIGHT_SLOTS = 32
 #: 15-20% faster than over single 128-column rows.
 _GROUP_WIDTH = 512
 _MAX_GROUP_ROWS = 8
-
-
-class KernelGrads(NamedTuple):
-    """Gradients reaching the inputs of a fused adaptive kernel.
-
-    ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour features and
-    through the centre features (before smoothing; the front end applies ``smooth_backward``);
-    ``None`` unless ``need_guide``. Without smoothing (``spec.centre is spec.guide``) the centre
-    part may already be included in ``guide``, and ``centre`` is then ``None``. ``alpha``,
-    ``lam`` are ``(Fk,)``, ``spatial`` is ``(kh, kw)``, ``mask`` is ``(N, H, W)`` (``None``
-    without a mask).
-    """
-
-    guide: object
-    centre: object
-    alpha: object
-    lam: object
-    spatial: object
-    mask: object
 
 
 def _ceil_div(a, b):
@@ -273,27 +254,3 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
         grad_matrix[:, order] = grad_w_slots.sum(axis=0)
     return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
                     grad_matrix, grad_explicit)
-
-
-def smooth_backward(grad_centre, guide, weights, need_weights):
-    """VJP of :func:`smooth` (zero-padded same-size correlation with an odd-sided ``weights``).
-
-    The adjoint of correlating with ``weights`` is correlating with ``weights`` flipped;
-    ``grad_weights[u, v] = sum grad_centre[n,f,y,x] * guide[n,f,y+u-ry,x+v-rx]``.
-    """
-    grad_guide = scipy.ndimage.correlate(
-        grad_centre, np.ascontiguousarray(weights[::-1, ::-1])[None, None], mode="constant",
-        cval=0.0,
-    )
-    if not need_weights:
-        return grad_guide, None
-    height, width = guide.shape[2:]
-    ry, rx = (weights.shape[0] - 1) // 2, (weights.shape[1] - 1) // 2
-    padded = np.pad(guide, ((0, 0), (0, 0), (ry, ry), (rx, rx)))
-    flat_grad = grad_centre.reshape(-1)
-    grad_weights = np.empty(weights.shape, grad_centre.dtype)
-    for u in range(weights.shape[0]):
-        for v in range(weights.shape[1]):
-            window = np.ascontiguousarray(padded[:, :, u:u + height, v:v + width])
-            grad_weights[u, v] = np.dot(flat_grad, window.reshape(-1))
-    return grad_guide, grad_weights

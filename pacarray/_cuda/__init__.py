@@ -16,32 +16,19 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+# The image filters have no CUDA kernel of their own: the generic implementation on the core ops.
+from .._generic.filters import bilateral, joint_upsample
+from .._spec import KernelGrads
 from . import _loader, launch
 from .launch import int32
 
 __all__ = [
-    "KernelGrads", "conv", "conv_backward", "kernel_backward", "materialize_kernel", "pool",
-    "pool_backward", "smooth", "smooth_backward",
+    "bilateral", "conv", "conv_backward", "joint_upsample", "kernel_backward",
+    "materialize_kernel", "pool", "pool_backward",
 ]
 
 # pac_backward's upstream kinds (pac::UPSTREAM_* in pac_backward.cu).
 _UPSTREAM_KERNEL, _UPSTREAM_DEPTHWISE, _UPSTREAM_PATCHES = 0, 1, 2
-
-
-class KernelGrads(NamedTuple):
-    """Gradients reaching the inputs of a fused adaptive kernel (as ``_cpu.backward``'s).
-
-    ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour and the centre
-    features (``None`` unless ``need_guide``); ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is
-    ``(kh, kw)``, ``mask`` is ``(N, H, W)`` (``None`` without a mask).
-    """
-
-    guide: object
-    centre: object
-    alpha: object
-    lam: object
-    spatial: object
-    mask: object
 
 
 class _CupyRuntime:
@@ -64,16 +51,6 @@ _RUNTIME = _CupyRuntime()
 def _on_device_of(array):
     """Context manager selecting ``array``'s device (kernels and allocations go there)."""
     return array.device
-
-
-def smooth(guide, weights):
-    """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with ``weights``."""
-    import cupyx.scipy.ndimage
-
-    with _on_device_of(guide):
-        return cupyx.scipy.ndimage.correlate(
-            guide, weights[None, None], mode="constant", cval=0.0
-        )
 
 
 def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
@@ -241,30 +218,6 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
         )
 
 
-def smooth_backward(grad_centre, guide, weights, need_weights):
-    """VJP of :func:`smooth`: ``(grad_guide, grad_weights)`` (``None`` unless asked)."""
-    import cupy
-    import cupyx.scipy.ndimage
-
-    with _on_device_of(grad_centre):
-        # The adjoint of correlating with weights is correlating with the flipped weights.
-        flipped = cupy.ascontiguousarray(weights[::-1, ::-1])
-        grad_guide = cupyx.scipy.ndimage.correlate(
-            grad_centre, flipped[None, None], mode="constant", cval=0.0
-        )
-        if not need_weights:
-            return grad_guide, None
-        height, width = guide.shape[2:]
-        ry, rx = (weights.shape[0] - 1) // 2, (weights.shape[1] - 1) // 2
-        padded = cupy.pad(guide, ((0, 0), (0, 0), (ry, ry), (rx, rx)))
-        sums = [
-            cupy.vdot(grad_centre, padded[:, :, u:u + height, v:v + width])
-            for u in range(weights.shape[0])
-            for v in range(weights.shape[1])
-        ]
-        return grad_guide, cupy.stack(sums).reshape(weights.shape)
-
-
 class _Gradients(NamedTuple):
     """Zeroed outputs of ``pac_backward`` (placeholders where not computed)."""
 
@@ -419,3 +372,12 @@ def _conv_backward(runtime, grad_y, x, weight_matrix, spec, geometry, k_stride, 
         grads.explicit if need_kernel and spec.use_explicit else None,
         _kernel_grads(spec, grads, geometry.kernel_size, need_kernel, need_guide),
     )
+
+
+# CRF entry points: no CUDA kernel of its own; the generic implementation on the core ops
+from .._generic.crf import (  # noqa: E402, F401
+    crf_add_adjoint,
+    crf_add_messages,
+    crf_softmax,
+    crf_step,
+)

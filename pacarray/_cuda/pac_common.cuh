@@ -14,9 +14,9 @@
 
 namespace pac {
 
-// Kernel families and normalizations: the same integer codes as pacarray.kernels. (Enumerators,
-// not constexpr variables: those would become device globals under NVRTC's default execution
-// space.)
+// Kernel families and normalizations: the integer codes of pacarray/_codes.py (tests/test_codes.py
+// checks that they agree). Enumerators, not constexpr variables: those would become device
+// globals under NVRTC's default execution space.
 enum : int {
     FAMILY_CONSTANT = 0,
     FAMILY_GAUSSIAN = 1,

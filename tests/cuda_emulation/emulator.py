@@ -201,15 +201,12 @@ class EmulatedRuntime:
 def emulated_backend(runtime: EmulatedRuntime) -> types.ModuleType:
     """A module with ``pacarray._cuda``'s public functions running on ``runtime``.
 
-    ``smooth`` and ``smooth_backward`` are CuPy's ``cupyx.scipy.ndimage.correlate`` (and array
-    operations) on the GPU, not kernels of ours; here they are the CPU backend's.
+    The smoothing of the centre feature is not a backend function (``pacarray._spec.smooth``
+    runs ``scipy.ndimage`` or ``cupyx.scipy.ndimage`` by the array's type).
     """
-    import pacarray._cpu as cpu
-    import pacarray._cpu.backward as cpu_backward
     import pacarray._cuda as cuda
 
     module = types.ModuleType("pacarray_emulated_cuda_backend")
-    module.smooth = cpu.smooth
 
     def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
         return cuda._materialize_kernel(
@@ -245,5 +242,11 @@ def emulated_backend(runtime: EmulatedRuntime) -> types.ModuleType:
     module.kernel_backward = kernel_backward
     module.pool_backward = pool_backward
     module.conv_backward = conv_backward
-    module.smooth_backward = cpu_backward.smooth_backward
+    module.bilateral = cuda.bilateral
+    module.joint_upsample = cuda.joint_upsample
+    # The CRF entry points are the generic ones (pac_pool and its gradient), as on the GPU.
+    module.crf_add_messages = cuda.crf_add_messages
+    module.crf_add_adjoint = cuda.crf_add_adjoint
+    module.crf_step = cuda.crf_step
+    module.crf_softmax = cuda.crf_softmax
     return module

@@ -1,0 +1,52 @@
+"""Generic bilateral filter and joint bilateral upsampling (any backend of the core ops)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _args
+from ..ops import pac_pool
+
+
+def bilateral(problem):
+    """The bilateral filter of a :class:`pacarray._bilateral.BilateralProblem` through the fused
+    ``pac_pool``, in the image's layout."""
+    if problem.color_distance == "l1" and problem.guide_channels > 1:
+        raise NotImplementedError(
+            "color_distance='l1' with a multichannel guide needs the NumPy kernel (at most "
+            "8 guide channels); got a "
+            f"{type(problem.planar).__module__} array with {problem.guide_channels} guide "
+            "channels. Use color_distance='l2'."
+        )
+    x, _, keywords = problem.pool_inputs()
+    result = pac_pool(x, problem.size, **keywords)[0]
+    return _args.channels_back(problem.xp, result, problem.image_axis)
+
+
+def joint_upsample(problem):
+    """Joint bilateral upsampling of an :class:`pacarray._bilateral.UpsampleProblem` as
+    whole-image array operations, one tap of the window at a time, in the caller's layout."""
+    xp = problem.xp
+    low_planar, guide_planar = problem.low_planar, problem.guide_planar
+    guide_samples, rows, cols = problem.guide_samples, problem.rows, problem.cols
+    dtype = low_planar.dtype
+    h, w = low_planar.shape[1:]
+    terms = []
+    for row_samples, row_lw in zip(rows[0], rows[1]):
+        for col_samples, col_lw in zip(cols[0], cols[1]):
+            index = np.ix_(np.clip(row_samples, 0, h - 1), np.clip(col_samples, 0, w - 1))
+            index = (slice(None),) + tuple(xp.asarray(i) for i in index)
+            d2 = ((guide_samples[index] - guide_planar) ** 2).sum(0)
+            log_spatial = xp.asarray(row_lw[:, None] + col_lw[None, :], dtype=dtype)
+            terms.append((log_spatial - dtype.type(problem.range_coef) * d2, low_planar[index]))
+    # Weights relative to the largest per pixel: no underflow, the same ratios.
+    largest = terms[0][0]
+    for argument, _ in terms[1:]:
+        largest = xp.fmax(largest, argument)
+    numerator = xp.zeros((low_planar.shape[0],) + tuple(guide_planar.shape[1:]), dtype=dtype)
+    denominator = xp.zeros(tuple(guide_planar.shape[1:]), dtype=dtype)
+    for argument, values in terms:
+        weight = xp.exp(argument - largest)
+        numerator += weight * values
+        denominator += weight
+    return _args.channels_back(xp, numerator / denominator, problem.channel_axis)

@@ -1,0 +1,361 @@
+"""The validated description of an adaptive kernel: the layer between the front ends and the
+backends (``docs/design.md`` §3).
+
+Front ends (``kernels.pac_kernel``, ``ops``, ``gradients``) turn the user's keywords into a
+:class:`KernelSpec` here, once; backends read its fields and never validate. The smoothing of the
+centre feature and its adjoint are array code that works the same on every backend, so they live
+here too, as does :class:`KernelGrads`, the shape of the gradients a backend returns for a fused
+kernel's inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _args
+from ._codes import (
+    FAMILY_CONSTANT,
+    FAMILY_GAUSSIAN,
+    FAMILY_INVERSE,
+    FAMILY_INVERSE_ASYMMETRIC,
+    NORMALIZE_CODES,
+)
+from ._dispatch import device_of as _device_of
+from ._dispatch import namespace, namespace_of, ndimage, select_backend
+from ._geometry import Geometry, as_tuple, make_geometry
+from . import kernels as _families  # families are public; imported as a module (cycle)
+
+
+def smoothing_weights(smooth):
+    """The 2-D smoothing kernel for the centre feature, or None."""
+    if smooth is None:
+        return None
+    if isinstance(smooth, str):
+        if smooth != "gaussian":
+            raise ValueError(
+                f"smooth must be None, 'gaussian', ('average', m) or a 2-D array, got {smooth!r}"
+            )
+        taps = np.array([1.0, 2.0, 1.0])
+        return np.outer(taps, taps) / 16.0
+    if isinstance(smooth, tuple) and len(smooth) == 2 and isinstance(smooth[0], str):
+        name, size = smooth
+        if name != "average":
+            raise ValueError(f"smooth must be ('average', m), got {smooth!r}")
+        (m,) = as_tuple(size, "smooth size", 1)
+        if m < 1 or m % 2 == 0:
+            raise ValueError(f"smooth size m must be positive and odd, got {size!r}")
+        return np.full((m, m), 1.0 / (m * m))
+    return smooth
+
+
+def smooth(guide, weights):
+    """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with the odd-sided
+    2-D ``weights`` (same array library and dtype as ``guide``): the smoothed centre feature."""
+    with _device_of(guide):
+        return ndimage(guide).correlate(guide, weights[None, None], mode="constant", cval=0.0)
+
+
+def smooth_backward(grad_centre, guide, weights, need_weights):
+    """VJP of :func:`smooth`: ``(grad_guide, grad_weights)``, ``grad_weights`` only when asked.
+
+    The adjoint of correlating with ``weights`` is correlating with ``weights`` flipped;
+    ``grad_weights[u, v] = sum grad_centre[n,f,y,x] * guide[n,f,y+u-ry,x+v-rx]``.
+    """
+    xp = namespace_of(grad_centre)
+    with _device_of(grad_centre):
+        flipped = xp.ascontiguousarray(weights[::-1, ::-1])
+        grad_guide = ndimage(grad_centre).correlate(
+            grad_centre, flipped[None, None], mode="constant", cval=0.0
+        )
+        if not need_weights:
+            return grad_guide, None
+        height, width = guide.shape[2:]
+        ry, rx = (weights.shape[0] - 1) // 2, (weights.shape[1] - 1) // 2
+        padded = xp.pad(guide, ((0, 0), (0, 0), (ry, ry), (rx, rx)))
+        flat_grad = grad_centre.reshape(-1)
+        grad_weights = xp.empty(weights.shape, grad_centre.dtype)
+        for u in range(weights.shape[0]):
+            for v in range(weights.shape[1]):
+                window = xp.ascontiguousarray(padded[:, :, u:u + height, v:v + width])
+                grad_weights[u, v] = xp.dot(flat_grad, window.reshape(-1))
+        return grad_guide, grad_weights
+
+
+class KernelGrads(NamedTuple):
+    """Gradients reaching the inputs of a fused adaptive kernel, as every backend returns them.
+
+    ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour features and
+    through the centre features (before smoothing; the front end applies
+    :func:`smooth_backward`); ``None`` unless the guide's gradient was asked for. Without
+    smoothing (``spec.centre is spec.guide``) a backend may fold the centre part into ``guide``
+    and return ``centre=None``. ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is ``(kh, kw)``,
+    ``mask`` is ``(N, H, W)`` (``None`` without a mask).
+    """
+
+    guide: object
+    centre: object
+    alpha: object
+    lam: object
+    spatial: object
+    mask: object
+
+
+@dataclass
+class KernelSpec:
+    """Everything a backend needs to produce the adaptive kernel, already validated.
+
+    ``explicit`` is an ``(N, Fk, T, Ho, Wo)`` array on the explicit path, else None. The other
+    fields describe the fused computation (``guide``/``centre``/``mask`` are small dummies when
+    absent so that backends see fixed types).
+    """
+
+    explicit: object
+    guide: object
+    centre: object
+    guide_shape: tuple[int, int]
+    family: int
+    alpha: object
+    lam: object
+    eps2: float
+    spatial: object
+    mask: object
+    has_mask: bool
+    normalize: int
+    channel_wise: bool
+    fk_count: int
+
+    @property
+    def use_explicit(self) -> bool:
+        return self.explicit is not None
+
+
+def resolve_family(family, have_guide: bool):
+    """Integer family code; ``family=None`` means Gaussian when a guide is given."""
+    if family is None:
+        return _families.Gaussian() if have_guide else None
+    if not have_guide:
+        raise ValueError(
+            f"family={family!r} was given without a guide; pass guide= to compute an adaptive "
+            "kernel (without a guide the kernel is 1)"
+        )
+    if not isinstance(family, (_families.Gaussian, _families.InversePower)):
+        raise TypeError(
+            f"family must be a kernel family object such as pacarray.Gaussian() or "
+            f"pacarray.InversePower(alpha=..., lambda_=...), got {family!r}"
+        )
+    return family
+
+
+def build_spec(
+    xp,
+    dtype,
+    geometry: Geometry,
+    *,
+    guide,
+    guide_shape,
+    batch,
+    channels,
+    family,
+    smooth,
+    spatial_weight,
+    mask,
+    normalize,
+    channel_wise,
+):
+    """Validate the fused kernel description and return a :class:`KernelSpec`.
+
+    ``guide`` (already converted to ``dtype`` or None) must have spatial shape ``guide_shape``;
+    ``channels`` is the data's channel count (None for ``pac_kernel``) for the channel-wise check.
+    """
+    if normalize not in NORMALIZE_CODES:
+        raise ValueError(
+            f"normalize must be one of None, 'kernel', 'mask', 'mask_kernel', got {normalize!r}"
+        )
+    _args.require_bool(channel_wise, "channel_wise")
+    family = resolve_family(family, guide is not None)
+    if guide is not None:
+        _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
+        if guide.shape[0] != batch:
+            raise ValueError(
+                f"guide batch size {guide.shape[0]} does not match the data's batch size {batch} "
+                f"(guide shape {tuple(guide.shape)})"
+            )
+        if tuple(guide.shape[2:]) != tuple(guide_shape):
+            raise ValueError(
+                f"guide spatial shape {tuple(guide.shape[2:])} must be {tuple(guide_shape)} "
+                f"(guide shape {tuple(guide.shape)})"
+            )
+        features = guide.shape[1]
+    else:
+        if channel_wise:
+            raise ValueError("channel_wise=True requires a guide (without one the kernel is 1)")
+        if smooth is not None:
+            raise ValueError(f"smooth={smooth!r} was given without a guide")
+        features = 1
+    if channel_wise and channels is not None and features != channels:
+        raise ValueError(
+            f"channel_wise=True needs one guide channel per data channel: guide has {features} "
+            f"channels, the data has {channels}"
+        )
+    fk_count = features if channel_wise else 1
+
+    if isinstance(family, _families.InversePower):
+        code = FAMILY_INVERSE_ASYMMETRIC if family.asymmetric else FAMILY_INVERSE
+        alpha, lam = family._alpha, family._lambda
+        for name, values in (("alpha", alpha), ("lambda_", lam)):
+            if len(values) > 1 and not channel_wise:
+                raise ValueError(
+                    f"per-channel {name} ({len(values)} values) requires channel_wise=True; "
+                    "a shared kernel takes a scalar"
+                )
+            if len(values) > 1 and len(values) != features:
+                raise ValueError(
+                    f"{name} has {len(values)} values but the guide has {features} channels"
+                )
+        alpha = np.broadcast_to(np.asarray(alpha), (fk_count,))
+        lam = np.broadcast_to(np.asarray(lam), (fk_count,))
+        eps2 = float(family.eps) ** 2
+    else:
+        code = FAMILY_GAUSSIAN if isinstance(family, _families.Gaussian) else FAMILY_CONSTANT
+        alpha = np.zeros(fk_count)
+        lam = np.zeros(fk_count)
+        eps2 = 0.0
+
+    spatial = np.ones(geometry.kernel_size)
+    if spatial_weight is not None:
+        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        _args.require_float(spatial_weight, "spatial_weight")
+        if tuple(spatial_weight.shape) != geometry.kernel_size:
+            raise ValueError(
+                f"spatial_weight must have shape kernel_size={geometry.kernel_size}, "
+                f"got {tuple(spatial_weight.shape)}"
+            )
+        spatial = spatial_weight
+
+    has_mask = mask is not None
+    if has_mask:
+        mask = _args.convert(xp, mask, "mask")
+        if mask.dtype.kind == "c":
+            raise TypeError(f"mask must be real, got dtype {mask.dtype}")
+        expected = (batch, 1, *guide_shape)
+        if tuple(mask.shape) != expected:
+            raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
+        if xp is np and not bool(np.all((mask >= 0) & (mask <= 1))):
+            raise ValueError("mask values must lie in [0, 1] (and not be NaN)")
+        mask = _args.cast(xp, mask.reshape(batch, *guide_shape), dtype)
+    elif normalize in ("mask", "mask_kernel"):
+        raise ValueError(f"normalize={normalize!r} requires a mask")
+    else:
+        mask = xp.zeros((1, 1, 1), dtype)
+
+    if guide is not None:
+        weights = smoothing_weights(smooth)
+        if weights is not None:
+            weights = _args.convert(xp, weights, "smooth")
+            _args.require_float(weights, "smooth")
+            if weights.ndim != 2 or any(s % 2 == 0 for s in weights.shape):
+                raise ValueError(
+                    f"a smooth array must be 2-D with odd sides, got shape {tuple(weights.shape)}"
+                )
+            centre = smooth(guide, _args.cast(xp, weights, dtype))
+        else:
+            centre = guide
+    else:
+        guide = centre = xp.zeros((1, 1, 1, 1), dtype)
+
+    return KernelSpec(
+        explicit=None,
+        guide=guide,
+        centre=centre,
+        guide_shape=tuple(guide_shape),
+        family=code,
+        alpha=_args.cast(xp, xp.asarray(alpha), dtype),
+        lam=_args.cast(xp, xp.asarray(lam), dtype),
+        eps2=eps2,
+        spatial=_args.cast(xp, xp.asarray(spatial), dtype),
+        mask=mask,
+        has_mask=has_mask,
+        normalize=NORMALIZE_CODES[normalize],
+        channel_wise=bool(channel_wise),
+        fk_count=fk_count,
+    )
+
+
+def prepare_kernel(
+    guide, kernel_size, *, stride, padding, dilation, family, smooth, spatial_weight, mask,
+    normalize, channel_wise, transposed, output_padding, other_arrays=None,
+):
+    """Validate :func:`pac_kernel`'s arguments once (shared with its gradient).
+
+    ``other_arrays`` (name -> array) take part in the backend choice only. Returns
+    ``(backend, xp, geometry, guide, spec, out_shape)`` with ``guide`` converted.
+    """
+    backend = select_backend(
+        **(other_arrays or {}), guide=guide, spatial_weight=spatial_weight, mask=mask
+    )
+    xp = namespace(backend)
+    guide = _args.convert(xp, guide, "guide")
+    _args.require_float(guide, "guide")
+    _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
+    if spatial_weight is not None:
+        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        _args.require_float(spatial_weight, "spatial_weight")
+    dtype = _args.compute_dtype(guide, spatial_weight)
+    geometry = make_geometry(
+        kernel_size, stride, padding, dilation, output_padding, transposed=transposed
+    )
+    guide_shape = tuple(guide.shape[2:])
+    if transposed:
+        out_shape = guide_shape
+    else:
+        out_shape = geometry.checked_output_shape(guide_shape, "guide")
+    spec = build_spec(
+        xp,
+        dtype,
+        geometry,
+        guide=_args.cast(xp, guide, dtype),
+        guide_shape=guide_shape,
+        batch=guide.shape[0],
+        channels=None,
+        family=family,
+        smooth=smooth,
+        spatial_weight=spatial_weight,
+        mask=mask,
+        normalize=normalize,
+        channel_wise=channel_wise,
+    )
+    return backend, xp, geometry, guide, spec, out_shape
+
+
+def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
+    """Validate an explicit ``K`` array for an operation and wrap it in a :class:`KernelSpec`."""
+    _args.require_ndim(kernel, 6, "kernel", "(N, 1|C, kh, kw, Ho, Wo)")
+    n, fk, kh, kw, ho, wo = kernel.shape
+    expected_tail = (*kernel_size, *out_shape)
+    if n != batch or fk not in (1, channels) or (kh, kw, ho, wo) != expected_tail:
+        raise ValueError(
+            f"kernel must have shape ({batch}, 1 or {channels}, "
+            f"{', '.join(map(str, expected_tail))}) for this operation, got {tuple(kernel.shape)}"
+        )
+    explicit = _args.cast(xp, kernel, dtype).reshape(n, fk, kh * kw, ho, wo)
+    dummy4 = xp.zeros((1, 1, 1, 1), dtype)
+    zeros = xp.zeros(1, dtype)
+    return KernelSpec(
+        explicit=explicit,
+        guide=dummy4,
+        centre=dummy4,
+        guide_shape=(1, 1),
+        family=FAMILY_CONSTANT,
+        alpha=zeros,
+        lam=zeros,
+        eps2=0.0,
+        spatial=xp.ones(kernel_size, dtype),
+        mask=xp.zeros((1, 1, 1), dtype),
+        has_mask=False,
+        normalize=0,
+        channel_wise=fk > 1,
+        fk_count=fk,
+    )
