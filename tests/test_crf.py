@@ -10,6 +10,7 @@ import pytest
 import scipy.ndimage as ndi
 
 import pacarray.crf as crf
+from pacarray import _dispatch
 from pacarray.crf import DEFAULT_PAIRWISE, PairwiseTerm, pac_crf, pac_crf_vjp
 from pacarray.features import color_position_features
 from pacarray.testing import check_gradients
@@ -119,11 +120,14 @@ def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=
 
 
 @pytest.fixture(params=["cpu_kernels", "pac_pool"])
-def path(request, monkeypatch):
+def path(request):
     """Run each oracle test through the dedicated CPU kernels and through the generic pac_pool
-    path that CuPy arrays take."""
-    monkeypatch.setattr(crf, "_USE_CPU_KERNELS", request.param == "cpu_kernels")
-    return request.param
+    path that CuPy arrays take (the backend's CRF entry points routed to pacarray._generic)."""
+    if request.param == "pac_pool":
+        with _dispatch.generic_kernels():
+            yield request.param
+    else:
+        yield request.param
 
 
 TERM_SETS = {
@@ -260,11 +264,9 @@ def test_inputs_are_not_written(rng):
     np.testing.assert_array_equal(image, copies[1])
 
 
-@pytest.mark.parametrize("use_kernels", [True, False])
-def test_memory_stays_linear_in_labels_times_pixels(use_kernels, monkeypatch):
+def test_memory_stays_linear_in_labels_times_pixels(path):
     """No per-tap array: with 2 labels and a 7x7 kernel (48 taps) the peak allocation stays a
     small multiple of the unary's size, far below one array per tap."""
-    monkeypatch.setattr(crf, "_USE_CPU_KERNELS", use_kernels)
     rng = np.random.default_rng(5)
     unary = rng.normal(size=(2, 96, 96)).astype(np.float32)
     image = rng.random((96, 96, 3)).astype(np.float32)
@@ -276,6 +278,31 @@ def test_memory_stays_linear_in_labels_times_pixels(use_kernels, monkeypatch):
     tracemalloc.stop()
     per_tap_array = 48 * 96 * 96 * 4
     assert peak < 16 * unary.nbytes < per_tap_array, (peak, unary.nbytes)
+
+
+def test_paths_run_the_backend_entry_points(monkeypatch):
+    """The CPU path runs the CPU backend's CRF entry points, the generic path (what CuPy arrays
+    take) those of pacarray._generic: the ``path`` fixture tests what it claims to."""
+    import pacarray._cpu as cpu
+    import pacarray._generic as generic
+
+    calls = []
+    for module in (cpu, generic):
+        for name in ("crf_step", "crf_softmax", "crf_add_messages", "crf_add_adjoint"):
+            def spy(*args, _original=getattr(module, name), _module=module):
+                calls.append(_module)
+                return _original(*args)
+
+            monkeypatch.setattr(module, name, spy)
+    rng = np.random.default_rng(2)
+    unary, image = rng.normal(size=(3, 6, 7)), rng.random((6, 7, 3))
+    terms = [PairwiseTerm(kernel_size=3), PairwiseTerm(kernel_size=3, blur=2)]
+    pac_crf_vjp(unary, unary, image, pairwise=terms, num_steps=1, compatibility=np.eye(3))
+    assert calls and set(calls) == {cpu}
+    calls.clear()
+    with _dispatch.generic_kernels():
+        pac_crf_vjp(unary, unary, image, pairwise=terms, num_steps=1, compatibility=np.eye(3))
+    assert calls and set(calls) == {generic}
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +340,12 @@ GRADIENT_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(GRADIENT_CASES))
+@pytest.mark.parametrize("case", [
+    "potts",
+    # Each a finite-difference check over every input on both paths: the slow tier.
+    pytest.param("matrix+log", marks=pytest.mark.slow),
+    pytest.param("blur+probabilities", marks=pytest.mark.slow),
+])
 def test_gradients_match_finite_differences(path, case):
     terms, use_matrix, options = GRADIENT_CASES[case]
     rng = np.random.default_rng(11)

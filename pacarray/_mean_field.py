@@ -1,0 +1,294 @@
+"""Mean-field machinery of PAC-CRF: the update loop, its backward pass and their building blocks.
+
+:mod:`pacarray.crf` validates the arguments and builds a :class:`MeanField`; everything here
+works on the validated ``(N, L, H, W)`` arrays in their array namespace. The per-pixel work goes
+to the CRF entry points of the backend module that the front end picked (``docs/design.md`` §3):
+
+* ``crf_softmax(logits)``: softmax over the labels;
+* ``crf_step(unary, q, guide, terms, extra, compatibility, want_logits)``: one whole update for
+  the full-resolution terms (their messages, the blurred terms' sum ``extra``, the compatibility
+  and the softmax);
+* ``crf_add_messages(q, guide, spatial, dilation, scale, out)``: ``out += scale * M q`` for one
+  term on its own grid (blurred terms, the backward pass);
+* ``crf_add_adjoint(grad, q, guide, spatial, dilation, scale, out)``: ``out += scale * M^T
+  grad``.
+
+The CPU backend runs them with the Numba kernels of ``pacarray._cpu._crf_kernels``; the others
+with the generic implementation of ``pacarray._generic.crf`` on ``pac_pool`` and its gradient.
+This module decides what is computed (blur, upsampling, the order of the sums, the chain rule),
+never how a backend computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Term:
+    """A pairwise term resolved against the inputs: arrays on the right device and dtype."""
+
+    weight: float
+    guide: object  # (N, F, h, w) C-contiguous on the term's grid, or None (no features)
+    spatial: object  # (kh, kw) spatial weights, centre 0
+    dilation: tuple[int, int]
+    blur: int
+
+
+@dataclass
+class MeanField:
+    """The inference problem as the updates see it."""
+
+    module: object  # backend module: the CRF entry points
+    xp: object  # its array namespace
+    unary: object  # unary_weight * log-potentials, C-contiguous (N, L, H, W)
+    terms: list  # of Term
+    compatibility: object  # (L, L), or None for Potts
+    num_steps: int
+
+
+# --------------------------------------------------------------------------------------------
+# Coarse grids of the blurred terms
+
+
+def block_mean(xp, array, factor):
+    """Mean over ``factor x factor`` blocks of the last two axes (partial blocks: their pixels)."""
+    *lead, height, width = array.shape
+    low_h, low_w = -(-height // factor), -(-width // factor)
+    padded = xp.zeros((*lead, low_h * factor, low_w * factor), array.dtype)
+    padded[..., :height, :width] = array
+    sums = padded.reshape(*lead, low_h, factor, low_w, factor).sum(axis=(-3, -1))
+    return sums / _block_counts(xp, height, width, factor, array.dtype)
+
+
+def _block_counts(xp, height, width, factor, dtype):
+    rows = np.minimum(factor, height - factor * np.arange(-(-height // factor)))
+    cols = np.minimum(factor, width - factor * np.arange(-(-width // factor)))
+    return xp.asarray(np.outer(rows, cols).astype(dtype))
+
+
+def block_mean_adjoint(xp, grad_low, height, width, factor):
+    """Adjoint of :func:`block_mean`: each pixel gets its block's gradient / block size."""
+    scaled = grad_low / _block_counts(xp, height, width, factor, grad_low.dtype)
+    spread = xp.repeat(xp.repeat(scaled, factor, axis=-2), factor, axis=-1)
+    return xp.ascontiguousarray(spread[..., :height, :width])
+
+
+def _interpolation(size_out, size_in, factor):
+    """Bilinear sample positions: ``(lo, hi, t)`` for output pixel centres on a coarse grid."""
+    position = (np.arange(size_out) + 0.5) / factor - 0.5
+    position = np.clip(position, 0.0, size_in - 1)
+    lo = np.floor(position).astype(np.intp)
+    hi = np.minimum(lo + 1, size_in - 1)
+    return lo, hi, position - lo
+
+
+def upsample(xp, array, shape, factor):
+    """Bilinear upsampling of the last two axes to ``shape`` (coarse cells at block centres)."""
+    for axis, size_out in ((-2, shape[0]), (-1, shape[1])):
+        lo, hi, t = _interpolation(size_out, array.shape[axis], factor)
+        t = xp.asarray(t.astype(array.dtype))
+        if axis == -2:
+            t = t[:, None]
+        low = xp.take(array, xp.asarray(lo), axis=axis)
+        high = xp.take(array, xp.asarray(hi), axis=axis)
+        array = low + t * (high - low)
+    return array
+
+
+def upsample_adjoint(xp, grad, low_shape, factor):
+    """Adjoint of :func:`upsample` (the transpose of the interpolation, axis by axis)."""
+    for axis, size_in in ((-1, low_shape[1]), (-2, low_shape[0])):
+        lo, hi, t = _interpolation(grad.shape[axis], size_in, factor)
+        t = xp.asarray(t.astype(grad.dtype))
+        if axis == -2:
+            t = t[:, None]
+        moved_shape = list(grad.shape)
+        moved_shape[axis] = size_in
+        out = xp.zeros(moved_shape, grad.dtype)
+        index = [slice(None)] * grad.ndim
+        index[axis] = xp.asarray(lo)
+        xp.add.at(out, tuple(index), grad * (1 - t))
+        index[axis] = xp.asarray(hi)
+        xp.add.at(out, tuple(index), grad * t)
+        grad = out
+    return grad
+
+
+# --------------------------------------------------------------------------------------------
+# Messages of all terms and their adjoint
+
+
+def pairwise_sum(field, q, weights, out):
+    """``out = sum_k weights[k] * message_k(q)`` at full resolution (``out`` is overwritten).
+
+    Terms of weight 0 are skipped. Blurred terms run on their coarse grid (the marginals are
+    pooled once per blur factor).
+    """
+    xp, module = field.xp, field.module
+    out[...] = 0
+    pooled = {}
+    for term, weight in zip(field.terms, weights):
+        if weight == 0:
+            continue
+        if term.blur == 1:
+            module.crf_add_messages(q, term.guide, term.spatial, term.dilation, weight, out)
+            continue
+        if term.blur not in pooled:
+            pooled[term.blur] = xp.ascontiguousarray(block_mean(xp, q, term.blur))
+        coarse_q = pooled[term.blur]
+        coarse = xp.zeros_like(coarse_q)
+        module.crf_add_messages(coarse_q, term.guide, term.spatial, term.dilation,
+                                weight * term.blur**2, coarse)
+        out += upsample(xp, coarse, q.shape[2:], term.blur)
+    return out
+
+
+def pairwise_adjoint(field, grad, q, weights, out, weight_grads):
+    """``out = sum_k weights[k] M_k^T grad``; ``weight_grads[k] += <q, M_k^T grad>``.
+
+    ``q`` is the input of the forward messages. A blurred term is ``b**2 * Up o M o Mean``,
+    whose adjoint is ``b**2 * Mean^T o M^T o Up^T``.
+    """
+    xp, module = field.xp, field.module
+    out[...] = 0
+    single = xp.empty_like(grad)
+    pooled = {}
+    for index, (term, weight) in enumerate(zip(field.terms, weights)):
+        if term.blur == 1:
+            single[...] = 0
+            module.crf_add_adjoint(grad, q, term.guide, term.spatial, term.dilation, 1.0, single)
+        else:
+            if term.blur not in pooled:
+                pooled[term.blur] = xp.ascontiguousarray(block_mean(xp, q, term.blur))
+            coarse_q = pooled[term.blur]
+            coarse_grad = xp.ascontiguousarray(
+                upsample_adjoint(xp, grad, coarse_q.shape[2:], term.blur)
+            )
+            coarse = xp.zeros_like(coarse_grad)
+            module.crf_add_adjoint(coarse_grad, coarse_q, term.guide, term.spatial,
+                                   term.dilation, float(term.blur**2), coarse)
+            single[...] = block_mean_adjoint(xp, coarse, *grad.shape[2:], term.blur)
+        weight_grads[index] += float(xp.sum(q * single))
+        if weight != 0:
+            out += q.dtype.type(weight) * single
+    return out
+
+
+def _step_terms(xp, terms):
+    """The full-resolution terms as ``crf_step`` takes them: ``(guide, step_terms)``.
+
+    ``guide`` stacks the features of every term that has some along axis 1 (``None`` when none
+    has), once per call rather than once per step; each step term is ``(weight, spatial,
+    dilation, features)`` with ``features`` the ``(start, stop)`` range of its features in
+    ``guide`` or ``None``. Terms of weight 0 are left out.
+    """
+    full = [t for t in terms if t.blur == 1 and t.weight != 0]
+    guides = [t.guide for t in full if t.guide is not None]
+    if not guides:
+        guide = None
+    elif len(guides) == 1:
+        guide = guides[0]
+    else:
+        guide = xp.ascontiguousarray(xp.concatenate(guides, axis=1))
+    step_terms, start = [], 0
+    for term in full:
+        features = None
+        if term.guide is not None:
+            features = (start, start + term.guide.shape[1])
+            start = features[1]
+        step_terms.append((term.weight, term.spatial, term.dilation, features))
+    return guide, tuple(step_terms)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward and backward loops
+
+
+def forward(field, keep_history=False, want_logits=False):
+    """Run the updates; returns ``(Q, logits or None, history of Q or None)``.
+
+    The logits are those of the last update (the scaled unary after 0 steps), when
+    ``want_logits``; the history, when ``keep_history``, is ``[Q_0, ..., Q_num_steps]``.
+    Per update: the blurred terms' messages on their coarse grids (``pairwise_sum``), then one
+    ``crf_step`` for the full-resolution terms, the compatibility and the softmax.
+    """
+    xp, module, unary = field.xp, field.module, field.unary
+    q = module.crf_softmax(unary)
+    history = [q] if keep_history else None
+    logits = unary if want_logits else None
+    guide, step_terms = _step_terms(xp, field.terms)
+    blurred = [t.weight if t.blur > 1 else 0.0 for t in field.terms]
+    extra = xp.empty_like(unary) if any(blurred) else None
+    for step in range(field.num_steps):
+        last = step == field.num_steps - 1
+        if extra is not None:
+            pairwise_sum(field, q, blurred, extra)
+        q, step_logits = module.crf_step(unary, q, guide, step_terms, extra,
+                                         field.compatibility, want_logits and last)
+        if want_logits and last:
+            logits = step_logits
+        if keep_history:
+            history.append(q)
+    return q, logits, history
+
+
+def log_softmax(xp, logits):
+    """Logarithm of the softmax over the label axis (axis 1), computed stably."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _compat_apply(xp, compat, pairwise):
+    """``out[n, l] = sum_l' compat[l, l'] pairwise[n, l']`` (one matrix product per image)."""
+    batch, labels = pairwise.shape[:2]
+    flat = pairwise.reshape(batch, labels, -1)
+    return xp.matmul(compat, flat).reshape(pairwise.shape)
+
+
+def backward(field, history, grad_output, log_output):
+    """Pull ``grad_output`` back through the updates recorded in ``history``.
+
+    ``grad_output`` is the gradient with respect to the last marginals (or their logarithm when
+    ``log_output``), as ``(N, L, H, W)`` of their dtype. Returns ``(gradient with respect to
+    the scaled unary, list of weight gradients, compatibility gradient or None)``.
+
+    For a step ``Q_s = softmax(a_s)``, ``a_s = U - mu P_s``, ``P_s = sum_k w_k M_k Q_(s-1)``:
+    ``dL/dw_k = -<mu^T dL/da_s, M_k Q_(s-1)>``, ``dL/dmu = -dL/da_s P_s^T`` and ``dL/dQ_(s-1) =
+    -sum_k w_k M_k^T mu^T dL/da_s``. Potts computes ``a_s = U + P_s`` (the per-pixel constant
+    cancels in the softmax), so there ``dL/dP_s = dL/da_s``.
+    """
+    xp = field.xp
+    q = history[-1]
+    if log_output:
+        grad_logits = grad_output - q * grad_output.sum(axis=1, keepdims=True)
+    else:
+        grad_logits = q * (grad_output - (grad_output * q).sum(axis=1, keepdims=True))
+
+    weights = [t.weight for t in field.terms]
+    weight_grads = [0.0] * len(field.terms)
+    compat = field.compatibility
+    compat_grad = None if compat is None else xp.zeros_like(compat)
+    grad_unary = xp.zeros_like(q)
+    pairwise = xp.empty_like(q)
+    grad_q = xp.empty_like(q)
+    for step in range(field.num_steps, 0, -1):
+        previous = history[step - 1]
+        grad_unary += grad_logits
+        if compat is None:
+            grad_pairwise = grad_logits
+        else:
+            pairwise_sum(field, previous, weights, pairwise)
+            batch, labels = q.shape[:2]
+            compat_grad -= xp.einsum(
+                "nai,nbi->ab", grad_logits.reshape(batch, labels, -1),
+                pairwise.reshape(batch, labels, -1),
+            )
+            grad_pairwise = -_compat_apply(xp, compat.T, grad_logits)
+        grad_pairwise = xp.ascontiguousarray(grad_pairwise)
+        pairwise_adjoint(field, grad_pairwise, previous, weights, grad_q, weight_grads)
+        grad_logits = previous * (grad_q - (grad_q * previous).sum(axis=1, keepdims=True))
+    grad_unary += grad_logits
+    return grad_unary, weight_grads, compat_grad
