@@ -51,15 +51,15 @@ def smoothing_weights(smooth):
     return smooth
 
 
-def smooth(guide, weights):
+def smooth_centre(guide, weights):
     """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with the odd-sided
     2-D ``weights`` (same array library and dtype as ``guide``): the smoothed centre feature."""
     with _device_of(guide):
         return ndimage(guide).correlate(guide, weights[None, None], mode="constant", cval=0.0)
 
 
-def smooth_backward(grad_centre, guide, weights, need_weights):
-    """VJP of :func:`smooth`: ``(grad_guide, grad_weights)``, ``grad_weights`` only when asked.
+def smooth_centre_backward(grad_centre, guide, weights, need_weights):
+    """VJP of :func:`smooth_centre`: ``(grad_guide, grad_weights)``, the latter only if asked.
 
     The adjoint of correlating with ``weights`` is correlating with ``weights`` flipped;
     ``grad_weights[u, v] = sum grad_centre[n,f,y,x] * guide[n,f,y+u-ry,x+v-rx]``.
@@ -89,7 +89,7 @@ class KernelGrads(NamedTuple):
 
     ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour features and
     through the centre features (before smoothing; the front end applies
-    :func:`smooth_backward`); ``None`` unless the guide's gradient was asked for. Without
+    :func:`smooth_centre_backward`); ``None`` unless the guide's gradient was asked for. Without
     smoothing (``spec.centre is spec.guide``) a backend may fold the centre part into ``guide``
     and return ``centre=None``. ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is ``(kh, kw)``,
     ``mask`` is ``(N, H, W)`` (``None`` without a mask).
@@ -260,7 +260,7 @@ def build_spec(
                 raise ValueError(
                     f"a smooth array must be 2-D with odd sides, got shape {tuple(weights.shape)}"
                 )
-            centre = smooth(guide, _args.cast(xp, weights, dtype))
+            centre = smooth_centre(guide, _args.cast(xp, weights, dtype))
         else:
             centre = guide
     else:

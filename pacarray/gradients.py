@@ -22,7 +22,7 @@ import numpy as np
 from . import _args
 from ._dispatch import backend_module, select_backend
 from ._geometry import kernel_geometry
-from ._spec import prepare_kernel, resolve_family, smooth_backward, smoothing_weights
+from ._spec import prepare_kernel, resolve_family, smooth_centre_backward, smoothing_weights
 from .kernels import InversePower
 from .ops import _prepare, backend_weight, user_weight_gradient
 
@@ -185,7 +185,7 @@ def _kernel_fields(xp, spec, parts, needed, family, smooth, guide_given):
             fields["guide"] = parts.guide + parts.centre
         else:
             weights = _args.cast(xp, _args.convert(xp, weights, "smooth"), spec.guide.dtype)
-            through_centre, grad_weights = smooth_backward(
+            through_centre, grad_weights = smooth_centre_backward(
                 parts.centre, spec.guide, weights, "smooth" in needed
             )
             fields["guide"] = parts.guide + through_centre
