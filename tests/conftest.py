@@ -20,6 +20,15 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from _op_cases import parametrize_op  # noqa: E402 (needs the path above)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc):
+    """A test shared by several ops' files runs for the op of the file (see _op_cases.py)."""
+    parametrize_op(metafunc)
+
+
 #: Largest accepted ``max|actual - expected| / max|expected|`` per computation dtype.
 RELATIVE_TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 

@@ -517,7 +517,7 @@ def test_every_kernel_instantiation_is_emulated(cuda_backend, rng, monkeypatch):
 
 # --------------------------------------------------------------------------------------------
 # Backward passes (pac_backward): against finite differences of the oracle, and against the
-# CPU backend's VJPs (themselves checked against finite differences in test_gradients.py).
+# CPU backend's VJPs (themselves checked against finite differences in test_pac_*.py).
 
 BACKWARD_OPS = ["pool", "shared", "conv", "conv_transpose"]
 
