@@ -1,13 +1,16 @@
 """CPU backend: Numba kernels plus BLAS, with fixed explicit signatures and no validation.
 
-The front end (``pacarray.kernels`` / ``pacarray.ops``) has already checked and converted every
-argument: arrays are C-contiguous and share one float dtype.
+The front ends (through ``pacarray._spec``) have already checked and converted every argument:
+arrays are C-contiguous and share one float dtype. The entry points are the backend contract of
+``docs/design.md`` §3: the core operations and their gradients, and the specialised entry points
+(image filters in ``_filters.py``, CRF steps below).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import _crf_kernels, _threads
 from . import _numba_kernels as nk
 from ._inputs import explicit_kernel, features, frozen, kernel_args
 from ._filters import bilateral, joint_upsample  # noqa: F401
@@ -56,7 +59,6 @@ def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
 # CRF entry points
 # (Numba kernels of pacarray._cpu._crf_kernels; signatures in pacarray._mean_field's docstring)
 
-from . import _crf_kernels  # noqa: E402  (kept with the entry points that use it)
 
 
 def _crf_guide(guide, q):
@@ -138,3 +140,16 @@ def crf_softmax(logits):
     # An update without pairwise terms is exactly the softmax of its unary; reusing the step
     # kernel saves compiling a separate parallel kernel per dtype.
     return crf_step(logits, logits, None, (), None, None, False)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Thread safety: decided once, before the first parallel kernel runs (see _threads.py).
+
+_ENTRY_POINTS = (
+    "materialize_kernel", "pool", "conv", "kernel_backward", "pool_backward", "conv_backward",
+    "bilateral", "joint_upsample", "crf_add_messages", "crf_add_adjoint", "crf_step",
+    "crf_softmax",
+)
+if _threads.configure():
+    for _name in _ENTRY_POINTS:
+        globals()[_name] = _threads.serialized(globals()[_name])
