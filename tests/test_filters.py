@@ -111,7 +111,7 @@ def test_bilateral_more_channels_than_one_kernel_call(rng):
 
 @pytest.mark.parametrize("mode", ["mirror", "constant", "exclude"])
 def test_bilateral_equals_oracle_pac_pool(mode, rng):
-    # DESIGN: Gaussian K on colour / sigma_color + Gaussian spatial weight + "kernel"
+    # docs/design.md §1.7: Gaussian K on colour / sigma_color + Gaussian spatial weight + "kernel"
     # normalization on the extended image is the bilateral filter.
     image = rng.random((5, 6)).astype(np.float64)
     radius, sigma_spatial, sigma_color = 2, 1.2, 0.35

@@ -1,5 +1,5 @@
 // Host emulation of the CUDA built-ins that pacarray's kernels use, so that the unmodified .cu
-// files compile with g++ and run on the CPU (DESIGN section 5).
+// files compile with g++ and run on the CPU (docs/design.md §5).
 //
 // Model. A launch runs its blocks on a few worker OS threads, one block at a time per worker.
 // threadIdx/blockIdx/blockDim/gridDim are thread_local, and so is __shared__ memory, so the

@@ -1,4 +1,4 @@
-"""Build and drive the host emulation of pacarray's CUDA kernels (DESIGN section 5).
+"""Build and drive the host emulation of pacarray's CUDA kernels (``docs/design.md`` §5).
 
 :func:`build` compiles one translation unit with g++: ``cuda_emulation.h``, every ``.cu`` file
 of ``pacarray/_cuda`` unmodified, ``launcher.h`` and a generated registry holding every
