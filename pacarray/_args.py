@@ -100,6 +100,12 @@ def require_float(array, name: str) -> None:
         )
 
 
+def require_real(array, name: str) -> None:
+    """Reject complex arrays where real numbers (of any kind: bool, int, float) are required."""
+    if array.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got dtype {array.dtype}")
+
+
 def compute_dtype(*arrays) -> np.dtype:
     """float64 if any float argument is float64, else float32 (float16 computes as float32)."""
     dtypes = [a.dtype for a in arrays if a is not None]

@@ -227,7 +227,7 @@ def build_spec(
     spatial = np.ones(geometry.kernel_size)
     if spatial_weight is not None:
         spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
-        _args.require_float(spatial_weight, "spatial_weight")
+        _args.require_real(spatial_weight, "spatial_weight")
         if tuple(spatial_weight.shape) != geometry.kernel_size:
             raise ValueError(
                 f"spatial_weight must have shape kernel_size={geometry.kernel_size}, "
@@ -255,7 +255,7 @@ def build_spec(
         weights = smoothing_weights(smooth)
         if weights is not None:
             weights = _args.convert(xp, weights, "smooth")
-            _args.require_float(weights, "smooth")
+            _args.require_real(weights, "smooth")
             if weights.ndim != 2 or any(s % 2 == 0 for s in weights.shape):
                 raise ValueError(
                     f"a smooth array must be 2-D with odd sides, got shape {tuple(weights.shape)}"
@@ -302,8 +302,8 @@ def prepare_kernel(
     _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
     if spatial_weight is not None:
         spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
-        _args.require_float(spatial_weight, "spatial_weight")
-    dtype = _args.compute_dtype(guide, spatial_weight)
+        _args.require_real(spatial_weight, "spatial_weight")
+    dtype = _args.compute_dtype(guide)  # spatial_weight takes the guide's dtype
     geometry = make_geometry(
         kernel_size, stride, padding, dilation, output_padding, transposed=transposed
     )

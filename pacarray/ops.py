@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _args
-from ._dispatch import backend_module, namespace, select_backend
+from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from ._geometry import kernel_geometry, make_geometry
 from ._spec import build_spec, explicit_spec
 
@@ -36,9 +36,11 @@ def _prepare(
     spatial_weight = options["spatial_weight"]
     if spatial_weight is not None:
         spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
-        _args.require_float(spatial_weight, "spatial_weight")
+        _args.require_real(spatial_weight, "spatial_weight")
         options = {**options, "spatial_weight": spatial_weight}
-    dtype = _args.compute_dtype(x, weight, bias, kernel, guide, spatial_weight)
+    # Small parameter arrays (spatial_weight, smooth, mask) take the data's dtype: a float64
+    # window from spatial_window() keeps a float32 call in float32 (docs/design.md §1).
+    dtype = _args.compute_dtype(x, weight, bias, kernel, guide)
 
     if weight is not None:
         _args.require_ndim(weight, 4, "weight", "(C_out, C, kh, kw)")
@@ -149,6 +151,7 @@ def _run(op, x, weight, bias, kernel, guide, family, kernel_size, stride, paddin
     return y
 
 
+@delegate_lazy("pac_conv")
 def pac_conv(
     x,
     weight,
@@ -231,6 +234,7 @@ def pac_conv(
     )
 
 
+@delegate_lazy("pac_conv_transpose")
 def pac_conv_transpose(
     x,
     weight,
@@ -305,6 +309,7 @@ def pac_conv_transpose(
     )
 
 
+@delegate_lazy("pac_pool")
 def pac_pool(
     x,
     kernel_size,

@@ -280,8 +280,9 @@ def test_float_arguments_reject_other_dtypes(op, dtype):
     for name in names:
         with _raises(TypeError, name, np.dtype(dtype).name):
             call(op, **{name: args[name].astype(dtype)})
-    with _raises(TypeError, "spatial_weight", np.dtype(dtype).name):
-        call(op, spatial_weight=np.ones((3, 3), dtype))
+    if np.dtype(dtype).kind == "c":
+        with _raises(TypeError, "spatial_weight", np.dtype(dtype).name):
+            call(op, spatial_weight=np.ones((3, 3), dtype))
     if op != "kernel":
         with _raises(TypeError, "kernel", np.dtype(dtype).name):
             call(op, explicit=True, kernel=np.ones(_explicit_shape(op), dtype))
@@ -403,6 +404,17 @@ def test_result_dtype_is_the_input_dtype(op, dtype):
 
 
 @ops("kernel", "conv", "conv_transpose", "pool")
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.bool_], ids=lambda d: np.dtype(d).name)
+def test_integer_spatial_weight_and_lists_are_cast(op, dtype):
+    base = _float_inputs(op, np.float32)
+    expected = _call_with(op, dict(base, spatial_weight=np.ones((3, 3), np.float32)))
+    for weight in (np.ones((3, 3), dtype), np.ones((3, 3), dtype).tolist()):
+        out = _call_with(op, dict(base, spatial_weight=weight))
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, expected)
+
+
+@ops("kernel", "conv", "conv_transpose", "pool")
 def test_mixed_float32_float64_promotes_to_float64(op, assert_close):
     base = _float_inputs(op, np.float32)
     reference = _call_with(op, {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v
@@ -413,9 +425,10 @@ def test_mixed_float32_float64_promotes_to_float64(op, assert_close):
         out = _call_with(op, args)
         assert out.dtype == np.float64, name
         assert_close(out, reference, np.float64)
-    # A float64 spatial weight promotes too; a float64 mask does not (it is not data).
+    # Parameter arrays take the data's dtype: a float64 spatial weight (spatial_window's) or
+    # mask keeps a float32 call in float32.
     out = _call_with(op, dict(base, spatial_weight=np.ones((3, 3))))
-    assert out.dtype == np.float64
+    assert out.dtype == np.float32
     spatial = (8, 10) if op == "conv_transpose" else (6, 7)
     out = _call_with(op, dict(base, mask=np.ones((2, 1) + spatial)))
     assert out.dtype == np.float32
