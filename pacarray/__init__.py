@@ -13,6 +13,7 @@ from .gradients import pac_conv_transpose_vjp, pac_conv_vjp, pac_kernel_vjp, pac
 from .kernels import Gaussian, InversePower, pac_kernel, spatial_window
 from .ops import pac_conv, pac_conv_transpose, pac_pool
 from .pooling import detail_preserving_pool
+from ._warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "pac_pool_vjp",
     "spatial_window",
     "testing",
+    "warmup",
 ]

@@ -965,6 +965,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=_run_info, parser=sub)
 
+    sub = _command(
+        commands, "warmup", help="compile the CPU kernels ahead of their first use",
+        description="Make the first call of each public function on tiny inputs, in parallel "
+                    "worker processes, so that later processes load every Numba kernel from "
+                    "the on-disk cache instead of compiling it (tens of seconds per function "
+                    "in a new environment). pacarray.warmup.",
+        epilog="examples:\n  pacarray warmup\n  pacarray warmup --dtype both\n"
+               "  pacarray warmup pac_conv pac_conv_vjp --processes 2",
+    )
+    from ._warmup import WARMUP_FUNCTIONS
+
+    sub.add_argument("functions", nargs="*", metavar="FUNCTION",
+                     help="what to compile (default: everything): "
+                          + ", ".join(WARMUP_FUNCTIONS))
+    sub.add_argument("--dtype", choices=("float32", "float64", "both"), default="float32",
+                     help="dtype of the kernels (default: float32)")
+    sub.add_argument("--processes", type=_positive_int, metavar="N",
+                     help="worker processes (default: the number of CPUs)")
+    sub.set_defaults(handler=_run_warmup, parser=sub)
+
     # Only listed here: main() hands `bench ...` to the benchmarks' own parser untouched.
     commands.add_parser("bench", add_help=False,
                         help="run the benchmarks: python -m pacarray.benchmarks ARGS")
@@ -981,6 +1001,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(sub)
     sub.set_defaults(handler=_run_demo, parser=sub)
     return parser
+
+
+def _run_warmup(arguments) -> int:
+    from ._warmup import WARMUP_FUNCTIONS, warmup
+
+    unknown = [name for name in arguments.functions if name not in WARMUP_FUNCTIONS]
+    if unknown:
+        raise UsageError(f"unknown FUNCTION {', '.join(unknown)}; choose from "
+                         f"{', '.join(WARMUP_FUNCTIONS)}")
+    dtypes = ("float32", "float64") if arguments.dtype == "both" else (arguments.dtype,)
+    start = time.perf_counter()
+    timings = warmup(arguments.functions or None, dtypes=dtypes, processes=arguments.processes)
+    print(f"compiled {len(timings)} task(s) in {time.perf_counter() - start:.1f} s; later "
+          "processes load them from Numba's cache")
+    return 0
 
 
 def _exit_status(exit_: SystemExit) -> int:
