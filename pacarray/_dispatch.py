@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 
 import numpy as np
@@ -51,6 +52,50 @@ def array_library(value, name: str = "array") -> str | None:
             f"{type(value).__name__}; {_CONVERSIONS[module]}"
         )
     return None
+
+
+#: Lazy array containers a decorated public function hands to a module of its own, by the
+#: top-level package of the argument's type: ``(type name, pacarray module)``.
+_LAZY_MODULES = {"xarray": ("DataArray", "pacarray._xarray"), "dask": ("Array", "pacarray._dask")}
+
+
+def _lazy_module(values) -> str | None:
+    """The pacarray module for the lazy containers among ``values`` (xarray's first: a
+    DataArray may hold a Dask array, and is unwrapped before the Dask module sees it), or
+    None when every value is an ordinary array, list, scalar or None."""
+    found = None
+    for value in values:
+        kind = type(value)
+        entry = _LAZY_MODULES.get(kind.__module__.split(".", 1)[0])
+        if entry is not None and kind.__name__ == entry[0]:
+            if entry[1] == "pacarray._xarray":
+                return entry[1]
+            found = entry[1]
+    return found
+
+
+def delegate_lazy(name: str):
+    """Decorator of a public forward function: a call with a Dask array or an
+    ``xarray.DataArray`` among its arguments goes to the function ``name`` of
+    ``pacarray._dask`` or ``pacarray._xarray`` (imported then, so ``import pacarray`` never
+    imports Dask or xarray); any other call runs the decorated function unchanged.
+
+    The containers are recognised by their type's module, like CuPy arrays. Only the top-level
+    arguments are inspected; a lazy array nested elsewhere (a ``PairwiseTerm``'s features, say)
+    reaches :func:`array_library`, which rejects it with a conversion hint.
+    """
+
+    def decorate(function):
+        @functools.wraps(function)
+        def dispatching(*args, **kwargs):
+            module = _lazy_module((*args, *kwargs.values()))
+            if module is None:
+                return function(*args, **kwargs)
+            return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+        return dispatching
+
+    return decorate
 
 
 def select_backend(**arrays) -> str:

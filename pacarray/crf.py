@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from . import _args, _mean_field
-from ._dispatch import backend_module, namespace, select_backend
+from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from ._geometry import as_tuple
 from .kernels import spatial_window
 
@@ -443,6 +443,7 @@ def _term_guide(xp, term, name, planes, batch, shape, dtype):
 # Public functions
 
 
+@delegate_lazy("pac_crf")
 def pac_crf(
     unary,
     image=None,

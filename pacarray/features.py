@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._dispatch import namespace, select_backend
+from ._dispatch import delegate_lazy, namespace, select_backend
 
 __all__ = ["color_position_features"]
 
 
+@delegate_lazy("color_position_features")
 def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None):
     """Guide features for Gaussian filtering in the joint colour/position space.
 

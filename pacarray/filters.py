@@ -18,13 +18,14 @@ import numpy as np
 
 from . import _args
 from . import _bilateral
-from ._dispatch import backend_module, namespace, select_backend
+from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from .kernels import Gaussian, spatial_window
 from .ops import pac_pool
 
 __all__ = ["bilateral_filter", "joint_bilateral_upsample", "normalized_convolution"]
 
 
+@delegate_lazy("bilateral_filter")
 def bilateral_filter(
     image,
     *,
@@ -153,6 +154,7 @@ def bilateral_filter(
     return backend_module(backend).bilateral(problem)
 
 
+@delegate_lazy("joint_bilateral_upsample")
 def joint_bilateral_upsample(
     low,
     guide,
@@ -285,6 +287,7 @@ def joint_bilateral_upsample(
     return backend_module(backend).joint_upsample(problem)
 
 
+@delegate_lazy("normalized_convolution")
 def normalized_convolution(
     data,
     certainty,

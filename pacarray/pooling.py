@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._dispatch import namespace, select_backend
+from ._dispatch import delegate_lazy, namespace, select_backend
 from .kernels import InversePower
 from .ops import pac_pool
 
 __all__ = ["detail_preserving_pool"]
 
 
+@delegate_lazy("detail_preserving_pool")
 def detail_preserving_pool(
     image,
     size=3,

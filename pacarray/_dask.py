@@ -1,0 +1,941 @@
+"""Dask arrays through pacarray's public forward functions (``docs/design.md`` §6).
+
+:func:`pacarray._dispatch.delegate_lazy` sends a call here when one of its top-level arguments is
+a Dask array; the function of the same name below returns a lazy Dask array (NumPy or CuPy
+chunks, whatever the data's chunks are) whose every task is one in-memory call of the public
+function.
+
+How one output block is computed, per spatial axis:
+
+* The data's chunks are the blocks. Each per-pixel argument (data, guide, mask, certainty,
+  explicit kernel, CRF features) is rechunked to blocks that line up with the data's: the same
+  edges on the same grid, the edges times the factor on a finer output grid (transposed
+  convolution, joint upsampling), the edges divided by the stride on a strided output grid. The
+  channel (label) axis is never split: it is rechunked whole, because every output reads every
+  channel. The batch axis keeps the data's chunks.
+* Each block carries a halo (``dask.array.overlap.overlap`` with ``boundary="none"``) as wide as
+  the receptive field: the dilated kernel radius plus the smoothing of the centre feature, the
+  bilateral radius, ``num_steps`` times the largest reach of the CRF's terms (blur included).
+* The public function runs in memory on the block with its halo and the caller's options, and
+  the halo's outputs are cut away. At the image's true edges a block has no halo, so the
+  function's own border rule applies there exactly as in the in-memory call; next to an interior
+  edge the outputs computed from missing neighbours lie in the halo and are discarded. The
+  bilateral filter's ``mode="wrap"`` takes a periodic halo instead.
+* Blocks smaller than their halo are merged with a neighbour (the halo may only reach into the
+  adjacent block); strided operations move block edges down to multiples of the stride and the
+  CRF to multiples of its blur factors, so that every block computes its outputs on the
+  in-memory call's grid. The output's chunks follow: ``data chunks / stride``, ``data chunks x
+  factor``, or the data's chunks.
+
+Mixing: the per-pixel arguments must all be Dask arrays when one is (an in-memory guide or mask
+would be copied into every task of the graph, which pacarray will not decide silently); the small
+arguments (``weight``, ``bias``, ``spatial_weight``, ``smooth``, ``compatibility``, family
+parameters) must be in-memory (NumPy, CuPy on CuPy chunks, lists) and are sent to every task.
+Unknown (NaN) chunk sizes are rejected: call ``compute_chunk_sizes()`` first.
+
+Every call first runs the public function on a tiny all-zero copy of its arguments, on the
+calling thread: that raises the in-memory call's errors at once instead of at compute time, and
+gives the result's dtype and channel count for the Dask array's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from . import _args
+from ._bilateral import effective_radius
+from ._dispatch import namespace_of
+from ._geometry import as_tuple, make_geometry
+from ._spec import smoothing_weights
+
+# --------------------------------------------------------------------------------------------
+# Per-axis geometry: how the data's blocks map to the output's and how wide each halo is.
+# Every rule describes one spatial axis. Arrays live on the input grid ("in") or on the output
+# grid ("out"); ``grids(edges)`` maps block edges on the input grid to edges on both,
+# ``depths()`` gives the halo (left, right) on each grid, ``window(a0, a1)`` the output-grid
+# range that the in-memory call on input range [a0, a1) produces, ``proxy()`` small sizes of both
+# grids that make a valid call (the dry run).
+
+
+@dataclass(frozen=True)
+class _Same:
+    """Output on the input grid (image filters, CRF): a symmetric halo of ``depth`` pixels."""
+
+    size: int
+    depth: int
+    align: int = 1
+    proxy_size: int = 1
+
+    def grids(self, edges):
+        return {"in": edges, "out": edges}
+
+    def depths(self):
+        return {"in": (self.depth, self.depth), "out": (0, 0)}
+
+    def window(self, a0, a1):
+        return a0, a1
+
+    def proxy(self):
+        n = min(self.size, self.proxy_size)
+        return {"in": n, "out": n}
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """A strided window (``pac_conv``, ``pac_pool``, detail-preserving pooling): output ``i``
+    reads inputs ``i*s - p + a*d`` and the smoothed centre ``i*s - p + hs`` +- ``smooth``.
+
+    Block edges are multiples of the stride, so output block ``j`` holds the outputs whose first
+    tap, before padding, lies in input block ``j`` (``edges / s``), and a block starting at a
+    multiple of the stride computes its outputs on the in-memory grid.
+    """
+
+    size: int
+    k: int
+    s: int
+    p: int
+    d: int
+    smooth: int
+
+    @property
+    def align(self):
+        return self.s
+
+    @property
+    def half(self):
+        return self.d * (self.k - 1) // 2
+
+    @property
+    def out_size(self):
+        return (self.size + 2 * self.p - 2 * self.half - 1) // self.s + 1
+
+    def grids(self, edges):
+        inner = tuple(min(e // self.s, self.out_size) for e in edges[:-1])
+        return {"in": edges, "out": (*inner, self.out_size)}
+
+    def depths(self):
+        left = max(self.p, self.p - self.half + self.smooth)
+        left = -(-left // self.s) * self.s  # keeps each block's start a multiple of s
+        right = max(2 * self.half - self.p, self.half - self.p + self.smooth) - self.s + 1
+        return {"in": (left, max(right, 0)), "out": (0, 0)}
+
+    def window(self, a0, a1):
+        start = a0 // self.s
+        return start, start + (a1 - a0 + 2 * self.p - 2 * self.half - 1) // self.s + 1
+
+    def proxy(self):
+        n = min(self.size, 2 * self.half + 1)
+        return {"in": n, "out": max((n + 2 * self.p - 2 * self.half - 1) // self.s + 1, 1)}
+
+
+@dataclass(frozen=True)
+class _Transposed:
+    """``pac_conv_transpose``: output ``j`` gathers inputs ``i`` with ``i*s = j + p - a*d``; its
+    kernel reads the guide (output grid) at ``j`` +- ``max(hs, smooth)``. Output blocks are the
+    input blocks times the stride (the last one up to the output size)."""
+
+    size: int
+    k: int
+    s: int
+    p: int
+    d: int
+    output_padding: int
+    smooth: int
+    align: int = 1
+
+    @property
+    def half(self):
+        return self.d * (self.k - 1) // 2
+
+    def _out(self, n):
+        return (n - 1) * self.s - 2 * self.p + 2 * self.half + self.output_padding + 1
+
+    @property
+    def out_size(self):
+        return self._out(self.size)
+
+    def grids(self, edges):
+        return {"in": edges, "out": (*(e * self.s for e in edges[:-1]), self.out_size)}
+
+    def depths(self):
+        s, p, half = self.s, self.p, self.half
+        guide = max(half, self.smooth)
+        # Inputs: those the block's outputs gather, and enough that the call's output grid
+        # extends ``guide`` past the block on both sides, so that the kernel's normalization and
+        # the centre smoothing see the real guide there instead of the call's grid edge.
+        left = max((2 * half - p) // s, -(-guide // s))
+        right = max((s - 1 + p) // s,
+                    1 - (-(guide + 2 * p - 2 * half - self.output_padding - 1) // s), 0)
+        return {"in": (left, right), "out": (guide, guide)}
+
+    def window(self, a0, a1):
+        return a0 * self.s, a0 * self.s + self._out(a1 - a0)
+
+    def proxy(self):
+        n = min(self.size, 2)
+        return {"in": n, "out": self._out(n)}
+
+
+@dataclass(frozen=True)
+class _Upsample:
+    """``joint_bilateral_upsample``: sample ``j`` covers output pixels ``[j*f, (j+1)*f)``; an
+    output reads the ``radius`` samples around its nearest one and the guide at their
+    footprints. Output blocks are the input blocks times the factor."""
+
+    size: int
+    out_size: int
+    factor: int
+    radius: int
+    align: int = 1
+
+    def grids(self, edges):
+        return {"in": edges,
+                "out": (*(e * self.factor for e in edges[:-1]), self.out_size)}
+
+    def depths(self):
+        reach = self.radius + 1
+        return {"in": (reach, reach), "out": (reach * self.factor, reach * self.factor)}
+
+    def window(self, a0, a1):
+        return a0 * self.factor, min(a1 * self.factor, self.out_size)
+
+    def proxy(self):
+        n = min(self.size, 2)
+        return {"in": n, "out": self.out_size if n == self.size else n * self.factor}
+
+
+def _plan(chunks, rule):
+    """Block edges on the input grid: the data's chunk edges moved down to multiples of
+    ``rule.align``, then blocks merged until every block on every grid is at least as wide as
+    its halo (the halo comes from the adjacent block only) and holds at least one output."""
+    size = int(sum(chunks))
+    cuts = np.cumsum(chunks)[:-1] // rule.align * rule.align
+    edges = [0, *sorted({int(c) for c in cuts} - {0, size}), size]
+    depths = rule.depths()
+    while len(edges) > 2:
+        grids = rule.grids(tuple(edges))
+        short = None
+        for j in range(len(edges) - 1):
+            if any(grids[g][j + 1] - grids[g][j] < max(1, *depths[g]) for g in grids):
+                short = j
+                break
+        if short is None:
+            break
+        # Merge with the next block, or the last block with the previous one.
+        del edges[short + 1 if short < len(edges) - 2 else short]
+    return tuple(edges)
+
+
+def _regions(edges, depth, periodic):
+    """Global ``[start, stop)`` of each block with its halo (``start`` < 0 with a periodic halo,
+    which wraps around)."""
+    blocks = len(edges) - 1
+    left, right = depth
+    if periodic:
+        return tuple((edges[j] - left, edges[j + 1] + right) for j in range(blocks))
+    return tuple(
+        (edges[j] - left if j > 0 else edges[0],
+         edges[j + 1] + right if j < blocks - 1 else edges[-1])
+        for j in range(blocks)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+
+
+@dataclass(frozen=True)
+class _Operand:
+    """A per-pixel argument: its Dask array, blockwise index and grid.
+
+    ``index`` has one letter per axis: ``"y"`` and ``"x"`` the spatial axes, ``"n"`` the batch
+    axis (the data's chunks), any other letter an axis taken whole.
+    """
+
+    name: str
+    array: object
+    index: str
+    grid: str = "in"
+    halo: bool = True
+
+    @property
+    def spatial(self):
+        return self.index.index("y"), self.index.index("x")
+
+
+def _letters(ndim, spatial, batch=None, fresh=None):
+    """A blockwise index: ``y``/``x`` at ``spatial``, ``n`` at ``batch``, fresh letters
+    elsewhere (from the iterator ``fresh``)."""
+    letters = []
+    for axis in range(ndim):
+        if axis == spatial[0]:
+            letters.append("y")
+        elif axis == spatial[1]:
+            letters.append("x")
+        elif axis == batch:
+            letters.append("n")
+        else:
+            letters.append(next(fresh))
+    return "".join(letters)
+
+
+def _fresh():
+    return iter("abcdefghijklmpqrstuvwz")
+
+
+def _is_dask(value) -> bool:
+    return isinstance(value, da.Array)
+
+
+def _check_arguments(pixels: dict, small: dict):
+    """Per-pixel arguments must be Dask arrays (or None), small ones must not; chunk sizes
+    must be known."""
+    primary = next(name for name, value in pixels.items() if _is_dask(value))
+    for name, value in pixels.items():
+        if value is None or _is_dask(value):
+            continue
+        raise TypeError(
+            f"{name} must be a Dask array like {primary}, got a {type(value).__module__}."
+            f"{type(value).__name__}: every per-pixel argument of a Dask call must be a Dask "
+            f"array (dask.array.from_array({name}, chunks=...)), so that its blocks travel with "
+            f"the data's instead of the whole array being copied into every task"
+        )
+    for name, value in small.items():
+        if _is_dask(value):
+            raise TypeError(
+                f"{name} must be an in-memory array (NumPy, CuPy, a list), got a Dask array: "
+                f"it is small and sent whole to every task; pass {name}.compute()"
+            )
+    for name, value in pixels.items():
+        if _is_dask(value) and any(math.isnan(c) for axis in value.chunks for c in axis):
+            raise ValueError(
+                f"{name} has unknown (NaN) chunk sizes, chunks={value.chunks}; pacarray needs "
+                f"them to plan the halos: call {name}.compute_chunk_sizes() first"
+            )
+
+
+def _proxy(operand, sizes):
+    """An all-zero in-memory array like ``operand`` with spatial sizes from ``sizes``."""
+    shape = list(operand.array.shape)
+    for axis, letter in enumerate(operand.index):
+        if letter in "yx":
+            shape[axis] = sizes["yx".index(letter)][operand.grid]
+    xp = namespace_of(operand.array._meta)
+    return xp.zeros(tuple(shape), dtype=operand.array.dtype)
+
+
+def _dry_run(call, operands, rules):
+    """``call`` on tiny all-zero arguments: the in-memory call's errors, and its result (for
+    the dtype and channel counts)."""
+    sizes = [rule.proxy() for rule in rules]
+    return call([_proxy(op, sizes) for op in operands], (0, 0))
+
+
+def _meta(operands, ndim, dtype):
+    xp = namespace_of(operands[0].array._meta)
+    return xp.empty((0,) * ndim, dtype=dtype)
+
+
+def _small(xp, value):
+    """A small NumPy argument moved to the blocks' array library (CuPy chunks)."""
+    if xp is not np and isinstance(value, np.ndarray):
+        return xp.asarray(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# The block task
+
+
+def _embed(block, axes, have, want):
+    """``block`` (covering global ranges ``have`` along ``axes``) cut or zero-extended to the
+    ranges ``want``. The zeros only ever feed outputs that are cut away afterwards."""
+    if all(h == w for h, w in zip(have, want)):
+        return block
+    xp = namespace_of(block)
+    inside = all(w[0] >= h[0] and w[1] <= h[1] for h, w in zip(have, want))
+    source = [slice(None)] * block.ndim
+    if inside:
+        for axis, (h0, _), (w0, w1) in zip(axes, have, want):
+            source[axis] = slice(w0 - h0, w1 - h0)
+        return block[tuple(source)]
+    shape = list(block.shape)
+    target = [slice(None)] * block.ndim
+    for axis, (h0, h1), (w0, w1) in zip(axes, have, want):
+        shape[axis] = w1 - w0
+        lo, hi = max(h0, w0), min(h1, w1)
+        source[axis] = slice(lo - h0, max(hi - h0, lo - h0))
+        target[axis] = slice(lo - w0, max(hi - w0, lo - w0))
+    out = xp.zeros(tuple(shape), dtype=block.dtype)
+    out[tuple(target)] = block[tuple(source)]
+    return out
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One output block: the operands' blocks with their halos -> the in-memory call -> the
+    block's outputs. Picklable (``dask.distributed`` ships it to the workers)."""
+
+    call: object
+    rules: tuple  # per spatial axis
+    grids: tuple  # per operand: "in" or "out"
+    spatial: tuple  # per operand: positions of its spatial axes
+    regions: tuple  # per operand, per spatial axis, per block: (start, stop)
+    outputs: tuple  # per spatial axis, per block: (start, stop) on the output grid
+    out_axes: tuple  # positions of the result's spatial axes
+
+    def __call__(self, block_y, block_x, *blocks):
+        index = (int(block_y[0]), int(block_x[0]))
+        # The data's block (operand 0) fixes the call's input range and thus its output range.
+        windows = tuple(rule.window(*self.regions[0][axis][index[axis]])
+                        for axis, rule in enumerate(self.rules))
+        arrays = []
+        for number, block in enumerate(blocks):
+            have = tuple(self.regions[number][axis][index[axis]] for axis in range(2))
+            want = (have if self.grids[number] == "in" else windows)
+            arrays.append(_embed(block, self.spatial[number], have, want))
+        result = self.call(arrays, tuple(w[0] for w in windows))
+        cut = [slice(None)] * result.ndim
+        for axis, position in enumerate(self.out_axes):
+            start, stop = self.outputs[axis][index[axis]]
+            cut[position] = slice(start - windows[axis][0], stop - windows[axis][0])
+        return result[tuple(cut)]
+
+
+def _lazy(call, operands, rules, out_index, dtype, new_axes=None, periodic=False):
+    """The lazy result of ``call`` block by block (see the module's docstring).
+
+    ``operands[0]`` is the data, whose chunks decide the blocks; ``out_index`` is the result's
+    blockwise index (``y``/``x`` for its spatial axes, ``n`` for the batch, the letter of an
+    operand's whole axis to keep that axis, or letters of ``new_axes``).
+    """
+    data = operands[0]
+    edges = tuple(_plan(data.array.chunks[data.index.index(letter)], rule)
+                  for letter, rule in zip("yx", rules))
+    grids = tuple(rule.grids(e) for rule, e in zip(rules, edges))
+    batch = data.array.chunks[data.index.index("n")] if "n" in data.index else None
+    arrays, regions = [], []
+    for op in operands:
+        chunks, depth, boundary, own = {}, {}, {}, []
+        for axis, letter in enumerate(op.index):
+            if letter in "yx":
+                chunks[axis] = tuple(np.diff(grids["yx".index(letter)][op.grid]).tolist())
+            elif letter == "n":
+                chunks[axis] = batch
+            else:
+                chunks[axis] = -1
+        for number, (letter, rule) in enumerate(zip("yx", rules)):
+            bounds = grids[number][op.grid]
+            single = len(bounds) == 2
+            halo = (0, 0) if single or not op.halo else rule.depths()[op.grid]
+            if halo != (0, 0):
+                position = op.index.index(letter)
+                depth[position] = halo if not periodic else halo[0]
+                boundary[position] = "periodic" if periodic else "none"
+            own.append(_regions(bounds, halo, periodic and not single))
+        array = op.array.rechunk(chunks)
+        if depth:
+            array = da.overlap.overlap(array, depth=depth, boundary=boundary,
+                                       allow_rechunk=False)
+        arrays.append(array)
+        regions.append(tuple(own))
+    outputs = tuple(
+        tuple((g["out"][j], g["out"][j + 1]) for j in range(len(g["out"]) - 1)) for g in grids
+    )
+    task = _Task(
+        call=call, rules=tuple(rules), grids=tuple(op.grid for op in operands),
+        spatial=tuple(op.spatial for op in operands), regions=tuple(regions), outputs=outputs,
+        out_axes=(out_index.index("y"), out_index.index("x")),
+    )
+    block_ids = [da.from_array(np.arange(len(e) - 1), chunks=1) for e in edges]
+    arguments = [block_ids[0], "y", block_ids[1], "x"]
+    for array, op in zip(arrays, operands):
+        arguments += [array, op.index]
+    out_chunks = {letter: tuple(np.diff(g["out"]).tolist()) for letter, g in zip("yx", grids)}
+    return da.blockwise(
+        task, out_index, *arguments, new_axes=new_axes or {}, adjust_chunks=out_chunks,
+        align_arrays=False, concatenate=True, dtype=dtype,
+        meta=_meta(operands, len(out_index), dtype), token=f"pacarray-{call.name}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Calls of the public functions on one block
+
+
+@dataclass(frozen=True)
+class _Call:
+    """``function(**keywords, **{names[i]: arrays[i]})``: the in-memory call of one block."""
+
+    function: object
+    names: tuple
+    keywords: dict
+
+    @property
+    def name(self):
+        return self.function.__name__
+
+    def __call__(self, arrays, starts):
+        xp = namespace_of(arrays[0])
+        keywords = {key: _small(xp, value) for key, value in self.keywords.items()}
+        keywords.update(zip(self.names, arrays))
+        return self.function(**keywords)
+
+
+# --------------------------------------------------------------------------------------------
+# Core operations
+
+
+def _smooth_radius(smooth, have_guide):
+    """Half sides of the centre-feature smoothing kernel, ``(0, 0)`` without one."""
+    if smooth is None or not have_guide:
+        return (0, 0)
+    weights = smoothing_weights(smooth)
+    shape = np.shape(weights)
+    if len(shape) != 2:
+        return (0, 0)  # the dry run raises the in-memory error
+    return tuple(int(n) // 2 for n in shape)
+
+
+def _core(function, x, small, pixels, keywords, kernel_size, stride, padding, dilation,
+          output_padding, transposed):
+    _check_arguments({"x": x, **pixels}, small)
+    _args.require_ndim(x, 4, "x", "(N, C, H, W)")
+    names = ("x", *(n for n, v in pixels.items() if v is not None))
+    geometry_keywords = dict(stride=stride, padding=padding, dilation=dilation)
+    if transposed:
+        geometry_keywords["output_padding"] = output_padding
+    call = _Call(function, names, {**small, **keywords, **geometry_keywords})
+    weight = small.get("weight")
+    if kernel_size is None:
+        shape = np.shape(weight)
+        if len(shape) != 4:  # the in-memory call's error, on a minimal proxy
+            zeros = namespace_of(x._meta).zeros((*x.shape[:2], 1, 1), x.dtype)
+            function(zeros, **{**small, **keywords, **geometry_keywords})
+            raise ValueError(f"weight must be 4-D (C_out, C, kh, kw), got shape {shape}")
+        kernel_size = shape[2:]
+    geometry = make_geometry(kernel_size, stride, padding, dilation, output_padding, transposed)
+    smooth = _smooth_radius(keywords.get("smooth"), pixels.get("guide") is not None)
+    rules = []
+    for axis in range(2):
+        parts = dict(size=int(x.shape[2 + axis]), k=geometry.kernel_size[axis],
+                     s=geometry.stride[axis], p=geometry.padding[axis],
+                     d=geometry.dilation[axis], smooth=smooth[axis])
+        if transposed:
+            rules.append(_Transposed(output_padding=geometry.output_padding[axis], **parts))
+        else:
+            rules.append(_Forward(**parts))
+    kernel_grid = "out"
+    pixel_grid = "out" if transposed else "in"
+    fresh = _fresh()
+    operands = [_Operand("x", x, _letters(4, (2, 3), 0, fresh))]
+    for name in names[1:]:
+        value = pixels[name]
+        if name == "kernel":
+            index = _letters(value.ndim, (value.ndim - 2, value.ndim - 1), 0, fresh)
+            operands.append(_Operand(name, value, index, kernel_grid, halo=False))
+        else:
+            index = _letters(value.ndim, (value.ndim - 2, value.ndim - 1), 0, fresh)
+            operands.append(_Operand(name, value, index, pixel_grid))
+    _check_spatial(operands, rules)
+    sample = _dry_run(call, operands, rules)
+    return _lazy(call, operands, rules, "noyx", sample.dtype,
+                 new_axes={"o": int(sample.shape[1])})
+
+
+def _check_spatial(operands, rules):
+    """Every operand's spatial shape must be its grid's (the shapes the in-memory call checks
+    would be lost on the small arrays of the dry run)."""
+    data = operands[0]
+    for op in operands[1:]:
+        expected = []
+        for letter, rule in zip("yx", rules):
+            bounds = rule.grids((0, rule.size))
+            expected.append(bounds[op.grid][-1])
+        got = tuple(op.array.shape[axis] for axis in op.spatial)
+        if got != tuple(expected):
+            raise ValueError(
+                f"{op.name} must have the spatial shape {tuple(expected)} for {data.name} of "
+                f"shape {tuple(data.array.shape)}, got {op.name} of shape "
+                f"{tuple(op.array.shape)}"
+            )
+    if data.array.ndim and 0 in data.array.shape:
+        raise ValueError(f"{data.name} must not be empty, got shape {tuple(data.array.shape)}")
+
+
+def pac_conv(x, weight, bias=None, *, kernel=None, guide=None, family=None, stride=1,
+             padding=0, dilation=1, smooth=None, spatial_weight=None, mask=None,
+             normalize=None, channel_wise=False):
+    from . import ops
+
+    return _core(
+        ops.pac_conv, x, dict(weight=weight, bias=bias, spatial_weight=spatial_weight),
+        dict(kernel=kernel, guide=guide, mask=mask),
+        dict(family=family, smooth=smooth, normalize=normalize, channel_wise=channel_wise),
+        None, stride, padding, dilation, 0, False,
+    )
+
+
+def pac_conv_transpose(x, weight, bias=None, *, kernel=None, guide=None, family=None, stride=1,
+                       padding=0, dilation=1, output_padding=0, smooth=None,
+                       spatial_weight=None, mask=None, normalize=None, channel_wise=False):
+    from . import ops
+
+    return _core(
+        ops.pac_conv_transpose, x,
+        dict(weight=weight, bias=bias, spatial_weight=spatial_weight),
+        dict(kernel=kernel, guide=guide, mask=mask),
+        dict(family=family, smooth=smooth, normalize=normalize, channel_wise=channel_wise),
+        None, stride, padding, dilation, output_padding, True,
+    )
+
+
+def pac_pool(x, kernel_size, *, kernel=None, guide=None, family=None, stride=1, padding=0,
+             dilation=1, smooth=None, spatial_weight=None, mask=None, normalize=None,
+             channel_wise=False):
+    from . import ops
+
+    return _core(
+        ops.pac_pool, x, dict(kernel_size=kernel_size, spatial_weight=spatial_weight),
+        dict(kernel=kernel, guide=guide, mask=mask),
+        dict(family=family, smooth=smooth, normalize=normalize, channel_wise=channel_wise),
+        kernel_size, stride, padding, dilation, 0, False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Image filters
+
+
+def _image_axes(image, channel_axis, name="image"):
+    """``(spatial axes, channel axis or None)`` of a filter's image, with the in-memory
+    errors for a wrong layout."""
+    _, axis = _args.channels_first(image, channel_axis, name)
+    if axis is None:
+        return (0, 1), None
+    return tuple(a for a in range(3) if a != axis), axis
+
+
+def _guide_axes(guide, channel_axis):
+    """Spatial axes of a filter's guide: 2-D, or 3-D with channels along ``channel_axis`` (the
+    last axis when None)."""
+    if guide.ndim == 2:
+        return (0, 1)
+    if guide.ndim == 3:
+        axis = (-1 if channel_axis is None else channel_axis) % 3
+        return tuple(a for a in range(3) if a != axis)
+    raise ValueError(f"guide must be 2-D or 3-D, got shape {tuple(guide.shape)}")
+
+
+def _filter_dtype(*arrays):
+    """The image filters' computation dtype (``_args.as_float_image`` on each, then
+    ``float_result_dtype``), from the dtypes alone."""
+    dtypes = [a.dtype for a in arrays if a is not None]
+    dtypes = [d if d.kind == "f" and d.itemsize >= 4 else np.dtype(np.float32) for d in dtypes]
+    return np.result_type(*dtypes)
+
+
+def bilateral_filter(image, *, sigma_spatial, sigma_color, radius=None, window="disk",
+                     color_distance="l2", mode="mirror", cval=0.0, channel_axis=None,
+                     guide=None):
+    from . import filters
+
+    _check_arguments({"image": image, "guide": guide}, {})
+    spatial, _ = _image_axes(image, channel_axis)
+    shape = tuple(image.shape[a] for a in spatial)
+    sigma = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    radius = _args.radius_value(radius, sigma, 3.0, shape)
+    local_radius, local_window = radius, window
+    dtype = _filter_dtype(image, guide)
+    if dtype in (np.float32, np.float64) and window in ("disk", "square"):
+        reach = effective_radius(radius, sigma, dtype)
+        # Taps beyond ``reach`` weigh exactly 0: a smaller radius with the same taps keeps every
+        # block's radius within its own size limit.
+        if reach < radius and (window == "square" or radius * radius >= 2 * reach * reach):
+            local_radius, local_window = reach, "square"
+    else:
+        reach = radius
+    fresh = _fresh()
+    operands = [_Operand("image", image, _letters(image.ndim, spatial, None, fresh))]
+    names = ("image",)
+    if guide is not None:
+        operands.append(_Operand("guide", guide, _letters(guide.ndim,
+                                                          _guide_axes(guide, channel_axis),
+                                                          None, fresh)))
+        names += ("guide",)
+    call = _Call(filters.bilateral_filter, names, dict(
+        sigma_spatial=sigma_spatial, sigma_color=sigma_color, radius=local_radius,
+        window=local_window, color_distance=color_distance, mode=mode, cval=cval,
+        channel_axis=channel_axis,
+    ))
+    rules = [_Same(n, reach, proxy_size=2 * reach + 1) for n in shape]
+    _check_spatial(operands, rules)
+    sample = _dry_run(call, operands, rules)
+    return _lazy(call, operands, rules, operands[0].index, sample.dtype,
+                 periodic=mode == "wrap")
+
+
+def joint_bilateral_upsample(low, guide, *, factor=None, sigma_spatial=1.0, sigma_color,
+                             radius=None, channel_axis=None):
+    from . import filters
+
+    _check_arguments({"low": low, "guide": guide}, {})
+    spatial, _ = _image_axes(low, channel_axis, "low")
+    guide_spatial = _guide_axes(guide, channel_axis)
+    low_shape = tuple(low.shape[a] for a in spatial)
+    high_shape = tuple(guide.shape[a] for a in guide_spatial)
+    factors = _args.upsample_factors(factor, low_shape, high_shape)
+    sigma = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    radius = _args.radius_value(radius, sigma, 2.0, low_shape)
+    fresh = _fresh()
+    operands = [
+        _Operand("low", low, _letters(low.ndim, spatial, None, fresh)),
+        _Operand("guide", guide, _letters(guide.ndim, guide_spatial, None, fresh), "out"),
+    ]
+    call = _Call(filters.joint_bilateral_upsample, ("low", "guide"), dict(
+        factor=factors, sigma_spatial=sigma_spatial, sigma_color=sigma_color, radius=radius,
+        channel_axis=channel_axis,
+    ))
+    rules = [_Upsample(n, h, f, radius) for n, h, f in zip(low_shape, high_shape, factors)]
+    _check_spatial(operands, rules)
+    sample = _dry_run(call, operands, rules)
+    return _lazy(call, operands, rules, operands[0].index, sample.dtype)
+
+
+@dataclass(frozen=True)
+class _PackedNormalized(_Call):
+    """``normalized_convolution`` on one block, both results stacked as ``(C + Cc, H, W)``."""
+
+    channel_axis: int | None = None
+
+    def __call__(self, arrays, starts):
+        result, confidence = super().__call__(arrays, starts)
+        xp = namespace_of(result)
+        result, _ = _args.channels_first(result, self.channel_axis, "result")
+        if confidence.ndim == 2:
+            confidence = confidence[None]
+        else:
+            confidence, _ = _args.channels_first(confidence, self.channel_axis, "confidence")
+        return xp.concatenate([result, confidence.astype(result.dtype, copy=False)])
+
+
+def normalized_convolution(data, certainty, *, sigma_spatial, radius=None, guide=None,
+                           sigma_color=None, channel_axis=None):
+    from . import filters
+
+    _check_arguments({"data": data, "certainty": certainty, "guide": guide}, {})
+    spatial, axis = _image_axes(data, channel_axis, "data")
+    shape = tuple(data.shape[a] for a in spatial)
+    if tuple(certainty.shape) == shape:
+        certainty_spatial = (0, 1)
+    elif tuple(certainty.shape) == tuple(data.shape) and axis is not None:
+        certainty_spatial = spatial
+    else:
+        raise ValueError(
+            f"certainty must have shape {shape} or the data's shape {tuple(data.shape)}, got "
+            f"{tuple(certainty.shape)}"
+        )
+    sigma = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    radius = _args.radius_value(radius, sigma, 3.0, shape)
+    fresh = _fresh()
+    operands = [
+        _Operand("data", data, _letters(data.ndim, spatial, None, fresh)),
+        _Operand("certainty", certainty, _letters(certainty.ndim, certainty_spatial, None,
+                                                  fresh)),
+    ]
+    names = ("data", "certainty")
+    if guide is not None:
+        operands.append(_Operand("guide", guide, _letters(guide.ndim,
+                                                          _guide_axes(guide, channel_axis),
+                                                          None, fresh)))
+        names += ("guide",)
+    call = _PackedNormalized(filters.normalized_convolution, names, dict(
+        sigma_spatial=sigma_spatial, radius=radius, sigma_color=sigma_color,
+        channel_axis=channel_axis,
+    ), channel_axis=axis)
+    rules = [_Same(n, radius, proxy_size=2 * radius + 1) for n in shape]
+    _check_spatial(operands, rules)
+    sample = _dry_run(call, operands, rules)
+    channels = 1 if axis is None else data.shape[axis]
+    packed = _lazy(call, operands, rules, "Pyx", sample.dtype,
+                   new_axes={"P": int(sample.shape[0])})
+    result = packed[:channels]
+    result = result[0] if axis is None else da.moveaxis(result, 0, axis)
+    confidence = packed[channels:]
+    if certainty.ndim == 2:
+        confidence = confidence[0]
+    else:
+        confidence = da.moveaxis(confidence, 0, axis)
+    return result, confidence
+
+
+def detail_preserving_pool(image, size=3, *, alpha, lambda_, asymmetric=False, smooth="gaussian",
+                           eps=1e-2, stride=None, channel_axis=None):
+    from . import pooling
+
+    _check_arguments({"image": image}, {"alpha": alpha, "lambda_": lambda_, "smooth": smooth})
+    spatial, _ = _image_axes(image, channel_axis)
+    sizes = _args.int_tuple(size, "size", 2)
+    strides = sizes if stride is None else _args.int_tuple(stride, "stride", 2)
+    smooth_radius = _smooth_radius(smooth, True)
+    call = _Call(pooling.detail_preserving_pool, ("image",), dict(
+        size=sizes, alpha=alpha, lambda_=lambda_, asymmetric=asymmetric, smooth=smooth, eps=eps,
+        stride=strides, channel_axis=channel_axis,
+    ))
+    shape = tuple(int(image.shape[a]) for a in spatial)
+    # The in-memory call's shape errors, which its dry run on a small proxy could not see.
+    if any(k % 2 == 0 for k in sizes):
+        raise ValueError(f"size must be odd (the window has a centre pixel), got {sizes}")
+    if any(k > n for k, n in zip(sizes, shape)):
+        raise ValueError(f"size {sizes} is larger than the image's spatial shape {shape}")
+    rules = [_Forward(size=n, k=k, s=s, p=0, d=1, smooth=r)
+             for n, k, s, r in zip(shape, sizes, strides, smooth_radius)]
+    operands = [_Operand("image", image, _letters(image.ndim, spatial, None, _fresh()))]
+    sample = _dry_run(call, operands, rules)
+    return _lazy(call, operands, rules, operands[0].index, sample.dtype)
+
+
+@dataclass(frozen=True)
+class _Features(_Call):
+    """``color_position_features`` on one block, coordinates of the whole image."""
+
+    sigma_spatial: float = 1.0
+
+    def __call__(self, arrays, starts):
+        features = super().__call__(arrays, starts)
+        xp = namespace_of(features)
+        dtype = features.dtype
+        sigma = dtype.type(float(self.sigma_spatial))
+        height, width = features.shape[2:]
+        # The same arithmetic as the in-memory call, on the block's global coordinates.
+        features[0, -2] = (xp.arange(starts[0], starts[0] + height, dtype=dtype) / sigma)[:, None]
+        features[0, -1] = (xp.arange(starts[1], starts[1] + width, dtype=dtype) / sigma)[None]
+        return features
+
+
+def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None):
+    from . import features
+
+    _check_arguments({"image": image}, {"sigma_color": sigma_color})
+    spatial, _ = _image_axes(image, channel_axis)
+    call = _Features(features.color_position_features, ("image",), dict(
+        sigma_spatial=sigma_spatial, sigma_color=sigma_color, channel_axis=channel_axis,
+    ), sigma_spatial=_args.positive_scalar(sigma_spatial, "sigma_spatial"))
+    rules = [_Same(image.shape[a], 0) for a in spatial]
+    operands = [_Operand("image", image, _letters(image.ndim, spatial, None, _fresh()))]
+    sample = _dry_run(call, operands, rules)
+    return _lazy(call, operands, rules, "NFyx", sample.dtype,
+                 new_axes={"N": 1, "F": int(sample.shape[1])})
+
+
+# --------------------------------------------------------------------------------------------
+# PAC-CRF
+
+
+def _crf_reach(term):
+    """How far (per axis, in pixels) one mean-field update reads for this term: the dilated
+    window, and for a blurred term the window on the coarse grid plus the block means and the
+    bilinear interpolation around it."""
+    size = as_tuple(term.kernel_size, "kernel_size")
+    dilation = as_tuple(term.dilation, "dilation")
+    reach = []
+    for k, d in zip(size, dilation):
+        half = d * (k - 1) // 2
+        reach.append(half if term.blur == 1 else (half + 2) * term.blur - 1)
+    return reach
+
+
+@dataclass(frozen=True)
+class _CRFCall(_Call):
+    """``pac_crf`` on one block, the terms' Dask features replaced by their blocks."""
+
+    terms: tuple = ()
+    feature_terms: tuple = ()  # indices of the terms whose features are operands
+
+    def __call__(self, arrays, starts):
+        count = len(self.feature_terms)
+        own = arrays[:len(arrays) - count]
+        terms = list(self.terms)
+        for number, block in zip(self.feature_terms, arrays[len(arrays) - count:]):
+            terms[number] = dataclasses.replace(terms[number], features=block)
+        xp = namespace_of(own[0])
+        keywords = {key: _small(xp, value) for key, value in self.keywords.items()}
+        keywords.update(zip(self.names, own))
+        return self.function(pairwise=tuple(terms), **keywords)
+
+
+def _crf_image_axes(image, channel_axis, batched):
+    """Spatial axes of the CRF's image: ``(H, W)``, ``(H, W, C)`` with ``channel_axis``, with a
+    leading batch axis when the unary has one."""
+    ndim = (2 if channel_axis is None else 3) + int(batched)
+    if image.ndim != ndim:
+        raise ValueError(
+            f"image must be {'(H, W)' if channel_axis is None else '(H, W, C) with channel_axis'}"
+            f"{' with a leading batch axis' if batched else ''} ({ndim}-D) to match the "
+            f"{'batched ' if batched else ''}unary, got shape {tuple(image.shape)}"
+        )
+    if channel_axis is None:
+        return (ndim - 2, ndim - 1)
+    _args.require_int(channel_axis, "channel_axis")
+    if not -ndim <= channel_axis < ndim or (batched and channel_axis % ndim == 0):
+        raise ValueError(
+            f"channel_axis={channel_axis} is out of range or the batch axis for image shape "
+            f"{tuple(image.shape)}"
+        )
+    axis = channel_axis % ndim
+    return tuple(a for a in range(int(batched), ndim) if a != axis)
+
+
+def pac_crf(unary, image=None, *, num_steps=5, pairwise=None, unary_weight=1.0,
+            input="logits", output="probabilities", compatibility="potts", label_axis=-3,
+            channel_axis=-1):
+    from . import crf
+
+    terms = crf._check_pairwise(pairwise)
+    feature_terms = tuple(i for i, t in enumerate(terms) if _is_dask(t.features))
+    pixels = {"unary": unary, "image": image}
+    pixels.update({f"pairwise[{i}].features": terms[i].features for i in feature_terms})
+    pixels.update({f"pairwise[{i}].features": t.features for i, t in enumerate(terms)
+                   if not isinstance(t.features, str) and i not in feature_terms})
+    _check_arguments(pixels, {"compatibility": compatibility})
+    layout = crf._unary_layout(tuple(unary.shape), label_axis)
+    _args.require_int(num_steps, "num_steps", minimum=0)
+    batched = layout.batched
+    spatial = tuple(a for a in range(unary.ndim)
+                    if a != layout.label_axis and not (batched and a == 0))
+    align = math.lcm(*(int(t.blur) for t in terms)) if terms else 1
+    reach = [max([0, *(r[axis] for r in map(_crf_reach, terms))]) for axis in range(2)]
+    depths = [-(-int(num_steps) * r // align) * align for r in reach]
+    fresh = _fresh()
+    batch = 0 if batched else None
+    operands = [_Operand("unary", unary, _letters(unary.ndim, spatial, batch, fresh))]
+    names = ("unary",)
+    if image is not None:
+        operands.append(_Operand("image", image, _letters(
+            image.ndim, _crf_image_axes(image, channel_axis, batched), batch, fresh)))
+        names += ("image",)
+    for number in feature_terms:
+        features = terms[number].features
+        operands.append(_Operand(f"pairwise[{number}].features", features, _letters(
+            features.ndim, (features.ndim - 2, features.ndim - 1),
+            0 if features.ndim == 4 else None, fresh)))
+    # The task keeps the terms without their Dask features (each block gets its own piece).
+    kept = tuple(dataclasses.replace(t, features="smoothness") if i in feature_terms else t
+                 for i, t in enumerate(terms))
+    call = _CRFCall(crf.pac_crf, names, dict(
+        num_steps=num_steps, unary_weight=unary_weight, input=input, output=output,
+        compatibility=compatibility, label_axis=label_axis, channel_axis=channel_axis,
+    ), terms=kept, feature_terms=feature_terms)
+    rules = [_Same(unary.shape[a], depth, align, proxy_size=8)
+             for a, depth in zip(spatial, depths)]
+    _check_spatial(operands, rules)
+    sample = _dry_run(call, operands, rules)
+    out_index = operands[0].index
+    if output == "labels":
+        out_index = out_index.replace(out_index[layout.label_axis], "")
+    return _lazy(call, operands, rules, out_index, sample.dtype)
