@@ -51,6 +51,9 @@ def int_tuple(value, name: str, ndim: int, *, minimum: int = 1) -> tuple[int, ..
 
 
 def finite_scalar(value, name: str) -> float:
+    """``value`` as a finite float; ``TypeError`` for strings, bools and non-numbers."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -81,7 +84,16 @@ def check_choice(value, name: str, choices) -> str:
 
 
 def convert(xp, value, name: str):
-    """``xp.asarray(value)`` with a clear error for objects that are not numeric arrays."""
+    """``xp.asarray(value)`` with a clear error for objects that are not numeric arrays.
+
+    NumPy masked arrays are rejected: ``asarray`` would silently drop their mask.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray, whose mask pacarray would ignore; pass "
+            f"{name}.filled(...) or {name}.data and give the mask as mask= (certainty= for "
+            "normalized_convolution)"
+        )
     try:
         array = xp.asarray(value)
     except (TypeError, ValueError) as error:
@@ -177,9 +189,13 @@ def channels_first(image, channel_axis, name: str = "image"):
     channels along ``channel_axis``; returns the view and the normalized axis."""
     if channel_axis is None:
         if image.ndim != 2:
+            hint = (
+                "; pass channel_axis for a multichannel (H, W, C) or (C, H, W) image (volumes, "
+                "three spatial axes, are not supported yet)" if image.ndim == 3 else ""
+            )
             raise ValueError(
                 f"{name} must be 2-D (H, W) when channel_axis is None, got shape "
-                f"{tuple(image.shape)}; pass channel_axis for a multichannel image"
+                f"{tuple(image.shape)}{hint}"
             )
         planar = image[None]
     else:
@@ -207,6 +223,35 @@ def channels_back(xp, planar, channel_axis):
     return xp.moveaxis(planar, 0, channel_axis)
 
 
+def cast_output(xp, result, output):
+    """The filters' ``output=`` keyword (scipy.ndimage's name): ``None`` keeps the computation
+    dtype; a float dtype casts; an integer dtype rounds to the nearest integer (halves to even)
+    and clips to the dtype's range, so ``output=image.dtype`` gives a uint8 image back for a
+    uint8 input."""
+    if output is None:
+        return result
+    try:
+        dtype = np.dtype(output)
+    except TypeError:
+        raise TypeError(
+            f"output must be None or a dtype such as numpy.uint8, got {output!r}"
+        ) from None
+    if dtype.kind == "f" and dtype.itemsize <= 8:
+        return result.astype(dtype)
+    if dtype.kind not in "iu":
+        raise TypeError(
+            f"output must be a float or integer dtype, got {dtype} (bool, complex and extended "
+            "precision are not supported)"
+        )
+    if not bool(xp.isfinite(result).all()):
+        raise ValueError(
+            f"output={dtype} cannot hold the result: it has NaN or Inf values (from NaN or Inf "
+            "in the input); leave output=None to get floats"
+        )
+    info = np.iinfo(dtype)
+    return xp.clip(xp.rint(result), info.min, info.max).astype(dtype)
+
+
 def guide_planar(guide, channel_axis, spatial_shape, name: str = "guide"):
     """``(G, H, W)`` view of a guide already converted by :func:`as_float_image`: 2-D is one
     channel; 3-D has its channels along ``channel_axis``, or along the last axis when
@@ -226,23 +271,22 @@ def guide_planar(guide, channel_axis, spatial_shape, name: str = "guide"):
 
 
 def radius_value(radius, default_sigma: float, sigmas: float, shape, name: str = "radius") -> int:
-    """``radius`` as a non-negative int, ``ceil(sigmas * default_sigma)`` when None; rejects a
-    radius beyond ``RADIUS_LIMIT_FACTOR`` times the largest side of ``shape`` before anything is
+    """``radius`` as a non-negative int; when None, ``ceil(sigmas * default_sigma)`` capped at
+    ``RADIUS_LIMIT_FACTOR`` times the largest side of ``shape`` (a default never fails, a 1 x 1
+    image included); an explicit radius beyond that cap is rejected before anything is
     allocated."""
-    if radius is None:
-        radius = int(math.ceil(sigmas * default_sigma))
-        origin = f" (the default ceil({sigmas:g} * sigma_spatial))"
-    else:
-        if not is_int(radius):
-            raise TypeError(f"{name} must be an int or None, got {radius!r}")
-        radius = int(radius)
-        if radius < 0:
-            raise ValueError(f"{name} must be >= 0, got {radius}")
-        origin = ""
     limit = RADIUS_LIMIT_FACTOR * max(shape)
+    if radius is None:
+        # A default never fails: beyond the limit the window is all border anyway.
+        return min(int(math.ceil(sigmas * default_sigma)), limit)
+    if not is_int(radius):
+        raise TypeError(f"{name} must be an int or None, got {radius!r}")
+    radius = int(radius)
+    if radius < 0:
+        raise ValueError(f"{name} must be >= 0, got {radius}")
     if radius > limit:
         raise ValueError(
-            f"{name}={radius}{origin} exceeds {RADIUS_LIMIT_FACTOR} times the largest image side "
+            f"{name}={radius} exceeds {RADIUS_LIMIT_FACTOR} times the largest image side "
             f"({max(shape)}); pass a smaller {name} or sigma_spatial"
         )
     return radius

@@ -10,6 +10,7 @@ kernel's inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -149,6 +150,37 @@ def resolve_family(family, have_guide: bool):
     return family
 
 
+def _check_inverse_power_range(xp, guide, centre, family, lam, eps2, fk_count, dtype, taps):
+    """``ValueError`` when ``alpha + (d2 + eps^2)^(lambda_/2)`` would overflow ``dtype`` for the
+    distances this guide can produce: a normalized kernel would then be inf/inf = NaN.
+
+    The largest distance is bounded by the spread of the guide and of the centre feature
+    (``d2 <= F (max - min)^2`` for a shared kernel, one channel's for a channel-wise one); for a
+    negative ``lambda_`` the largest value is at ``d2 = 0``.
+    """
+    finite = xp.isfinite(guide)
+    if not bool(finite.any()):
+        return
+    low = min(float(xp.min(xp.where(finite, guide, xp.inf))), float(xp.nanmin(centre)))
+    high = max(float(xp.max(xp.where(finite, guide, -xp.inf))), float(xp.nanmax(centre)))
+    features = guide.shape[1] if fk_count == 1 else 1
+    largest_d2 = features * (high - low) ** 2
+    limit = math.log(float(np.finfo(dtype).max) / max(taps, 1)) - math.log(2.0)
+    for lam_value, alpha in zip(np.asarray(lam, float), np.broadcast_to(
+            np.asarray(family._alpha, float), (len(np.asarray(lam)),))):
+        base = largest_d2 + eps2 if lam_value > 0 else eps2
+        if lam_value == 0 or base <= 0:
+            continue
+        exponent = 0.5 * lam_value * math.log(base)
+        if exponent > limit or math.log(abs(alpha) + 1.0) > limit:
+            raise ValueError(
+                f"InversePower(lambda_={family.lambda_!r}, eps={family.eps!r}) overflows "
+                f"{np.dtype(dtype).name} on this guide (values in [{low:.3g}, {high:.3g}]): "
+                f"the kernel reaches about 10^{exponent / math.log(10):.0f}; scale the guide, "
+                "use a smaller |lambda_| or compute in float64"
+            )
+
+
 def build_spec(
     xp,
     dtype,
@@ -243,8 +275,12 @@ def build_spec(
         expected = (batch, 1, *guide_shape)
         if tuple(mask.shape) != expected:
             raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
-        if xp is np and not bool(np.all((mask >= 0) & (mask <= 1))):
-            raise ValueError("mask values must lie in [0, 1] (and not be NaN)")
+        if not bool(xp.all((mask >= 0) & (mask <= 1))):
+            low, high = float(xp.nanmin(mask)), float(xp.nanmax(mask))
+            nan = " and NaN" if bool(xp.isnan(mask).any()) else ""
+            raise ValueError(
+                f"mask values must lie in [0, 1], got values in [{low}, {high}]{nan}"
+            )
         mask = _args.cast(xp, mask.reshape(batch, *guide_shape), dtype)
     elif normalize in ("mask", "mask_kernel"):
         raise ValueError(f"normalize={normalize!r} requires a mask")
@@ -265,6 +301,9 @@ def build_spec(
             centre = guide
     else:
         guide = centre = xp.zeros((1, 1, 1, 1), dtype)
+    if code in (FAMILY_INVERSE, FAMILY_INVERSE_ASYMMETRIC):
+        _check_inverse_power_range(xp, guide, centre, family, lam, eps2, fk_count, dtype,
+                                   geometry.taps)
 
     return KernelSpec(
         explicit=None,

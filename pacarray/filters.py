@@ -38,6 +38,7 @@ def bilateral_filter(
     cval: float = 0.0,
     channel_axis: int | None = None,
     guide=None,
+    output=None,
 ):
     """Bilateral filter; joint (cross) bilateral filter when a ``guide`` is given.
 
@@ -78,6 +79,10 @@ def bilateral_filter(
         Guide for the range weights (joint bilateral filter), with the image's spatial shape and
         any number of channels: 2-D, or 3-D with its channels along ``channel_axis`` (along the
         last axis when ``channel_axis`` is None).
+    output : dtype, optional
+        Dtype of the result. Default: the computation dtype (float32, or float64 for float64
+        input). An integer dtype rounds to the nearest integer and clips to its range:
+        ``output=image.dtype`` gives a uint8 image back for a uint8 image.
 
     Returns
     -------
@@ -151,7 +156,7 @@ def bilateral_filter(
         radius=radius, window=window, color_distance=color_distance, mode=mode, cval=cval,
         channel_axis=channel_axis,
     )
-    return backend_module(backend).bilateral(problem)
+    return _args.cast_output(problem.xp, backend_module(backend).bilateral(problem), output)
 
 
 @delegate_lazy("joint_bilateral_upsample")
@@ -164,6 +169,7 @@ def joint_bilateral_upsample(
     sigma_color: float,
     radius: int | None = None,
     channel_axis: int | None = None,
+    output=None,
 ):
     """Joint bilateral upsampling: a low-resolution image brought to a guide's resolution.
 
@@ -190,6 +196,10 @@ def joint_bilateral_upsample(
         Default ``ceil(2 * sigma_spatial)``.
     channel_axis : int or None, default None
         Axis of ``low``'s channels (and of the guide's, when 3-D).
+    output : dtype, optional
+        Dtype of the result. Default: the computation dtype (float32, or float64 for float64
+        input). An integer dtype rounds to the nearest integer and clips to its range:
+        ``output=image.dtype`` gives a uint8 image back for a uint8 image.
 
     Returns
     -------
@@ -284,7 +294,7 @@ def joint_bilateral_upsample(
         factors=factors, radius=radius, rows=rows, cols=cols,
         range_coef=0.5 / (sigma_color * sigma_color), channel_axis=axis,
     )
-    return backend_module(backend).joint_upsample(problem)
+    return _args.cast_output(xp, backend_module(backend).joint_upsample(problem), output)
 
 
 @delegate_lazy("normalized_convolution")
@@ -297,14 +307,16 @@ def normalized_convolution(
     guide=None,
     sigma_color: float | None = None,
     channel_axis: int | None = None,
+    output=None,
 ):
     """Normalized convolution: missing or uncertain samples filled from their neighbours.
 
     Parameters
     ----------
     data : array_like, shape (H, W) or with a channel axis
-        Samples; values where the certainty is 0 are ignored (they may be NaN-free garbage, but
-        must be finite).
+        Samples; values where the certainty is 0 are ignored. NaN and Inf mark missing samples:
+        they get certainty 0 (with one certainty map for all channels, a pixel with a NaN in any
+        channel is missing in all of them).
     certainty : array_like, shape (H, W) or ``data.shape``
         Confidence of each sample in [0, 1] (bool accepted): 0 missing, 1 fully trusted. One map
         for every channel, or one per channel.
@@ -320,6 +332,10 @@ def normalized_convolution(
         Range standard deviation in the guide's units; required with ``guide``.
     channel_axis : int or None, default None
         Axis of the data's channels.
+    output : dtype, optional
+        Dtype of the result. Default: the computation dtype (float32, or float64 for float64
+        input). An integer dtype rounds to the nearest integer and clips to its range:
+        ``output=image.dtype`` gives a uint8 image back for a uint8 image.
 
     Returns
     -------
@@ -411,6 +427,15 @@ def normalized_convolution(
     dtype = _args.float_result_dtype(data, features)
     planar = planar.astype(dtype, copy=False)
     certainty_planar = certainty_planar.astype(dtype)
+    missing = ~xp.isfinite(planar)
+    if bool(missing.any()):
+        # NaN (or Inf) is the usual marker of a missing sample: certainty 0 there, and a finite
+        # stand-in value that the zero certainty then ignores.
+        if per_channel:
+            certainty_planar = xp.where(missing, 0, certainty_planar).astype(dtype)
+        else:
+            certainty_planar = xp.where(missing.any(axis=0), 0, certainty_planar).astype(dtype)
+        planar = xp.where(missing, 0, planar).astype(dtype)
     if features is not None:
         features = (features.astype(dtype) * dtype.type(1.0 / sigma_color))[None]
     size = 2 * radius + 1
@@ -430,4 +455,4 @@ def normalized_convolution(
     confidence = pac_pool(certainty_planar[None], size, normalize="kernel", **options)[0]
     result = _args.channels_back(xp, result, axis)
     confidence = _args.channels_back(xp, confidence, axis) if per_channel else confidence[0]
-    return result, confidence
+    return _args.cast_output(xp, result, output), confidence

@@ -24,6 +24,7 @@ def detail_preserving_pool(
     eps: float = 1e-2,
     stride=None,
     channel_axis: int | None = None,
+    output=None,
 ):
     """Detail-preserving pooling: downscaling that keeps small structures visible.
 
@@ -55,6 +56,10 @@ def detail_preserving_pool(
         Step between windows; default ``size`` (non-overlapping windows).
     channel_axis : int or None, default None
         Axis of the channels; each channel is pooled with its own weights.
+    output : dtype, optional
+        Dtype of the result. Default: the computation dtype (float32, or float64 for float64
+        input). An integer dtype rounds to the nearest integer and clips to its range:
+        ``output=image.dtype`` gives a uint8 image back for a uint8 image.
 
     Returns
     -------
@@ -132,4 +137,4 @@ def detail_preserving_pool(
     x = planar[None]
     pooled = pac_pool(x, size, stride=stride, guide=x, family=family, smooth=smooth,
                       channel_wise=True, normalize="kernel")
-    return _args.channels_back(xp, pooled[0], axis)
+    return _args.cast_output(xp, _args.channels_back(xp, pooled[0], axis), output)

@@ -29,8 +29,10 @@ def bilateral(problem):
     forward = (dy > 0) | ((dy == 0) & (dx > 0))
     pair = (dy[forward], dx[forward], log_weight[forward].astype(dtype))
     side = (dy[~centre], dx[~centre], log_weight[~centre].astype(dtype))
-    sigma_color = problem.sigma_color
-    params = np.array([0.5 / (sigma_color * sigma_color), problem.cval], dtype=dtype)
+    # A tiny sigma_color would make the coefficient inf in float32, and inf * 0 (the centre tap)
+    # NaN: the largest finite coefficient gives the same weights (exactly 0 off the centre).
+    range_coef = min(0.5 / problem.sigma_color**2, float(np.finfo(dtype).max))
+    params = np.array([range_coef, problem.cval], dtype=dtype)
     channels_last = problem.image_axis == 2
     out = np.empty((height, width, channels) if channels_last else (channels, height, width),
                    dtype=dtype)
