@@ -16,8 +16,9 @@ kernels:
   grid, and the backward pass);
 * every inner loop runs over a contiguous range of columns through slices, so indices are
   provably non-negative and LLVM vectorizes it;
-* in float32 the exponential is a branch-free polynomial that vectorizes (Numba's ``np.exp``
-  runs scalar without Intel SVML); float64 keeps ``np.exp``.
+* the exponential is the branch-free polynomial of :mod:`pacarray._cpu._exp`, which vectorizes
+  (Numba's ``np.exp`` runs scalar without Intel SVML); weights and probabilities below
+  ``exp(-69)`` (float32) or ``exp(-600)`` (float64) are exactly 0.
 
 The message of one term is ``sum_{a != centre} G[a] exp(-1/2 |f_i - f_(i+a*d)|^2) Q[l, i+a*d]``
 over in-range neighbours: exactly ``pac_pool(Q, k, guide=f, dilation=d, padding=d*(k-1)/2,
@@ -27,53 +28,12 @@ spatial_weight=G)`` with ``G``'s centre set to 0.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
+
+from ._exp import exp_nonpositive
 
 # Only contraction of multiply-add into FMA; no assumption about NaN or Inf.
 _FASTMATH = {"contract"}
-
-_LOG2E = 1.4426950408889634
-# ln 2 = _LN2_HIGH + _LN2_LOW, the high part with few enough mantissa bits that k * _LN2_HIGH is
-# exact in float32 for |k| < 2**8.
-_LN2_HIGH = 0.693359375
-_LN2_LOW = -2.12194440e-4
-# Below this, exp underflows float32's normal range (2**-126); the result is flushed to 0.
-_EXP_LOWER_32 = -87.0
-
-
-def exp_nonpositive(x):
-    """``exp(x)`` for ``x <= 0``; the compiled version is chosen per dtype."""
-    return np.exp(x)
-
-
-@overload(exp_nonpositive, inline="always")
-def _exp_nonpositive_overload(x):
-    if x != types.float32:
-        # float64 keeps libm's accuracy; it is not the benchmarked path.
-        return lambda x: np.exp(x)
-
-    f32, i32 = np.float32, np.int32
-    log2e, ln2_high, ln2_low = f32(_LOG2E), f32(_LN2_HIGH), f32(_LN2_LOW)
-    lower, half, zero = f32(_EXP_LOWER_32), f32(0.5), f32(0.0)
-    # Taylor coefficients 1/n!, n = 6..0: on |r| <= ln(2)/2 the truncation error is below
-    # r**7/7! < 1.2e-7 relative.
-    c6, c5, c4 = f32(1 / 720), f32(1 / 120), f32(1 / 24)
-    c3, c2, c1, c0 = f32(1 / 6), f32(0.5), f32(1.0), f32(1.0)
-    bias, shift = i32(127), i32(23)
-
-    def impl(x):
-        # exp(x) = 2**k * exp(r) with k = round(x / ln 2); 2**k is assembled from its exponent
-        # bits, which vectorizes where ldexp would not.
-        clamped = x if x > lower else lower
-        k = np.floor(clamped * log2e + half)
-        r = (clamped - k * ln2_high) - k * ln2_low
-        p = ((((((c6 * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r) + c0
-        scale = i32((i32(k) + bias) << shift).view(np.float32)
-        return p * scale if x > lower else zero
-
-    return impl
-
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _kernel_rows(guide, feature_start, feature_stop, n, y, spatial, dilation_y, dilation_x,

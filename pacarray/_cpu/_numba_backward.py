@@ -166,7 +166,6 @@ def kappa_row(
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
     kap[:] = 0.0
-    work = aligned_empty((2, out_w), np.float64)  # for the vectorized exp
     if family != FAMILY_CONSTANT:
         _centre_rows(centre, n, cy, centre_shift, ksx, phases)
     for ty in range(kh):
@@ -201,7 +200,7 @@ def kappa_row(
                 b_part = base[fk, t, lo:hi]
                 k_part = kap[fk, t, lo:hi]
                 if family == FAMILY_GAUSSIAN:
-                    _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one, work)
+                    _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one)
                 else:
                     p_part = power[fk, t, lo:hi]
                     a = alpha[fk]

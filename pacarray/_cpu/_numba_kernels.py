@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._exp import exp_nonpositive
+
 FAMILY_CONSTANT = 0
 FAMILY_GAUSSIAN = 1
 FAMILY_INVERSE = 2
@@ -68,53 +70,25 @@ def _tap_range(taps_offset, stride, padding, size_in, size_out):
     return lo, hi
 
 
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.6931471803691238
-_LN2_LO = 1.9082149292705877e-10
-_EXP_FLOOR = -708.0
-
-
 @njit(cache=True, fastmath={"contract"})
-def _gaussian_of_d2(out_row, d2, lo, hi, g, work):
-    """``out_row[lo:hi] = exp(-d2/2) * g``, vectorized.
+def _gaussian_of_d2(out_row, d2, lo, hi, g):
+    """``out_row[lo:hi] = exp(-d2/2) * g``, vectorized (see :mod:`pacarray._cpu._exp`).
 
-    The PyPI llvmlite has no vector ``exp``, so a scalar libm call per tap would dominate the
-    fused kernel. This is ``2**k * p(r)`` with Cody-Waite reduction and a degree-11 Taylor
-    polynomial in float64 (relative error below 1e-14 over the whole range), ``2**k`` built from
-    its bits; NaN propagates and arguments below the float64 range give exactly 0. For float32
-    output the polynomial stops at degree 7 (truncation below 1e-8 relative, under half a
-    float32 ulp). ``work`` is a float64 ``(2, >= hi - lo)`` scratch array.
+    Evaluated in float64 for both dtypes, so that for float32 output the product with ``g`` is
+    rounded once; float32 output asks for the shorter polynomial that its precision needs. NaN
+    propagates; ``d2 > 1200`` gives exactly 0.
     """
-    count = hi - lo
-    poly = work[0, :count]
-    bits = work[1, :count].view(np.int64)
     src = d2[lo:hi]
     dst = out_row[lo:hi]
-    single = out_row.itemsize == 4
-    for j in range(count):
-        x = -0.5 * np.float64(src[j])
-        x = x if x > _EXP_FLOOR else _EXP_FLOOR
-        k = np.floor(x * _LOG2E + 0.5)
-        r = (x - k * _LN2_HI) - k * _LN2_LO
-        # terms of degree 8 to 11; exactly 0 for float32 output (a compile-time branch)
-        tail = 0.0 if single else r * (1.0 / 40320.0 + r * (
-            1.0 / 362880.0 + r * (1.0 / 3628800.0 + r * (1.0 / 39916800.0))))
-        poly[j] = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (
-            1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0 + tail)))))))
-        bits[j] = (np.int64(k) + 1023) << 52
-    scale = bits.view(np.float64)
-    for j in range(count):
-        x = -0.5 * np.float64(src[j])
-        value = poly[j] * scale[j] * g
-        value = 0.0 if x < _EXP_FLOOR else value
-        dst[j] = x if x != x else value
+    for j in range(hi - lo):
+        dst[j] = exp_nonpositive(-0.5 * np.float64(src[j]), out_row.dtype) * g
 
 
 @njit(cache=True)
-def _finish_kernel(out_row, d2, lo, hi, family, alpha, lam, eps2, g, work):
+def _finish_kernel(out_row, d2, lo, hi, family, alpha, lam, eps2, g):
     """``out_row[lo:hi] = kappa(d2) * g`` for the Gaussian or inverse-power family."""
     if family == FAMILY_GAUSSIAN:
-        _gaussian_of_d2(out_row, d2, lo, hi, g, work)
+        _gaussian_of_d2(out_row, d2, lo, hi, g)
     else:
         half_power = d2.dtype.type(0.5) * lam
         eps2_typed = d2.dtype.type(eps2)
@@ -138,7 +112,6 @@ def kernel_row(
     zero = out.dtype.type(0.0)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_off = dw * ((kw - 1) // 2) - kpx
-    work = aligned_empty((2, out_w), np.float64)  # for the vectorized exp
     for ty in range(kh):
         qy = oy * ksy - kpy + ty * dh
         row_ok = qy >= 0 and qy < guide_h
@@ -166,7 +139,7 @@ def kernel_row(
                             diff = zero if diff < zero else diff
                         scratch[ox] = diff * diff
                     _finish_kernel(out[fk, t], scratch, lo, hi, family, alpha[fk], lam[fk],
-                                   eps2, g, work)
+                                   eps2, g)
             else:
                 for ox in range(lo, hi):
                     scratch[ox] = 0.0
@@ -190,8 +163,7 @@ def kernel_row(
                             if family == FAMILY_INVERSE_ASYMMETRIC:
                                 diff = zero if diff < zero else diff
                             scratch[ox] += diff * diff
-                _finish_kernel(out[0, t], scratch, lo, hi, family, alpha[0], lam[0], eps2, g,
-                               work)
+                _finish_kernel(out[0, t], scratch, lo, hi, family, alpha[0], lam[0], eps2, g)
 
     if normalize == NORMALIZE_NONE:
         for fk in range(fk_count):

@@ -16,16 +16,18 @@ time against OpenCV, so it is organised for speed:
   loops unroll, and the loop over columns is the innermost loop and vectorizes. Column indices
   are unsigned so that Numba emits no negative-index wraparound selects.
 * The spatial and the range weight share one exponential, ``exp(log G[tap] - c * d2)``, evaluated
-  by a branch-free polynomial (Numba's ``np.exp`` runs scalar without Intel SVML).
+  by the branch-free polynomial of :mod:`pacarray._cpu._exp` (Numba's ``np.exp`` runs scalar
+  without Intel SVML); it is exactly 0 below -69 (float32) or -600 (float64), the thresholds
+  below which the front end drops spatial taps.
 
 NaN handling: no ``nnan``/``ninf`` fast-math flags are used and every select is written so that a
 NaN stays NaN, so a NaN in the image or guide propagates to every output whose window holds it.
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import njit, prange
+
+from ._exp import exp_nonpositive
 
 # Border modes, as integer codes shared with the front end.
 MODE_REFLECT = 0  # d c b a | a b c d | d c b a   (scipy "reflect")
@@ -51,71 +53,6 @@ MAX_VALUE_PLANES = 4
 
 # Only the contraction of multiply-add into FMA: no assumptions about NaN or Inf.
 _FASTMATH = {"contract"}
-
-
-@intrinsic
-def _bits_as_float(typingctx, bits):
-    """Reinterpret the bits of an int32 (int64) as a float32 (float64)."""
-    if bits == types.int32:
-        result, llvm_type = types.float32, ir.FloatType()
-    elif bits == types.int64:
-        result, llvm_type = types.float64, ir.DoubleType()
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_type)
-
-    return result(bits), codegen
-
-
-def _taylor(dtype, degree):
-    factorials = np.cumprod(np.arange(1, degree + 1, dtype=np.float64))
-    return tuple(dtype(c) for c in (1.0 / factorials[::-1]).tolist() + [1.0])
-
-
-def exp_nonpositive(x):
-    """``exp(x)`` for ``x <= 0`` (NaN stays NaN), flushed to 0 below about 1e-30 (float32) or
-    1e-260 (float64); compiled per dtype by the overload below."""
-    return np.exp(x)
-
-
-@overload(exp_nonpositive)
-def _exp_nonpositive_overload(x):
-    # exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2)/2, exp(r) by its Taylor polynomial
-    # (degree 6 in float32: relative error < 3e-7; degree 12 in float64: < 1e-15). 2^k is built
-    # directly in the exponent bits. Arguments below `lower` give exactly 0; `lower` is high enough
-    # that no intermediate and no weight times an O(1) value is subnormal (subnormal arithmetic
-    # costs ~100 cycles per operation on x86).
-    if x == types.float32:
-        dtype, int_type, mantissa_bits, bias, lower = np.float32, np.int32, 23, 127, -69.0
-        ln2_hi, ln2_lo, coeffs = 0.693145751953125, 1.428606765330187e-06, _taylor(np.float32, 6)
-    elif x == types.float64:
-        dtype, int_type, mantissa_bits, bias, lower = np.float64, np.int64, 52, 1023, -600.0
-        ln2_hi, ln2_lo = 0.6931471803691238, 1.9082149292705877e-10
-        coeffs = _taylor(np.float64, 12)
-    else:
-        return None
-    log2e, ln2_hi, ln2_lo = dtype(1.4426950408889634), dtype(ln2_hi), dtype(ln2_lo)
-    lower, half, zero = dtype(lower), dtype(0.5), dtype(0.0)
-    bias, exponent_unit = dtype(bias), dtype(2.0**mantissa_bits)
-    n_coeffs = len(coeffs)
-
-    def impl(x):
-        # "not (x < lower)" rather than "x >= lower": a NaN must keep its value.
-        clamped = x if not (x < lower) else lower
-        k = np.floor(clamped * log2e + half)
-        r = (clamped - k * ln2_hi) - k * ln2_lo
-        p = coeffs[0]
-        for i in range(1, n_coeffs):
-            p = p * r + coeffs[i]
-        # Float-to-int conversion of NaN is undefined: give it any finite k, p carries the NaN.
-        k = k if k == k else zero
-        scale = _bits_as_float(int_type((k + bias) * exponent_unit))
-        value = p * scale
-        return zero if x < lower else value
-
-    return impl
 
 
 @njit(cache=True, inline="always")
