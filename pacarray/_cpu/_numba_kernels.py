@@ -5,7 +5,7 @@ O(row) per thread: the adaptive kernel of a row is computed into a small buffer 
 and consumed at once. Options are runtime integers, not compile-time specializations, so each
 public kernel compiles once per dtype.
 
-Integer codes (see ``pacarray._cpu.__init__``):
+Integer codes (defined once in :mod:`pacarray._codes`):
 
 * family: 0 constant 1, 1 Gaussian, 2 inverse power, 3 asymmetric inverse power
 * normalize: 0 none, 1 kernel, 2 mask, 3 mask_kernel
@@ -16,17 +16,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# Module globals of plain ints: Numba freezes them into the compiled kernels as constants.
+from .._codes import (  # noqa: F401 (FAMILY_INVERSE: every code importable from here)
+    FAMILY_CONSTANT,
+    FAMILY_GAUSSIAN,
+    FAMILY_INVERSE,
+    FAMILY_INVERSE_ASYMMETRIC,
+    NORMALIZE_KERNEL,
+    NORMALIZE_MASK,
+    NORMALIZE_MASK_KERNEL,
+    NORMALIZE_NONE,
+)
 from ._exp import exp_nonpositive
-
-FAMILY_CONSTANT = 0
-FAMILY_GAUSSIAN = 1
-FAMILY_INVERSE = 2
-FAMILY_INVERSE_ASYMMETRIC = 3
-
-NORMALIZE_NONE = 0
-NORMALIZE_KERNEL = 1
-NORMALIZE_MASK = 2
-NORMALIZE_MASK_KERNEL = 3
 
 
 #: Work buffers start on a cache line: a 64-byte (AVX-512) vector load or store that straddles
