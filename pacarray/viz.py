@@ -196,12 +196,17 @@ def kernel_at(
         image itself, integer images divided by their dtype's maximum (values on [0, 1]).
         Scale it to set the bandwidth of a Gaussian kernel: ``guide=image / 0.1`` makes colour
         differences of 0.1 count as one standard deviation.
-    family, smooth, spatial_weight, normalize, channel_wise
+    family, smooth, spatial_weight
         As in :func:`pacarray.pac_kernel`.
     mask : array_like, optional
         ``(H, W)`` or ``(1, 1, H, W)``, values in [0, 1]; needed by ``normalize="mask"`` and
         ``"mask_kernel"``.
+    normalize : {None, "kernel", "mask", "mask_kernel"}
+        As in :func:`pacarray.pac_kernel`.
     dilation : int or (int, int), default 1
+        Spacing of the taps in pixels.
+    channel_wise : bool, default False
+        One kernel per guide channel, as in :func:`pacarray.pac_kernel`.
 
     Returns
     -------
@@ -507,6 +512,7 @@ def plot_before_after(before, after, *, ax=None, titles=("before", "after", "dif
     ax : sequence of 3 matplotlib Axes, optional
         Axes to draw into; a new figure by default.
     titles : sequence of 3 str, default ("before", "after", "difference")
+        Panel titles; the difference panel's gets the largest absolute difference appended.
     cmap : str, optional
         Colormap of the difference; "RdBu_r" (one channel) or "magma" (several) by default.
 
@@ -640,6 +646,7 @@ def kernel_gallery(
     kernel_size, guide, smooth, spatial_weight, mask, normalize, dilation, channel_wise
         Defaults of every column, as in :func:`kernel_at`.
     cmap : str, default "viridis"
+        Colormap of the weights.
 
     Returns
     -------
