@@ -41,6 +41,7 @@ WORKLOAD_MODULES: tuple[str, ...] = (
     "pacarray.benchmarks.crf",
     "pacarray.benchmarks.gradients",
     "pacarray.benchmarks.gpu",
+    "pacarray.benchmarks.dask",
 )
 
 __all__ = ["WORKLOAD_MODULES", "Case", "Context", "Peer", "Workload", "load_workloads"]

@@ -1,0 +1,242 @@
+"""Dask workload: the bilateral filter on an image that is never held in memory.
+
+* B-dask: a 16384 x 16384 float32 RGB image built lazily (``dask.array.random`` with a seed,
+  chunks of 1024 x 1024 x 3), :func:`pacarray.bilateral_filter` with radius 4 (sigma_spatial
+  3, sigma_color 0.1, disk, L1, mode "mirror": exactly OpenCV's filter), computed on a
+  ``dask.distributed.LocalCluster`` of 2 single-threaded worker processes with one Numba thread
+  each. The timed call computes the sum of every output block, so the 3 GiB result never
+  travels to the client; both peers produce the same sums.
+
+Peers, measured in the same run:
+
+* ``map_overlap + cv2.bilateralFilter``: the same data and chunks through
+  ``dask.array.map_overlap(..., depth=4, boundary="none")`` around ``cv2.bilateralFilter`` (one
+  OpenCV thread per worker), on the same cluster: what a user writes today. Same result
+  (reference). Target: pacarray at least 1.5 x its throughput, i.e. a time ratio <= 0.667.
+* ``in-memory 4096 tile``: pacarray's in-memory call on one 4096 x 4096 tile of the same image
+  with 2 Numba threads (the same two cores). It filters 16 times fewer pixels, so the time ratio
+  that means "at least 80 % of the in-memory throughput" is 16 / 0.8 = 20.
+
+The notes report both throughputs in megapixels per second, the scheduler overhead (Dask time
+over 16 in-memory tiles: 1 means none) and each worker's peak extra resident memory during the
+call (``VmHWM - VmRSS`` before it, read on the workers; one chunk is 12 MiB), all from the
+calls' own timings, which include the harness's warm-up and untimed opening runs.
+
+``--quick`` runs 96 x 96 pixels in chunks of 32 on Dask's threaded scheduler, without a
+cluster (the smoke test builds every workload inside the test process).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import statistics
+import time
+
+import numpy as np
+
+from ._harness import THREADS, Case, Context, Peer, Workload
+
+RADIUS, SIGMA_SPATIAL, SIGMA_COLOR = 4, 3.0, 0.1
+KEYWORDS = dict(sigma_spatial=SIGMA_SPATIAL, sigma_color=SIGMA_COLOR, radius=RADIUS,
+                window="disk", color_distance="l1", mode="mirror", channel_axis=-1)
+SIZE, CHUNK, TILE, WORKERS = 16384, 1024, 4096, 2
+QUICK_SIZE, QUICK_CHUNK, QUICK_TILE = 96, 32, 32
+
+
+def _block_sum(block):
+    """One float64 sum per block (keeps the block's rank)."""
+    return np.full((1,) * block.ndim, block.sum(dtype=np.float64))
+
+
+def _cv2_bilateral(block):
+    import cv2
+
+    return cv2.bilateralFilter(block, 2 * RADIUS + 1, SIGMA_COLOR, SIGMA_SPATIAL)
+
+
+def _worker_setup():
+    """One OpenCV thread per worker (Numba's comes from the workers' environment)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak():
+    """Reset this worker's resident high-water mark; returns VmRSS in KiB (0 if impossible)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return 0
+    return _status_kib("VmRSS")
+
+
+def _peak():
+    return _status_kib("VmHWM")
+
+
+def _block_sums(lazy):
+    import dask.array as da
+
+    return da.map_blocks(_block_sum, lazy, dtype=np.float64,
+                         chunks=tuple((1,) * len(c) for c in lazy.chunks))
+
+
+def _cluster():
+    """A LocalCluster of single-threaded worker processes, one Numba thread each, on loopback;
+    closed when the process exits. ``None`` when dask.distributed is missing."""
+    try:
+        distributed = importlib.import_module("distributed")
+    except ImportError:
+        return None
+    single = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    cluster = distributed.LocalCluster(
+        n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, silence_logs=40, env=single,
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+
+    def close():
+        client.close()
+        cluster.close()
+
+    atexit.register(close)
+    return client
+
+
+class _Recorder:
+    """Wall times (and the workers' peak extra memory) of the calls, written into the notes."""
+
+    def __init__(self, notes, pixels, tile_pixels, client):
+        self.notes, self.pixels, self.tile_pixels, self.client = notes, pixels, tile_pixels, client
+        self.seconds: dict[str, list[float]] = {}
+        self.memory: dict[str, list[float]] = {}
+        self.fixed = list(notes)
+
+    def timed(self, name, call, on_cluster):
+        def run():
+            before = self.client.run(_reset_peak) if on_cluster else None
+            start = time.perf_counter()
+            result = call()
+            self.seconds.setdefault(name, []).append(time.perf_counter() - start)
+            if on_cluster:
+                peaks = self.client.run(_peak)
+                self.memory[name] = [(peaks[w] - before[w]) / 1024 for w in sorted(peaks)
+                                     if before[w]]
+            self._write()
+            return result
+
+        return run
+
+    def _median(self, name):
+        values = self.seconds.get(name, [])
+        return statistics.median(values[1:] if len(values) > 1 else values) if values else None
+
+    def _write(self):
+        lines = list(self.fixed)
+        rates = {}
+        for name, pixels in (("pacarray", self.pixels), ("cv2", self.pixels),
+                             ("tile", self.tile_pixels)):
+            seconds = self._median(name)
+            if seconds:
+                rates[name] = pixels / seconds / 1e6
+        if rates:
+            lines.append("throughput (median of the calls after the first): " + ", ".join(
+                f"{name} {rate:.1f} MP/s" for name, rate in rates.items()))
+        if "pacarray" in rates and "tile" in rates:
+            lines.append(f"scheduler overhead: {rates['tile'] / rates['pacarray']:.2f} "
+                         f"(Dask time / in-memory time for the same pixels; 1 = none); Dask "
+                         f"reaches {100 * rates['pacarray'] / rates['tile']:.0f} % of the "
+                         "in-memory throughput (goal >= 80 %)")
+        if "pacarray" in rates and "cv2" in rates:
+            lines.append(f"pacarray / map_overlap+OpenCV throughput: "
+                         f"{rates['pacarray'] / rates['cv2']:.2f} x (goal >= 1.5 x)")
+        for name, peaks in self.memory.items():
+            lines.append(f"peak extra memory per worker, {name}: "
+                         + ", ".join(f"{p:.0f} MiB" for p in peaks))
+        self.notes[:] = lines
+
+
+def _build(context: Context) -> Case:
+    from pacarray.filters import bilateral_filter
+
+    size, chunk, tile = ((QUICK_SIZE, QUICK_CHUNK, QUICK_TILE) if context.quick
+                         else (SIZE, CHUNK, TILE))
+    try:
+        da = importlib.import_module("dask.array")
+    except ImportError:
+        image = context.rng().random((tile, tile, 3), dtype=np.float32)
+        return Case(call=lambda: bilateral_filter(image, **KEYWORDS),
+                    label=f"bilateral_filter RGB {tile}x{tile} in memory (Dask missing)",
+                    notes=["Dask not installed (pip install 'pacarray[dask]'): only the "
+                           "in-memory tile was timed"])
+    image = da.random.default_rng(context.seed).random(
+        (size, size, 3), dtype=np.float32, chunks=(chunk, chunk, 3))
+    client = None if context.quick else _cluster()
+    notes = [f"{size}x{size} RGB float32 built lazily, chunks {chunk}x{chunk}x3, radius "
+             f"{RADIUS}; the call computes one sum per output block"]
+    if client is None:
+        notes.append("threaded scheduler (no cluster: --quick, or dask.distributed missing)")
+
+        def compute(lazy):
+            return lazy.compute(scheduler="threads", num_workers=WORKERS)
+    else:
+        notes.append(f"LocalCluster: {WORKERS} worker processes x 1 thread, 1 Numba thread "
+                     "each; the machine may be shared and noisy")
+
+        def compute(lazy):
+            return client.compute(lazy).result()
+    sums = _block_sums(bilateral_filter(image, **KEYWORDS))
+    tile_image = image[:tile, :tile].compute(scheduler="threads")
+    recorder = _Recorder(notes, size * size, tile * tile, client)
+    case = Case(
+        call=recorder.timed("pacarray", lambda: compute(sums), client is not None),
+        label=f"bilateral_filter on Dask, {size}x{size} RGB, r={RADIUS}",
+        notes=notes,
+    )
+    cv2 = importlib.import_module("cv2") if context.peers and _has("cv2") else None
+    if cv2 is not None:
+        if client is not None:
+            client.run(_worker_setup)
+        peer = _block_sums(da.map_overlap(_cv2_bilateral, image, depth={0: RADIUS, 1: RADIUS},
+                                          boundary="none", dtype=np.float32))
+        case.peers.append(Peer(
+            "map_overlap + cv2.bilateralFilter",
+            recorder.timed("cv2", lambda: compute(peer), client is not None),
+            role="same result", target=round(1 / 1.5, 3), reference=True,
+        ))
+    else:
+        notes.append("OpenCV peer skipped (turned off, or pip install opencv-python-headless)")
+    case.peers.append(Peer(
+        f"in-memory {tile} tile",
+        recorder.timed("tile", lambda: bilateral_filter(tile_image, **KEYWORDS), False),
+        role=f"{(size // tile) ** 2}x fewer pixels, {THREADS} Numba threads",
+        target=(size // tile) ** 2 / 0.8,
+    ))
+    recorder.fixed = list(notes)
+    return case
+
+
+def _has(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+WORKLOADS = [
+    Workload("B-dask", "bilateral_filter r=4 on a lazy 16384x16384 RGB Dask array, LocalCluster "
+             "of 2 workers, vs map_overlap + OpenCV and the in-memory call",
+             _build),
+]
