@@ -53,7 +53,11 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": [],
 }
-html_sidebars = {"index": []}
+# Pages without sub-pages get no (empty) section navigation on the left.
+html_sidebars = {page: [] for page in (
+    "index", "guide/getting-started", "guide/theory", "guide/command-line", "guide/benchmarks",
+    "porting", "design", "architecture",
+)}
 
 # The docstrings cite papers with :doi:`...`.
 extlinks = {"doi": ("https://doi.org/%s", "doi:%s")}
