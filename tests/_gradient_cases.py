@@ -37,6 +37,7 @@ from pacarray.gradients import (
 )
 from pacarray.testing import check_gradients, dot_product_test
 from _op_cases import ops
+from _tiers import tiered, tiered_values
 from reference import (
     forward_out_size,
     ref_conv,
@@ -96,6 +97,11 @@ TRANSPOSE_GEOMETRIES = [
 ]
 FORWARD = {"conv": pac_conv, "conv_transpose": pac_conv_transpose, "pool": pac_pool}
 VJP = {"conv": pac_conv_vjp, "conv_transpose": pac_conv_transpose_vjp, "pool": pac_pool_vjp}
+# The kernel cases of the quick test tier: between them every family kind (Gaussian, inverse
+# power per channel, asymmetric, no guide), normalization, mask, smoothing kind, spatial weight
+# and channel_wise; the other cases run in the full tier (``slow``).
+QUICK_KERNEL_CASES = ("inverse_pc_mask", "inverse_user_smooth", "gaussian_average_mask_kernel",
+                      "asym_pc_user_smooth", "no_guide")
 
 
 def with_family(function, family_options):
@@ -194,7 +200,7 @@ def _assert_passed(report):
 
 
 @ops("conv", "conv_transpose", "pool")
-@pytest.mark.parametrize("case", list(KERNEL_CASES))
+@pytest.mark.parametrize("case", tiered_values(KERNEL_CASES, QUICK_KERNEL_CASES))
 def test_fused_vjp_matches_finite_differences(op, case, rng):
     forward, vjp, inputs = fused_case(rng, op, case, list(KERNEL_CASES).index(case))
     report = check_gradients(forward, vjp, inputs, step=STEP, tolerance=FD_TOLERANCE,
@@ -203,7 +209,7 @@ def test_fused_vjp_matches_finite_differences(op, case, rng):
 
 
 @ops("conv", "conv_transpose", "pool")
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", tiered(range(5), quick=[0, 3]))  # full weight; shared + bias
 def test_explicit_vjp_matches_finite_differences_and_adjoint(op, index, rng):
     geometries = TRANSPOSE_GEOMETRIES if op == "conv_transpose" else CONV_GEOMETRIES
     geometry = geometries[index % len(geometries)]
@@ -316,8 +322,8 @@ def test_fused_vjp_matches_finite_differences_of_the_oracle(op, rng):
 
 
 @ops("conv", "conv_transpose", "pool")
-@pytest.mark.parametrize("case", ["asym_pc_user_smooth", "inverse_user_smooth",
-                                  "gaussian_average_mask_kernel"])
+@pytest.mark.parametrize("case", tiered(["asym_pc_user_smooth", "inverse_user_smooth",
+                                         "gaussian_average_mask_kernel"], quick=[0]))
 def test_fused_gradients_equal_explicit_kernel_composed_with_pac_kernel_vjp(op, case, rng):
     forward, vjp, inputs = fused_case(rng, op, case, 2)
     y = forward(**inputs)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import pacarray
+from _tiers import tiered
 from reference import (
     ref_conv,
     ref_conv_transpose,
@@ -285,6 +286,43 @@ def _explicit_kwargs(prep, K, transposed=False):
 
 
 GUIDED = [case.index for case in CASES if case.family != "none"]  # pac_kernel needs a guide
+
+
+def _factors(case):
+    """The values that ``case`` gives to the grid's factors (geometry summarized)."""
+    kernel_size, stride, _, dilation, _ = case.geometry
+    smooth = case.smooth[0] if isinstance(case.smooth, tuple) else case.smooth
+    return {
+        ("family", case.family), ("normalize", case.normalize, case.mask),
+        ("smooth", str(smooth)), ("spatial", case.spatial), ("cw", case.channel_wise),
+        ("dtype", np.dtype(case.dtype).name), ("batch", case.batch),
+        ("channels", case.channels), ("kernel_size", str(kernel_size)),
+        ("strided", max(_pair(stride)) > 1), ("dilated", max(_pair(dilation)) > 1),
+        ("output_padding", case.index % 2 == 1),
+    }
+
+
+def quick_cases(indices):
+    """Positions in ``indices`` (case indices) of the cases that stay in the quick test tier.
+
+    A greedy cover: few cases that between them give every factor every value it takes in
+    ``indices`` (7 of the 48 cases), so the quick tier still runs every family, normalization,
+    smoothing, spatial weight, dtype and kind of geometry once per op.
+    """
+    indices = list(indices)
+    wanted = set().union(*(_factors(CASES[i]) for i in indices))
+    chosen = []
+    while wanted:
+        best = max(range(len(indices)), key=lambda k: len(_factors(CASES[indices[k]]) & wanted))
+        chosen.append(best)
+        wanted -= _factors(CASES[indices[best]])
+    return chosen
+
+
+def tiered_cases(indices):
+    """``indices`` as the parameters of a parity test: all but the quick cases marked slow."""
+    indices = list(indices)
+    return tiered(indices, quick_cases(indices))
 
 
 def _dilate(w, dilation):

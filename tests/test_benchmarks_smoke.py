@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from _tiers import tiered
 from pacarray.benchmarks import WORKLOAD_MODULES, Case, Peer, Workload, load_workloads
 from pacarray.benchmarks.__main__ import main
 from pacarray.benchmarks._harness import (
@@ -24,6 +25,7 @@ def _first_cpu_workload_of_each_module():
     return chosen
 
 
+@pytest.mark.slow  # child processes and a cold Numba start per workload: tens of seconds
 def test_quick_run_end_to_end(tmp_path, capsys):
     # The whole command line on one CPU workload of each module (each measured in two fresh
     # child processes) plus one GPU-only workload, which must be listed as not run here.
@@ -53,9 +55,14 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert f"GPU-only workloads not run here: {gpu_only[0]}" in text
 
 
+CPU_WORKLOADS = [w for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices]
+
+
+# The first workload of each module stays in the quick tier.
 @pytest.mark.parametrize(
     "workload",
-    [w for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices],
+    tiered(CPU_WORKLOADS, [i for i, w in enumerate(CPU_WORKLOADS)
+                           if w.name in _first_cpu_workload_of_each_module()]),
     ids=lambda w: w.name,
 )
 def test_every_cpu_workload_runs(workload):
@@ -67,6 +74,7 @@ def test_every_cpu_workload_runs(workload):
     assert not any(peer.name.startswith("torch") for peer in case.peers)
 
 
+@pytest.mark.slow  # a fresh process that imports pacarray
 def test_quick_cold_start_table(tmp_path, capsys):
     results = tmp_path / "results.json"
     assert main(["--quick", "--no-peers", "--repeat", "1", "--only", "B-pool", "cold",
@@ -95,6 +103,7 @@ def test_workload_names_must_be_unique(monkeypatch):
         load_workloads([*WORKLOAD_MODULES, "fake_workloads"])
 
 
+@pytest.mark.slow  # compiles a Numba function on every run
 @pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux /proc/self/clear_refs")
 def test_peak_memory_sees_numpy_and_numba_allocations():
     import numba
@@ -138,6 +147,7 @@ def test_time_case_statistics_and_reference_check():
     assert "bound" not in result["checks"]
 
 
+@pytest.mark.slow  # importing PyTorch takes seconds
 @pytest.mark.parametrize("stride, weighted", [(1, True), (2, False), (1, False)])
 def test_unfold_baseline_matches_pacarray(stride, weighted):
     torch = pytest.importorskip("torch")

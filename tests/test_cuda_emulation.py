@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import sys
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (and rarely g++)
+    fcntl = None
+
 import numpy as np
 import pytest
 
 import pacarray
 import pacarray._dispatch as dispatch
+from _tiers import tiered
 from cuda_emulation import emulator as emu
 from pacarray._cuda import _loader, launch
 from reference import (
@@ -34,11 +40,24 @@ DTYPES = [np.float64, np.float32]
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory):
-    library = emu.build(
-        tmp_path_factory.mktemp("cuda_emulation"), [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS
-    )
-    return emu.Emulator(library)
+def emulator(request, tmp_path_factory):
+    # The g++ build takes about 10 s. pytest's cache folder (.pytest_cache) keeps the library
+    # between runs; its name is a digest of the sources, so an edit rebuilds it. A lock file
+    # keeps two concurrent sessions from loading a library the other is still writing.
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # -p no:cacheprovider
+        return emu.Emulator(emu.build(tmp_path_factory.mktemp("cuda_emulation"),
+                                      [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS))
+    directory = cache.mkdir("cuda_emulation")
+    with open(directory / "build.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        library = emu.build(directory, [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS)
+        loaded = emu.Emulator(library)  # before another session may remove it as stale
+        for stale in directory.glob("pacemu-*"):  # builds of earlier sources
+            if stale.stem != library.stem:
+                stale.unlink(missing_ok=True)
+    return loaded
 
 
 @pytest.fixture(params=["forward", "reverse"])
@@ -179,6 +198,12 @@ def _cases(geometries):
     return cases
 
 
+# Cases of each grid in the quick test tier (the others are marked slow): both dtypes, small
+# grids (indices 2 and 5), the explicit-kernel path of conv (3, 7) and conv_transpose (1, 5),
+# with and without bias, every normalization and smoothing, channel_wise, and no guide.
+QUICK_CASES = (1, 2, 3, 4, 5, 7)
+
+
 def _small_grid(index, monkeypatch):
     """Every third case: 32-thread blocks and at most 3 of them, so grid-stride loops repeat."""
     if index % 3 == 2:
@@ -190,7 +215,8 @@ def _small_grid(index, monkeypatch):
 # pac_kernel
 
 
-@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES))
+@pytest.mark.parametrize("index, options, geometry, dtype",
+                         tiered(_cases(FORWARD_GEOMETRIES), QUICK_CASES))
 def test_kernel_fill_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index, options,
                                     geometry, dtype):
     kernel_size, stride, padding, dilation, shape = geometry
@@ -212,7 +238,9 @@ def test_kernel_fill_matches_oracle(cuda_backend, assert_close, rng, monkeypatch
     assert {name.split("<")[0] for name in cuda_backend.launches} == {"pac_fill"}
 
 
-@pytest.mark.parametrize("index, options, geometry, dtype", _cases(TRANSPOSED_GEOMETRIES)[:6])
+@pytest.mark.parametrize("index, options, geometry, dtype",
+                         tiered(_cases(TRANSPOSED_GEOMETRIES)[:6], [i for i in QUICK_CASES
+                                                                    if i < 6]))
 def test_kernel_fill_transposed_matches_oracle(cuda_backend, assert_close, rng, index, options,
                                                geometry, dtype):
     kernel_size, stride, padding, dilation, output_padding, shape = geometry
@@ -233,7 +261,8 @@ def test_kernel_fill_transposed_matches_oracle(cuda_backend, assert_close, rng, 
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["fused", "explicit"])
-@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES))
+@pytest.mark.parametrize("index, options, geometry, dtype",
+                         tiered(_cases(FORWARD_GEOMETRIES), QUICK_CASES))
 def test_pool_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index, options,
                              geometry, dtype, explicit):
     kernel_size, stride, padding, dilation, shape = geometry
@@ -253,7 +282,8 @@ def test_pool_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index
     assert {name.split("<")[0] for name in cuda_backend.launches} == {"pac_direct"}
 
 
-@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES)[:8])
+@pytest.mark.parametrize("index, options, geometry, dtype",
+                         tiered(_cases(FORWARD_GEOMETRIES)[:8], QUICK_CASES))
 def test_shared_filter_conv_matches_oracle(cuda_backend, assert_close, rng, index, options,
                                            geometry, dtype):
     kernel_size, stride, padding, dilation, shape = geometry
@@ -295,7 +325,8 @@ def _check_path(path, launches):
 
 
 @pytest.mark.parametrize("path", CONV_PATHS)
-@pytest.mark.parametrize("index, options, geometry, dtype", _cases(FORWARD_GEOMETRIES))
+@pytest.mark.parametrize("index, options, geometry, dtype",
+                         tiered(_cases(FORWARD_GEOMETRIES), QUICK_CASES))
 def test_conv_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index, options,
                              geometry, dtype, path):
     kernel_size, stride, padding, dilation, shape = geometry
@@ -326,7 +357,8 @@ def test_conv_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index
 
 
 @pytest.mark.parametrize("path", CONV_PATHS)
-@pytest.mark.parametrize("index, options, geometry, dtype", _cases(TRANSPOSED_GEOMETRIES))
+@pytest.mark.parametrize("index, options, geometry, dtype",
+                         tiered(_cases(TRANSPOSED_GEOMETRIES), QUICK_CASES))
 def test_conv_transpose_matches_oracle(cuda_backend, assert_close, rng, monkeypatch, index,
                                        options, geometry, dtype, path):
     kernel_size, stride, padding, dilation, output_padding, shape = geometry
@@ -629,7 +661,9 @@ def _backward_cases(with_bands=False):
     return cases
 
 
-@pytest.mark.parametrize("index, op, options, geometry, path", _backward_cases(True))
+# quick: the first case of each op, the conv ops in whole images and in row bands
+@pytest.mark.parametrize("index, op, options, geometry, path",
+                         tiered(_backward_cases(True), range(6)))
 def test_vjp_matches_finite_differences_of_the_oracle(cuda_backend, rng, monkeypatch, index, op,
                                                       options, geometry, path):
     """<vjp, v> for a random direction v of every input against central differences."""
@@ -657,7 +691,8 @@ def test_vjp_matches_finite_differences_of_the_oracle(cuda_backend, rng, monkeyp
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("index, op, options, geometry, path", _backward_cases())
+@pytest.mark.parametrize("index, op, options, geometry, path",
+                         tiered(_backward_cases(), range(4)))  # quick: one case of each op
 def test_vjp_matches_the_cpu_backend(emulator, assert_close, rng, monkeypatch, index, op,
                                      options, geometry, path, dtype):
     call, arrays, _ = _op_inputs(op, rng, options, geometry, dtype)
@@ -686,7 +721,7 @@ def test_vjp_matches_the_cpu_backend(emulator, assert_close, rng, monkeypatch, i
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("index", range(len(OPTIONS)))
+@pytest.mark.parametrize("index", tiered(range(len(OPTIONS)), quick=[2, 3]))
 def test_pac_kernel_vjp_matches_the_cpu_backend(emulator, assert_close, rng, monkeypatch, index,
                                                 dtype):
     import pacarray.gradients as gradients

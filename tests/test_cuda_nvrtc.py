@@ -72,6 +72,9 @@ def compiled_kernels():
           + ", ".join(f"{key}: {value}" for key, value in sorted(counts.items())))
 
 
+# 10-20 s per source and architecture: the full tier only. In the quick tier NVRTC compiles one
+# kernel in test_options_are_cupys_without_the_verbose_flag.
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("filename", sorted(_loader.KERNELS))
 def test_source_compiles_to_cubin(compiled_kernels, filename, arch):

@@ -20,6 +20,10 @@ from reference import (
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
+# Random searches add little to the quick tier beyond the curated parity grid (test_pac_*.py)
+# and cost a second or two each; they run in the full tier.
+pytestmark = pytest.mark.slow
+
 
 @st.composite
 def geometries(draw, transposed):

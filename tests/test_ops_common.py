@@ -17,6 +17,7 @@ import pytest
 import pacarray
 import pacarray.gradients
 from _parity_cases import CASES, DTYPES, FAMILIES, NORMALIZATIONS, _pair
+from _tiers import tiered
 from _validation_cases import DATA_OPS, _arrays, _call_with, _explicit_shape
 from pacarray import InversePower, pac_conv, pac_conv_transpose, pac_pool, spatial_window
 from pacarray.gradients import pac_conv_vjp, pac_kernel_vjp, pac_pool_vjp
@@ -85,7 +86,7 @@ def test_zero_normalizer_gives_zero_output_and_invalid(rng, dtype, normalize, ch
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("workspace", [None, 1, 4096])
+@pytest.mark.parametrize("workspace", tiered([None, 1, 4096], quick=[1]))  # 1: many chunks
 @pytest.mark.parametrize("op", ["conv", "conv_transpose"])
 def test_many_channels_and_small_workspace(rng, assert_close, monkeypatch, dtype, workspace, op):
     # Large channel counts may take a blocked / BLAS route; a tiny workspace forces many chunks
@@ -135,6 +136,7 @@ def test_many_channels_and_small_workspace(rng, assert_close, monkeypatch, dtype
     assert_close(plain, plain_expected, dtype)
 
 
+@pytest.mark.slow  # importing PyTorch takes seconds
 @pytest.mark.parametrize("op, normalize, stride", [("conv", None, 1), ("conv", "kernel", 2),
                                                    ("pool", "kernel", 2), ("pool", None, 1)])
 def test_gradients_match_pytorch_autograd_through_unfold(op, normalize, stride, rng):
@@ -242,7 +244,7 @@ def _touched(out_shape, kernel_size, stride, padding, dilation, spot, transposed
     return hit
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", tiered([np.nan, np.inf], quick=[0]))
 @pytest.mark.parametrize("path", ["explicit", "fused", "none"])
 @pytest.mark.parametrize("op", ["conv", "conv_shared", "conv_transpose", "pool"])
 def test_nan_in_data_propagates_to_its_windows_only(op, path, bad, assert_close):

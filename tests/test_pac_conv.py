@@ -35,7 +35,9 @@ from _parity_cases import (
     _fused_kwargs,
     _pair,
     prepared,
+    tiered_cases,
 )
+from _tiers import tiered
 from pacarray import pac_conv
 from pacarray.gradients import pac_conv_vjp
 from pacarray.testing import check_gradients, dot_product_test
@@ -90,7 +92,7 @@ from _validation_cases import (  # noqa: F401
 OP = "conv"
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("index", tiered_cases(range(len(CASES))), ids=CASE_IDS)
 def test_pac_conv(index, assert_close):
     prep = prepared(index)
     dtype = prep.case.dtype
@@ -157,7 +159,7 @@ def test_plain_full_conv_is_signal_correlate(rng, assert_close, dtype, kernel_si
     assert_close(actual, expected, dtype)
 
 
-@pytest.mark.parametrize("out_channels", [4, 8, 12, 16])
+@pytest.mark.parametrize("out_channels", tiered([4, 8, 12, 16], quick=[2]))  # 12: fours and eights
 @pytest.mark.parametrize("channels", [2, 3])
 def test_conv_vjp_with_wide_channel_counts(out_channels, channels, rng):
     """The register-tiled products (output channels in fours and eights, patch rows in pairs,

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 import pacarray
-from _parity_cases import CASE_IDS, CASES, DTYPES, _explicit_kwargs, _fused_kwargs, _pair, prepared
+from _parity_cases import (
+    CASE_IDS,
+    CASES,
+    DTYPES,
+    _explicit_kwargs,
+    _fused_kwargs,
+    _pair,
+    prepared,
+    tiered_cases,
+)
 from _validation_cases import _raises, call
 from pacarray import pac_conv_transpose, pac_kernel
 from reference import ref_conv_transpose_scatter
@@ -64,7 +73,7 @@ from _validation_cases import (  # noqa: F401
 OP = "conv_transpose"
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("index", tiered_cases(range(len(CASES))), ids=CASE_IDS)
 def test_pac_conv_transpose(index, assert_close):
     prep = prepared(index)
     dtype = prep.case.dtype
@@ -102,6 +111,7 @@ def test_plain_conv_transpose_is_scatter(rng, assert_close, dtype, kernel_size, 
     assert_close(actual, expected, dtype)
 
 
+@pytest.mark.slow  # importing PyTorch takes seconds
 def test_plain_conv_transpose_is_torch(rng, assert_close):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 3, 5, 4))

@@ -18,13 +18,15 @@ from _gradient_cases import (
     FD_TOLERANCE,
     IN_SHAPE,
     KERNEL_CASES,
+    QUICK_KERNEL_CASES,
     STEP,
     TRANSPOSE_GEOMETRIES,
     _assert_passed,
     kernel_inputs,
     with_family,
 )
-from _parity_cases import CASE_IDS, GUIDED, _fused_kwargs, prepared
+from _parity_cases import CASE_IDS, GUIDED, _fused_kwargs, prepared, tiered_cases
+from _tiers import tiered_values
 from _validation_cases import EITHER, _raises
 from pacarray import InversePower, pac_kernel, spatial_window
 from pacarray.gradients import pac_kernel_vjp
@@ -61,7 +63,7 @@ from _validation_cases import (  # noqa: F401
 OP = "kernel"
 
 
-@pytest.mark.parametrize("index", GUIDED, ids=[CASE_IDS[i] for i in GUIDED])
+@pytest.mark.parametrize("index", tiered_cases(GUIDED), ids=[CASE_IDS[i] for i in GUIDED])
 def test_pac_kernel(index, assert_close):
     prep = prepared(index)
     dtype = prep.case.dtype
@@ -122,7 +124,14 @@ def test_negative_normalizer_still_divides(assert_close):
     assert np.allclose(K.sum(axis=(2, 3)), 1.0)
 
 
-@pytest.mark.parametrize("case", [c for c, o in KERNEL_CASES.items() if o["family"]])
+# pac_kernel needs a guide: the kernel cases with a family (the quick ones among them).
+GUIDED_KERNEL_CASES = tiered_values(
+    [c for c, o in KERNEL_CASES.items() if o["family"]],
+    [c for c in QUICK_KERNEL_CASES if KERNEL_CASES[c]["family"]],
+)
+
+
+@pytest.mark.parametrize("case", GUIDED_KERNEL_CASES)
 @pytest.mark.parametrize("transposed", [False, True])
 def test_pac_kernel_vjp_matches_finite_differences(case, transposed, rng):
     index = list(KERNEL_CASES).index(case)

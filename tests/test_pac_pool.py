@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 import pacarray
-from _parity_cases import CASE_IDS, CASES, DTYPES, _explicit_kwargs, _fused_kwargs, _pair, prepared
+from _parity_cases import (
+    CASE_IDS,
+    CASES,
+    DTYPES,
+    _explicit_kwargs,
+    _fused_kwargs,
+    _pair,
+    prepared,
+    tiered_cases,
+)
 
 # The tests this op shares with others: pytest collects them here and runs them for OP.
 from _gradient_cases import (  # noqa: F401
@@ -60,7 +69,7 @@ from _validation_cases import (  # noqa: F401
 OP = "pool"
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("index", tiered_cases(range(len(CASES))), ids=CASE_IDS)
 def test_pac_pool(index, assert_close):
     prep = prepared(index)
     dtype = prep.case.dtype

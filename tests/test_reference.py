@@ -381,6 +381,7 @@ def test_transposed_zero_insertion_equals_gather_and_scatter(
                  ref_conv_transpose_gather(x, K, diagonal, None, *geometry), np.float64)
 
 
+@pytest.mark.slow  # importing PyTorch takes seconds
 def test_transposed_k1_is_torch_conv_transpose(rng, assert_close):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 3, 4, 5))
