@@ -43,6 +43,7 @@ from _validation_cases import (  # noqa: F401
     test_family_must_be_a_family_object,
     test_float16_computes_as_float32,
     test_float_arguments_reject_other_dtypes,
+    test_integer_spatial_weight_and_lists_are_cast,
     test_input_too_small_for_the_kernel,
     test_lists_are_accepted,
     test_malformed_kernel_size,
