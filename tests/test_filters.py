@@ -267,7 +267,6 @@ def test_bad_sigmas(name, value):
     ({"radius": 10**6}, ValueError, "radius"),
     ({"radius": -1}, ValueError, "radius"),
     ({"radius": 2.5}, TypeError, "radius"),
-    ({"sigma_spatial": 1e7, "radius": None}, ValueError, "radius"),
     ({"window": "circle"}, ValueError, "window"),
     ({"color_distance": "linf"}, ValueError, "color_distance"),
     ({"mode": "symmetric"}, ValueError, "mode"),
@@ -538,3 +537,16 @@ def test_large_radius_with_small_sigma_is_exact_and_cheap(rng):
         generic = bilateral_filter(image, sigma_spatial=0.5, sigma_color=0.3, radius=40,
                                    mode="wrap")
     np.testing.assert_allclose(generic, expected, rtol=0, atol=1e-12)
+
+
+def test_default_radius_is_capped_not_an_error(rng):
+    # The default radius ceil(3 sigma) is capped at RADIUS_LIMIT_FACTOR x the largest side: a
+    # huge sigma_spatial or a 1 x 1 image works instead of raising (an explicit radius beyond
+    # the cap still raises, see test_bad_arguments).
+    image = rng.random((5, 6))
+    out = bilateral_filter(image, sigma_spatial=1e7, sigma_color=0.3)
+    capped = bilateral_filter(image, sigma_spatial=1e7, sigma_color=0.3, radius=24)
+    np.testing.assert_array_equal(out, capped)
+    pixel = np.array([[0.25]], np.float32)
+    np.testing.assert_allclose(bilateral_filter(pixel, sigma_spatial=2.0, sigma_color=0.1),
+                               pixel, rtol=1e-6)
