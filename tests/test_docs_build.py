@@ -21,6 +21,9 @@ for _module in ("sphinx", "numpydoc", "pydata_sphinx_theme", "myst_nb"):
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# An end-to-end run of about 15 s: left out of the quick tier (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
