@@ -11,7 +11,7 @@ Peers, measured in the same child: pacarray's forward alone (the ratio says what
 pass costs on top; target 3 for the convolutions) and PyTorch autograd through the
 unfold + einsum PAC of :mod:`pacarray.benchmarks.core` (target: at least 5x faster). Both
 sides compute every gradient listed and return the one with respect to ``x``, which the
-harness compares (``tests/test_gradients.py`` compares all of them with PyTorch's).
+harness compares (``tests/_gradient_cases.py`` compares all of them with PyTorch's).
 """
 
 from __future__ import annotations
