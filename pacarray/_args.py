@@ -40,19 +40,26 @@ def require_bool(value, name: str) -> bool:
 
 
 def int_tuple(value, name: str, ndim: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """An int or a sequence of ``ndim`` ints, each ``>= minimum``, as a tuple of ``ndim`` ints."""
+    """An int or a sequence of ``ndim`` ints, each ``>= minimum``, as a tuple of ``ndim`` ints;
+    ``TypeError`` for non-integers (``3.0``, ``"3"``, ``True``, None), ``ValueError`` for a
+    wrong count or a value below ``minimum``."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * ndim
-    if len(values) != ndim or not all(is_int(v) and v >= minimum for v in values):
-        kind = "positive" if minimum == 1 else f">= {minimum}"
-        raise ValueError(
-            f"{name} must be a {kind} int or a sequence of {ndim} of them, got {value!r}"
-        )
+    kind = "positive" if minimum == 1 else f">= {minimum}"
+    message = f"{name} must be a {kind} int or a sequence of {ndim} of them, got {value!r}"
+    if not all(is_int(v) for v in values):
+        raise TypeError(message)
+    if len(values) != ndim or not all(v >= minimum for v in values):
+        raise ValueError(message)
     return tuple(int(v) for v in values)
 
 
 def finite_scalar(value, name: str) -> float:
-    """``value`` as a finite float; ``TypeError`` for strings, bools and non-numbers."""
-    if isinstance(value, (str, bytes, bool, np.bool_)):
+    """``value`` as a finite float; ``TypeError`` for strings, bools, complex numbers and
+    non-numbers."""
+    # float() of a NumPy complex scalar drops the imaginary part with a mere warning.
+    if isinstance(value, (str, bytes, bool, np.bool_)) or (
+        isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)
+    ):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         number = float(value)
@@ -63,13 +70,25 @@ def finite_scalar(value, name: str) -> float:
     return number
 
 
+#: Range of a sigma or bandwidth: the filters compute ``1 / (2 sigma**2)`` and ``sigma**2`` in
+#: float64, which must neither overflow (``OverflowError`` from Python's ``**``) nor underflow
+#: to 0 (a ``0 / 0`` centre weight, NaN). Sigmas outside it have no use in any unit.
+SIGMA_RANGE = (1e-150, 1e150)
+
+
 def positive_scalar(value, name: str, *, allow_none: bool = False) -> float | None:
-    """A finite, strictly positive float (sigmas and bandwidths)."""
+    """A finite, strictly positive float within :data:`SIGMA_RANGE` (sigmas and bandwidths)."""
     if value is None and allow_none:
         return None
     number = finite_scalar(value, name)
     if number <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
+    low, high = SIGMA_RANGE
+    if not low <= number <= high:
+        raise ValueError(
+            f"{name} must lie in [{low:g}, {high:g}] (its square must be a normal float64), "
+            f"got {value!r}"
+        )
     return number
 
 
@@ -104,8 +123,9 @@ def convert(xp, value, name: str):
 
 
 def require_float(array, name: str) -> None:
-    """Reject integer, bool and complex arrays where real floats are required."""
-    if array.dtype.kind != "f":
+    """Reject integer, bool, complex and extended-precision arrays where real floats are
+    required."""
+    if array.dtype.kind != "f" or array.dtype.itemsize > 8:
         raise TypeError(
             f"{name} must have a real floating dtype (float32 or float64), got {array.dtype}; "
             f"convert it first, e.g. {name}.astype(numpy.float32)"
@@ -165,9 +185,10 @@ def as_float_image(xp, image, name: str = "image"):
     """The image filters' dtype policy, in one place for every filter and backend.
 
     bool, integer and float16 arrays are computed in float32; float32 and float64 stay as they
-    are (no copy). Complex and non-numeric arrays raise ``TypeError`` naming ``name``. Integer
-    images keep their values (a uint8 image stays in [0, 255]; choose ``sigma_color``
-    accordingly): no rescaling, unlike ``skimage.img_as_float``.
+    are (no copy, unless the byte order is not native). Complex and non-numeric arrays raise
+    ``TypeError`` naming ``name``. Integer images keep their values (a uint8 image stays in
+    [0, 255]; choose ``sigma_color`` accordingly): no rescaling, unlike
+    ``skimage.img_as_float``.
     """
     array = convert(xp, image, name)
     if array.dtype.kind == "c":
@@ -176,6 +197,9 @@ def as_float_image(xp, image, name: str = "image"):
         raise TypeError(f"{name}: extended precision {array.dtype} is not supported; use float64")
     if array.dtype.kind != "f" or array.dtype.itemsize < 4:
         return array.astype(np.float32)
+    if not array.dtype.isnative:
+        # A big-endian float image computes (and returns) in the native byte order.
+        return array.astype(array.dtype.newbyteorder("="))
     return array
 
 

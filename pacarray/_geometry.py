@@ -9,15 +9,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ._args import is_int
+from ._args import RADIUS_LIMIT_FACTOR, is_int, require_bool
 
 SPATIAL_DIMS = 2
+
+#: Largest accepted geometry integer, and the most taps a kernel may have: the kernels compute
+#: indices such as ``o*stride - padding + tap*dilation`` in int64, and a kernel beyond this
+#: could not be allocated anyway (a clear ValueError instead of an overflow or a MemoryError).
+GEOMETRY_INT_LIMIT = 2**31 - 1
+
+#: A kernel may always reach this many taps either side of its centre, whatever the grid (a
+#: CRF term on a coarse, blurred grid may be wider than the grid).
+KERNEL_HALF_WIDTH_FLOOR = 64
 
 
 def as_tuple(value, name: str, ndim: int = SPATIAL_DIMS) -> tuple[int, ...]:
     """Turn an int or a per-dimension sequence into a tuple of ``ndim`` ints."""
     if is_int(value):
         return (int(value),) * ndim
+    if isinstance(value, (str, bytes)):  # iterable, but never a size: "3" is not 3
+        raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
     try:
         items = tuple(value)
     except TypeError:
@@ -68,13 +79,48 @@ class Geometry:
 
     def checked_output_shape(self, input_shape: tuple[int, ...], name: str = "x"):
         out = self.output_shape(input_shape)
+        described = (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}"
+        )
         if any(o < 1 for o in out):
             raise ValueError(
-                f"{name} spatial shape {tuple(input_shape)} is too small for kernel_size="
-                f"{self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}: the output would be {out}"
+                f"{name} spatial shape {tuple(input_shape)} is too small for {described}: the "
+                f"output would be {out}"
             )
+        if self.transposed:
+            if any(o > GEOMETRY_INT_LIMIT for o in out):
+                raise ValueError(
+                    f"the transposed output for {name} of spatial shape {tuple(input_shape)} "
+                    f"with {described}, output_padding={self.output_padding} would be {out}, "
+                    f"beyond {GEOMETRY_INT_LIMIT} along an axis; pass a smaller stride or "
+                    "dilation"
+                )
+        else:
+            # Past the input every output is the first window; the CPU kernels' work and
+            # scratch memory grow with the stride, so a huge one would run for minutes.
+            limit = RADIUS_LIMIT_FACTOR * max(input_shape)
+            if max(self.stride) > limit:
+                raise ValueError(
+                    f"stride={self.stride} exceeds {RADIUS_LIMIT_FACTOR} times the largest side "
+                    f"of {name} (spatial shape {tuple(input_shape)}): pass stride <= {limit} "
+                    "(any stride past the input gives one output along that axis)"
+                )
         return out
+
+    def check_kernel_fits(self, grid_shape: tuple[int, ...], name: str = "guide") -> None:
+        """``ValueError`` for a kernel whose half-width in taps exceeds both
+        ``RADIUS_LIMIT_FACTOR`` times the largest side of the grid it is evaluated on and
+        :data:`KERNEL_HALF_WIDTH_FLOOR`: taps that far out are always out of range, and the
+        kernel's buffers (taps x output row) would be allocated for nothing."""
+        limit = max(RADIUS_LIMIT_FACTOR * max(grid_shape), KERNEL_HALF_WIDTH_FLOOR)
+        half = tuple((k - 1) // 2 for k in self.kernel_size)
+        if max(half) > limit:
+            raise ValueError(
+                f"kernel_size={self.kernel_size} is too large for {name} of spatial shape "
+                f"{tuple(grid_shape)}: its half-width {max(half)} exceeds {RADIUS_LIMIT_FACTOR} "
+                f"times the largest side (at most {limit} taps either side of the centre)"
+            )
 
 
 def make_geometry(
@@ -92,11 +138,22 @@ def make_geometry(
     ValueError, TypeError
         With the parameter's name and the received value.
     """
+    require_bool(transposed, "transposed")
     k = as_tuple(kernel_size, "kernel_size")
     s = as_tuple(stride, "stride")
     p = as_tuple(padding, "padding")
     d = as_tuple(dilation, "dilation")
     op = as_tuple(output_padding, "output_padding")
+    for name, values in (("kernel_size", k), ("stride", s), ("padding", p), ("dilation", d),
+                         ("output_padding", op)):
+        if any(v > GEOMETRY_INT_LIMIT for v in values):
+            raise ValueError(
+                f"{name} must be at most {GEOMETRY_INT_LIMIT} in every dimension, got {values}"
+            )
+    if math.prod(k) > GEOMETRY_INT_LIMIT:
+        raise ValueError(
+            f"kernel_size={k} has {math.prod(k)} taps, more than {GEOMETRY_INT_LIMIT}"
+        )
     if any(v < 1 or v % 2 == 0 for v in k):
         raise ValueError(f"kernel_size must be positive and odd in every dimension, got {k}")
     if any(v < 1 for v in s):

@@ -26,12 +26,17 @@ from ._codes import (
 )
 from ._dispatch import device_of as _device_of
 from ._dispatch import namespace, namespace_of, ndimage, select_backend
-from ._geometry import Geometry, as_tuple, make_geometry
+from ._geometry import KERNEL_HALF_WIDTH_FLOOR, Geometry, as_tuple, make_geometry
 from . import kernels as _families  # families are public; imported as a module (cycle)
 
 
-def smoothing_weights(smooth):
-    """The 2-D smoothing kernel for the centre feature, or None."""
+def smoothing_weights(smooth, grid_shape=None):
+    """The 2-D smoothing kernel for the centre feature, or None.
+
+    With ``grid_shape`` (the guide's spatial shape) an ``("average", m)`` box wider than the
+    largest kernel :meth:`Geometry.check_kernel_fits` accepts there raises ``ValueError``
+    before the ``m x m`` array is allocated.
+    """
     if smooth is None:
         return None
     if isinstance(smooth, str):
@@ -48,6 +53,13 @@ def smoothing_weights(smooth):
         (m,) = as_tuple(size, "smooth size", 1)
         if m < 1 or m % 2 == 0:
             raise ValueError(f"smooth size m must be positive and odd, got {size!r}")
+        if grid_shape is not None:
+            limit = max(_args.RADIUS_LIMIT_FACTOR * max(grid_shape), KERNEL_HALF_WIDTH_FLOOR)
+            if (m - 1) // 2 > limit:
+                raise ValueError(
+                    f"smooth=('average', {m}) is too large for a guide of spatial shape "
+                    f"{tuple(grid_shape)}: m must be at most {2 * limit + 1}"
+                )
         return np.full((m, m), 1.0 / (m * m))
     return smooth
 
@@ -158,27 +170,59 @@ def _check_inverse_power_range(xp, guide, centre, family, lam, eps2, fk_count, d
     (``d2 <= F (max - min)^2`` for a shared kernel, one channel's for a channel-wise one); for a
     negative ``lambda_`` the largest value is at ``d2 = 0``.
     """
+    name = np.dtype(dtype).name
+    limit = math.log(float(np.finfo(dtype).max) / max(taps, 1)) - math.log(2.0)
+    for alpha in np.asarray(family._alpha, float):
+        if math.log(abs(alpha) + 1.0) > limit:
+            raise ValueError(
+                f"InversePower(alpha={family.alpha!r}) overflows {name}: a normalized kernel "
+                f"sums {taps} taps of about {abs(alpha):.3g}; use a smaller alpha or compute "
+                "in float64"
+            )
+    # The kernels add eps**2 in the computation dtype: what is 0 (or inf) there is 0 (or inf).
+    with np.errstate(over="ignore", under="ignore"):
+        eps2 = float(np.asarray(eps2, dtype=dtype))
+    if eps2 == 0 and min(np.asarray(lam, float)) < 0:
+        raise ValueError(
+            f"InversePower(lambda_={family.lambda_!r}, eps={family.eps!r}): eps**2 is 0 in "
+            f"{name}, so the kernel is infinite at zero distance; use a larger eps"
+        )
     finite = xp.isfinite(guide)
     if not bool(finite.any()):
         return
-    low = min(float(xp.min(xp.where(finite, guide, xp.inf))), float(xp.nanmin(centre)))
-    high = max(float(xp.max(xp.where(finite, guide, -xp.inf))), float(xp.nanmax(centre)))
+    finite_centre = xp.isfinite(centre)
+    low = min(float(xp.min(xp.where(finite, guide, xp.inf))),
+              float(xp.min(xp.where(finite_centre, centre, xp.inf))))
+    high = max(float(xp.max(xp.where(finite, guide, -xp.inf))),
+               float(xp.max(xp.where(finite_centre, centre, -xp.inf))))
     features = guide.shape[1] if fk_count == 1 else 1
     largest_d2 = features * (high - low) ** 2
-    limit = math.log(float(np.finfo(dtype).max) / max(taps, 1)) - math.log(2.0)
-    for lam_value, alpha in zip(np.asarray(lam, float), np.broadcast_to(
-            np.asarray(family._alpha, float), (len(np.asarray(lam)),))):
+    for lam_value in np.asarray(lam, float):
         base = largest_d2 + eps2 if lam_value > 0 else eps2
         if lam_value == 0 or base <= 0:
             continue
         exponent = 0.5 * lam_value * math.log(base)
-        if exponent > limit or math.log(abs(alpha) + 1.0) > limit:
+        if exponent > limit:
+            reach = "infinity" if math.isinf(exponent) else (
+                f"about 10^{exponent / math.log(10):.4g}")
             raise ValueError(
                 f"InversePower(lambda_={family.lambda_!r}, eps={family.eps!r}) overflows "
-                f"{np.dtype(dtype).name} on this guide (values in [{low:.3g}, {high:.3g}]): "
-                f"the kernel reaches about 10^{exponent / math.log(10):.0f}; scale the guide, "
-                "use a smaller |lambda_| or compute in float64"
+                f"{name} on this guide (values in [{low:.3g}, {high:.3g}]): the kernel reaches "
+                f"{reach}; scale the guide, use a smaller |lambda_| or eps, or compute in "
+                "float64"
             )
+
+
+def _check_finite(xp, array, name):
+    """``ValueError`` for NaN or Inf in a parameter array (``spatial_weight``, ``smooth``): unlike
+    NaN in the data, which propagates to the outputs it reaches, a non-finite weight there would
+    silently zero or poison every output (``docs/design.md`` §1)."""
+    if array.dtype.kind == "f" and not bool(xp.all(xp.isfinite(array))):
+        count = int(xp.count_nonzero(~xp.isfinite(array)))
+        raise ValueError(
+            f"{name} must be finite, got {count} NaN or Inf value(s) in an array of shape "
+            f"{tuple(array.shape)}"
+        )
 
 
 def build_spec(
@@ -202,7 +246,11 @@ def build_spec(
     ``guide`` (already converted to ``dtype`` or None) must have spatial shape ``guide_shape``;
     ``channels`` is the data's channel count (None for ``pac_kernel``) for the channel-wise check.
     """
-    if normalize not in NORMALIZE_CODES:
+    geometry.check_kernel_fits(
+        guide_shape,
+        "guide" if guide is not None else ("the output" if geometry.transposed else "x"),
+    )
+    if not (normalize is None or isinstance(normalize, str)) or normalize not in NORMALIZE_CODES:
         raise ValueError(
             f"normalize must be one of None, 'kernel', 'mask', 'mask_kernel', got {normalize!r}"
         )
@@ -249,7 +297,7 @@ def build_spec(
                 )
         alpha = np.broadcast_to(np.asarray(alpha), (fk_count,))
         lam = np.broadcast_to(np.asarray(lam), (fk_count,))
-        eps2 = float(family.eps) ** 2
+        eps2 = float(family.eps) * float(family.eps)  # inf, not OverflowError, for a huge eps
     else:
         code = FAMILY_GAUSSIAN if isinstance(family, _families.Gaussian) else FAMILY_CONSTANT
         alpha = np.zeros(fk_count)
@@ -265,6 +313,7 @@ def build_spec(
                 f"spatial_weight must have shape kernel_size={geometry.kernel_size}, "
                 f"got {tuple(spatial_weight.shape)}"
             )
+        _check_finite(xp, spatial_weight, "spatial_weight")
         spatial = spatial_weight
 
     has_mask = mask is not None
@@ -276,11 +325,14 @@ def build_spec(
         if tuple(mask.shape) != expected:
             raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
         if not bool(xp.all((mask >= 0) & (mask <= 1))):
-            low, high = float(xp.nanmin(mask)), float(xp.nanmax(mask))
-            nan = " and NaN" if bool(xp.isnan(mask).any()) else ""
-            raise ValueError(
-                f"mask values must lie in [0, 1], got values in [{low}, {high}]{nan}"
-            )
+            nan = xp.isnan(mask)
+            if bool(nan.all()):
+                received = "only NaN"
+            else:
+                low = float(xp.min(xp.where(nan, xp.inf, mask)))
+                high = float(xp.max(xp.where(nan, -xp.inf, mask)))
+                received = f"values in [{low}, {high}]" + (" and NaN" if bool(nan.any()) else "")
+            raise ValueError(f"mask values must lie in [0, 1], got {received}")
         mask = _args.cast(xp, mask.reshape(batch, *guide_shape), dtype)
     elif normalize in ("mask", "mask_kernel"):
         raise ValueError(f"normalize={normalize!r} requires a mask")
@@ -288,7 +340,7 @@ def build_spec(
         mask = xp.zeros((1, 1, 1), dtype)
 
     if guide is not None:
-        weights = smoothing_weights(smooth)
+        weights = smoothing_weights(smooth, guide_shape)
         if weights is not None:
             weights = _args.convert(xp, weights, "smooth")
             _args.require_real(weights, "smooth")
@@ -296,6 +348,7 @@ def build_spec(
                 raise ValueError(
                     f"a smooth array must be 2-D with odd sides, got shape {tuple(weights.shape)}"
                 )
+            _check_finite(xp, weights, "smooth")
             centre = smooth_centre(guide, _args.cast(xp, weights, dtype))
         else:
             centre = guide
