@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from ._harness import THREADS, Case, Context, Peer, Workload
+from ._harness import MEMORY_MMAP_THRESHOLD, THREADS, Case, Context, Peer, Workload
 
 RADIUS, SIGMA_SPATIAL, SIGMA_COLOR = 4, 3.0, 0.1
 KEYWORDS = dict(sigma_spatial=SIGMA_SPATIAL, sigma_color=SIGMA_COLOR, radius=RADIUS,
@@ -70,18 +70,21 @@ def _status_kib(key):
     return 0
 
 
-def _reset_peak():
-    """Reset this worker's resident high-water mark; returns VmRSS in KiB (0 if impossible)."""
+def _before_call():
+    """On a worker: reset the resident high-water mark; ``(VmRSS KiB or 0 where the mark cannot
+    be reset, CPU seconds so far)``."""
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
+        resident = _status_kib("VmRSS")
     except OSError:
-        return 0
-    return _status_kib("VmRSS")
+        resident = 0
+    return resident, time.process_time()
 
 
-def _peak():
-    return _status_kib("VmHWM")
+def _after_call():
+    """On a worker: ``(VmHWM KiB, CPU seconds so far)``."""
+    return _status_kib("VmHWM"), time.process_time()
 
 
 def _block_sums(lazy):
@@ -98,11 +101,15 @@ def _cluster():
         distributed = importlib.import_module("distributed")
     except ImportError:
         return None
-    single = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
-                                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    environment = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    # As in the harness's memory children: glibc serves large blocks with mmap and gives freed
+    # memory back, so the workers' high-water mark shows live data, not the allocator's cache.
+    environment.update({name: str(MEMORY_MMAP_THRESHOLD) for name in (
+        "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
     cluster = distributed.LocalCluster(
         n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=40, env=single,
+        dashboard_address=None, silence_logs=40, env=environment,
     )
     client = distributed.Client(cluster, set_as_default=False)
 
@@ -115,44 +122,60 @@ def _cluster():
 
 
 class _Recorder:
-    """Wall times (and the workers' peak extra memory) of the calls, written into the notes."""
+    """Wall and CPU times of the calls, and the workers' peak extra memory, written into the
+    notes. CPU time (the workers' for a cluster call, this process's for the in-memory one)
+    depends much less than wall time on what else runs on a shared machine."""
 
     def __init__(self, notes, pixels, tile_pixels, client):
         self.notes, self.pixels, self.tile_pixels, self.client = notes, pixels, tile_pixels, client
         self.seconds: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
         self.memory: dict[str, list[float]] = {}
         self.fixed = list(notes)
 
     def timed(self, name, call, on_cluster):
         def run():
-            before = self.client.run(_reset_peak) if on_cluster else None
+            if on_cluster:
+                before = self.client.run(_before_call)
+            else:
+                before = {"": (0, time.process_time())}
             start = time.perf_counter()
             result = call()
             self.seconds.setdefault(name, []).append(time.perf_counter() - start)
+            after = self.client.run(_after_call) if on_cluster else {"": (0, time.process_time())}
+            self.cpu.setdefault(name, []).append(
+                sum(after[w][1] - before[w][1] for w in after if w in before))
             if on_cluster:
-                peaks = self.client.run(_peak)
-                self.memory[name] = [(peaks[w] - before[w]) / 1024 for w in sorted(peaks)
-                                     if before[w]]
+                self.memory[name] = [(after[w][0] - before[w][0]) / 1024 for w in sorted(after)
+                                     if w in before and before[w][0]]
             self._write()
             return result
 
         return run
 
-    def _median(self, name):
-        values = self.seconds.get(name, [])
+    @staticmethod
+    def _median(values):
         return statistics.median(values[1:] if len(values) > 1 else values) if values else None
 
     def _write(self):
         lines = list(self.fixed)
         rates = {}
+        cpu = {}
         for name, pixels in (("pacarray", self.pixels), ("cv2", self.pixels),
                              ("tile", self.tile_pixels)):
-            seconds = self._median(name)
+            seconds = self._median(self.seconds.get(name, []))
             if seconds:
                 rates[name] = pixels / seconds / 1e6
+            seconds = self._median(self.cpu.get(name, []))
+            if seconds:
+                cpu[name] = seconds / (pixels / 1e6)
         if rates:
             lines.append("throughput (median of the calls after the first): " + ", ".join(
                 f"{name} {rate:.1f} MP/s" for name, rate in rates.items()))
+        if cpu:
+            lines.append("CPU time per megapixel (all threads, workers' for the cluster "
+                         "calls): " + ", ".join(f"{name} {ms * 1e3:.0f} ms"
+                                                for name, ms in cpu.items()))
         if "pacarray" in rates and "tile" in rates:
             lines.append(f"scheduler overhead: {rates['tile'] / rates['pacarray']:.2f} "
                          f"(Dask time / in-memory time for the same pixels; 1 = none); Dask "
