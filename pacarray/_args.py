@@ -92,6 +92,28 @@ def positive_scalar(value, name: str, *, allow_none: bool = False) -> float | No
     return number
 
 
+def fits_dtype(value: float, name: str, dtype) -> float:
+    """``value`` unchanged if its magnitude is representable in ``dtype``, else ``ValueError``
+    (a float32 computation would turn it into inf and its results into NaN)."""
+    if abs(value) > float(np.finfo(dtype).max):
+        raise ValueError(
+            f"{name}={value!r} does not fit {np.dtype(dtype).name}; use a smaller value or "
+            "float64 data"
+        )
+    return value
+
+
+def inverse_fits_dtype(value: float, name: str, dtype) -> float:
+    """``value`` unchanged if ``1 / value`` is representable in ``dtype`` (a bandwidth the data
+    is divided by), else ``ValueError``."""
+    if 1.0 / abs(value) > float(np.finfo(dtype).max):
+        raise ValueError(
+            f"{name}={value!r} is too small for {np.dtype(dtype).name}: 1 / {name} overflows; "
+            f"use a larger {name} or float64 data"
+        )
+    return value
+
+
 def check_choice(value, name: str, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

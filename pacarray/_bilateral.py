@@ -165,11 +165,8 @@ def problem(xp, image, guide, *, sigma_spatial, sigma_color, radius, window, col
     mode = _args.check_choice(mode, "mode", _args.MODES)
     cval = _args.finite_scalar(cval, "cval")
     radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
-    if 1.0 / sigma_color > float(np.finfo(dtype).max):
-        raise ValueError(
-            f"sigma_color={sigma_color!r} is too small for {np.dtype(dtype).name}: "
-            "1 / sigma_color overflows; use a larger sigma_color or float64 data"
-        )
+    _args.inverse_fits_dtype(sigma_color, "sigma_color", dtype)
+    _args.fits_dtype(cval, "cval", dtype)
     return BilateralProblem(
         xp=xp, planar=planar.astype(dtype, copy=False),
         guide_planar=None if guide_planar is None else guide_planar.astype(dtype, copy=False),

@@ -165,6 +165,11 @@ def warmup(functions=None, *, dtypes=("float32",), processes=None, progress=True
     >>> import pacarray
     >>> timings = pacarray.warmup(["pac_kernel"], progress=False)   # doctest: +SKIP
     """
+    if isinstance(functions, str) or not (functions is None or hasattr(functions, "__iter__")):
+        raise TypeError(
+            f"functions must be None or a sequence of names, got {functions!r} (for one "
+            "function pass a list: ['pac_kernel'])"
+        )
     names = list(WARMUP_FUNCTIONS) if functions is None else list(functions)
     unknown = [name for name in names if name not in WARMUP_FUNCTIONS]
     if unknown:

@@ -327,6 +327,7 @@ def _image_planes(xp, image, channel_axis, layout, unary_planar_shape):
     if channel_axis is None:
         planes = image[:, None] if batched else image[None, None]
     else:
+        _args.require_int(channel_axis, "channel_axis")
         if not -image.ndim <= channel_axis < image.ndim or (
             batched and channel_axis % image.ndim == 0
         ):
@@ -352,6 +353,10 @@ def _image_planes(xp, image, channel_axis, layout, unary_planar_shape):
 def _compute_dtype(planar, planes):
     """float64 if the unary or the image is float64, else float32 (integer unaries count as
     float32: only their values matter)."""
+    for name, array in (("unary", planar), ("image", planes)):
+        if array is not None and array.dtype.kind == "f" and array.dtype.itemsize > 8:
+            raise TypeError(f"{name}: extended precision {array.dtype} is not supported; use "
+                            "float64")
     if planar.dtype.kind != "f":
         planar = np.empty(0, np.float32)
     return _args.compute_dtype(planar, planes)
@@ -394,7 +399,14 @@ def _compatibility_matrix(xp, compatibility, labels, dtype):
 
 def _resolve_term(xp, term, index, planes, batch, shape, dtype):
     """A :class:`PairwiseTerm` as the updates use it: guide on its grid, window with centre 0."""
-    guide = _term_guide(xp, term, f"pairwise[{index}]", planes, batch, shape, dtype)
+    name = f"pairwise[{index}]"
+    _args.fits_dtype(float(term.weight), f"{name}.weight", dtype)
+    if term.blur > max(shape):
+        raise ValueError(
+            f"{name}.blur={term.blur} is larger than the image's largest side ({max(shape)}); "
+            "a coarser grid than one cell for the whole image cannot help"
+        )
+    guide = _term_guide(xp, term, name, planes, batch, shape, dtype)
     if guide is not None and term.blur > 1:
         guide = _mean_field.block_mean(xp, guide, term.blur)
     if guide is not None:
@@ -423,6 +435,7 @@ def _term_guide(xp, term, name, planes, batch, shape, dtype):
                 f"{name} is an appearance term (features='appearance'), which needs the "
                 "image; pass image= or use features='smoothness'"
             )
+        _args.inverse_fits_dtype(term.sigma_color, f"{name}.sigma_color", dtype)
         return planes / dtype.type(term.sigma_color)
     guide = _args.convert(xp, term.features, f"{name}.features")
     _args.require_float(guide, f"{name}.features")
@@ -646,6 +659,7 @@ channel_axis
     field, layout = problem.field, problem.layout
     xp = field.xp
     grad = _args.convert(xp, grad_output, "grad_output")
+    _args.require_real(grad, "grad_output")
     if tuple(grad.shape) != layout.shape:
         raise ValueError(
             f"grad_output must have the output's shape {layout.shape}, got {tuple(grad.shape)}"

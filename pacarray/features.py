@@ -87,15 +87,17 @@ def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=N
     planar, _ = _args.channels_first(image, channel_axis)
     channels, height, width = planar.shape
     sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    colour_scale = np.atleast_1d(np.asarray(sigma_color, dtype=np.float64))
-    if colour_scale.ndim != 1 or colour_scale.size not in (1, channels):
+    entries = np.atleast_1d(np.asarray(sigma_color, dtype=object))
+    if entries.ndim != 1 or entries.size not in (1, channels):
         raise ValueError(
             f"sigma_color must be a scalar or have one entry per channel ({channels}), got "
             f"{sigma_color!r}"
         )
-    if not np.all(np.isfinite(colour_scale)) or np.any(colour_scale <= 0):
-        raise ValueError(f"sigma_color must be finite and > 0, got {sigma_color!r}")
+    colour_scale = np.array([_args.positive_scalar(v, "sigma_color") for v in entries])
     dtype = image.dtype
+    for value in colour_scale:
+        _args.inverse_fits_dtype(float(value), "sigma_color", dtype)
+    _args.inverse_fits_dtype(sigma_spatial, "sigma_spatial", dtype)
     features = xp.empty((1, channels + 2, height, width), dtype=dtype)
     scale = xp.asarray(np.broadcast_to(1.0 / colour_scale, (channels,)), dtype=dtype)
     features[0, :channels] = planar * scale[:, None, None]

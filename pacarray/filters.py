@@ -292,7 +292,10 @@ def joint_bilateral_upsample(
     problem = _bilateral.UpsampleProblem(
         xp=xp, low_planar=low_planar, guide_planar=guide_planar, guide_samples=guide_samples,
         factors=factors, radius=radius, rows=rows, cols=cols,
-        range_coef=0.5 / (sigma_color * sigma_color), channel_axis=axis,
+        # Clamped: beyond float32's range the coefficient would be inf and inf * 0 NaN; the
+        # largest finite value gives the same weights (relative to the largest, see Notes).
+        range_coef=min(0.5 / (sigma_color * sigma_color), float(np.finfo(dtype).max)),
+        channel_axis=axis,
     )
     return _args.cast_output(xp, backend_module(backend).joint_upsample(problem), output)
 
@@ -437,6 +440,7 @@ def normalized_convolution(
             certainty_planar = xp.where(missing.any(axis=0), 0, certainty_planar).astype(dtype)
         planar = xp.where(missing, 0, planar).astype(dtype)
     if features is not None:
+        _args.inverse_fits_dtype(sigma_color, "sigma_color", dtype)
         features = (features.astype(dtype) * dtype.type(1.0 / sigma_color))[None]
     size = 2 * radius + 1
     options = dict(

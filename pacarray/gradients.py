@@ -120,7 +120,15 @@ def _wanted(wrt, fields):
     """The set of field names to compute (``wrt=None``: all of them)."""
     if wrt is None:
         return set(fields)
-    names = {wrt} if isinstance(wrt, str) else set(wrt)
+    if isinstance(wrt, str):
+        names = {wrt}
+    else:
+        try:
+            names = set(wrt)
+        except TypeError:
+            raise TypeError(
+                f"wrt must be None, a field name or a sequence of them, got {wrt!r}"
+            ) from None
     unknown = sorted(str(name) for name in names - set(fields))
     if unknown:
         raise ValueError(f"wrt names unknown inputs {unknown}; choose from {list(fields)}")

@@ -124,9 +124,7 @@ def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
     ty, tx = np.meshgrid(*offsets, indexing="ij")
     weights = np.ones(geometry.kernel_size)
     if sigma is not None:
-        sigma = _args.finite_scalar(sigma, "sigma")
-        if sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        sigma = _args.positive_scalar(sigma, "sigma")
         dy = ty * geometry.dilation[0]
         dx = tx * geometry.dilation[1]
         weights = np.exp(-(dy * dy + dx * dx) / (2.0 * sigma * sigma))
@@ -226,7 +224,7 @@ def pac_kernel(
     K, valid = module.materialize_kernel(
         spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, out_shape
     )
-    if return_validity:
+    if _args.require_bool(return_validity, "return_validity"):
         return K, valid
     return K
 

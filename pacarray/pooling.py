@@ -129,7 +129,8 @@ def detail_preserving_pool(
             f"size {size} is larger than the image's spatial shape {tuple(planar.shape[1:])}"
         )
     stride = size if stride is None else _args.int_tuple(stride, "stride", 2)
-    alphas = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+    alphas = np.array([_args.finite_scalar(value, "alpha")
+                       for value in np.atleast_1d(np.asarray(alpha, dtype=object)).ravel()])
     if not np.all(np.isfinite(alphas)) or np.any(alphas < 0):
         raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
     asymmetric = _args.require_bool(asymmetric, "asymmetric")

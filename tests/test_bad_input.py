@@ -559,8 +559,7 @@ def test_at_least_sixty_distinct_bad_inputs():
 
 
 # --------------------------------------------------------------------------------------------
-# Known holes outside the validation layer: strict xfail until the module named in the reason
-# is fixed (then the test passes, the xfail turns into a failure, and the mark must go)
+# Holes this suite found outside the validation layer, fixed; each reason says what they did
 
 
 def _finite_or_raises(call, name):
@@ -576,7 +575,8 @@ def _finite_or_raises(call, name):
 
 
 def _hole(call, name, reason, id):
-    return pytest.param(call, name, id=id, marks=pytest.mark.xfail(strict=True, reason=reason))
+    """A hole the suite found (``reason`` says where it was), kept as a regression test."""
+    return pytest.param(call, name, id=id)
 
 
 KNOWN_HOLES = [
@@ -618,60 +618,34 @@ def test_no_silent_nan(call, name):
 MESSAGE_HOLES = [
     _case(lambda: color_position_features(RGB, sigma_spatial=1.0, sigma_color="0.1",
                                           channel_axis=-1),
-          TypeError, "sigma_color", "'0.1'", id="features-sigma_color-str",
-          marks=pytest.mark.xfail(strict=True, reason="features.color_position_features "
-                                  "parses sigma_color with numpy.asarray: '0.1' is accepted")),
+          TypeError, "sigma_color", "'0.1'", id="features-sigma_color-str"),
     _case(lambda: color_position_features(RGB, sigma_spatial=1.0, sigma_color=True,
                                           channel_axis=-1),
-          TypeError, "sigma_color", "True", id="features-sigma_color-bool",
-          marks=pytest.mark.xfail(strict=True, reason="features.color_position_features "
-                                  "accepts sigma_color=True as 1.0")),
+          TypeError, "sigma_color", "True", id="features-sigma_color-bool"),
     _case(lambda: color_position_features(RGB, sigma_spatial=1.0, sigma_color=1j,
                                           channel_axis=-1),
-          TypeError, "sigma_color", id="features-sigma_color-complex",
-          marks=pytest.mark.xfail(strict=True, reason="features.color_position_features: "
-                                  "numpy's float() error does not name sigma_color")),
+          TypeError, "sigma_color", id="features-sigma_color-complex"),
     _case(lambda: detail_preserving_pool(IMG, alpha=1j, lambda_=1.0), TypeError, "alpha",
-          id="dpp-alpha-complex",
-          marks=pytest.mark.xfail(strict=True, reason="pooling.detail_preserving_pool: "
-                                  "numpy's float() error does not name alpha")),
+          id="dpp-alpha-complex"),
     _case(lambda: pac_crf(UNARY, RGB, num_steps=2, pairwise=PairwiseTerm(blur=10**9)),
-          ValueError, "blur", id="crf-blur-huge",
-          marks=pytest.mark.xfail(strict=True, reason="crf/_mean_field: numpy's 'array is too "
-                                  "big' ValueError does not name blur")),
+          ValueError, "blur", id="crf-blur-huge"),
     _case(lambda: pac_crf(UNARY, RGB, channel_axis=1.0), TypeError, "channel_axis",
-          id="crf-channel_axis-float",
-          marks=pytest.mark.xfail(strict=True, reason="crf._image_planes: \"'float' object is "
-                                  "not iterable\" does not name channel_axis")),
+          id="crf-channel_axis-float"),
     _case(lambda: pac_crf_vjp(np.ones((3, 6, 7), complex), UNARY, RGB, num_steps=1), TypeError,
-          "grad_output", id="crf_vjp-grad_output-complex",
-          marks=pytest.mark.xfail(strict=True, reason="crf.pac_crf_vjp drops the imaginary "
-                                  "part of a complex grad_output with a ComplexWarning")),
+          "grad_output", id="crf_vjp-grad_output-complex"),
     _case(lambda: pac_pool_vjp(np.ones((1, 2, 4, 5)), X, 3, wrt=3), TypeError, "wrt",
-          id="pac_pool_vjp-wrt-int",
-          marks=pytest.mark.xfail(strict=True, reason="gradients._wanted: \"'int' object is "
-                                  "not iterable\" does not name wrt")),
+          id="pac_pool_vjp-wrt-int"),
     _case(lambda: pac_kernel(GUIDE, 3, return_validity=1), TypeError, "return_validity",
-          id="pac_kernel-return_validity-int",
-          marks=pytest.mark.xfail(strict=True, reason="kernels.pac_kernel takes any truthy "
-                                  "return_validity (channel_wise=1 and transposed=1 raise)")),
+          id="pac_kernel-return_validity-int"),
     _case(lambda: pac_crf(UNARY, RGB.astype(np.longdouble)), TypeError, "image",
           id="crf-image-longdouble",
-          marks=[needs_extended, pytest.mark.xfail(
-              strict=True, reason="crf._compute_dtype -> _args.compute_dtype: 'extended "
-              "precision float128 is not supported' does not name image")]),
+          marks=needs_extended),
     _case(lambda: pac_crf(UNARY.astype(np.longdouble), RGB), TypeError, "unary",
           id="crf-unary-longdouble",
-          marks=[needs_extended, pytest.mark.xfail(
-              strict=True, reason="crf._compute_dtype -> _args.compute_dtype: the message does "
-              "not name unary")]),
+          marks=needs_extended),
     _case(lambda: warmup("pac_kernel", progress=False), TypeError, "functions",
-          id="warmup-functions-str",
-          marks=pytest.mark.xfail(strict=True, reason="_warmup.warmup splits a string into "
-                                  "its characters: 'unknown warm-up tasks ['p', 'a', ...]'")),
-    _case(lambda: warmup(3, progress=False), TypeError, "functions", id="warmup-functions-int",
-          marks=pytest.mark.xfail(strict=True, reason="_warmup.warmup: \"'int' object is not "
-                                  "iterable\" does not name functions")),
+          id="warmup-functions-str"),
+    _case(lambda: warmup(3, progress=False), TypeError, "functions", id="warmup-functions-int"),
 ]
 
 
