@@ -295,6 +295,12 @@ def _is_dask(value) -> bool:
 def _check_arguments(pixels: dict, small: dict):
     """Per-pixel arguments must be Dask arrays (or None), small ones must not; chunk sizes
     must be known."""
+    for name, value in small.items():
+        if _is_dask(value):
+            raise TypeError(
+                f"{name} must be an in-memory array (NumPy, CuPy, a list), got a Dask array: "
+                f"it is small and sent whole to every task; pass {name}.compute()"
+            )
     primary = next(name for name, value in pixels.items() if _is_dask(value))
     for name, value in pixels.items():
         if value is None or _is_dask(value):
@@ -305,12 +311,6 @@ def _check_arguments(pixels: dict, small: dict):
             f"array (dask.array.from_array({name}, chunks=...)), so that its blocks travel with "
             f"the data's instead of the whole array being copied into every task"
         )
-    for name, value in small.items():
-        if _is_dask(value):
-            raise TypeError(
-                f"{name} must be an in-memory array (NumPy, CuPy, a list), got a Dask array: "
-                f"it is small and sent whole to every task; pass {name}.compute()"
-            )
     for name, value in pixels.items():
         if _is_dask(value) and any(math.isnan(c) for axis in value.chunks for c in axis):
             raise ValueError(
@@ -397,7 +397,7 @@ class _Task:
         arrays = []
         for number, block in enumerate(blocks):
             have = tuple(self.regions[number][axis][index[axis]] for axis in range(2))
-            want = (have if self.grids[number] == "in" else windows)
+            want = have if self.grids[number] == "in" else windows
             arrays.append(_embed(block, self.spatial[number], have, want))
         result = self.call(arrays, tuple(w[0] for w in windows))
         cut = [slice(None)] * result.ndim
@@ -530,18 +530,18 @@ def _core(function, x, small, pixels, keywords, kernel_size, stride, padding, di
             rules.append(_Transposed(output_padding=geometry.output_padding[axis], **parts))
         else:
             rules.append(_Forward(**parts))
-    kernel_grid = "out"
-    pixel_grid = "out" if transposed else "in"
     fresh = _fresh()
     operands = [_Operand("x", x, _letters(4, (2, 3), 0, fresh))]
+    layouts = {"guide": "(N, F, H, W)", "mask": "(N, 1, H, W)",
+               "kernel": "(N, 1|C, kh, kw, Ho, Wo)"}
     for name in names[1:]:
         value = pixels[name]
-        if name == "kernel":
-            index = _letters(value.ndim, (value.ndim - 2, value.ndim - 1), 0, fresh)
-            operands.append(_Operand(name, value, index, kernel_grid, halo=False))
-        else:
-            index = _letters(value.ndim, (value.ndim - 2, value.ndim - 1), 0, fresh)
-            operands.append(_Operand(name, value, index, pixel_grid))
+        _args.require_ndim(value, layouts[name].count(",") + 1, name, layouts[name])
+        index = _letters(value.ndim, (value.ndim - 2, value.ndim - 1), 0, fresh)
+        if name == "kernel":  # on the output grid, one value per output: no halo
+            operands.append(_Operand(name, value, index, "out", halo=False))
+        else:  # the guide's grid: the input's, or the output's for a transposed op
+            operands.append(_Operand(name, value, index, "out" if transposed else "in"))
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
     return _lazy(call, operands, rules, "noyx", sample.dtype,

@@ -344,6 +344,8 @@ def test_small_arguments_may_be_numpy_but_not_dask():
         pacarray.pac_conv(x_memory, weight, bias, padding=1, spatial_weight=window))
     with pytest.raises(TypeError, match="weight must be an in-memory array"):
         pacarray.pac_conv(x, da.from_array(weight), padding=1)
+    with pytest.raises(TypeError, match="weight must be an in-memory array"):
+        pacarray.pac_conv(x_memory, da.from_array(weight), padding=1)
 
 
 def test_unknown_chunk_sizes_are_rejected():
