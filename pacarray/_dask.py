@@ -41,6 +41,7 @@ gives the result's dtype and channel count for the Dask array's metadata.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -488,6 +489,23 @@ class _Call:
 
 
 # --------------------------------------------------------------------------------------------
+# Arguments by name
+
+
+def _arguments(function, args, kwargs):
+    """Every parameter of the public ``function`` by name, its defaults filled in (its own
+    ``TypeError`` for a missing or unknown one). Options this module does not read pass
+    through to every block unchanged."""
+    bound = inspect.signature(function).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _without(arguments, *names):
+    return {key: value for key, value in arguments.items() if key not in names}
+
+
+# --------------------------------------------------------------------------------------------
 # Core operations
 
 
@@ -502,25 +520,27 @@ def _smooth_radius(smooth, have_guide):
     return tuple(int(n) // 2 for n in shape)
 
 
-def _core(function, x, small, pixels, keywords, kernel_size, stride, padding, dilation,
-          output_padding, transposed):
+def _core(function, args, kwargs, transposed):
+    arguments = _arguments(function, args, kwargs)
+    x = arguments["x"]
+    pixels = {name: arguments[name] for name in ("kernel", "guide", "mask")}
+    small = {name: arguments[name] for name in ("weight", "bias", "spatial_weight", "smooth")
+             if name in arguments}
     _check_arguments({"x": x, **pixels}, small)
     _args.require_ndim(x, 4, "x", "(N, C, H, W)")
     names = ("x", *(n for n, v in pixels.items() if v is not None))
-    geometry_keywords = dict(stride=stride, padding=padding, dilation=dilation)
-    if transposed:
-        geometry_keywords["output_padding"] = output_padding
-    call = _Call(function, names, {**small, **keywords, **geometry_keywords})
-    weight = small.get("weight")
+    call = _Call(function, names, _without(arguments, *names))
+    kernel_size = arguments.get("kernel_size")
     if kernel_size is None:
-        shape = np.shape(weight)
+        shape = np.shape(arguments["weight"])
         if len(shape) != 4:  # the in-memory call's error, on a minimal proxy
-            zeros = namespace_of(x._meta).zeros((*x.shape[:2], 1, 1), x.dtype)
-            function(zeros, **{**small, **keywords, **geometry_keywords})
+            call([namespace_of(x._meta).zeros((*x.shape[:2], 1, 1), x.dtype)], (0, 0))
             raise ValueError(f"weight must be 4-D (C_out, C, kh, kw), got shape {shape}")
         kernel_size = shape[2:]
-    geometry = make_geometry(kernel_size, stride, padding, dilation, output_padding, transposed)
-    smooth = _smooth_radius(keywords.get("smooth"), pixels.get("guide") is not None)
+    geometry = make_geometry(kernel_size, arguments["stride"], arguments["padding"],
+                             arguments["dilation"], arguments.get("output_padding", 0),
+                             transposed)
+    smooth = _smooth_radius(arguments["smooth"], pixels["guide"] is not None)
     rules = []
     for axis in range(2):
         parts = dict(size=int(x.shape[2 + axis]), k=geometry.kernel_size[axis],
@@ -554,7 +574,7 @@ def _check_spatial(operands, rules):
     data = operands[0]
     for op in operands[1:]:
         expected = []
-        for letter, rule in zip("yx", rules):
+        for rule in rules:
             bounds = rule.grids((0, rule.size))
             expected.append(bounds[op.grid][-1])
         got = tuple(op.array.shape[axis] for axis in op.spatial)
@@ -568,44 +588,22 @@ def _check_spatial(operands, rules):
         raise ValueError(f"{data.name} must not be empty, got shape {tuple(data.array.shape)}")
 
 
-def pac_conv(x, weight, bias=None, *, kernel=None, guide=None, family=None, stride=1,
-             padding=0, dilation=1, smooth=None, spatial_weight=None, mask=None,
-             normalize=None, channel_wise=False):
+def pac_conv(*args, **kwargs):
     from . import ops
 
-    return _core(
-        ops.pac_conv, x, dict(weight=weight, bias=bias, spatial_weight=spatial_weight),
-        dict(kernel=kernel, guide=guide, mask=mask),
-        dict(family=family, smooth=smooth, normalize=normalize, channel_wise=channel_wise),
-        None, stride, padding, dilation, 0, False,
-    )
+    return _core(ops.pac_conv, args, kwargs, transposed=False)
 
 
-def pac_conv_transpose(x, weight, bias=None, *, kernel=None, guide=None, family=None, stride=1,
-                       padding=0, dilation=1, output_padding=0, smooth=None,
-                       spatial_weight=None, mask=None, normalize=None, channel_wise=False):
+def pac_conv_transpose(*args, **kwargs):
     from . import ops
 
-    return _core(
-        ops.pac_conv_transpose, x,
-        dict(weight=weight, bias=bias, spatial_weight=spatial_weight),
-        dict(kernel=kernel, guide=guide, mask=mask),
-        dict(family=family, smooth=smooth, normalize=normalize, channel_wise=channel_wise),
-        None, stride, padding, dilation, output_padding, True,
-    )
+    return _core(ops.pac_conv_transpose, args, kwargs, transposed=True)
 
 
-def pac_pool(x, kernel_size, *, kernel=None, guide=None, family=None, stride=1, padding=0,
-             dilation=1, smooth=None, spatial_weight=None, mask=None, normalize=None,
-             channel_wise=False):
+def pac_pool(*args, **kwargs):
     from . import ops
 
-    return _core(
-        ops.pac_pool, x, dict(kernel_size=kernel_size, spatial_weight=spatial_weight),
-        dict(kernel=kernel, guide=guide, mask=mask),
-        dict(family=family, smooth=smooth, normalize=normalize, channel_wise=channel_wise),
-        kernel_size, stride, padding, dilation, 0, False,
-    )
+    return _core(ops.pac_pool, args, kwargs, transposed=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,16 +638,17 @@ def _filter_dtype(*arrays):
     return np.result_type(*dtypes)
 
 
-def bilateral_filter(image, *, sigma_spatial, sigma_color, radius=None, window="disk",
-                     color_distance="l2", mode="mirror", cval=0.0, channel_axis=None,
-                     guide=None):
+def bilateral_filter(*args, **kwargs):
     from . import filters
 
+    arguments = _arguments(filters.bilateral_filter, args, kwargs)
+    image, guide = arguments["image"], arguments["guide"]
     _check_arguments({"image": image, "guide": guide}, {})
+    channel_axis, window = arguments["channel_axis"], arguments["window"]
     spatial, _ = _image_axes(image, channel_axis)
     shape = tuple(image.shape[a] for a in spatial)
-    sigma = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    radius = _args.radius_value(radius, sigma, 3.0, shape)
+    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
+    radius = _args.radius_value(arguments["radius"], sigma, 3.0, shape)
     local_radius, local_window = radius, window
     dtype = _filter_dtype(image, guide)
     if dtype in (np.float32, np.float64) and window in ("disk", "square"):
@@ -668,39 +667,37 @@ def bilateral_filter(image, *, sigma_spatial, sigma_color, radius=None, window="
                                                           _guide_axes(guide, channel_axis),
                                                           None, fresh)))
         names += ("guide",)
-    call = _Call(filters.bilateral_filter, names, dict(
-        sigma_spatial=sigma_spatial, sigma_color=sigma_color, radius=local_radius,
-        window=local_window, color_distance=color_distance, mode=mode, cval=cval,
-        channel_axis=channel_axis,
-    ))
+    keywords = _without(arguments, *names)
+    keywords.update(radius=local_radius, window=local_window)
+    call = _Call(filters.bilateral_filter, names, keywords)
     rules = [_Same(n, reach, proxy_size=2 * reach + 1) for n in shape]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
     return _lazy(call, operands, rules, operands[0].index, sample.dtype,
-                 periodic=mode == "wrap")
+                 periodic=arguments["mode"] == "wrap")
 
 
-def joint_bilateral_upsample(low, guide, *, factor=None, sigma_spatial=1.0, sigma_color,
-                             radius=None, channel_axis=None):
+def joint_bilateral_upsample(*args, **kwargs):
     from . import filters
 
+    arguments = _arguments(filters.joint_bilateral_upsample, args, kwargs)
+    low, guide, channel_axis = arguments["low"], arguments["guide"], arguments["channel_axis"]
     _check_arguments({"low": low, "guide": guide}, {})
     spatial, _ = _image_axes(low, channel_axis, "low")
     guide_spatial = _guide_axes(guide, channel_axis)
     low_shape = tuple(low.shape[a] for a in spatial)
     high_shape = tuple(guide.shape[a] for a in guide_spatial)
-    factors = _args.upsample_factors(factor, low_shape, high_shape)
-    sigma = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    radius = _args.radius_value(radius, sigma, 2.0, low_shape)
+    factors = _args.upsample_factors(arguments["factor"], low_shape, high_shape)
+    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
+    radius = _args.radius_value(arguments["radius"], sigma, 2.0, low_shape)
     fresh = _fresh()
     operands = [
         _Operand("low", low, _letters(low.ndim, spatial, None, fresh)),
         _Operand("guide", guide, _letters(guide.ndim, guide_spatial, None, fresh), "out"),
     ]
-    call = _Call(filters.joint_bilateral_upsample, ("low", "guide"), dict(
-        factor=factors, sigma_spatial=sigma_spatial, sigma_color=sigma_color, radius=radius,
-        channel_axis=channel_axis,
-    ))
+    keywords = _without(arguments, "low", "guide")
+    keywords.update(factor=factors, radius=radius)  # the whole image's, for every block
+    call = _Call(filters.joint_bilateral_upsample, ("low", "guide"), keywords)
     rules = [_Upsample(n, h, f, radius) for n, h, f in zip(low_shape, high_shape, factors)]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
@@ -709,7 +706,8 @@ def joint_bilateral_upsample(low, guide, *, factor=None, sigma_spatial=1.0, sigm
 
 @dataclass(frozen=True)
 class _PackedNormalized(_Call):
-    """``normalized_convolution`` on one block, both results stacked as ``(C + Cc, H, W)``."""
+    """``normalized_convolution`` on one block (``output=None``), both results stacked as
+    ``(C + Cc, H, W)``."""
 
     channel_axis: int | None = None
 
@@ -724,11 +722,17 @@ class _PackedNormalized(_Call):
         return xp.concatenate([result, confidence.astype(result.dtype, copy=False)])
 
 
-def normalized_convolution(data, certainty, *, sigma_spatial, radius=None, guide=None,
-                           sigma_color=None, channel_axis=None):
+def _cast_output(block, output):
+    return _args.cast_output(namespace_of(block), block, output)
+
+
+def normalized_convolution(*args, **kwargs):
     from . import filters
 
+    arguments = _arguments(filters.normalized_convolution, args, kwargs)
+    data, certainty, guide = arguments["data"], arguments["certainty"], arguments["guide"]
     _check_arguments({"data": data, "certainty": certainty, "guide": guide}, {})
+    channel_axis = arguments["channel_axis"]
     spatial, axis = _image_axes(data, channel_axis, "data")
     shape = tuple(data.shape[a] for a in spatial)
     if tuple(certainty.shape) == shape:
@@ -740,8 +744,8 @@ def normalized_convolution(data, certainty, *, sigma_spatial, radius=None, guide
             f"certainty must have shape {shape} or the data's shape {tuple(data.shape)}, got "
             f"{tuple(certainty.shape)}"
         )
-    sigma = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    radius = _args.radius_value(radius, sigma, 3.0, shape)
+    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
+    radius = _args.radius_value(arguments["radius"], sigma, 3.0, shape)
     fresh = _fresh()
     operands = [
         _Operand("data", data, _letters(data.ndim, spatial, None, fresh)),
@@ -754,18 +758,27 @@ def normalized_convolution(data, certainty, *, sigma_spatial, radius=None, guide
                                                           _guide_axes(guide, channel_axis),
                                                           None, fresh)))
         names += ("guide",)
-    call = _PackedNormalized(filters.normalized_convolution, names, dict(
-        sigma_spatial=sigma_spatial, radius=radius, sigma_color=sigma_color,
-        channel_axis=channel_axis,
-    ), channel_axis=axis)
+    output = arguments.get("output")
+    keywords = _without(arguments, *names)
+    # The blocks pack result and confidence in one float array; ``output`` (the result's cast)
+    # is applied after unpacking.
+    keywords.update(radius=radius, **({"output": None} if "output" in arguments else {}))
+    call = _PackedNormalized(filters.normalized_convolution, names, keywords,
+                             channel_axis=axis)
     rules = [_Same(n, radius, proxy_size=2 * radius + 1) for n in shape]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
+    if output is not None:  # its errors now, as the in-memory call raises them
+        _args.cast_output(np, np.zeros(1, sample.dtype), output)
     channels = 1 if axis is None else data.shape[axis]
     packed = _lazy(call, operands, rules, "Pyx", sample.dtype,
                    new_axes={"P": int(sample.shape[0])})
     result = packed[:channels]
     result = result[0] if axis is None else da.moveaxis(result, 0, axis)
+    if output is not None:
+        result = result.map_blocks(_cast_output, output,
+                                   dtype=_args.cast_output(np, np.zeros(1, sample.dtype),
+                                                           output).dtype)
     confidence = packed[channels:]
     if certainty.ndim == 2:
         confidence = confidence[0]
@@ -774,19 +787,21 @@ def normalized_convolution(data, certainty, *, sigma_spatial, radius=None, guide
     return result, confidence
 
 
-def detail_preserving_pool(image, size=3, *, alpha, lambda_, asymmetric=False, smooth="gaussian",
-                           eps=1e-2, stride=None, channel_axis=None):
+def detail_preserving_pool(*args, **kwargs):
     from . import pooling
 
-    _check_arguments({"image": image}, {"alpha": alpha, "lambda_": lambda_, "smooth": smooth})
-    spatial, _ = _image_axes(image, channel_axis)
-    sizes = _args.int_tuple(size, "size", 2)
+    arguments = _arguments(pooling.detail_preserving_pool, args, kwargs)
+    image = arguments["image"]
+    _check_arguments({"image": image}, {name: arguments[name]
+                                        for name in ("alpha", "lambda_", "smooth")})
+    spatial, _ = _image_axes(image, arguments["channel_axis"])
+    sizes = _args.int_tuple(arguments["size"], "size", 2)
+    stride = arguments["stride"]
     strides = sizes if stride is None else _args.int_tuple(stride, "stride", 2)
-    smooth_radius = _smooth_radius(smooth, True)
-    call = _Call(pooling.detail_preserving_pool, ("image",), dict(
-        size=sizes, alpha=alpha, lambda_=lambda_, asymmetric=asymmetric, smooth=smooth, eps=eps,
-        stride=strides, channel_axis=channel_axis,
-    ))
+    smooth_radius = _smooth_radius(arguments["smooth"], True)
+    keywords = _without(arguments, "image")
+    keywords.update(size=sizes, stride=strides)
+    call = _Call(pooling.detail_preserving_pool, ("image",), keywords)
     shape = tuple(int(image.shape[a]) for a in spatial)
     # The in-memory call's shape errors, which its dry run on a small proxy could not see.
     if any(k % 2 == 0 for k in sizes):
@@ -818,14 +833,16 @@ class _Features(_Call):
         return features
 
 
-def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None):
+def color_position_features(*args, **kwargs):
     from . import features
 
-    _check_arguments({"image": image}, {"sigma_color": sigma_color})
-    spatial, _ = _image_axes(image, channel_axis)
-    call = _Features(features.color_position_features, ("image",), dict(
-        sigma_spatial=sigma_spatial, sigma_color=sigma_color, channel_axis=channel_axis,
-    ), sigma_spatial=_args.positive_scalar(sigma_spatial, "sigma_spatial"))
+    arguments = _arguments(features.color_position_features, args, kwargs)
+    image = arguments["image"]
+    _check_arguments({"image": image}, {"sigma_color": arguments["sigma_color"]})
+    spatial, _ = _image_axes(image, arguments["channel_axis"])
+    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
+    call = _Features(features.color_position_features, ("image",),
+                     _without(arguments, "image"), sigma_spatial=sigma)
     rules = [_Same(image.shape[a], 0) for a in spatial]
     operands = [_Operand("image", image, _letters(image.ndim, spatial, None, _fresh()))]
     sample = _dry_run(call, operands, rules)
@@ -891,25 +908,26 @@ def _crf_image_axes(image, channel_axis, batched):
     return tuple(a for a in range(int(batched), ndim) if a != axis)
 
 
-def pac_crf(unary, image=None, *, num_steps=5, pairwise=None, unary_weight=1.0,
-            input="logits", output="probabilities", compatibility="potts", label_axis=-3,
-            channel_axis=-1):
+def pac_crf(*args, **kwargs):
     from . import crf
 
-    terms = crf._check_pairwise(pairwise)
+    arguments = _arguments(crf.pac_crf, args, kwargs)
+    unary, image = arguments["unary"], arguments["image"]
+    terms = crf._check_pairwise(arguments["pairwise"])
     feature_terms = tuple(i for i, t in enumerate(terms) if _is_dask(t.features))
     pixels = {"unary": unary, "image": image}
-    pixels.update({f"pairwise[{i}].features": terms[i].features for i in feature_terms})
     pixels.update({f"pairwise[{i}].features": t.features for i, t in enumerate(terms)
-                   if not isinstance(t.features, str) and i not in feature_terms})
-    _check_arguments(pixels, {"compatibility": compatibility})
-    layout = crf._unary_layout(tuple(unary.shape), label_axis)
+                   if not isinstance(t.features, str)})
+    _check_arguments(pixels, {"compatibility": arguments["compatibility"]})
+    layout = crf._unary_layout(tuple(unary.shape), arguments["label_axis"])
+    num_steps = arguments["num_steps"]
     _args.require_int(num_steps, "num_steps", minimum=0)
     batched = layout.batched
     spatial = tuple(a for a in range(unary.ndim)
                     if a != layout.label_axis and not (batched and a == 0))
     align = math.lcm(*(int(t.blur) for t in terms)) if terms else 1
     reach = [max([0, *(r[axis] for r in map(_crf_reach, terms))]) for axis in range(2)]
+    # ``num_steps`` updates, each reading ``reach`` further; whole blur blocks.
     depths = [-(-int(num_steps) * r // align) * align for r in reach]
     fresh = _fresh()
     batch = 0 if batched else None
@@ -917,7 +935,8 @@ def pac_crf(unary, image=None, *, num_steps=5, pairwise=None, unary_weight=1.0,
     names = ("unary",)
     if image is not None:
         operands.append(_Operand("image", image, _letters(
-            image.ndim, _crf_image_axes(image, channel_axis, batched), batch, fresh)))
+            image.ndim, _crf_image_axes(image, arguments["channel_axis"], batched), batch,
+            fresh)))
         names += ("image",)
     for number in feature_terms:
         features = terms[number].features
@@ -927,15 +946,13 @@ def pac_crf(unary, image=None, *, num_steps=5, pairwise=None, unary_weight=1.0,
     # The task keeps the terms without their Dask features (each block gets its own piece).
     kept = tuple(dataclasses.replace(t, features="smoothness") if i in feature_terms else t
                  for i, t in enumerate(terms))
-    call = _CRFCall(crf.pac_crf, names, dict(
-        num_steps=num_steps, unary_weight=unary_weight, input=input, output=output,
-        compatibility=compatibility, label_axis=label_axis, channel_axis=channel_axis,
-    ), terms=kept, feature_terms=feature_terms)
+    call = _CRFCall(crf.pac_crf, names, _without(arguments, "unary", "image", "pairwise"),
+                    terms=kept, feature_terms=feature_terms)
     rules = [_Same(unary.shape[a], depth, align, proxy_size=8)
              for a, depth in zip(spatial, depths)]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
     out_index = operands[0].index
-    if output == "labels":
+    if arguments["output"] == "labels":
         out_index = out_index.replace(out_index[layout.label_axis], "")
     return _lazy(call, operands, rules, out_index, sample.dtype)

@@ -348,6 +348,29 @@ def test_small_arguments_may_be_numpy_but_not_dask():
         pacarray.pac_conv(x_memory, da.from_array(weight), padding=1)
 
 
+def test_options_pass_through_to_every_block():
+    # ``output=`` (a cast of the result) is not read by the Dask layer; it reaches the blocks,
+    # except for normalized_convolution, whose packed blocks are cast after unpacking.
+    rng = np.random.default_rng(12)
+    image = (rng.random((30, 34, 3)) * 255).astype(np.uint8)
+    lazy = da.from_array(image, chunks=(7, 9, 3))
+    keywords = dict(sigma_spatial=1.5, sigma_color=30.0, channel_axis=-1, output=np.uint8)
+    _assert_equal_to_memory(pacarray.bilateral_filter(lazy, **keywords),
+                            pacarray.bilateral_filter(image, **keywords))
+    certainty = rng.random((30, 34)) > 0.3
+    keywords = dict(sigma_spatial=1.0, channel_axis=-1, output=np.uint8)
+    result, confidence = pacarray.normalized_convolution(
+        lazy, da.from_array(certainty, chunks=(8, 8)), **keywords)
+    expected = pacarray.normalized_convolution(image, certainty, **keywords)
+    _assert_equal_to_memory(result, expected[0])
+    _assert_equal_to_memory(confidence, expected[1])
+    with pytest.raises(TypeError, match="output"):
+        pacarray.normalized_convolution(lazy, da.from_array(certainty), sigma_spatial=1.0,
+                                        channel_axis=-1, output=np.complex64)
+    with pytest.raises(TypeError, match="bogus"):
+        pacarray.bilateral_filter(lazy, sigma_spatial=1.0, sigma_color=1.0, bogus=1)
+
+
 def test_unknown_chunk_sizes_are_rejected():
     x = da.from_array(np.random.default_rng(5).random((1, 1, 20, 20)), chunks=(1, 1, 10, 10))
     unknown = x[x[:, 0, 0, 0] >= 0]  # a lazy boolean index: the result's chunks are NaN
