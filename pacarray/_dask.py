@@ -213,7 +213,8 @@ class _Upsample:
 def _plan(chunks, rule):
     """Block edges on the input grid: the data's chunk edges moved down to multiples of
     ``rule.align``, then blocks merged until every block on every grid is at least as wide as
-    its halo (the halo comes from the adjacent block only) and holds at least one output."""
+    its halo (the halo comes from the adjacent block only), holds at least one output, and on
+    the input grid spans at least ``rule.align`` (a CRF block must hold a whole blur cell)."""
     size = int(sum(chunks))
     cuts = np.cumsum(chunks)[:-1] // rule.align * rule.align
     edges = [0, *sorted({int(c) for c in cuts} - {0, size}), size]
@@ -222,7 +223,8 @@ def _plan(chunks, rule):
         grids = rule.grids(tuple(edges))
         short = None
         for j in range(len(edges) - 1):
-            if any(grids[g][j + 1] - grids[g][j] < max(1, *depths[g]) for g in grids):
+            if any(grids[g][j + 1] - grids[g][j]
+                   < max(1, rule.align if g == "in" else 1, *depths[g]) for g in grids):
                 short = j
                 break
         if short is None:
@@ -948,7 +950,7 @@ def pac_crf(*args, **kwargs):
                  for i, t in enumerate(terms))
     call = _CRFCall(crf.pac_crf, names, _without(arguments, "unary", "image", "pairwise"),
                     terms=kept, feature_terms=feature_terms)
-    rules = [_Same(unary.shape[a], depth, align, proxy_size=8)
+    rules = [_Same(unary.shape[a], depth, align, proxy_size=max(8, align))
              for a, depth in zip(spatial, depths)]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
