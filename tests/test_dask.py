@@ -275,6 +275,18 @@ def test_output_chunks_line_up_with_the_input():
     assert fine.chunks == ((16, 16, 16, 16), (24, 21))
 
 
+def test_crf_blocks_hold_whole_blur_cells():
+    # Block edges move to multiples of the blur factor, and every block (the dry run's too)
+    # spans at least one cell: pac_crf rejects a blur larger than the image.
+    rng = np.random.default_rng(13)
+    unary, image = rng.standard_normal((3, H, W)), rng.random((H, W, 3))
+    term = PairwiseTerm(blur=9, kernel_size=3, dilation=1)
+    lazy = pacarray.pac_crf(_lazy(unary, (1, 2), (7, 5)), _lazy(image, (0, 1), (4, 4)),
+                            pairwise=term, num_steps=1)
+    assert all(c % 9 == 0 for c in lazy.chunks[1][:-1])
+    _assert_equal_to_memory(lazy, pacarray.pac_crf(unary, image, pairwise=term, num_steps=1))
+
+
 def test_chunks_smaller_than_the_halo_are_merged():
     image = _lazy(np.random.default_rng(2).random((40, 40)), (0, 1), (3, 40))
     out = pacarray.bilateral_filter(image, sigma_spatial=2.0, sigma_color=0.1)  # radius 6
