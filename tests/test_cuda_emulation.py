@@ -1,7 +1,7 @@
 """The CUDA kernels, run on the CPU through the host-emulation harness, against the oracle.
 
 The same ``.cu`` files that CuPy compiles are compiled with g++ against
-``tests/cuda_emulation/cuda_emulation.h`` (see DESIGN section 5). The public functions are then
+``tests/cuda_emulation/cuda_emulation.h`` (see ``docs/design.md`` §5). The public functions are then
 called on NumPy arrays with the dispatch pointed at the CUDA backend's code running on the
 emulator, so the launch planning of ``pacarray._cuda`` (grids, index types, argument packing,
 chunking of the cuBLAS path, which NumPy's matmul stands in for) is exercised too. Sizes are
