@@ -154,11 +154,6 @@ def backend_module(name: str):
     return module
 
 
-def backend_of(**arrays):
-    """``backend_module(select_backend(**arrays))``: the module that runs a call on these arrays."""
-    return backend_module(select_backend(**arrays))
-
-
 def namespace(name: str):
     """The array namespace (``numpy`` or ``cupy``) of a backend."""
     if name == "numpy":
