@@ -253,7 +253,8 @@ def ref_conv(x, K, weight, bias=None, stride=1, padding=0, dilation=1):
 
 def ref_conv_transpose(x, K, weight, bias=None, stride=1, padding=0, dilation=1,
                        output_padding=0):
-    """Transposed PAC as ``docs/design.md`` §1.2 defines it: PAC on the zero-inserted input with flipped weights.
+    """Transposed PAC as ``docs/design.md`` §1.2 defines it: PAC on the zero-inserted input with
+    flipped weights.
 
     ``x`` ``(N, C, H, W)``, ``weight`` ``(C, C_out, kh, kw)`` or shared ``(1, 1, kh, kw)``,
     ``K`` ``(N, 1|C, kh, kw, Ho, Wo)`` at the output resolution (or None for K = 1).
