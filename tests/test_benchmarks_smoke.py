@@ -53,6 +53,30 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert peak is None or peak >= 0
     assert set(report["workloads"]) == set(chosen)
     assert f"GPU-only workloads not run here: {gpu_only[0]}" in text
+    # the hardware line, measured in its own child (the loop's arithmetic is checked below)
+    assert report["peak"]["fma_gflops"] > 0 and report["peak"]["gemm_gflops"] > 0
+    assert "peak: FMA" in text and report["peak"]["line"] in text
+
+
+def test_fma_peak_loop_computes_its_recurrence():
+    # The peak loop must do the FMAs it counts: every lane follows x <- x*m + c, and the
+    # function returns lane 0 summed over the chains. Emulated with one float32 rounding per
+    # fused step (the float64 product of two float32 values is exact).
+    from pacarray.benchmarks import peak
+
+    function, width = peak._fma_function()
+    assert width in (4, 8, 16)
+    m, c = 1.0 - 2.0**-24, 2.0**-20
+    steps = 50
+    expected = np.float32(0.0)
+    for chain in range(peak.CHAINS):
+        value = np.float32(chain)  # lane 0 of chain k starts at k
+        for _ in range(steps):
+            value = np.float32(float(value) * m + c)
+        expected = np.float32(expected + value)
+    assert function(steps) == pytest.approx(float(expected), rel=1e-6)
+    assert peak.fma_peak_gflops(1, seconds=0.01) > 0
+    assert peak.flops_fraction(2e9, 0.5, 8.0) == pytest.approx(0.5)
 
 
 CPU_WORKLOADS = [w for w in load_workloads(WORKLOAD_MODULES) if "cpu" in w.devices]

@@ -79,6 +79,9 @@ class Case:
     notes: list[str] = field(default_factory=list)
     memory_target_mb: float | None = None
     tolerance: float = 1e-4
+    #: Useful floating-point operations of one pacarray call (multiply-adds count 2), when the
+    #: workload states them: the report then gives the fraction of the machine's FMA peak.
+    flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +328,13 @@ def memory_case(case: Case, *, device: str = "cpu") -> dict:
 def run_child(spec: dict) -> int:
     """Entry point of a child process (``python -m pacarray.benchmarks --child SPEC``)."""
     set_threads()
+    if spec["mode"] == "peak":
+        from .peak import peak_line
+
+        line, numbers = peak_line(THREADS, quick=spec["quick"])
+        with open(spec["result"], "w") as handle:
+            json.dump(dict(numbers, line=line), handle)
+        return 0
     workloads = {w.name: w for w in load_workloads(spec["modules"])}
     workload = workloads[spec["workload"]]
     context = Context(quick=spec["quick"], device=spec["device"], peers=spec["peers"])
@@ -338,6 +348,7 @@ def run_child(spec: dict) -> int:
         label=case.label,
         notes=case.notes,
         memory_target_mb=case.memory_target_mb,
+        flops=case.flops,
         peers=[{"name": peer.name, "role": peer.role, "target": peer.target,
                 "reference": peer.reference} for peer in case.peers],
     )
@@ -436,7 +447,9 @@ def spawn_cold(spec: dict, numba_cache: str | None, timeout: float) -> dict:
 def machine_summary() -> str:
     import numba
 
-    parts = [f"{platform.system()} {platform.machine()}", f"{os.cpu_count()} CPUs",
+    from .peak import cpu_model
+
+    parts = [cpu_model(), f"{platform.system()} {platform.machine()}", f"{os.cpu_count()} CPUs",
              f"Python {platform.python_version()}", f"numpy {np.__version__}",
              f"numba {numba.__version__}"]
     if hasattr(os, "getloadavg"):
@@ -503,8 +516,9 @@ class _Table:
     """Fixed-width rows, streamed as workloads finish: the free-length texts (implementation,
     check) come last so that they never push the numbers out of line."""
 
-    def __init__(self, workload_width: int):
+    def __init__(self, workload_width: int, peak_gflops: float | None = None):
         self.workload_width = max(workload_width, len("workload"))
+        self.peak_gflops = peak_gflops
 
     def row(self, workload: str, numbers: Sequence[str] = ("",) * 6, text: str = "") -> str:
         cells = [workload.ljust(self.workload_width)]
@@ -526,6 +540,9 @@ class _Table:
         memory_target = timing.get("memory_target_mb")
         mine_peak = peaks.get("pacarray")
         text = f"pacarray {timing['label']}"
+        if timing.get("flops") and self.peak_gflops:
+            gflops = timing["flops"] / (mine["median_ms"] * 1e-3) / 1e9
+            text += f"; {gflops:.0f} GFLOP/s = {gflops / self.peak_gflops:.0%} of FMA peak"
         if memory_target is not None and mine_peak is not None:
             text += f"; memory <= {memory_target:.4g} MiB " + (
                 "met" if mine_peak <= memory_target else "MISSED")
@@ -589,10 +606,21 @@ def run_all(options: Options, write: Callable[[str], None] | None = None) -> int
         if reason is not None:
             write(f"GPU benchmarks skipped: {reason}")
             return 0
-    write("")
     elsewhere = [w.name for w in selected if device not in w.devices]
     selected = [w for w in selected if device in w.devices]
-    table = _Table(max((len(w.name) for w in selected), default=0))
+    peak_gflops = None
+    if device == "cpu" and selected:
+        # What the hardware allows, measured like the workloads (a child, THREADS threads).
+        try:
+            peak = spawn_measurement({"mode": "peak", "quick": options.quick}, timeout)
+        except (ChildError, subprocess.TimeoutExpired) as error:
+            write(f"peak: not measured ({str(error).splitlines()[-1]})")
+        else:
+            write(peak["line"])
+            report["peak"] = peak
+            peak_gflops = peak["fma_gflops"]
+    write("")
+    table = _Table(max((len(w.name) for w in selected), default=0), peak_gflops)
     for line in table.header():
         write(line)
     for workload in selected:
