@@ -39,21 +39,19 @@ _FASTMATH = {"contract"}
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _kernel_rows(guide, feature_start, feature_stop, n, y, spatial, dilation_y, dilation_x,
-                 scale, kernel, tap_row, tap_offset, scratch, first):
-    """Adaptive kernel of output row ``y``, times ``scale``: ``kernel[t, x]`` for active taps.
+                 kernel, tap_row, tap_offset, scratch):
+    """Adaptive kernel of output row ``y``: ``kernel[t, x]`` for the active taps ``t``.
 
-    Taps outside the image vertically or with a zero spatial weight are skipped; the active
-    taps are written from index ``first`` on, their source row and column offset to
-    ``tap_row`` and ``tap_offset``, and the index after the last one is returned (so several
-    terms can share one buffer). ``kernel[t]`` is 0 where the neighbour falls outside
-    horizontally. Features ``feature_start:feature_stop`` of ``guide`` are compared.
+    Taps outside the image vertically or with a zero spatial weight are skipped; returns the
+    number of active taps, whose source row and column offset go to ``tap_row`` and
+    ``tap_offset``. ``kernel[t]`` is 0 where the neighbour falls outside horizontally.
+    Features ``feature_start:feature_stop`` of ``guide`` are compared.
     """
     height, width = guide.shape[2], guide.shape[3]
     kh, kw = spatial.shape
     radius_y, radius_x = (kh - 1) // 2, (kw - 1) // 2
     minus_half = kernel.dtype.type(-0.5)
-    factor = kernel.dtype.type(scale)
-    active = first
+    active = 0
     for ty in range(kh):
         qy = y + (ty - radius_y) * dilation_y
         if qy < 0 or qy >= height:
@@ -82,10 +80,8 @@ def _kernel_rows(guide, feature_start, feature_stop, n, y, spatial, dilation_y, 
                     distance[x] += diff * diff
             log_g = np.log(g)
             values = row[lo:hi]
-            # The scale multiplies after the exponential: exp_nonpositive needs an argument
-            # <= 0, and log(scale) may be positive.
             for x in range(span):
-                values[x] = factor * exp_nonpositive(log_g + minus_half * distance[x])
+                values[x] = exp_nonpositive(log_g + minus_half * distance[x])
             tap_row[active] = qy
             tap_offset[active] = offset
             active += 1
@@ -151,7 +147,7 @@ def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out):
         tap_row = np.empty(taps, np.int64)
         tap_offset = np.empty(taps, np.int64)
         active = _kernel_rows(guide, 0, guide.shape[1], n, y, spatial, dilation_y, dilation_x,
-                              1.0, kernel, tap_row, tap_offset, acc, 0)
+                              kernel, tap_row, tap_offset, acc)
         for label in range(labels):
             _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc)
             result = out[n, label, y]
@@ -179,23 +175,23 @@ def mean_field_step(unary, q, guides, feature_bounds, spatials, dilations, weigh
     for job in prange(batch * height):
         n = job // height
         y = job % height
-        pairwise = np.empty((labels, width), q.dtype)
+        pairwise = np.zeros((labels, width), q.dtype)
         logits = np.empty((labels, width), q.dtype)
-        # Every term's taps go into one buffer, each already times its weight, so that each
-        # label takes one pass over all the taps (a pass per term and label costs a zeroing and
-        # an accumulation of the row each: about a quarter of the work with six 3x3 terms).
-        kernel = np.empty((terms * taps, width), q.dtype)
+        kernel = np.empty((taps, width), q.dtype)
         acc = np.empty(width, q.dtype)
         peak = np.empty(width, q.dtype)
-        tap_row = np.empty(terms * taps, np.int64)
-        tap_offset = np.empty(terms * taps, np.int64)
-        active = 0
+        tap_row = np.empty(taps, np.int64)
+        tap_offset = np.empty(taps, np.int64)
         for term in range(terms):
             active = _kernel_rows(guides, feature_bounds[term, 0], feature_bounds[term, 1], n, y,
                                   spatials[term], dilations[term, 0], dilations[term, 1],
-                                  weights[term], kernel, tap_row, tap_offset, acc, active)
-        for label in range(labels):
-            _row_message(q, n, label, kernel, tap_row, tap_offset, active, pairwise[label])
+                                  kernel, tap_row, tap_offset, acc)
+            scale = q.dtype.type(weights[term])
+            for label in range(labels):
+                _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc)
+                target = pairwise[label]
+                for x in range(width):
+                    target[x] += scale * acc[x]
         if use_extra:
             for label in range(labels):
                 source = extra[n, label, y]
