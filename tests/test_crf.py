@@ -569,7 +569,9 @@ def test_bad_pairwise_terms(kwargs, match):
         PairwiseTerm(**kwargs)
 
 
-def test_default_pairwise_is_the_documented_term():
-    (term,) = DEFAULT_PAIRWISE
-    assert (term.weight, term.kernel_size, term.dilation, term.sigma_spatial,
-            term.sigma_color, term.features, term.blur) == (2.0, 5, 3, 6.0, 0.08, "appearance", 1)
+def test_default_pairwise_is_the_documented_terms():
+    described = [(t.weight, t.kernel_size, t.dilation, t.sigma_spatial, t.sigma_color,
+                  t.features, t.blur) for t in DEFAULT_PAIRWISE]
+    assert described == [(weight, size, dilation, None, 0.05, "appearance", 1)
+                         for size, dilation, weight in ((3, 1, 4.0), (3, 4, 4.0), (3, 16, 8.0),
+                                                        (5, 48, 16.0), (3, 192, 24.0))]

@@ -1,15 +1,22 @@
-"""CRF workload: PAC-CRF mean-field inference.
+"""CRF workloads: PAC-CRF mean-field inference, its speed and its quality.
 
 * B-crf: :func:`pacarray.pac_crf`, 21 labels (PASCAL VOC's count), 256 x 256, 5 mean-field
-  steps, one 5 x 5 appearance kernel (the default :class:`pacarray.PairwiseTerm`: dilation 3,
-  ``sigma_spatial=6``, ``sigma_color=0.08``, weight 2), float32, on the bundled photograph
-  (2 x 2 means of the 512 x 512 sample) with random logits.
+  steps, the default pairwise terms (:data:`pacarray.crf.DEFAULT_PAIRWISE`), float32, on the
+  bundled photograph (2 x 2 means of the 512 x 512 sample) with random logits. Peer:
+  :func:`unfold_crf`, the same mean field written the way a deep-learning framework does it
+  (unfold the marginals, multiply by the kernel computed once from the unfolded features, sum,
+  Potts compatibility, softmax), whose output must equal pacarray's. Target: 60 ms median for
+  pacarray (the project's issue #6), ratio 1/12 to the unfold baseline.
+* B-crf-512: the same at 512 x 512 against pydensecrf's fully connected CRF (the
+  ``pydensecrf2`` package; its customary parameters: Gaussian sxy 3 compat 3, bilateral sxy 80
+  srgb 13 compat 10), which runs on one thread; pacarray runs on 2. Target (issue #18): 10x
+  faster.
+* B-crf-quality: the IoU protocol of the segmentation guide on the tuning photographs: mean
+  IoU gain of the default PAC-CRF and of pydensecrf over degraded unaries (printed as notes);
+  the timed call is one PAC-CRF refinement.
 
-Peer: :func:`unfold_crf`, the same mean field written the way a deep-learning framework does it
-(unfold the marginals, multiply by the kernel computed once from the unfolded features, sum,
-Potts compatibility, softmax), whose output must equal pacarray's. Target: 60 ms median for
-pacarray (the project's issue #6); the issue puts the unfold baseline at about 0.7 s, hence the
-ratio target 1/12.
+The quality protocol (:func:`quality_cases`, :func:`quality_table`) is also what
+``docs/guide/segmentation.md`` reports, for the held-out photographs.
 """
 
 from __future__ import annotations
@@ -20,41 +27,57 @@ from ._harness import Case, Context, Peer, Workload
 
 TORCH_MISSING = ("PyTorch peer skipped (turned off, or not installed: "
                  "pip install 'pacarray[bench]')")
+DENSECRF_MISSING = ("pydensecrf peer skipped (turned off, or not installed: "
+                    "pip install 'pacarray[bench]', which builds pydensecrf2 from source)")
 
 LABELS = 21
 STEPS = 5
 
+#: pydensecrf's customary parameters (its README and most papers that use it).
+DENSE_GAUSSIAN = dict(sxy=3, compat=3)
+DENSE_BILATERAL = dict(sxy=80, srgb=13, compat=10)
 
-def unfold_crf(torch, unary, image, *, steps, kernel_size, dilation, sigma_spatial,
-               sigma_color, weight):
-    """PAC-CRF mean field through ``F.unfold``: O(L k^2 H W) memory per step.
 
-    ``unary`` ``(1, L, H, W)`` logits, ``image`` ``(1, C, H, W)`` on [0, 1]. The kernel
+def unfold_crf(torch, unary, image, *, steps, terms):
+    """PAC-CRF mean field through ``F.unfold``: O(L k^2 H W) memory per step and term.
+
+    ``unary`` ``(1, L, H, W)`` logits, ``image`` ``(1, C, H, W)`` on [0, 1], ``terms``
+    appearance :class:`pacarray.PairwiseTerm` s without blur. Each term's kernel
     ``exp(-|offset|^2 / (2 sigma_spatial^2) - |colour difference|^2 / (2 sigma_color^2))``
-    (centre tap and out-of-image taps 0) is computed once and reused by every step.
+    (flat when ``sigma_spatial`` is None; centre tap and out-of-image taps 0) is computed once
+    and reused by every step.
     """
     functional = torch.nn.functional
     _, labels, height, width = unary.shape
-    taps = kernel_size * kernel_size
-    radius = (kernel_size - 1) // 2
-    geometry = dict(kernel_size=kernel_size, dilation=dilation, padding=dilation * radius)
-    features = functional.unfold(image / sigma_color, **geometry)
-    features = features.view(1, image.shape[1], taps, height, width)
-    centre = features[:, :, taps // 2: taps // 2 + 1]
-    offsets = dilation * (torch.arange(kernel_size, dtype=unary.dtype) - radius)
-    distance2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
-    spatial = torch.exp(-distance2 / (2 * sigma_spatial**2)).reshape(1, taps, 1, 1)
-    spatial[0, taps // 2] = 0.0
-    inside = functional.unfold(unary.new_ones(1, 1, height, width), **geometry)
-    kernel = torch.exp(-0.5 * (features - centre).pow(2).sum(1)) * spatial
-    kernel = kernel * inside.view(1, taps, height, width)
+    prepared = []
+    for term in terms:
+        kernel_size, dilation = term.kernel_size, term.dilation
+        taps = kernel_size * kernel_size
+        radius = (kernel_size - 1) // 2
+        geometry = dict(kernel_size=kernel_size, dilation=dilation, padding=dilation * radius)
+        features = functional.unfold(image / term.sigma_color, **geometry)
+        features = features.view(1, image.shape[1], taps, height, width)
+        centre = features[:, :, taps // 2: taps // 2 + 1]
+        offsets = dilation * (torch.arange(kernel_size, dtype=unary.dtype) - radius)
+        distance2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
+        if term.sigma_spatial is None:
+            spatial = torch.ones_like(distance2).reshape(1, taps, 1, 1)
+        else:
+            spatial = torch.exp(-distance2 / (2 * term.sigma_spatial**2)).reshape(1, taps, 1, 1)
+        spatial[0, taps // 2] = 0.0
+        inside = functional.unfold(unary.new_ones(1, 1, height, width), **geometry)
+        kernel = torch.exp(-0.5 * (features - centre).pow(2).sum(1)) * spatial
+        kernel = kernel * inside.view(1, taps, height, width)
+        prepared.append((geometry, taps, term.weight * kernel))
     q = torch.softmax(unary, dim=1)
     for _ in range(steps):
-        columns = functional.unfold(q, **geometry).view(1, labels, taps, height, width)
-        message = (columns * kernel[:, None]).sum(2)
+        message = torch.zeros_like(q)
+        for geometry, taps, kernel in prepared:
+            columns = functional.unfold(q, **geometry).view(1, labels, taps, height, width)
+            message = message + (columns * kernel[:, None]).sum(2)
         # Potts: the cost of label l is the message mass of all the other labels.
         potts = message.sum(1, keepdim=True) - message
-        q = torch.softmax(unary - weight * potts, dim=1)
+        q = torch.softmax(unary - potts, dim=1)
     return q
 
 
@@ -67,24 +90,29 @@ def _photograph(size: int) -> np.ndarray:
     return image.reshape(size, factor, size, factor, 3).mean(axis=(1, 3), dtype=np.float32)
 
 
+def _terms_note(terms) -> str:
+    described = ", ".join(f"{t.kernel_size}x{t.kernel_size} d{t.dilation} w{t.weight:g}"
+                          for t in terms)
+    return (f"default terms ({len(terms)} appearance terms, sigma_color "
+            f"{terms[0].sigma_color}): {described}")
+
+
 def build_crf(context: Context) -> Case:
-    from ..crf import PairwiseTerm, pac_crf
+    from ..crf import DEFAULT_PAIRWISE, pac_crf
 
     size = 32 if context.quick else 256
     rng = context.rng()
     unary = rng.normal(0.0, 2.0, (LABELS, size, size)).astype(np.float32)
     image = _photograph(size)
-    term = PairwiseTerm()
+    terms = DEFAULT_PAIRWISE
     unary_dev, image_dev = context.asarray(unary), context.asarray(image)
 
     case = Case(
-        call=lambda: pac_crf(unary_dev, image_dev, num_steps=STEPS, pairwise=[term]),
+        call=lambda: pac_crf(unary_dev, image_dev, num_steps=STEPS),
         label="pac_crf (5 steps)",
         memory_target_mb=8 * unary.nbytes / 1e6,
-        notes=[f"one appearance term: {term.kernel_size}x{term.kernel_size} taps, dilation "
-               f"{term.dilation}, sigma_spatial {term.sigma_spatial}, sigma_color "
-               f"{term.sigma_color}, weight {term.weight}; target <= 60 ms median (issue #6); "
-               "memory target: 8 x the unary's size (O(labels x pixels))"],
+        notes=[_terms_note(terms) + "; target <= 60 ms median (issue #6); memory target: 8 x "
+               "the unary's size (O(labels x pixels))"],
     )
     torch = context.torch()
     if torch is None:
@@ -95,10 +123,7 @@ def build_crf(context: Context) -> Case:
 
     def unfold():
         with torch.inference_mode():
-            q = unfold_crf(torch, unary_t, image_t, steps=STEPS, kernel_size=term.kernel_size,
-                           dilation=term.dilation, sigma_spatial=term.sigma_spatial,
-                           sigma_color=term.sigma_color, weight=term.weight)
-            return q[0]
+            return unfold_crf(torch, unary_t, image_t, steps=STEPS, terms=terms)[0]
 
     case.peers.append(
         Peer("torch unfold mean field", unfold, role="same result", target=1 / 12,
@@ -107,7 +132,250 @@ def build_crf(context: Context) -> Case:
     return case
 
 
+# --------------------------------------------------------------------------------------------
+# pydensecrf, the fully connected CRF
+
+
+def densecrf_module(context: Context | None = None):
+    """``pydensecrf.densecrf``, or None when it is missing or peers are turned off."""
+    if context is not None and not context.peers:
+        return None
+    try:
+        import pydensecrf.densecrf as densecrf
+    except ImportError:
+        return None
+    return densecrf
+
+
+def dense_crf(densecrf, log_probabilities, image_uint8, steps=STEPS):
+    """pydensecrf's mean field with its customary parameters; returns ``Q`` ``(L, H, W)``.
+
+    ``log_probabilities`` ``(L, H, W)`` float32 (the unary energy is their negative),
+    ``image_uint8`` ``(H, W, 3)`` C-contiguous.
+    """
+    labels, height, width = log_probabilities.shape
+    model = densecrf.DenseCRF2D(width, height, labels)
+    model.setUnaryEnergy(np.ascontiguousarray(-log_probabilities.reshape(labels, -1),
+                                              dtype=np.float32))
+    model.addPairwiseGaussian(**DENSE_GAUSSIAN)
+    model.addPairwiseBilateral(rgbim=image_uint8, **DENSE_BILATERAL)
+    return np.asarray(model.inference(steps), dtype=np.float32).reshape(labels, height, width)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(np.round(image * 255), 0, 255).astype(np.uint8))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=0)
+    return shifted - np.log(np.exp(shifted).sum(axis=0))
+
+
+def build_crf_512(context: Context) -> Case:
+    from ..crf import DEFAULT_PAIRWISE, pac_crf
+
+    size = 32 if context.quick else 512
+    rng = context.rng()
+    unary = _log_softmax(rng.normal(0.0, 2.0, (LABELS, size, size))).astype(np.float32)
+    image = _photograph(size)
+    unary_dev, image_dev = context.asarray(unary), context.asarray(image)
+    case = Case(
+        call=lambda: pac_crf(unary_dev, image_dev, num_steps=STEPS),
+        label="pac_crf (5 steps, 2 threads)",
+        memory_target_mb=8 * unary.nbytes / 1e6,
+        notes=[_terms_note(DEFAULT_PAIRWISE)],
+    )
+    densecrf = densecrf_module(context)
+    if densecrf is None or context.device != "cpu":
+        case.notes.append(DENSECRF_MISSING)
+        return case
+    image8 = _to_uint8(image)
+    case.peers.append(Peer(
+        "pydensecrf fully connected CRF (1 thread)",
+        lambda: dense_crf(densecrf, unary, image8), role="fully connected CRF",
+        target=1 / 10,
+    ))
+    case.notes.append("pydensecrf runs on one thread (it has no threading), pacarray on 2; "
+                      "target (issue #18): pacarray <= 1/10 of its time")
+    return case
+
+
+# --------------------------------------------------------------------------------------------
+# Quality protocol: k-means colour labels of photographs, degraded unaries, mean IoU
+
+#: Photographs the defaults were tuned on (scikit-image's copies; each also at half size).
+TUNING_PHOTOGRAPHS = ("astronaut", "coffee", "rocket", "immunohistochemistry")
+#: Photographs held out for the judgement.
+HELD_OUT_PHOTOGRAPHS = ("chelsea", "motorcycle", "camera", "retina")
+QUALITY_LABELS = (4, 6)
+#: ``(downsampling factor, noise standard deviation)`` of the degraded unaries.
+QUALITY_DEGRADATIONS = ((8, 1.0), (8, 2.0))
+QUALITY_GAIN = 4.0
+MAX_SIDE = 640
+
+
+def quality_photograph(name: str, half: bool = False) -> np.ndarray:
+    """A scikit-image photograph as float32 ``(H, W, 3)`` on [0, 1].
+
+    Grey images are repeated over 3 channels, an alpha channel is dropped; images with a side
+    over 640 pixels are reduced by the smallest integer factor that fits (block means), and
+    ``half`` halves the result again (2 x 2 means). ``"motorcycle"`` is the left view of
+    ``stereo_motorcycle``.
+    """
+    import skimage.data
+
+    if name == "motorcycle":
+        image = skimage.data.stereo_motorcycle()[0]
+    else:
+        image = getattr(skimage.data, name)()
+    image = np.asarray(image, dtype=np.float64) / 255.0
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    image = image[..., :3]
+    factor = -(-max(image.shape[:2]) // MAX_SIDE) * (2 if half else 1)
+    if factor > 1:
+        height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+        image = image[:height, :width].reshape(height // factor, factor, width // factor,
+                                               factor, 3).mean(axis=(1, 3))
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def kmeans_labels(image: np.ndarray, classes: int, seed: int = 0, iterations: int = 30,
+                  sample: int = 20000) -> np.ndarray:
+    """Ground truth: k-means of the RGB colours (k-means++ start on a random sample of
+    ``sample`` pixels, ``iterations`` Lloyd steps there), every pixel to its nearest centre."""
+    rng = np.random.default_rng(seed)
+    pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
+    subset = pixels[rng.choice(len(pixels), min(sample, len(pixels)), replace=False)]
+    centres = [subset[rng.integers(len(subset))]]
+    for _ in range(1, classes):
+        distance2 = np.min([((subset - c) ** 2).sum(axis=1) for c in centres], axis=0)
+        centres.append(subset[rng.choice(len(subset), p=distance2 / distance2.sum())])
+    centres = np.array(centres)
+    for _ in range(iterations):
+        nearest = np.argmin(((subset[:, None] - centres[None]) ** 2).sum(axis=-1), axis=1)
+        for label in range(classes):
+            if np.any(nearest == label):
+                centres[label] = subset[nearest == label].mean(axis=0)
+    nearest = np.argmin(((pixels[:, None] - centres[None]) ** 2).sum(axis=-1), axis=1)
+    return nearest.reshape(image.shape[:2])
+
+
+def degraded_unary(labels: np.ndarray, classes: int, factor: int, noise: float,
+                   seed: int = 0, gain: float = QUALITY_GAIN) -> np.ndarray:
+    """Log-probabilities ``(L, H, W)`` float32 of a coarse, noisy classifier.
+
+    One-hot labels are averaged over ``factor x factor`` blocks, upsampled bilinearly back
+    (block centres on the coarse grid, edges clamped), times ``gain``, plus Gaussian noise of
+    standard deviation ``noise`` per label and pixel (seeded), then log-softmax.
+    """
+    from .._mean_field import block_mean, upsample
+
+    onehot = (labels[None] == np.arange(classes)[:, None, None]).astype(np.float64)
+    blurred = upsample(np, block_mean(np, onehot, factor), labels.shape, factor)
+    rng = np.random.default_rng(seed)
+    logits = gain * blurred + rng.normal(0.0, noise, blurred.shape)
+    return _log_softmax(logits).astype(np.float32)
+
+
+def mean_iou(predicted: np.ndarray, truth: np.ndarray, classes: int) -> float:
+    """Mean over labels present in either map of intersection / union."""
+    scores = []
+    for label in range(classes):
+        union = np.sum((predicted == label) | (truth == label))
+        if union:
+            scores.append(np.sum((predicted == label) & (truth == label)) / union)
+    return float(np.mean(scores))
+
+
+def quality_cases(names, half: bool = False):
+    """Every (photograph, label count, degradation) of the protocol, as dicts."""
+    cases = []
+    for name in names:
+        image = quality_photograph(name, half)
+        for classes in QUALITY_LABELS:
+            truth = kmeans_labels(image, classes)
+            for factor, noise in QUALITY_DEGRADATIONS:
+                unary = degraded_unary(truth, classes, factor, noise)
+                cases.append(dict(name=name + (" /2" if half else ""), classes=classes,
+                                  factor=factor, noise=noise, image=image, truth=truth,
+                                  unary=unary,
+                                  before=mean_iou(unary.argmax(axis=0), truth, classes)))
+    return cases
+
+
+def quality_table(cases, densecrf=None, pairwise=None):
+    """Per photograph: ``(name, size, IoU before, after pydensecrf or None, after PAC-CRF)``,
+    means over its label counts and degradations, and a last row ``"mean"`` over all."""
+    from ..crf import pac_crf
+
+    rows, per_case = {}, []
+    for case in cases:
+        labels = pac_crf(case["unary"], case["image"], num_steps=STEPS, pairwise=pairwise,
+                         output="labels")
+        pac = mean_iou(labels, case["truth"], case["classes"])
+        dense = None
+        if densecrf is not None:
+            q = dense_crf(densecrf, case["unary"], _to_uint8(case["image"]))
+            dense = mean_iou(q.argmax(axis=0), case["truth"], case["classes"])
+        per_case.append((case["before"], dense, pac))
+        rows.setdefault((case["name"], case["image"].shape[:2]), []).append(per_case[-1])
+
+    def means(entries):
+        before = float(np.mean([e[0] for e in entries]))
+        dense = None if densecrf is None else float(np.mean([e[1] for e in entries]))
+        return before, dense, float(np.mean([e[2] for e in entries]))
+
+    table = [(name, shape, *means(entries)) for (name, shape), entries in rows.items()]
+    table.append(("mean", None, *means(per_case)))
+    return table
+
+
+def format_quality_table(table) -> list[str]:
+    lines = []
+    for name, shape, before, dense, pac in table:
+        size = "" if shape is None else f" ({shape[0]}x{shape[1]})"
+        dense_text = "n/a" if dense is None else f"{dense:.3f} ({dense - before:+.3f})"
+        lines.append(f"{name}{size}: IoU before {before:.3f}, pydensecrf {dense_text}, "
+                     f"PAC-CRF {pac:.3f} ({pac - before:+.3f})")
+    return lines
+
+
+def build_crf_quality(context: Context) -> Case:
+    from ..crf import pac_crf
+
+    densecrf = densecrf_module(context)
+    if context.quick:
+        # The bundled sample, so that quick runs need no scikit-image.
+        image = _photograph(64)
+        truth = kmeans_labels(image, 4)
+        unary = degraded_unary(truth, 4, 8, 2.0)
+        cases = [dict(name="sample 64x64", classes=4, factor=8, noise=2.0, image=image,
+                      truth=truth, unary=unary,
+                      before=mean_iou(unary.argmax(axis=0), truth, 4))]
+    else:
+        cases = quality_cases(TUNING_PHOTOGRAPHS) + quality_cases(TUNING_PHOTOGRAPHS, half=True)
+    table = quality_table(cases, densecrf)
+    notes = [f"quality on the tuning photographs ({len(cases)} cases: k-means labels "
+             f"{QUALITY_LABELS}, unaries {QUALITY_DEGRADATIONS} (factor, noise), "
+             f"{STEPS} steps); gain = IoU after - IoU before"]
+    notes += format_quality_table(table)
+    if densecrf is None:
+        notes.append(DENSECRF_MISSING)
+    first = cases[0]
+    unary_dev, image_dev = context.asarray(first["unary"]), context.asarray(first["image"])
+    return Case(
+        call=lambda: pac_crf(unary_dev, image_dev, num_steps=STEPS, output="labels"),
+        label=f"pac_crf on {first['name']} ({first['classes']} labels)",
+        notes=notes,
+    )
+
+
 WORKLOADS = [
-    Workload("B-crf", "pac_crf 21 labels, 256x256, 5 steps, one 5x5 appearance kernel",
+    Workload("B-crf", "pac_crf 21 labels, 256x256, 5 steps, the default terms",
              build_crf, devices=("cpu", "gpu")),
+    Workload("B-crf-512", "pac_crf 21 labels, 512x512, 5 steps vs pydensecrf",
+             build_crf_512),
+    Workload("B-crf-quality", "IoU gain of pac_crf and pydensecrf on the tuning photographs",
+             build_crf_quality),
 ]
