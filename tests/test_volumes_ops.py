@@ -328,10 +328,20 @@ GRADIENT_TRANSPOSE_GEOMETRIES = {
         dict(kernel_size=(1, 3, 3), stride=(1, 2, 1), padding=(0, 1, 2), dilation=(1, 1, 2),
              output_padding=(0, 1, 1))],
 }
-# The kernel cases of the quick tier: between them every family kind, normalization, mask,
-# smoothing kind (user N-D array, box), spatial weight and channel_wise.
-QUICK_KERNEL_CASES = ("asym_pc_user_smooth", "gaussian_average_mask_kernel", "no_guide",
-                      "inverse_pc_mask")
+# The kernel cases of the quick tier, per rank: between the two ranks every family kind,
+# normalization, mask, smoothing kind (user N-D array, box), spatial weight and channel_wise.
+QUICK_KERNEL_CASES = {1: ("asym_pc_user_smooth", "no_guide"),
+                      3: ("gaussian_average_mask_kernel", "inverse_pc_mask")}
+
+
+def rank_params(names, values, quick):
+    """``(rank, *value)`` parameters for ranks 1 and 3; ``quick(rank, value)`` picks the quick
+    tier, the others are marked slow."""
+    params = [(rank,) + (value if isinstance(value, tuple) else (value,))
+              for rank in (1, 3) for value in values]
+    ids = ["-".join(map(str, param)) for param in params]
+    return tiered([pytest.param(*param, id=i) for param, i in zip(params, ids)],
+                  [i for i, param in enumerate(params) if quick(param[0], param[1:])])
 
 
 def _geometry(op, rank, index):
@@ -402,9 +412,9 @@ def nd_kernel_inputs(rng, case, rank, kernel_size, guide_shape):
     return inputs, family_options
 
 
-@pytest.mark.parametrize("rank", [1, 3])
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("case", tiered_values(KERNEL_CASES, QUICK_KERNEL_CASES))
+@pytest.mark.parametrize("rank, op, case", rank_params(
+    "op, case", [(op, case) for op in OPS for case in KERNEL_CASES],
+    lambda rank, value: value[1] in QUICK_KERNEL_CASES[rank]))
 def test_fused_vjp_matches_finite_differences(rank, op, case, rng):
     index = list(KERNEL_CASES).index(case)
     geometry = _geometry(op, rank, index)
@@ -421,11 +431,12 @@ def test_fused_vjp_matches_finite_differences(rank, op, case, rng):
     _assert_passed(report)
 
 
-@pytest.mark.parametrize("rank", [1, 3])
-@pytest.mark.parametrize("case", tiered_values(
-    [c for c in KERNEL_CASES if KERNEL_CASES[c]["family"] is not None],
-    ("asym_pc_user_smooth", "gaussian_average_mask_kernel")))
-@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("rank, case, transposed", rank_params(
+    "case, transposed", [(case, transposed) for case in KERNEL_CASES
+                         if KERNEL_CASES[case]["family"] is not None
+                         for transposed in (False, True)],
+    lambda rank, value: value == (("asym_pc_user_smooth", False) if rank == 1 else
+                                  ("gaussian_average_mask_kernel", True))))
 def test_pac_kernel_vjp_matches_finite_differences(rank, case, transposed, rng):
     op = "conv_transpose" if transposed else "conv"
     geometry = dict(_geometry(op, rank, 1))
@@ -440,10 +451,11 @@ def test_pac_kernel_vjp_matches_finite_differences(rank, case, transposed, rng):
     _assert_passed(report)
 
 
-@pytest.mark.parametrize("rank", [1, 3])
-@pytest.mark.parametrize("op, weight", [("conv", "full"), ("conv", "shared"),
-                                        ("conv_transpose", "full"),
-                                        ("conv_transpose", "shared"), ("pool", "full")])
+@pytest.mark.parametrize("rank, op, weight", rank_params(
+    "op, weight", [("conv", "full"), ("conv", "shared"), ("conv_transpose", "full"),
+                   ("conv_transpose", "shared"), ("pool", "full")],
+    lambda rank, value: value in (("conv", "full"), ("conv_transpose", "shared"),
+                                  ("pool", "full"))))
 def test_explicit_vjp_matches_finite_differences_and_adjoint(rank, op, weight, rng):
     geometry = _geometry(op, rank, 0 if weight == "full" else 1)
     inputs, out_shape = nd_op_inputs(rng, op, rank, geometry, weight=weight,
@@ -548,8 +560,7 @@ def test_fused_vjp_matches_finite_differences_of_the_oracle(rank, op, rng):
                                    tolerance=FD_TOLERANCE, directions=2))
 
 
-@pytest.mark.parametrize("rank", [1, 3])
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("rank, op", rank_params("op", OPS, lambda rank, value: rank == 3))
 def test_fused_gradients_equal_explicit_kernel_composed_with_pac_kernel_vjp(rank, op, rng):
     geometry = _geometry(op, rank, 1)
     inputs, out_shape = nd_op_inputs(rng, op, rank, geometry, bias=op != "pool")
