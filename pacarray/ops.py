@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from . import _args
 from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
-from ._geometry import data_rank, kernel_geometry, make_geometry, require_rank
+from ._geometry import (
+    data_rank,
+    kernel_geometry,
+    make_geometry,
+    require_nonempty,
+    require_rank,
+)
 from ._spec import build_spec, explicit_spec
 
 __all__ = ["pac_conv", "pac_conv_transpose", "pac_pool"]
@@ -56,6 +62,7 @@ def _prepare(
                 f"{tuple(x.shape)} ({rank} spatial dimension(s)), got shape "
                 f"{tuple(weight.shape)}"
             )
+        require_nonempty(weight, "weight")
         kernel_size = tuple(weight.shape[2:])
         if any(k % 2 == 0 for k in kernel_size):
             raise ValueError(
