@@ -95,13 +95,15 @@ def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
     Parameters
     ----------
     kernel_size : int or tuple of int
-        Odd number of taps per dimension.
-    sigma : float or None, default None
-        Standard deviation in pixels (tap offsets are multiplied by ``dilation``). ``None`` gives
-        a flat window (all ones inside the window).
+        Odd number of taps per dimension. The window's rank is the tuple's length (1, 2 or 3:
+        a signal, an image or a volume); an int means 2-D.
+    sigma : float, tuple of float or None, default None
+        Standard deviation in pixels (tap offsets are multiplied by ``dilation``), one for every
+        axis or one per axis. ``None`` gives a flat window (all ones inside the window).
     window : {"square", "disk"}, default "square"
         ``"disk"`` zeroes taps outside the inscribed ellipse
-        ``(ty/ry)**2 + (tx/rx)**2 <= 1`` (tap index offsets ``ty, tx``, radii ``(k-1)/2``).
+        ``(ty/ry)**2 + (tx/rx)**2 <= 1`` (tap index offsets ``ty, tx``, radii ``(k-1)/2``);
+        in 3-D the inscribed ellipsoid (a ball for a cube), in 1-D the whole segment.
     dilation : int or tuple of int, default 1
 
     Returns
@@ -116,24 +118,63 @@ def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
     array([[0., 1., 0.],
            [1., 1., 1.],
            [0., 1., 0.]])
+    >>> spatial_window((3, 3, 3), 1.0, window="disk").shape  # a ball, for volumes
+    (3, 3, 3)
     """
-    geometry = make_geometry(kernel_size, dilation=dilation)
+    ndim = 2 if _args.is_int(kernel_size) else None
+    if ndim is None:
+        try:
+            ndim = len(kernel_size)
+        except TypeError:
+            raise TypeError(
+                f"kernel_size must be an int or a sequence of 1, 2 or 3 ints, got "
+                f"{kernel_size!r}"
+            ) from None
+        if ndim not in (1, 2, 3):
+            raise ValueError(
+                f"kernel_size must be an int or a sequence of 1, 2 or 3 ints (one per spatial "
+                f"axis), got {kernel_size!r}"
+            )
+    geometry = make_geometry(kernel_size, dilation=dilation, ndim=ndim)
     if window not in ("square", "disk"):
         raise ValueError(f"window must be 'square' or 'disk', got {window!r}")
     offsets = [np.arange(k) - (k - 1) // 2 for k in geometry.kernel_size]
-    ty, tx = np.meshgrid(*offsets, indexing="ij")
+    grids = np.meshgrid(*offsets, indexing="ij")
     weights = np.ones(geometry.kernel_size)
     if sigma is not None:
-        sigma = _args.positive_scalar(sigma, "sigma")
-        dy = ty * geometry.dilation[0]
-        dx = tx * geometry.dilation[1]
-        weights = np.exp(-(dy * dy + dx * dx) / (2.0 * sigma * sigma))
+        sigmas = _sigmas(sigma, ndim)
+        steps = [grid * d for grid, d in zip(grids, geometry.dilation)]
+        if len(set(sigmas)) == 1:
+            # one sigma: the sum of squares over one denominator (the 2-D values as before)
+            squares = steps[0] * steps[0]
+            for step in steps[1:]:
+                squares = squares + step * step
+            weights = np.exp(-squares / (2.0 * sigmas[0] * sigmas[0]))
+        else:
+            exponent = np.zeros(geometry.kernel_size)
+            for step, s in zip(steps, sigmas):
+                exponent = exponent - step * step / (2.0 * s * s)
+            weights = np.exp(exponent)
     if window == "disk":
-        ry, rx = ((k - 1) / 2 for k in geometry.kernel_size)
-        inside = (np.divide(ty, ry, out=np.zeros(ty.shape), where=ry > 0) ** 2
-                  + np.divide(tx, rx, out=np.zeros(tx.shape), where=rx > 0) ** 2) <= 1.0
-        weights = np.where(inside, weights, 0.0)
+        radius2 = np.zeros(geometry.kernel_size)
+        for grid, k in zip(grids, geometry.kernel_size):
+            r = (k - 1) / 2
+            radius2 = radius2 + np.divide(grid, r, out=np.zeros(grid.shape), where=r > 0) ** 2
+        weights = np.where(radius2 <= 1.0, weights, 0.0)
     return weights
+
+
+def _sigmas(sigma, ndim):
+    """``sigma`` as a tuple of ``ndim`` positive floats (a scalar or one per axis)."""
+    if isinstance(sigma, (tuple, list, np.ndarray)):
+        values = tuple(np.asarray(sigma, dtype=object).reshape(-1))
+        if np.ndim(sigma) != 1 or len(values) != ndim:
+            raise ValueError(
+                f"sigma must be a number or a sequence of {ndim} numbers (one per axis of "
+                f"kernel_size), got {sigma!r}"
+            )
+        return tuple(_args.positive_scalar(v, "sigma") for v in values)
+    return (_args.positive_scalar(sigma, "sigma"),) * ndim
 
 
 def pac_kernel(
@@ -157,7 +198,7 @@ def pac_kernel(
 
     Parameters
     ----------
-    guide : array_like, shape (N, F, H, W)
+    guide : array_like, shape (N, F, H, W), or (N, F, L) / (N, F, D, H, W)
         Guide features (float32 or float64), at the data's resolution, or at the output's for
         ``transposed=True``.
     kernel_size : int or tuple of int
@@ -166,11 +207,12 @@ def pac_kernel(
         Geometry of the operation the kernel is for. ``padding <= dilation*(kernel_size-1)/2``.
     family : Gaussian or InversePower, default Gaussian()
         Kernel family.
-    smooth : None, "gaussian", ("average", m) or 2-D array
-        Smoothing of the centre feature (zero-padded correlation, same size).
+    smooth : None, "gaussian", ("average", m) or array
+        Smoothing of the centre feature (zero-padded correlation, same size); an array has the
+        guide's spatial rank.
     spatial_weight : array_like, shape kernel_size, optional
         Multiplies the kernel and takes part in the normalization (see :func:`spatial_window`).
-    mask : array_like, shape (N, 1, H, W), optional
+    mask : array_like, shape (N, 1, *S), optional
         Values in [0, 1]; multiplies the kernel at the neighbour position.
     normalize : {None, "kernel", "mask", "mask_kernel"}
         Divide by the sum over in-range taps of ``K*G``, of ``M``, or of ``M*K*G``.
@@ -182,11 +224,11 @@ def pac_kernel(
     output_padding : int or tuple of int
         Validated with the transposed geometry; does not change K.
     return_validity : bool
-        Also return ``valid = Z != 0`` of shape ``(N, 1|F, Ho, Wo)``.
+        Also return ``valid = Z != 0`` of shape ``(N, 1|F, *out)``.
 
     Returns
     -------
-    K : ndarray, shape (N, 1|F, kh, kw, Ho, Wo)
+    K : ndarray, shape (N, 1|F, *kernel_size, *out)
         ``M[q] * G[a] * kappa(fc, fq) / Z``; 0 for out-of-range taps and where ``Z == 0``.
     valid : ndarray of bool, only with ``return_validity=True``
 
@@ -197,6 +239,8 @@ def pac_kernel(
 
     Notes
     -----
+    Signals ``(N, F, L)`` and volumes ``(N, F, D, H, W)`` work the same way as images: every
+    geometry argument is then an int or a tuple of that many ints (``docs/design.md`` §7).
     For output position ``i`` and tap ``a`` the neighbour is ``q = i*s - p + a*d`` and the centre
     ``c = i*s - p + d*(k-1)/2``; ``kappa`` is the family's formula evaluated on the centre's
     (optionally smoothed) features and the neighbour's features (Su et al., "Pixel-Adaptive
