@@ -117,8 +117,8 @@ CORE_ERRORS = [
           "(1, 2, 0, 3)", id="pac_conv_transpose-x-zero-height"),
     # wrong ndim
     _case(lambda: pac_pool(1.0, 3), ValueError, "x", "()", id="pac_pool-x-scalar"),
-    _case(lambda: pac_kernel(GUIDE[None], 3), ValueError, "guide", "(1, 1, 2, 6, 7)",
-          id="pac_kernel-guide-5d"),
+    _case(lambda: pac_kernel(GUIDE[None, None], 3), ValueError, "guide", "(1, 1, 1, 2, 6, 7)",
+          id="pac_kernel-guide-6d"),  # a 5-D guide is a volume (docs/design.md §7)
     _case(lambda: pac_conv_transpose(X[0], WEIGHT_T), ValueError, "x", "(2, 6, 7)",
           id="pac_conv_transpose-x-3d"),
     _case(lambda: pac_conv(X, WEIGHT[0]), ValueError, "weight", "(2, 3, 3)",

@@ -231,3 +231,29 @@ def test_rank_mismatch_names_the_parameter():
         pac_pool(np.ones((1, 2, 3, 4, 5, 6)), 3)
     with pytest.raises(ValueError, match=r"guide.*\(1, 2\)"):
         pac_kernel(np.ones((1, 2)), 3)
+
+
+def test_every_rank_reuses_the_compiled_kernels():
+    """The kernels always see 3 spatial axes: 1-D and 3-D calls add no Numba specialization."""
+    from pacarray._cpu import _numba_backward as nb
+    from pacarray._cpu import _numba_kernels as nk
+
+    rng = np.random.default_rng(5)
+
+    def run(spatial):
+        x, guide, _ = _arrays(rng, spatial)
+        weight = rng.standard_normal((3, 2) + (3,) * len(spatial))
+        y = pac_conv(x, weight, guide=guide, padding=1)
+        pac_conv_vjp(np.ones_like(y), x, weight, guide=guide, padding=1)
+        y = pac_pool(x, 3, guide=guide, padding=1)
+        pac_pool_vjp(np.ones_like(y), x, 3, guide=guide, padding=1)
+        K = pac_kernel(guide, 3, padding=1)
+        pac_kernel_vjp(np.ones_like(K), guide, 3, padding=1)
+
+    kernels = (nk.conv_rows, nk.direct, nk.fill_kernel, nb.conv_backward, nb.direct_backward,
+               nb.kernel_backward)
+    run((5, 6))
+    counts = [len(kernel.signatures) for kernel in kernels]
+    run((7,))
+    run((3, 4, 5))
+    assert [len(kernel.signatures) for kernel in kernels] == counts
