@@ -806,3 +806,28 @@ def test_vjp_rejects_mixed_ranks_like_the_forward(op):
     with pytest.raises(ValueError, match="mask"):
         pac_kernel_vjp(np.ones((1, 1, 3, 3, 3, 4, 5, 6)), G3, 3, padding=1,
                        mask=np.ones((1, 1, 5, 6)))
+
+
+# ----------------------------------------------------------------------------------------
+# known bug (found by this file's finite-difference fuzzing; also in 2-D on main)
+
+
+@pytest.mark.xfail(strict=True, reason="pac_conv_transpose_vjp's weight gradient is wrong "
+                   "(0 for x = 1, grad_output = 1 on (1, 2, 1) -> (1, 1, 1)) when stride is 1, "
+                   "padding d*(k-1)/2 and the output is shorter than the dilation")
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("kernel_size, dilation, size, output_padding",
+                         [(3, 2, 1, 0), (5, 3, 2, 0)])
+def test_conv_transpose_weight_gradient_on_outputs_shorter_than_the_dilation(
+    rng, rank, kernel_size, dilation, size, output_padding
+):
+    geometry = dict(stride=1, padding=dilation * (kernel_size - 1) // 2, dilation=dilation,
+                    output_padding=output_padding)
+    inputs = dict(x=rng.standard_normal((1, 2) + (size,) * rank),
+                  weight=rng.standard_normal((2, 2) + (kernel_size,) * rank), **geometry)
+
+    def forward(x, weight, **keywords):
+        return ref_conv_transpose(x, None, weight, None, **keywords)
+
+    _assert_passed(dot_product_test(forward, pac_conv_transpose_vjp, inputs, wrt=["weight"],
+                                    tolerance=1e-11))
