@@ -1101,3 +1101,32 @@ def test_lifted_ranks_give_the_2d_numbers_bit_for_bit(emulator, rng, dtype):
         for result, expected in zip(lifted, run(flat, flat_spec, x.reshape(2, 3, *flat_shape),
                                                 weight)):
             np.testing.assert_array_equal(result, expected)
+
+
+def test_volume_64_bit_instantiations_give_the_same_numbers(emulator, rng, monkeypatch):
+    """A 3-D forward and backward with every launch on the ``long long`` kernels (the 32-bit
+    limit lowered to 0) equals the ``int`` run."""
+    geometry, shape = _volume_geometry(VOLUME_GEOMETRIES[3][1])
+    options = ("inverse", "mask_kernel", True, None, "disk", False)
+    spec, _, _, _ = _volume_setup(rng, options, geometry, 3, shape, np.float64)
+    k_stride, k_padding = kernel_geometry(geometry)
+    out_shape = geometry.output_shape(shape)
+    x = rng.standard_normal((2, 3, *shape))
+    weight = rng.standard_normal((4, 3 * geometry.taps))
+    grad_y = rng.standard_normal((2, 4, *out_shape))
+    monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+    results = []
+    for limit in (launch.INT32_MAX, 0):
+        monkeypatch.setattr(launch, "INT32_MAX", limit)
+        backend = _emulated(emulator)
+        emulator.launches.clear()
+        K, _ = backend.materialize_kernel(spec, geometry.kernel_size, k_stride, k_padding,
+                                          geometry.dilation, out_shape)
+        y = backend.conv(x, weight, spec, geometry, k_stride, k_padding, out_shape)
+        grad_x, grad_w, _, parts = backend.conv_backward(
+            grad_y, x, weight, spec, geometry, k_stride, k_padding, True, True, True, True)
+        index = "long long" if limit == 0 else "int"
+        assert all(name.endswith(f", {index}>") for name in emulator.launches)
+        results.append((K, y, grad_x, grad_w, parts.guide, parts.mask, parts.spatial))
+    for narrow, wide in zip(*results):
+        np.testing.assert_allclose(wide, narrow, rtol=1e-13, atol=1e-13)
