@@ -1130,3 +1130,56 @@ def test_volume_64_bit_instantiations_give_the_same_numbers(emulator, rng, monke
         results.append((K, y, grad_x, grad_w, parts.guide, parts.mask, parts.spatial))
     for narrow, wide in zip(*results):
         np.testing.assert_allclose(wide, narrow, rtol=1e-13, atol=1e-13)
+
+
+def _public_volume_cases():
+    """(rank, op, options, dtype, gradient): every op with the option sets in turn, forward and
+    gradient, in 1-D and 3-D; quick: each op once, ranks and dtypes alternating."""
+    from cuda_emulation.volume_cases import OPS, OPTION_SETS
+
+    names = list(OPTION_SETS)
+    cases = []
+    for rank in (1, 3):
+        for gradient in (False, True):
+            for j, op in enumerate(OPS):
+                for i in range(2):
+                    options = names[(2 * j + i + rank + gradient) % len(names)]
+                    if op == "kernel" and options == "plain":  # pac_kernel needs a guide
+                        options = "gaussian"
+                    dtype = DTYPES[(i + j) % 2]
+                    mode = "vjp" if gradient else "forward"
+                    cases.append(pytest.param(
+                        rank, op, options, dtype, gradient,
+                        id=f"{rank}d-{op}-{options}-{mode}-{np.dtype(dtype).name}"))
+    quick = [k for k, case in enumerate(cases)
+             if case.values[:2] in {(1, "pool"), (3, "conv"), (1, "conv_transpose"),
+                                    (3, "kernel"), (1, "conv_wide"), (3, "shared")}
+             and k % 2 == case.values[0] % 2]
+    return tiered(cases, quick)
+
+
+@pytest.mark.parametrize("rank, op, options, dtype, gradient", _public_volume_cases())
+def test_volume_ops_match_the_cpu_backend(emulator, assert_close, rng, monkeypatch, rank, op,
+                                          options, dtype, gradient):
+    """The public functions in 1-D and 3-D, forward and _vjp, on the emulated CUDA backend
+    against the CPU backend (itself checked against the oracle by test_volumes_ops.py)."""
+    from cuda_emulation.volume_cases import as_dict, make_case
+
+    run = make_case(rng, rank, op, options, dtype, gradient)
+    expected = as_dict(run(np.asarray))
+    module = _emulated(emulator, reverse=rank == 3)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(dispatch._BACKEND_MODULES, "numpy", module.__name__)
+    _small_grid(2 if op in ("pool", "conv_wide") else 0, monkeypatch)
+    emulator.launches.clear()
+    actual = as_dict(run(np.asarray))
+    assert emulator.launches, "the CUDA backend was not called"
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        assert (actual[name] is None) == (value is None), name
+        if value is None:
+            continue
+        if gradient:
+            _assert_matches(assert_close, actual[name], value, dtype)
+        else:
+            assert_close(actual[name], np.asarray(value, np.float64), dtype)
