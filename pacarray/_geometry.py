@@ -145,7 +145,13 @@ def data_rank(array, name: str, layout: str = "C") -> int:
             f"{name} must be 3-D, 4-D or 5-D with layout (N, {layout}, L), (N, {layout}, H, W) "
             f"or (N, {layout}, D, H, W), got shape {tuple(array.shape)}"
         )
+    require_nonempty(array, name)
     return rank
+
+
+def require_nonempty(array, name: str) -> None:
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
 
 
 def require_rank(array, rank: int, name: str, reference: str, reference_shape) -> None:
@@ -156,6 +162,7 @@ def require_rank(array, rank: int, name: str, reference: str, reference_shape) -
             f"{name} must have as many spatial dimensions as {reference} ({rank}): {name} has "
             f"shape {tuple(array.shape)}, {reference} has shape {tuple(reference_shape)}"
         )
+    require_nonempty(array, name)
 
 
 def make_geometry(

@@ -32,6 +32,7 @@ from ._geometry import (
     as_tuple,
     data_rank,
     make_geometry,
+    require_nonempty,
     require_rank,
 )
 from . import kernels as _families  # families are public; imported as a module (cycle)
@@ -286,6 +287,7 @@ def build_spec(
                 f"guide must have {rank} spatial dimension(s) like the data, (N, F, "
                 f"{', '.join(map(str, guide_shape))}); got shape {tuple(guide.shape)}"
             )
+        require_nonempty(guide, "guide")
         if guide.shape[0] != batch:
             raise ValueError(
                 f"guide batch size {guide.shape[0]} does not match the data's batch size {batch} "

@@ -198,7 +198,7 @@ def pac_kernel(
 
     Parameters
     ----------
-    guide : array_like, shape (N, F, H, W)
+    guide : array_like, shape (N, F, H, W), or (N, F, L) / (N, F, D, H, W)
         Guide features (float32 or float64), at the data's resolution, or at the output's for
         ``transposed=True``.
     kernel_size : int or tuple of int
@@ -207,11 +207,12 @@ def pac_kernel(
         Geometry of the operation the kernel is for. ``padding <= dilation*(kernel_size-1)/2``.
     family : Gaussian or InversePower, default Gaussian()
         Kernel family.
-    smooth : None, "gaussian", ("average", m) or 2-D array
-        Smoothing of the centre feature (zero-padded correlation, same size).
+    smooth : None, "gaussian", ("average", m) or array
+        Smoothing of the centre feature (zero-padded correlation, same size); an array has the
+        guide's spatial rank.
     spatial_weight : array_like, shape kernel_size, optional
         Multiplies the kernel and takes part in the normalization (see :func:`spatial_window`).
-    mask : array_like, shape (N, 1, H, W), optional
+    mask : array_like, shape (N, 1, *S), optional
         Values in [0, 1]; multiplies the kernel at the neighbour position.
     normalize : {None, "kernel", "mask", "mask_kernel"}
         Divide by the sum over in-range taps of ``K*G``, of ``M``, or of ``M*K*G``.
@@ -223,11 +224,11 @@ def pac_kernel(
     output_padding : int or tuple of int
         Validated with the transposed geometry; does not change K.
     return_validity : bool
-        Also return ``valid = Z != 0`` of shape ``(N, 1|F, Ho, Wo)``.
+        Also return ``valid = Z != 0`` of shape ``(N, 1|F, *out)``.
 
     Returns
     -------
-    K : ndarray, shape (N, 1|F, kh, kw, Ho, Wo)
+    K : ndarray, shape (N, 1|F, *kernel_size, *out)
         ``M[q] * G[a] * kappa(fc, fq) / Z``; 0 for out-of-range taps and where ``Z == 0``.
     valid : ndarray of bool, only with ``return_validity=True``
 
@@ -238,6 +239,8 @@ def pac_kernel(
 
     Notes
     -----
+    Signals ``(N, F, L)`` and volumes ``(N, F, D, H, W)`` work the same way as images: every
+    geometry argument is then an int or a tuple of that many ints (``docs/design.md`` §7).
     For output position ``i`` and tap ``a`` the neighbour is ``q = i*s - p + a*d`` and the centre
     ``c = i*s - p + d*(k-1)/2``; ``kappa`` is the family's formula evaluated on the centre's
     (optionally smoothed) features and the neighbour's features (Su et al., "Pixel-Adaptive

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from . import _args
 from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
-from ._geometry import data_rank, kernel_geometry, make_geometry, require_rank
+from ._geometry import (
+    data_rank,
+    kernel_geometry,
+    make_geometry,
+    require_nonempty,
+    require_rank,
+)
 from ._spec import build_spec, explicit_spec
 
 __all__ = ["pac_conv", "pac_conv_transpose", "pac_pool"]
@@ -56,6 +62,7 @@ def _prepare(
                 f"{tuple(x.shape)} ({rank} spatial dimension(s)), got shape "
                 f"{tuple(weight.shape)}"
             )
+        require_nonempty(weight, "weight")
         kernel_size = tuple(weight.shape[2:])
         if any(k % 2 == 0 for k in kernel_size):
             raise ValueError(
@@ -187,15 +194,15 @@ def pac_conv(
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W)
         Input (float32 or float64).
     weight : array_like, shape (C_out, C, kh, kw) or (1, 1, kh, kw)
         Filter weights; a ``(1, 1, kh, kw)`` filter is shared by every channel separately
         (output has C channels).
     bias : array_like, shape (C_out,), optional
-    kernel : array_like, shape (N, 1|C, kh, kw, Ho, Wo), optional
+    kernel : array_like, shape (N, 1|C, *kernel_size, *out), optional
         An explicit adaptive kernel from :func:`pac_kernel`.
-    guide : array_like, shape (N, F, H, W), optional
+    guide : array_like, shape (N, F, *S), optional
         Guide features: the kernel is computed on the fly (fused, never materialized), exactly as
         ``pac_kernel(guide, ...)`` with the same keywords. Without ``kernel`` and ``guide`` the
         adaptive kernel is 1 (times spatial weight / mask / normalization if given): ordinary
@@ -273,12 +280,12 @@ def pac_conv_transpose(
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W)
     weight : array_like, shape (C, C_out, kh, kw) or (1, 1, kh, kw)
     bias : array_like, shape (C_out,), optional
-    kernel : array_like, shape (N, 1|C, kh, kw, Ho, Wo), optional
+    kernel : array_like, shape (N, 1|C, *kernel_size, *out), optional
         Explicit kernel from ``pac_kernel(guide, ..., transposed=True)``.
-    guide : array_like, shape (N, F, Ho, Wo), optional
+    guide : array_like, shape (N, F, *out), optional
         Guide at the output resolution (fused path).
     family, smooth, spatial_weight, mask, normalize, channel_wise
         As in :func:`pac_kernel`; the mask lives at the output resolution.
@@ -346,12 +353,12 @@ def pac_pool(
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W)
     kernel_size : int or tuple of int
         Odd number of taps per dimension.
-    kernel : array_like, shape (N, 1|C, kh, kw, Ho, Wo), optional
+    kernel : array_like, shape (N, 1|C, *kernel_size, *out), optional
         Explicit kernel from :func:`pac_kernel`.
-    guide : array_like, shape (N, F, H, W), optional
+    guide : array_like, shape (N, F, *S), optional
         Guide features for the fused path.
     family, smooth, spatial_weight, mask, normalize, channel_wise
         As in :func:`pac_kernel`.

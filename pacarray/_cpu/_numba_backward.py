@@ -1,6 +1,7 @@
 """Numba kernels of the CPU backward passes (vector-Jacobian products).
 
-Every kernel walks output rows ``(n, oy)``, recomputes that row's adaptive kernel into small
+Like the forward kernels these work on 3 spatial axes (1-D and 2-D lifted by the drivers).
+Every kernel walks output rows ``(n, oz, oy)``, recomputes that row's adaptive kernel into small
 buffers (``(Fk, T, Wo)``: never the whole K) and pushes the row's upstream gradient back to
 the inputs. The convolution's products with the weight matrix are formed here too, a block of
 patch rows at a time (several narrow output rows side by side, up to ``group_rows``), so no
@@ -16,6 +17,13 @@ whatever the thread schedule: results are bit-identical run to run. Partial sums
 parameters go to per-row slots (tap weights, spatial weight, ``alpha``, ``lambda``) or, for
 the weight matrix, to ``slots`` accumulators: bands run in waves of at most ``slots`` bands and
 band ``i`` of a wave owns slot ``i``. The driver reduces the slots in a fixed order.
+
+In 3-D a band is a tile: ``band_depth`` consecutive output planes times ``band_height`` rows,
+walked plane by plane. Tiles are coloured by the parity of their plane band and of their row
+band; two tiles of one colour differ by at least two bands along one axis, so they never touch
+the same input, guide or mask row. With one depth tap (``z_colours == 1``, every 2-D call) no
+two planes share an input plane, and the plane bands need no colour: a 2-D call keeps exactly
+its former partition and order.
 
 Integer codes are those of :mod:`pacarray._cpu._numba_kernels` (family 0 constant, 1 Gaussian,
 2 inverse power, 3 asymmetric inverse power; normalize 0 none, 1 kernel, 2 mask, 3 mask_kernel).
