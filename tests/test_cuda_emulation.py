@@ -751,3 +751,438 @@ def test_pac_kernel_vjp_matches_the_cpu_backend(emulator, assert_close, rng, mon
         assert (actual is None) == (expected is None), name
         if expected is not None:
             _assert_matches(assert_close, actual, expected, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial ranks 1 and 3 (issue 15). The kernels work in three spatial dimensions and the backend
+# lifts 1-D and 2-D calls (docs/design.md §3.3). These tests call the backend functions with a
+# hand-built KernelSpec and Geometry (the front end's N-D validation is not what they test) and
+# compare with the N-D oracle of tests/reference.py; test_volume_ops_match_the_cpu_backend below
+# goes through the public functions.
+
+from pacarray import _codes  # noqa: E402
+from pacarray._geometry import Geometry, kernel_geometry  # noqa: E402
+from pacarray._spec import KernelSpec  # noqa: E402
+from reference import ref_smooth  # noqa: E402
+
+# name -> (family code, alpha, lambda, eps, oracle keywords); alpha/lambda per kernel channel.
+VOLUME_FAMILIES = {
+    "none": (_codes.FAMILY_CONSTANT, 0.0, 0.0, 0.0, dict(family=None)),
+    "gaussian": (_codes.FAMILY_GAUSSIAN, 0.0, 0.0, 0.0, dict(family="gaussian")),
+    "inverse": (_codes.FAMILY_INVERSE, 0.5, -1.0, 1e-2,
+                dict(family="inverse_power", alpha=0.5, lambda_=-1.0, eps=1e-2)),
+    "inverse_asym": (_codes.FAMILY_INVERSE_ASYMMETRIC, 0.2, 2.0, 0.1,
+                     dict(family="inverse_power", alpha=0.2, lambda_=2.0, eps=0.1,
+                          asymmetric=True)),
+}
+
+# family, normalize, mask, smooth, spatial window, channel_wise
+VOLUME_OPTIONS = [
+    ("gaussian", "kernel", False, None, "gauss", False),
+    ("inverse", "mask_kernel", True, "gaussian", "disk", False),
+    ("inverse_asym", None, False, None, None, True),
+    ("gaussian", "mask", True, ("average", 3), None, True),
+    ("none", "kernel", True, None, "gauss", False),
+    ("none", None, False, None, None, False),
+]
+
+# kernel_size, stride, padding, dilation, output_padding (transposed), spatial input shape
+VOLUME_GEOMETRIES = {
+    1: [
+        ((3,), (1,), (1,), (1,), (0,), (9,)),
+        ((5,), (2,), (2,), (1,), (1,), (8,)),
+        ((3,), (3,), (0,), (2,), (2,), (11,)),
+        ((1,), (2,), (0,), (1,), (1,), (5,)),
+    ],
+    3: [
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), (0, 0, 0), (4, 5, 6)),
+        ((1, 3, 5), (1, 2, 1), (0, 1, 2), (1, 1, 2), (0, 1, 0), (3, 6, 7)),
+        ((3, 1, 3), (2, 1, 2), (1, 0, 0), (2, 1, 1), (1, 0, 1), (5, 3, 4)),
+        ((5, 3, 1), (1, 1, 3), (2, 1, 0), (1, 2, 1), (0, 1, 2), (6, 5, 4)),
+    ],
+}
+
+
+def _volume_cases(count):
+    """(index, options, dtype): the options in turn, dtypes alternating; each test picks its
+    geometry of each rank from the index."""
+    return [
+        pytest.param(i, VOLUME_OPTIONS[i % len(VOLUME_OPTIONS)], DTYPES[i % 2], id=f"case{i}")
+        for i in range(count)
+    ]
+
+
+def _volume_window(kind, kernel_size, dilation):
+    if kind == "gauss":
+        return ref_spatial_window(kernel_size, sigma=1.3, dilation=dilation)
+    if kind == "disk":
+        return ref_spatial_window(kernel_size, sigma=2.0, window="disk", dilation=dilation)
+    return None
+
+
+def _volume_setup(rng, options, geometry, channels, guide_shape, dtype):
+    """(spec, oracle keywords, oracle guide, float64 arrays by name) for one fused case."""
+    family_name, normalize, with_mask, smooth, window, channel_wise = options
+    code, alpha, lam, eps, oracle_family = VOLUME_FAMILIES[family_name]
+    kernel_size, dilation = geometry.kernel_size, geometry.dilation
+    batch = 2
+    features = channels if channel_wise else 2
+    fk = features if channel_wise else 1
+    have_guide = code != _codes.FAMILY_CONSTANT
+    guide = _rounded(1.5 * rng.random((batch, features, *guide_shape)), dtype)
+    mask = None
+    if with_mask:
+        mask = rng.random((batch, 1, *guide_shape)) * (rng.random((batch, 1, *guide_shape)) > 0.3)
+        mask[(..., *(slice(0, 2),) * len(guide_shape))] = 0.0  # a corner with Z == 0
+        mask = _rounded(mask, dtype)
+    spatial = _rounded(_volume_window(window, kernel_size, dilation), dtype)
+    centre = _rounded(ref_smooth(guide, smooth), dtype) if have_guide else guide
+    spec = KernelSpec(
+        explicit=None,
+        guide=_cast(guide, dtype) if have_guide else np.zeros((1, 1, 1, 1, 1), dtype),
+        centre=_cast(centre, dtype) if have_guide else np.zeros((1, 1, 1, 1, 1), dtype),
+        guide_shape=tuple(guide_shape),
+        family=code,
+        alpha=np.full(fk, alpha, dtype),
+        lam=np.full(fk, lam, dtype),
+        eps2=eps * eps,
+        spatial=np.ones(kernel_size, dtype) if spatial is None else _cast(spatial, dtype),
+        mask=(np.zeros((1, 1, 1), dtype) if mask is None
+              else _cast(mask.reshape(batch, *guide_shape), dtype)),
+        has_mask=mask is not None,
+        normalize=_codes.NORMALIZE_CODES[normalize],
+        channel_wise=channel_wise,
+        fk_count=fk,
+    )
+    oracle = dict(oracle_family, smooth=smooth, spatial_weight=spatial, mask=mask,
+                  normalize=normalize, channel_wise=channel_wise)
+    oracle_guide = guide if have_guide else np.zeros((batch, 1, *guide_shape))
+    arrays = dict(guide=guide if have_guide else None, mask=mask, spatial=spatial)
+    return spec, oracle, oracle_guide, arrays
+
+
+def _volume_geometry(values, transposed=False):
+    kernel_size, stride, padding, dilation, output_padding, shape = values
+    geometry = Geometry(kernel_size, stride, padding, dilation,
+                        output_padding if transposed else (0,) * len(kernel_size), transposed)
+    return geometry, shape
+
+
+def _oracle_geometry(geometry):
+    keywords = dict(stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation)
+    if geometry.transposed:
+        keywords["output_padding"] = geometry.output_padding
+    return keywords
+
+
+def _weight_matrix(weight, geometry):
+    """The backend's (C_out, C*T) matrix: a transposed op's weight flipped and transposed."""
+    if geometry.transposed:
+        spatial_axes = tuple(range(2, weight.ndim))
+        weight = np.flip(weight, spatial_axes).swapaxes(0, 1)
+    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1))
+
+
+def _explicit_spec(K, dtype):
+    """A KernelSpec carrying the explicit K (N, Fk, *k, *out) as (N, Fk, T, *out)."""
+    batch, fk = K.shape[:2]
+    rank = (K.ndim - 2) // 2
+    kernel_size = K.shape[2:2 + rank]
+    return KernelSpec(
+        explicit=_cast(K.reshape(batch, fk, -1, *K.shape[2 + rank:]), dtype),
+        guide=np.zeros((1,) * (2 + rank), dtype), centre=np.zeros((1,) * (2 + rank), dtype),
+        guide_shape=(1,) * rank, family=_codes.FAMILY_CONSTANT, alpha=np.zeros(1, dtype),
+        lam=np.zeros(1, dtype), eps2=0.0, spatial=np.ones(kernel_size, dtype),
+        mask=np.zeros((1,) * (1 + rank), dtype), has_mask=False, normalize=0,
+        channel_wise=fk > 1, fk_count=fk,
+    )
+
+
+def _emulated(emulator, reverse=False):
+    return emu.emulated_backend(emu.EmulatedRuntime(emulator, reverse=reverse))
+
+
+@pytest.mark.parametrize("rank", [1, 3], ids=["1d", "3d"])
+@pytest.mark.parametrize("index, options, dtype", tiered(_volume_cases(6), [0, 1]))
+def test_volume_kernel_and_pool_match_oracle(emulator, assert_close, rng, monkeypatch, rank,
+                                             index, options, dtype):
+    """pac_fill and pac_direct (depthwise; fused and explicit) in 1-D and 3-D."""
+    geometry, shape = _volume_geometry(VOLUME_GEOMETRIES[rank][index % 4])
+    backend = _emulated(emulator, reverse=index % 2 == 1)
+    _small_grid(index, monkeypatch)
+    channels = 2 if options[5] else 3
+    spec, oracle, guide, _ = _volume_setup(rng, options, geometry, channels, shape, dtype)
+    out_shape = geometry.output_shape(shape)
+    k_stride, k_padding = kernel_geometry(geometry)
+    expected_K, expected_valid = ref_kernel(guide, geometry.kernel_size,
+                                            **_oracle_geometry(geometry), **oracle)
+    if options[0] != "none":  # pac_kernel always has a guide
+        K, valid = backend.materialize_kernel(spec, geometry.kernel_size, k_stride, k_padding,
+                                              geometry.dilation, out_shape)
+        assert_close(K, expected_K, dtype)
+        np.testing.assert_array_equal(valid, expected_valid)
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    expected = ref_pool(x, expected_K, **_oracle_geometry(geometry))
+    ones = np.ones(geometry.kernel_size, dtype)
+    y = backend.pool(_cast(x, dtype), ones, spec, geometry, k_stride, k_padding, out_shape)
+    assert_close(y, expected, dtype)
+    y = backend.pool(_cast(x, dtype), ones, _explicit_spec(expected_K, dtype), geometry, k_stride,
+                     k_padding, out_shape)
+    assert_close(y, expected, dtype)
+
+
+@pytest.mark.parametrize("rank", [1, 3], ids=["1d", "3d"])
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("transposed", [False, True], ids=["forward", "transposed"])
+@pytest.mark.parametrize("index, options, dtype", tiered(_volume_cases(4), [2]))
+def test_volume_conv_matches_oracle(emulator, assert_close, rng, monkeypatch, rank, path,
+                                    transposed, index, options, dtype):
+    """pac_direct (dense) and pac_patches, in whole images and line bands, forward and
+    transposed, fused and (odd cases) explicit, in 1-D and 3-D."""
+    geometry, shape = _volume_geometry(VOLUME_GEOMETRIES[rank][(index + rank) % 4], transposed)
+    backend = _emulated(emulator, reverse=index % 2 == 0)
+    _small_grid(index + 2, monkeypatch)
+    channels = 2 if options[5] else 3
+    out_channels = 3
+    out_shape = geometry.output_shape(shape)
+    guide_shape = out_shape if transposed else shape
+    spec, oracle, guide, _ = _volume_setup(rng, options, geometry, channels, guide_shape, dtype)
+    x = _rounded(rng.standard_normal((2, channels, *shape)), dtype)
+    weight_shape = (channels, out_channels) if transposed else (out_channels, channels)
+    weight = _rounded(rng.standard_normal((*weight_shape, *geometry.kernel_size)), dtype)
+    k_stride, k_padding = kernel_geometry(geometry)
+    if transposed:
+        K, _ = ref_kernel(guide, geometry.kernel_size, dilation=geometry.dilation,
+                          transposed=True, **oracle)
+        expected = ref_conv_transpose(x, K, weight, **_oracle_geometry(geometry))
+    else:
+        K, _ = ref_kernel(guide, geometry.kernel_size, **_oracle_geometry(geometry), **oracle)
+        expected = ref_conv(x, K, weight, **_oracle_geometry(geometry))
+    if index % 2:
+        spec = _explicit_spec(K, dtype)
+    _force_path(path, monkeypatch, channels * geometry.taps, out_shape[-1],
+                np.dtype(dtype).itemsize)
+    y = backend.conv(_cast(x, dtype), _cast(_weight_matrix(weight, geometry), dtype), spec,
+                     geometry, k_stride, k_padding, out_shape)
+    assert_close(y, expected, dtype)
+
+
+def _volume_loss(op, geometry, arrays, oracle, guide_shape, grad_output, weight_shape):
+    """<grad_output, op(arrays)> by the oracle, with the kernel built from ``arrays``."""
+    keywords = dict(oracle, spatial_weight=arrays.get("spatial"), mask=arrays.get("mask"))
+    guide = arrays.get("guide")
+    if guide is None:
+        guide = np.zeros((grad_output.shape[0], 1, *guide_shape))
+    if geometry.transposed:
+        K, _ = ref_kernel(guide, geometry.kernel_size, dilation=geometry.dilation,
+                          transposed=True, **keywords)
+        y = ref_conv_transpose(arrays["x"], K, arrays["weight"], **_oracle_geometry(geometry))
+    else:
+        K, _ = ref_kernel(guide, geometry.kernel_size, **_oracle_geometry(geometry), **keywords)
+        if op == "pool":
+            y = ref_pool(arrays["x"], K, **_oracle_geometry(geometry))
+        else:
+            y = ref_conv(arrays["x"], K, arrays["weight"], **_oracle_geometry(geometry))
+    return float(np.sum(grad_output * y))
+
+
+def _volume_backward_cases():
+    """(rank, op, index); 1-D: every op with the four option sets, 3-D (the oracle's finite
+    differences take seconds there): two each, all four among the ops. Quick: every op in 1-D,
+    pooling in 3-D."""
+    ops = ("pool", "conv", "conv_transpose")
+    cases = [pytest.param(1, op, index, id=f"1d-{op}-case{index}")
+             for op in ops for index in range(4)]
+    cases += [pytest.param(3, op, index, id=f"3d-{op}-case{index}")
+              for j, op in enumerate(ops) for index in (j % 4, (j + 2) % 4)]
+    quick = [i for i, case in enumerate(cases)
+             if case.values[:3] in {(1, op, 0) for op in ops} | {(3, "pool", 2)}]
+    return tiered(cases, quick)
+
+
+@pytest.mark.parametrize("rank, op, index", _volume_backward_cases())
+def test_volume_backward_matches_finite_differences(emulator, rng, monkeypatch, rank, op,
+                                                    index):
+    """pac_backward (depthwise and patch upstreams) in 1-D and 3-D: <vjp, v> of x, weight,
+    guide, mask and spatial weight against central differences of the oracle (float64)."""
+    transposed = op == "conv_transpose"
+    options = [VOLUME_OPTIONS[i] for i in (0, 1, 2, 4)][index]
+    options = (*options[:3], None, *options[4:])  # smoothing: covered by the forward tests
+    geometry, shape = _volume_geometry(VOLUME_GEOMETRIES[rank][(index + 1) % 4], transposed)
+    backend = _emulated(emulator, reverse=index % 2 == 1)
+    _small_grid(index, monkeypatch)
+    if op != "pool":
+        monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+        monkeypatch.setattr(launch, "WORKSPACE_BYTES", 600)  # several line bands
+    channels = 2 if options[5] else 3
+    out_shape = geometry.output_shape(shape)
+    guide_shape = out_shape if transposed else shape
+    spec, oracle, _, arrays = _volume_setup(rng, options, geometry, channels, guide_shape,
+                                            np.float64)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    arrays["x"] = rng.standard_normal((2, channels, *shape))
+    weight_shape = None
+    if op != "pool":
+        weight_shape = (channels, 3) if transposed else (3, channels)
+        arrays["weight"] = rng.standard_normal((*weight_shape, *geometry.kernel_size))
+    grad_output = rng.standard_normal((2, channels if op == "pool" else 3, *out_shape))
+    k_stride, k_padding = kernel_geometry(geometry)
+    need_guide = "guide" in arrays
+    if op == "pool":
+        grad_x, _, _, parts = backend.pool_backward(
+            grad_output, arrays["x"], np.ones(geometry.kernel_size), spec, geometry, k_stride,
+            k_padding, True, False, True, need_guide)
+        analytic = dict(x=grad_x)
+    else:
+        grad_x, grad_matrix, _, parts = backend.conv_backward(
+            grad_output, arrays["x"], _weight_matrix(arrays["weight"], geometry), spec,
+            geometry, k_stride, k_padding, True, True, True, need_guide)
+        matrix_shape = weight_shape[::-1] if transposed else weight_shape
+        grad_weight = grad_matrix.reshape(*matrix_shape, *geometry.kernel_size)
+        if transposed:
+            grad_weight = np.flip(grad_weight.swapaxes(0, 1), tuple(range(2, 2 + rank)))
+        analytic = dict(x=grad_x, weight=grad_weight)
+    if need_guide:
+        analytic["guide"] = parts.guide + parts.centre  # no smoothing: the centre is the guide
+    if "mask" in arrays:
+        analytic["mask"] = parts.mask[:, None]
+    if "spatial" in arrays:
+        analytic["spatial"] = parts.spatial
+    assert set(analytic) == set(arrays)
+    step = 1e-6
+    for name, value in arrays.items():
+        direction = rng.standard_normal(value.shape)
+        if name == "mask":
+            direction *= (value > 0.05) & (value < 0.95)  # stay inside [0, 1]
+        losses = [
+            _volume_loss(op, geometry, {**arrays, name: value + sign * step * direction},
+                         oracle, guide_shape, grad_output, weight_shape)
+            for sign in (1, -1)
+        ]
+        numeric = (losses[0] - losses[1]) / (2 * step)
+        result = float(np.sum(analytic[name] * direction))
+        assert abs(result - numeric) <= 1e-6 * max(abs(numeric), 1e-3), (name, result, numeric)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lifted_ranks_give_the_2d_numbers_bit_for_bit(emulator, rng, dtype):
+    """A 3-D call with a depth-1 kernel on (N, C, 1, H, W) equals the 2-D call on (N, C, H, W),
+    and a 1-D call on (N, C, L) the 2-D call on (N, C, 1, L), bit for bit (the 2-D results are
+    checked against the oracle above)."""
+    import dataclasses
+
+    backend = _emulated(emulator)
+    options = ("inverse", "mask_kernel", True, "gaussian", "disk", False)
+    cases = [  # (a 3-D or 1-D call, the 2-D call it equals)
+        (((1, 3, 5), (1, 2, 1), (0, 1, 2), (1, 1, 2), (0, 0, 0), (1, 7, 9)),
+         ((3, 5), (2, 1), (1, 2), (1, 2), (0, 0), (7, 9))),
+        (((5,), (2,), (2,), (1,), (0,), (9,)),
+         ((1, 5), (1, 2), (0, 2), (1, 1), (0, 0), (1, 9))),
+    ]
+
+    def run(geometry, spec, x, weight):
+        k_stride, k_padding = kernel_geometry(geometry)
+        out_shape = geometry.output_shape(x.shape[2:])
+        K, valid = backend.materialize_kernel(spec, geometry.kernel_size, k_stride, k_padding,
+                                              geometry.dilation, out_shape)
+        pool = backend.pool(x, np.ones(geometry.kernel_size, dtype), spec, geometry, k_stride,
+                            k_padding, out_shape)
+        conv = backend.conv(x, weight, spec, geometry, k_stride, k_padding, out_shape)
+        return [K.ravel(), valid.ravel(), pool.ravel(), conv.ravel()]
+
+    for values, flat_values in cases:
+        geometry, shape = _volume_geometry(values)
+        flat, flat_shape = _volume_geometry(flat_values)
+        spec, _, _, _ = _volume_setup(rng, options, geometry, 3, shape, dtype)
+        flat_spec = dataclasses.replace(
+            spec, guide=spec.guide.reshape(2, 2, *flat_shape),
+            centre=spec.centre.reshape(2, 2, *flat_shape), guide_shape=flat_shape,
+            spatial=spec.spatial.reshape(flat.kernel_size), mask=spec.mask.reshape(2, *flat_shape))
+        x = _cast(rng.standard_normal((2, 3, *shape)), dtype)
+        weight = _cast(rng.standard_normal((4, 3 * geometry.taps)), dtype)
+        lifted = run(geometry, spec, x, weight)
+        for result, expected in zip(lifted, run(flat, flat_spec, x.reshape(2, 3, *flat_shape),
+                                                weight)):
+            np.testing.assert_array_equal(result, expected)
+
+
+def test_volume_64_bit_instantiations_give_the_same_numbers(emulator, rng, monkeypatch):
+    """A 3-D forward and backward with every launch on the ``long long`` kernels (the 32-bit
+    limit lowered to 0) equals the ``int`` run."""
+    geometry, shape = _volume_geometry(VOLUME_GEOMETRIES[3][1])
+    options = ("inverse", "mask_kernel", True, None, "disk", False)
+    spec, _, _, _ = _volume_setup(rng, options, geometry, 3, shape, np.float64)
+    k_stride, k_padding = kernel_geometry(geometry)
+    out_shape = geometry.output_shape(shape)
+    x = rng.standard_normal((2, 3, *shape))
+    weight = rng.standard_normal((4, 3 * geometry.taps))
+    grad_y = rng.standard_normal((2, 4, *out_shape))
+    monkeypatch.setattr(launch, "DIRECT_CONV_MAX_CHANNEL_PRODUCT", 0)
+    results = []
+    for limit in (launch.INT32_MAX, 0):
+        monkeypatch.setattr(launch, "INT32_MAX", limit)
+        backend = _emulated(emulator)
+        emulator.launches.clear()
+        K, _ = backend.materialize_kernel(spec, geometry.kernel_size, k_stride, k_padding,
+                                          geometry.dilation, out_shape)
+        y = backend.conv(x, weight, spec, geometry, k_stride, k_padding, out_shape)
+        grad_x, grad_w, _, parts = backend.conv_backward(
+            grad_y, x, weight, spec, geometry, k_stride, k_padding, True, True, True, True)
+        index = "long long" if limit == 0 else "int"
+        assert all(name.endswith(f", {index}>") for name in emulator.launches)
+        results.append((K, y, grad_x, grad_w, parts.guide, parts.mask, parts.spatial))
+    for narrow, wide in zip(*results):
+        np.testing.assert_allclose(wide, narrow, rtol=1e-13, atol=1e-13)
+
+
+def _public_volume_cases():
+    """(rank, op, options, dtype, gradient): every op with the option sets in turn, forward and
+    gradient, in 1-D and 3-D; quick: each op once, ranks and dtypes alternating."""
+    from cuda_emulation.volume_cases import OPS, OPTION_SETS
+
+    names = list(OPTION_SETS)
+    cases = []
+    for rank in (1, 3):
+        for gradient in (False, True):
+            for j, op in enumerate(OPS):
+                for i in range(2):
+                    options = names[(2 * j + i + rank + gradient) % len(names)]
+                    if op == "kernel" and options == "plain":  # pac_kernel needs a guide
+                        options = "gaussian"
+                    dtype = DTYPES[(i + j) % 2]
+                    mode = "vjp" if gradient else "forward"
+                    cases.append(pytest.param(
+                        rank, op, options, dtype, gradient,
+                        id=f"{rank}d-{op}-{options}-{mode}-{np.dtype(dtype).name}"))
+    quick = [k for k, case in enumerate(cases)
+             if case.values[:2] in {(1, "pool"), (3, "conv"), (1, "conv_transpose"),
+                                    (3, "kernel"), (1, "conv_wide"), (3, "shared")}
+             and k % 2 == case.values[0] % 2]
+    return tiered(cases, quick)
+
+
+@pytest.mark.parametrize("rank, op, options, dtype, gradient", _public_volume_cases())
+def test_volume_ops_match_the_cpu_backend(emulator, assert_close, rng, monkeypatch, rank, op,
+                                          options, dtype, gradient):
+    """The public functions in 1-D and 3-D, forward and _vjp, on the emulated CUDA backend
+    against the CPU backend (itself checked against the oracle by test_volumes_ops.py)."""
+    from cuda_emulation.volume_cases import as_dict, make_case
+
+    run = make_case(rng, rank, op, options, dtype, gradient)
+    expected = as_dict(run(np.asarray))
+    module = _emulated(emulator, reverse=rank == 3)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(dispatch._BACKEND_MODULES, "numpy", module.__name__)
+    _small_grid(2 if op in ("pool", "conv_wide") else 0, monkeypatch)
+    emulator.launches.clear()
+    actual = as_dict(run(np.asarray))
+    assert emulator.launches, "the CUDA backend was not called"
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        assert (actual[name] is None) == (value is None), name
+        if value is None:
+            continue
+        if gradient:
+            _assert_matches(assert_close, actual[name], value, dtype)
+        else:
+            assert_close(actual[name], np.asarray(value, np.float64), dtype)

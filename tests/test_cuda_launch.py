@@ -83,9 +83,46 @@ def test_description_args_order_and_types():
     assert type(args[6]) is np.float32 and np.isclose(args[6], 1e-4)
     ints = args[7:]
     assert all(type(v) is np.int32 for v in ints)
-    # features, guide_h, guide_w, family, has_mask, normalize, channel_wise, kh, kw, ksy, ksx,
-    # kpy, kpx, dh, dw: the order of PAC_DESCRIPTION_PARAMS.
-    assert tuple(int(v) for v in ints) == (3, 5, 6, 2, 1, 3, 0, 3, 5, 1, 2, 1, 0, 1, 1)
+    # features, guide (d, h, w), family, has_mask, normalize, channel_wise, kernel (d, h, w),
+    # stride, padding, dilation: the order of PAC_DESCRIPTION_PARAMS, a 2-D call lifted to 3-D
+    # with a singleton depth axis (size 1, kernel 1, stride 1, padding 0, dilation 1).
+    assert tuple(int(v) for v in ints) == (
+        3, 1, 5, 6, 2, 1, 3, 0, 1, 3, 5, 1, 1, 2, 0, 1, 0, 1, 1, 1)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_description_args_lift_other_ranks(rank):
+    spatial = (4, 5, 6)[3 - rank:]
+    kernel = (3, 1, 5)[3 - rank:]
+    spec = types.SimpleNamespace(
+        guide=np.zeros((1, 2, *spatial)), centre=np.zeros((1, 2, *spatial)), alpha=np.zeros(1),
+        lam=np.zeros(1), spatial=np.ones(kernel), mask=np.zeros((1, *spatial)), eps2=0.0,
+        guide_shape=spatial, family=1, has_mask=False, normalize=1, channel_wise=False,
+    )
+    stride, padding, dilation = (2, 1, 3)[3 - rank:], (1, 0, 2)[3 - rank:], (1, 2, 1)[3 - rank:]
+    args = launch.description_args(spec, kernel, stride, padding, dilation, np.float64)
+    assert args[4].shape == (int(np.prod(kernel)),)
+    ints = tuple(int(v) for v in args[7:])
+    if rank == 3:
+        assert ints == (2, 4, 5, 6, 1, 0, 1, 0, 3, 1, 5, 2, 1, 3, 1, 0, 2, 1, 2, 1)
+    else:
+        assert ints == (2, 1, 1, 6, 1, 0, 1, 0, 1, 1, 5, 1, 1, 3, 0, 0, 2, 1, 1, 1)
+
+
+def test_lift_prepends_singleton_axes():
+    assert launch.lift((5, 7), 1) == (1, 5, 7)
+    assert launch.lift([9], 0) == (0, 0, 9)
+    assert launch.lift((2, 3, 4), 1) == (2, 3, 4)
+    assert all(type(v) is int for v in launch.lift((np.int64(3),), 1))
+    for bad in ((), (1, 2, 3, 4)):
+        with pytest.raises(ValueError, match="1 to 3 spatial values"):
+            launch.lift(bad, 1)
+
+
+def test_lines_counts_every_line_along_the_last_axis():
+    assert launch.lines((7,)) == 1
+    assert launch.lines((5, 7)) == 5
+    assert launch.lines((3, 5, 7)) == 15
 
 
 def test_description_params_match_the_cuda_macro():
@@ -95,8 +132,9 @@ def test_description_params_match_the_cuda_macro():
     names = [p.replace("\\", " ").split()[-1].lstrip("*")
              for p in body.replace("\\\n", " ").split(",")]
     assert names == ["guide", "centre", "alpha", "lam", "spatial", "mask", "eps2", "features",
-                     "guide_h", "guide_w", "family", "has_mask", "normalize", "channel_wise",
-                     "kh", "kw", "ksy", "ksx", "kpy", "kpx", "dh", "dw"]
+                     "guide_d", "guide_h", "guide_w", "family", "has_mask", "normalize",
+                     "channel_wise", "kd", "kh", "kw", "ksz", "ksy", "ksx", "kpz", "kpy", "kpx",
+                     "dd", "dh", "dw"]
 
 
 @pytest.mark.parametrize("out_channels, dense, fk_count, expected", [

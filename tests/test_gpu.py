@@ -153,6 +153,73 @@ def test_gradients_match_the_cpu_backend(assert_close, rng, dtype, op):
             _check(gpu[name], np.asarray(expected), assert_close, dtype)
 
 
+# --------------------------------------------------------------------------------------------
+# Spatial ranks 1 and 3 (issue 15): the same checks on signals and volumes, the calls shared
+# with test_cuda_emulation.py (tests/cuda_emulation/volume_cases.py).
+
+
+def _compare_volume_results(gpu_result, cpu_result, assert_close, dtype):
+    from cuda_emulation.volume_cases import as_dict
+
+    cpu, gpu = as_dict(cpu_result), as_dict(gpu_result)
+    assert cpu.keys() == gpu.keys()
+    for name, expected in cpu.items():
+        assert (gpu[name] is None) == (expected is None), name
+        if expected is not None:
+            _check(gpu[name], np.asarray(expected), assert_close, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("options", ["plain", "gaussian", "mask_smooth", "inverse_cw",
+                                     "asym_mask"])
+@pytest.mark.parametrize("op", ["kernel", "pool", "conv", "conv_wide", "shared",
+                                "conv_transpose"])
+def test_volume_ops_match_the_cpu_backend(assert_close, rng, dtype, rank, options, op):
+    from cuda_emulation.volume_cases import make_case
+
+    run = make_case(rng, rank, op, options, dtype)
+    _compare_volume_results(run(cp.asarray), run(lambda a: a), assert_close, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("options", ["mask_smooth", "inverse_cw", "asym_mask"])
+@pytest.mark.parametrize("op", ["kernel", "pool", "conv", "conv_wide", "conv_transpose"])
+def test_volume_gradients_match_the_cpu_backend(assert_close, rng, dtype, rank, options, op):
+    from cuda_emulation.volume_cases import make_case
+
+    run = make_case(rng, rank, op, options, dtype, gradient=True)
+    cpu = run(lambda a: a)
+    gpu = run(cp.asarray)
+    if dtype == np.float32:
+        # Both sides accumulate in float32 in different orders (atomics on the GPU): the
+        # float32 gradient tolerance, 1e-4 of the largest entry.
+        from cuda_emulation.volume_cases import as_dict
+
+        for name, expected in as_dict(cpu).items():
+            actual = as_dict(gpu)[name]
+            assert (actual is None) == (expected is None), name
+            if expected is not None:
+                actual, expected = cp.asnumpy(actual), np.asarray(expected, np.float64)
+                scale = max(float(np.abs(expected).max()), 1e-30)
+                assert float(np.abs(actual - expected).max()) <= 1e-4 * scale, name
+        return
+    _compare_volume_results(gpu, cpu, assert_close, dtype)
+
+
+def test_volume_conv_runs_on_a_64_cube(rng):
+    """B-conv3d's shape: 8 -> 8 channels, 64^3, k = 3, fused Gaussian K from 4 guide channels;
+    the GPU result equals the CPU backend's on the central slice."""
+    x = rng.standard_normal((1, 8, 64, 64, 64)).astype(np.float32)
+    guide = rng.random((1, 4, 64, 64, 64)).astype(np.float32)
+    weight = (rng.standard_normal((8, 8, 3, 3, 3)) / 15).astype(np.float32)
+    gpu = pacarray.pac_conv(cp.asarray(x), cp.asarray(weight), guide=cp.asarray(guide),
+                            padding=1, normalize="kernel")
+    cpu = pacarray.pac_conv(x, weight, guide=guide, padding=1, normalize="kernel")
+    np.testing.assert_allclose(cp.asnumpy(gpu)[:, :, 32], cpu[:, :, 32], rtol=1e-4, atol=1e-5)
+
+
 def test_non_contiguous_inputs(assert_close, rng):
     x, guide, mask, _ = _case(rng, np.float32, shape=(38, 46))
     x_view = cp.asarray(x)[:, :, ::2, 1::2]

@@ -9,6 +9,12 @@ object with an array namespace ``xp`` and ``run(launch)`` that executes a
 :class:`pacarray._cuda.launch.Launch`. Here the runtime is CuPy; the tests substitute a
 host-emulation runtime (NumPy arrays, the same ``.cu`` files compiled with g++), so the launch
 planning below is exercised without a GPU.
+
+Every kernel works in three spatial dimensions, depth outermost. The functions here take rank
+1, 2 or 3 arrays and tuples (``docs/design.md`` §3.3) and pass the kernels their sizes and
+geometry lifted by :func:`pacarray._cuda.launch.lift` (singleton leading axes, one-tap kernel);
+the arrays themselves are passed as they are, since a C-contiguous ``(N, C, H, W)`` array is laid
+out as ``(N, C, 1, H, W)``. Results come back with the caller's rank.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import NamedTuple
 from .._generic.filters import bilateral, joint_upsample
 from .._spec import KernelGrads
 from . import _loader, launch
-from .launch import int32
+from .launch import int32, lift
 
 __all__ = [
     "bilateral", "conv", "conv_backward", "joint_upsample", "kernel_backward",
@@ -54,7 +60,7 @@ def _on_device_of(array):
 
 
 def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
-    """K of shape (N, Fk, kh, kw, Ho, Wo) and validity (N, Fk, Ho, Wo) from a fused spec."""
+    """K of shape (N, Fk, *kernel_size, *out_shape) and validity (N, Fk, *out_shape)."""
     with _on_device_of(spec.guide):
         return _materialize_kernel(
             _RUNTIME, spec, kernel_size, k_stride, k_padding, dilation, out_shape
@@ -83,7 +89,7 @@ def _materialize_kernel(runtime, spec, kernel_size, k_stride, k_padding, dilatio
     runtime.run(launch.plan(
         "pac_fill", dtype, valid.size, [out.size, *launch.description_sizes(spec)],
         (
-            *int32(spec.fk_count, *out_shape), out, valid,
+            *int32(spec.fk_count, *lift(out_shape, 1)), out, valid,
             *launch.description_args(spec, kernel_size, k_stride, k_padding, dilation, dtype),
         ),
     ))
@@ -98,21 +104,21 @@ def _explicit_or_placeholder(xp, spec, dtype):
 
 
 def _direct(runtime, x, weight, dense, y, spec, geometry, k_stride, k_padding):
-    """Launch ``pac_direct`` writing ``y`` (N, C_out, Ho, Wo)."""
+    """Launch ``pac_direct`` writing ``y`` (N, C_out, *out_shape)."""
     xp = runtime.xp
     dtype = x.dtype
-    batch, channels, in_h, in_w = x.shape
-    out_channels, out_h, out_w = y.shape[1:]
+    batch, channels, *in_shape = x.shape
+    out_channels, *out_shape = y.shape[1:]
     group = launch.direct_group(out_channels, dense, spec.fk_count)
     groups = -(-out_channels // group)
     explicit = _explicit_or_placeholder(xp, spec, dtype)
     runtime.run(launch.plan(
-        "pac_direct", dtype, batch * groups * out_h * out_w,
+        "pac_direct", dtype, batch * groups * math.prod(out_shape),
         [x.size, weight.size, y.size, explicit.size, *launch.description_sizes(spec)],
         (
-            x, *int32(channels, in_h, in_w), weight, *int32(dense), y,
-            *int32(out_channels, out_h, out_w, group, *geometry.stride, *geometry.padding,
-                   geometry.transposed),
+            x, *int32(channels, *lift(in_shape, 1)), weight, *int32(dense), y,
+            *int32(out_channels, *lift(out_shape, 1), group, *lift(geometry.stride, 1),
+                   *lift(geometry.padding, 0), geometry.transposed),
             explicit, *int32(spec.use_explicit, spec.fk_count),
             *launch.description_args(
                 spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, dtype
@@ -132,14 +138,15 @@ def _pool(runtime, x, tap_weight, spec, geometry, k_stride, k_padding, out_shape
 def _conv(runtime, x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
     xp = runtime.xp
     dtype = x.dtype
-    batch, channels, in_h, in_w = x.shape
+    batch, channels = x.shape[:2]
     out_channels = weight_matrix.shape[0]
-    out_h, out_w = out_shape
-    y = xp.empty((batch, out_channels, out_h, out_w), dtype)
+    y = xp.empty((batch, out_channels, *out_shape), dtype)
     if launch.use_direct_conv(channels, out_channels):
         _direct(runtime, x, weight_matrix, True, y, spec, geometry, k_stride, k_padding)
         return y
 
+    # The patch path works on output lines (rows of every depth slice in 3-D).
+    out_h, out_w = launch.lines(out_shape), out_shape[-1]
     patch_rows = channels * geometry.taps
     chunks = launch.conv_chunks(batch, out_h, out_w, patch_rows, x.itemsize)
     workspace = xp.empty(max(c.images * c.rows for c in chunks) * patch_rows * out_w, dtype)
@@ -168,16 +175,16 @@ def _build_patches(runtime, x, patch, chunk, spec, geometry, k_stride, k_padding
     """Launch ``pac_patches`` filling ``patch`` for one chunk."""
     xp = runtime.xp
     dtype = x.dtype
-    channels, in_h, in_w = x.shape[1:]
+    channels, *in_shape = x.shape[1:]
     explicit = _explicit_or_placeholder(xp, spec, dtype)
     kernel_groups = channels if spec.fk_count > 1 else 1
     runtime.run(launch.plan(
-        "pac_patches", dtype, chunk.images * kernel_groups * chunk.rows * out_shape[1],
+        "pac_patches", dtype, chunk.images * kernel_groups * chunk.rows * out_shape[-1],
         [x.size, patch.size, explicit.size, *launch.description_sizes(spec)],
         (
-            x, *int32(channels, in_h, in_w), patch,
-            *int32(chunk.n0, chunk.row_start, chunk.rows, *out_shape, *geometry.stride,
-                   *geometry.padding, geometry.transposed),
+            x, *int32(channels, *lift(in_shape, 1)), patch,
+            *int32(chunk.n0, chunk.row_start, chunk.rows, *lift(out_shape, 1),
+                   *lift(geometry.stride, 1), *lift(geometry.padding, 0), geometry.transposed),
             explicit, *int32(spec.use_explicit, spec.fk_count),
             *launch.description_args(
                 spec, geometry.kernel_size, k_stride, k_padding, geometry.dilation, dtype
@@ -191,7 +198,7 @@ def _build_patches(runtime, x, patch, chunk, spec, geometry, k_stride, k_padding
 
 
 def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide):
-    """VJP of :func:`materialize_kernel`: ``grad_kernel (N, Fk, T, Ho, Wo)`` -> KernelGrads."""
+    """VJP of :func:`materialize_kernel`: ``grad_kernel (N, Fk, T, *out)`` -> KernelGrads."""
     with _on_device_of(grad_kernel):
         return _kernel_backward(
             _RUNTIME, grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide
@@ -274,17 +281,20 @@ def _launch_backward(runtime, kind, upstream, x, tap_weight, chunk, out_shape, s
     """Launch ``pac_backward`` over one chunk; ``needs`` = (x, weight, kernel, guide)."""
     xp = runtime.xp
     dtype = upstream.dtype
-    channels, in_h, in_w = x.shape[1:] if kind != _UPSTREAM_KERNEL else (spec.fk_count, 1, 1)
+    if kind == _UPSTREAM_KERNEL:
+        channels, in_shape = spec.fk_count, (1,)
+    else:
+        channels, *in_shape = x.shape[1:]
     kernel_groups = channels if spec.fk_count > 1 else 1
     explicit = _explicit_or_placeholder(xp, spec, dtype)
     arrays = (x, upstream, explicit, *grads)
     runtime.run(launch.plan(
-        "pac_backward", dtype, chunk.images * kernel_groups * chunk.rows * out_shape[1],
+        "pac_backward", dtype, chunk.images * kernel_groups * chunk.rows * out_shape[-1],
         [a.size for a in arrays] + launch.description_sizes(spec),
         (
-            *int32(kind), upstream, x, *int32(channels, in_h, in_w), tap_weight,
-            *int32(chunk.n0, chunk.row_start, chunk.rows, *out_shape, *stride, *padding,
-                   transposed),
+            *int32(kind), upstream, x, *int32(channels, *lift(in_shape, 1)), tap_weight,
+            *int32(chunk.n0, chunk.row_start, chunk.rows, *lift(out_shape, 1),
+                   *lift(stride, 1), *lift(padding, 0), transposed),
             explicit, *int32(spec.use_explicit, spec.fk_count, *needs), *grads,
             *launch.description_args(spec, kernel_size, k_stride, k_padding, dilation, dtype),
         ),
@@ -300,7 +310,7 @@ def _kernel_backward(runtime, grad_kernel, spec, kernel_size, k_stride, k_paddin
     placeholder = xp.empty(0, dtype)
     _launch_backward(
         runtime, _UPSTREAM_KERNEL, grad_kernel, placeholder, placeholder,
-        launch.Chunk(0, batch, 0, out_shape[0]), out_shape, (1, 1), (0, 0), False, spec,
+        launch.Chunk(0, batch, 0, launch.lines(out_shape)), out_shape, (1,), (0,), False, spec,
         kernel_size, k_stride, k_padding, dilation, (False, False, True, need_guide), grads,
     )
     return _kernel_grads(spec, grads, kernel_size, True, need_guide)
@@ -316,7 +326,7 @@ def _pool_backward(runtime, grad_y, x, tap_weight, spec, geometry, k_stride, k_p
     tap_weight = xp.ascontiguousarray(tap_weight).reshape(-1)
     _launch_backward(
         runtime, _UPSTREAM_DEPTHWISE, xp.ascontiguousarray(grad_y), x, tap_weight,
-        launch.Chunk(0, x.shape[0], 0, out_shape[0]), out_shape, geometry.stride,
+        launch.Chunk(0, x.shape[0], 0, launch.lines(out_shape)), out_shape, geometry.stride,
         geometry.padding, geometry.transposed, spec, geometry.kernel_size, k_stride, k_padding,
         geometry.dilation, (need_x, need_weight, need_kernel, need_guide), grads,
     )
@@ -338,7 +348,7 @@ def _conv_backward(runtime, grad_y, x, weight_matrix, spec, geometry, k_stride, 
     batch, channels = x.shape[:2]
     out_channels = weight_matrix.shape[0]
     out_shape = tuple(grad_y.shape[2:])
-    out_h, out_w = out_shape
+    out_h, out_w = launch.lines(out_shape), out_shape[-1]  # output lines, as in _conv
     patch_rows = channels * geometry.taps
     grads = _gradients(xp, spec, x.shape, geometry.taps, out_shape, dtype, need_x, False,
                        need_kernel, need_guide)

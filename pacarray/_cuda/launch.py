@@ -22,6 +22,7 @@ WORKSPACE_BYTES : int
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ MAX_BLOCKS = 1 << 20
 DIRECT_CONV_MAX_CHANNEL_PRODUCT = 64
 WORKSPACE_BYTES = 64 * 2**20
 
+#: Spatial rank of every kernel: 1-D and 2-D calls are lifted to it (:func:`lift`).
+KERNEL_DIMS = 3
 #: Output channels one thread of ``pac_direct`` accumulates (``pac::DIRECT_GROUP`` in CUDA).
 DIRECT_GROUP = 4
 WARP_SIZE = 32
@@ -84,11 +87,36 @@ def int32(*values) -> tuple:
     return tuple(np.int32(v) for v in values)
 
 
+def lift(values, fill: int) -> tuple[int, ...]:
+    """Per-dimension ``values`` of a rank 1-3 call as the kernels' three (depth, rows, columns).
+
+    The missing leading dimensions get ``fill``: 1 for sizes, kernel sizes, strides and
+    dilations, 0 for paddings. A singleton axis with a one-tap kernel adds no arithmetic, so a
+    2-D call computes exactly what a 2-D kernel would (``docs/design.md`` §3.3).
+
+    Examples
+    --------
+    >>> lift((5, 7), 1)
+    (1, 5, 7)
+    >>> lift([9], 0)
+    (0, 0, 9)
+    """
+    values = tuple(int(v) for v in values)
+    if not 1 <= len(values) <= KERNEL_DIMS:
+        raise ValueError(f"expected 1 to {KERNEL_DIMS} spatial values, got {values}")
+    return (fill,) * (KERNEL_DIMS - len(values)) + values
+
+
+def lines(shape) -> int:
+    """Output lines of a spatial ``shape``: the product of all sizes but the last (columns)."""
+    return math.prod(shape[:-1])
+
+
 def description_args(spec, kernel_size, k_stride, k_padding, dilation, dtype) -> tuple:
     """The fused-kernel parameters (``PAC_DESCRIPTION_PARAMS`` in ``pac_common.cuh``), in order.
 
     ``spec`` is a :class:`pacarray.kernels.KernelSpec` whose arrays are contiguous, of ``dtype``
-    and on the launch's device.
+    and on the launch's device. The geometry is lifted to three spatial dimensions.
     """
     scalar = np.dtype(dtype).type
     features = spec.guide.shape[1]
@@ -96,8 +124,9 @@ def description_args(spec, kernel_size, k_stride, k_padding, dilation, dtype) ->
         spec.guide, spec.centre, spec.alpha, spec.lam, spec.spatial.reshape(-1), spec.mask,
         scalar(spec.eps2),
         *int32(
-            features, *spec.guide_shape, spec.family, spec.has_mask, spec.normalize,
-            spec.channel_wise, *kernel_size, *k_stride, *k_padding, *dilation,
+            features, *lift(spec.guide_shape, 1), spec.family, spec.has_mask, spec.normalize,
+            spec.channel_wise, *lift(kernel_size, 1), *lift(k_stride, 1), *lift(k_padding, 0),
+            *lift(dilation, 1),
         ),
     )
 
@@ -124,7 +153,11 @@ def use_direct_conv(channels: int, out_channels: int) -> bool:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Output rows ``[row_start, row_start + rows)`` of images ``[n0, n0 + images)``."""
+    """Output rows ``[row_start, row_start + rows)`` of images ``[n0, n0 + images)``.
+
+    A row is one output line along the last axis: in 3-D the lines of all depth slices, in C
+    order (line ``oz*Ho + oy``); in 1-D the single line.
+    """
 
     n0: int
     images: int
@@ -136,6 +169,7 @@ def conv_chunks(batch: int, out_h: int, out_w: int, patch_rows: int, itemsize: i
                 workspace_bytes: int | None = None) -> list[Chunk]:
     """Split the output into chunks whose patch buffer ``(images, patch_rows, rows*out_w)`` fits.
 
+    ``out_h`` counts the output lines of one image (:func:`lines`), ``out_w`` their length.
     Whole images are grouped while one image fits the workspace (one batched product per
     chunk); otherwise each image is cut into bands of rows. A single output row is the smallest
     chunk, whatever the workspace.

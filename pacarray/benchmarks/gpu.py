@@ -9,6 +9,14 @@
 * G-bilateral: a 4096 x 4096 RGB bilateral filter through the fused ``pac_pool`` (Gaussian K on
   the colours scaled by ``1/sigma_color``, Gaussian disk spatial weight, radius 4,
   ``normalize="kernel"``).
+* G-conv3d: B-conv3d's shapes on the GPU (issue 15): ``pac_conv`` 8 -> 8 channels, 64^3, k = 3,
+  fused Gaussian K from a 4-channel guide; peer ``F.conv3d`` (target 3x).
+* G-conv3d-grad: G-conv3d's forward plus ``pac_conv_vjp`` (x, weight, guide); peer the forward
+  alone (target 3x).
+* G-bilateral-3d: a bilateral-like ``pac_pool`` on a 64 x 256 x 256 float32 volume on [0, 1]:
+  Gaussian K on the values scaled by ``1/sigma_color`` (0.1), Gaussian cube window of radius 3
+  with ``sigma_spatial = 1`` (B-bilateral-3d's parameters; zero border instead of replicated
+  edges), ``normalize="kernel"``. No GPU peer (ITK's filter runs on the CPU).
 
 Peers on the same GPU when PyTorch with CUDA is present: ``F.conv2d`` / ``F.avg_pool2d`` in float32
 with TF32 off (lower bounds, no adaptive kernel), the unfold + einsum PAC of
@@ -166,6 +174,84 @@ def build_bilateral(context: Context) -> Case:
     return case
 
 
+def build_conv3d(context: Context) -> Case:
+    import pacarray
+
+    size = 12 if context.quick else 64
+    channels, kernel_size = 8, 3
+    rng = context.rng()
+    x = rng.standard_normal((1, channels, size, size, size), dtype=np.float32)
+    guide = (2.0 * rng.random((1, 4, size, size, size), dtype=np.float32)).astype(np.float32)
+    weight = (rng.standard_normal((channels, channels, *(kernel_size,) * 3), dtype=np.float32)
+              / np.sqrt(channels * kernel_size**3)).astype(np.float32)
+    x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
+    case = Case(
+        call=lambda: pacarray.pac_conv(x_dev, weight_dev, guide=guide_dev, padding=1),
+        label=f"pac_conv 3-D (fused K), {size}^3",
+    )
+    torch = _torch_without_tf32(context)
+    if torch is None:
+        case.notes.append(TORCH_MISSING)
+        return case
+    xt, weight_t = context.torch_tensor(torch, x), context.torch_tensor(torch, weight)
+
+    def conv3d():
+        with torch.inference_mode():
+            return torch.nn.functional.conv3d(xt, weight_t, padding=1)
+
+    case.peers.append(Peer("torch F.conv3d (fp32, TF32 off)", conv3d, role="lower bound",
+                           target=3.0))
+    return case
+
+
+def build_conv3d_grad(context: Context) -> Case:
+    import pacarray
+    from pacarray.gradients import pac_conv_vjp
+
+    size = 12 if context.quick else 64
+    channels = 8
+    rng = context.rng()
+    x = rng.standard_normal((1, channels, size, size, size), dtype=np.float32)
+    guide = (2.0 * rng.random((1, 4, size, size, size), dtype=np.float32)).astype(np.float32)
+    weight = (rng.standard_normal((channels, channels, 3, 3, 3), dtype=np.float32)
+              / np.sqrt(channels * 27)).astype(np.float32)
+    grad_y = rng.standard_normal(x.shape, dtype=np.float32)
+    x_dev, guide_dev, weight_dev, grad_dev = (context.asarray(a)
+                                              for a in (x, guide, weight, grad_y))
+    options = dict(guide=guide_dev, family=pacarray.Gaussian(), padding=1)
+
+    def forward_and_backward():
+        pacarray.pac_conv(x_dev, weight_dev, **options)
+        return pac_conv_vjp(grad_dev, x_dev, weight_dev, **options).x
+
+    case = Case(call=forward_and_backward,
+                label=f"pac_conv + pac_conv_vjp 3-D (x, weight, guide), {size}^3")
+    case.peers.append(Peer("pacarray forward only",
+                           lambda: pacarray.pac_conv(x_dev, weight_dev, **options),
+                           role="forward", target=3.0))
+    return case
+
+
+def build_bilateral3d(context: Context) -> Case:
+    import pacarray
+
+    shape = (8, 24, 24) if context.quick else (64, 256, 256)
+    radius, sigma_spatial, sigma_color = 3, 1.0, 0.1
+    kernel_size = (2 * radius + 1,) * 3
+    volume = context.rng().random((1, 1, *shape), dtype=np.float32)
+    volume_dev = context.asarray(volume)
+    guide_dev = volume_dev / np.float32(sigma_color)
+    spatial = context.asarray(pacarray.spatial_window(kernel_size, sigma_spatial)
+                              .astype(np.float32))
+    return Case(
+        call=lambda: pacarray.pac_pool(volume_dev, kernel_size, guide=guide_dev, padding=radius,
+                                       spatial_weight=spatial, normalize="kernel"),
+        label=(f"bilateral-like fused pac_pool, {'x'.join(map(str, shape))} volume, "
+               f"radius {radius} cube"),
+        notes=["zero border (B-bilateral-3d replicates edges); no GPU peer"],
+    )
+
+
 WORKLOADS = [
     Workload("G-conv16", "pac_conv 16->16, batch 16, 256x256, k=5, Gaussian K from 8 guide "
              "channels", build_conv16, devices=("gpu",)),
@@ -175,4 +261,10 @@ WORKLOADS = [
              "Gaussian K from RGB", build_pool, devices=("gpu",)),
     Workload("G-bilateral", "4096x4096 RGB bilateral filter (fused pac_pool, radius 4 disk)",
              build_bilateral, devices=("gpu",)),
+    Workload("G-conv3d", "pac_conv 8->8, 64^3, k=3, Gaussian K from 4 guide channels",
+             build_conv3d, devices=("gpu",)),
+    Workload("G-conv3d-grad", "pac_conv forward + vjp (x, weight, guide), G-conv3d shapes",
+             build_conv3d_grad, devices=("gpu",)),
+    Workload("G-bilateral-3d", "64x256x256 volume, bilateral-like fused pac_pool, radius 3 "
+             "cube, sigma_spatial 1, sigma_color 0.1", build_bilateral3d, devices=("gpu",)),
 ]
