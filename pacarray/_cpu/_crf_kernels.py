@@ -105,6 +105,25 @@ def _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _row_messages_all(q, n, kernel, tap_row, tap_offset, active, pairwise):
+    """``pairwise[l, x] = sum_t kernel[t, x] q[n, l, tap_row[t], x + tap_offset[t]]`` for every
+    label, taps outer: a tap's weights stay in L1 while every label reads its source row."""
+    labels, width = pairwise.shape
+    pairwise[:] = 0.0
+    for t in range(active):
+        offset = tap_offset[t]
+        lo = max(0, -offset)
+        hi = min(width, width - offset)
+        weights = kernel[t, lo:hi]
+        row = tap_row[t]
+        for label in range(labels):
+            source = q[n, label, row, lo + offset:hi + offset]
+            target = pairwise[label, lo:hi]
+            for x in range(hi - lo):
+                target[x] += weights[x] * source[x]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _softmax_rows(logits, peak, total):
     """In place: each column of ``logits (L, W)`` becomes its softmax over the labels."""
     labels, width = logits.shape
@@ -281,7 +300,6 @@ def mean_field_step_cached(unary, q, cache, tap_rows, tap_offsets, actives, extr
         rows = tap_rows[n, y]
         offsets = tap_offsets[n, y]
         active = actives[n, y]
-        for label in range(labels):
-            _row_message(q, n, label, kernel, rows, offsets, active, pairwise[label])
+        _row_messages_all(q, n, kernel, rows, offsets, active, pairwise)
         _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_compatibility,
                     q_out, logits_out, write_logits, logits, peak, acc)
