@@ -79,14 +79,14 @@ def _map_index(i, n, mode):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _run(value_planes, guide_planes, values, guide, acc, slot, row, row_neighbour, x0, dx, n,
-         pad, log_weight, range_coef, l1, accumulate, weights):
+         pad, acc_pad, log_weight, range_coef, l1, accumulate, weights):
     """Weights of pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in
-    buffer rows and image columns (buffer column = image column + pad); stored in
-    ``weights[:n]`` and, if ``accumulate``, added to ``acc[slot]``. The plane tuples only carry
-    the channel counts as compile-time constants."""
+    buffer rows and image columns (buffer column = image column + pad, accumulator column =
+    image column + acc_pad); stored in ``weights[:n]`` and, if ``accumulate``, added to
+    ``acc[slot]``. The plane tuples only carry the channel counts as compile-time constants."""
     zero = weights.dtype.type(0.0)
     for i in range(n):
-        xs = np.uintp(x0 + i)
+        xs = np.uintp(x0 + acc_pad + i)
         bs = np.uintp(x0 + pad + i)
         bn = np.uintp(x0 + pad + dx + i)
         d = zero
@@ -104,12 +104,12 @@ def _run(value_planes, guide_planes, values, guide, acc, slot, row, row_neighbou
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, weights):
-    """The other end of the pairs of ``_run``: pixel (row, x0 + i) into column x0 + dx + i of
-    ``acc[slot]``."""
+def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, acc_pad, weights):
+    """The other end of the pairs of ``_run``: pixel (row, x0 + i) into image column
+    x0 + dx + i of ``acc[slot]``."""
     for i in range(n):
         bs = np.uintp(x0 + pad + i)
-        xt = np.uintp(x0 + dx + i)
+        xt = np.uintp(x0 + dx + acc_pad + i)
         w = weights[i]
         acc[slot, 0, xt] += w
         for c in range(len(value_planes)):
@@ -177,6 +177,12 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
     extent = depth if by_slices else height
     n_bands = (extent + band_size - 1) // band_size
     n_zslots = 2 * pad_z + 1
+    # Volumes run the pairs across the left and right padding too (their far end there is
+    # dropped): no one-sided runs of a few voxels per tap and row at the x edges, whose calls
+    # would cost more than the row's work in 3-D (hundreds of taps, short rows). Images keep the
+    # one-sided runs (the summation order of the 2-D filter is part of its results).
+    extend = by_slices and mode != MODE_EXCLUDE
+    acc_pad = pad_x if extend else 0
     for band in prange(n_bands):
         b0 = band * band_size
         b1 = min(extent, b0 + band_size)
@@ -198,7 +204,7 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
             _fill_slice(value_planes, values, row0, rows, s, top, pad_x, mode, cval)
             if not same_guide:
                 _fill_slice(guide_planes, guide, row0, rows, s, top, pad_x, mode, cval)
-        acc = np.zeros((n_slots, n_values + 1, width), dtype=dtype)
+        acc = np.zeros((n_slots, n_values + 1, width + 2 * acc_pad), dtype=dtype)
         weights = np.empty(width, dtype=dtype)
         for z in range(z_start, z1):
             s = z + pad_z
@@ -224,21 +230,41 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
                     to_target = z0 <= z_target < z1 and y0 <= y_target < y1
                     if not (in_band or to_target):
                         continue
-                    x0 = max(0, -dx)
-                    n = min(width, width - dx) - x0
+                    if extend:
+                        x0 = max(-pad_x, -pad_x - dx)
+                        n = min(width + pad_x, width + pad_x - dx) - x0
+                    else:
+                        x0 = max(0, -dx)
+                        n = min(width, width - dx) - x0
                     if n <= 0:
                         continue
                     row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
                     _run(value_planes, guide_planes, values, guide, acc, slot, row, row_target,
-                         x0, dx, n, pad_x, pair_log_weight[t], range_coef, l1, in_band, weights)
+                         x0, dx, n, pad_x, acc_pad, pair_log_weight[t], range_coef, l1, in_band,
+                         weights)
                     if to_target:
                         _scatter(value_planes, values, acc,
                                  (rank + dz * per_slice + dy) % n_slots, row, x0, dx, n, pad_x,
-                                 weights)
+                                 acc_pad, weights)
                 if not in_band:
                     continue
                 # One-sided taps, whose neighbour is outside the volume (read from the padding).
-                if mode != MODE_EXCLUDE:
+                if extend:
+                    # Only the taps whose neighbour row is outside: full rows.
+                    if pad_z <= z < depth - pad_z and pad_y <= y < height - pad_y:
+                        pass
+                    else:
+                        for t in range(side_dy.shape[0]):
+                            z_neighbour = z + side_dz[t]
+                            y_neighbour = y + side_dy[t]
+                            if 0 <= z_neighbour < depth and 0 <= y_neighbour < height:
+                                continue
+                            row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                             + y_neighbour - top)
+                            _run(value_planes, guide_planes, values, guide, acc, slot, row,
+                                 row_neighbour, 0, side_dx[t], width, pad_x, acc_pad,
+                                 side_log_weight[t], range_coef, l1, True, weights)
+                elif mode != MODE_EXCLUDE:
                     for t in range(side_dy.shape[0]):
                         dz = side_dz[t]
                         dy = side_dy[t]
@@ -252,23 +278,24 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
                         x1 = max(min(width, width - dx), x0)
                         if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
                             _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                                 row_neighbour, 0, dx, width, pad_x, log_weight, range_coef, l1,
-                                 True, weights)
+                                 row_neighbour, 0, dx, width, pad_x, 0, log_weight, range_coef,
+                                 l1, True, weights)
                             continue
                         _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                             row_neighbour, 0, dx, x0, pad_x, log_weight, range_coef, l1, True,
-                             weights)
+                             row_neighbour, 0, dx, x0, pad_x, 0, log_weight, range_coef, l1,
+                             True, weights)
                         _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                             row_neighbour, x1, dx, width - x1, pad_x, log_weight, range_coef,
-                             l1, True, weights)
+                             row_neighbour, x1, dx, width - x1, pad_x, 0, log_weight,
+                             range_coef, l1, True, weights)
                 for x in range(width):
                     # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite.
                     w = dtype.type(1.0)
                     for c in range(len(guide_planes)):
                         w += 0 * guide[c, row, pad_x + x]
-                    inverse = 1 / (acc[slot, 0, x] + w)
+                    inverse = 1 / (acc[slot, 0, acc_pad + x] + w)
                     for c in range(n_values):
-                        value = (acc[slot, 1 + c, x] + w * values[c, row, pad_x + x]) * inverse
+                        value = ((acc[slot, 1 + c, acc_pad + x] + w * values[c, row, pad_x + x])
+                                 * inverse)
                         if channels_last:
                             out[z, y, x, out_offset + c] = value
                         else:
