@@ -13,6 +13,9 @@ from ._args import RADIUS_LIMIT_FACTOR, is_int, require_bool
 
 SPATIAL_DIMS = 2
 
+#: Spatial ranks the core operations accept: signals, images and volumes (docs/design.md §7).
+SPATIAL_RANKS = (1, 2, 3)
+
 #: Largest accepted geometry integer, and the most taps a kernel may have: the kernels compute
 #: indices such as ``o*stride - padding + tap*dilation`` in int64, and a kernel beyond this
 #: could not be allocated anyway (a clear ValueError instead of an overflow or a MemoryError).
@@ -42,7 +45,7 @@ def as_tuple(value, name: str, ndim: int = SPATIAL_DIMS) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Validated geometry of one PAC operation (2-D spatial)."""
+    """Validated geometry of one PAC operation: tuples of one int per spatial axis (rank 1-3)."""
 
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
@@ -123,6 +126,45 @@ class Geometry:
             )
 
 
+def check_rank(ndim, name="x", shape=None) -> int:
+    """``ndim`` (the spatial rank) if the core operations accept it, else ``ValueError``."""
+    if ndim not in SPATIAL_RANKS:
+        shown = "" if shape is None else f" (shape {tuple(shape)})"
+        raise ValueError(
+            f"{name} must have 1, 2 or 3 spatial dimensions after (N, C): (N, C, L), "
+            f"(N, C, H, W) or (N, C, D, H, W); got {ndim} spatial dimension(s){shown}"
+        )
+    return ndim
+
+
+def data_rank(array, name: str, layout: str = "C") -> int:
+    """Spatial rank ``array.ndim - 2`` of a data-like array ``(N, C, *S)``, checked."""
+    rank = array.ndim - 2
+    if rank not in SPATIAL_RANKS:
+        raise ValueError(
+            f"{name} must be 3-D, 4-D or 5-D with layout (N, {layout}, L), (N, {layout}, H, W) "
+            f"or (N, {layout}, D, H, W), got shape {tuple(array.shape)}"
+        )
+    require_nonempty(array, name)
+    return rank
+
+
+def require_nonempty(array, name: str) -> None:
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
+
+
+def require_rank(array, rank: int, name: str, reference: str, reference_shape) -> None:
+    """``ValueError`` when ``array`` (``(N, C, *S)``-like) does not have spatial rank ``rank``,
+    the rank of ``reference`` (of shape ``reference_shape``)."""
+    if array.ndim - 2 != rank:
+        raise ValueError(
+            f"{name} must have as many spatial dimensions as {reference} ({rank}): {name} has "
+            f"shape {tuple(array.shape)}, {reference} has shape {tuple(reference_shape)}"
+        )
+    require_nonempty(array, name)
+
+
 def make_geometry(
     kernel_size,
     stride=1,
@@ -130,8 +172,9 @@ def make_geometry(
     dilation=1,
     output_padding=0,
     transposed=False,
+    ndim=SPATIAL_DIMS,
 ) -> Geometry:
-    """Validate the geometry arguments and return a :class:`Geometry`.
+    """Validate the geometry arguments and return a :class:`Geometry` of ``ndim`` spatial axes.
 
     Raises
     ------
@@ -139,11 +182,12 @@ def make_geometry(
         With the parameter's name and the received value.
     """
     require_bool(transposed, "transposed")
-    k = as_tuple(kernel_size, "kernel_size")
-    s = as_tuple(stride, "stride")
-    p = as_tuple(padding, "padding")
-    d = as_tuple(dilation, "dilation")
-    op = as_tuple(output_padding, "output_padding")
+    check_rank(ndim)
+    k = as_tuple(kernel_size, "kernel_size", ndim)
+    s = as_tuple(stride, "stride", ndim)
+    p = as_tuple(padding, "padding", ndim)
+    d = as_tuple(dilation, "dilation", ndim)
+    op = as_tuple(output_padding, "output_padding", ndim)
     for name, values in (("kernel_size", k), ("stride", s), ("padding", p), ("dilation", d),
                          ("output_padding", op)):
         if any(v > GEOMETRY_INT_LIMIT for v in values):

@@ -26,26 +26,45 @@ from ._codes import (
 )
 from ._dispatch import device_of as _device_of
 from ._dispatch import namespace, namespace_of, ndimage, select_backend
-from ._geometry import KERNEL_HALF_WIDTH_FLOOR, Geometry, as_tuple, make_geometry
+from ._geometry import (
+    KERNEL_HALF_WIDTH_FLOOR,
+    Geometry,
+    as_tuple,
+    data_rank,
+    make_geometry,
+    require_nonempty,
+    require_rank,
+)
 from . import kernels as _families  # families are public; imported as a module (cycle)
 
 
-def smoothing_weights(smooth, grid_shape=None):
-    """The 2-D smoothing kernel for the centre feature, or None.
+def smoothing_weights(smooth, grid_shape=None, ndim=2):
+    """The ``ndim``-D smoothing kernel for the centre feature, or None.
 
     With ``grid_shape`` (the guide's spatial shape) an ``("average", m)`` box wider than the
     largest kernel :meth:`Geometry.check_kernel_fits` accepts there raises ``ValueError``
-    before the ``m x m`` array is allocated.
+    before the ``m^ndim`` array is allocated. An array is returned as given (its rank is checked
+    by :func:`build_spec`).
     """
+    if grid_shape is not None:
+        ndim = len(grid_shape)
     if smooth is None:
         return None
     if isinstance(smooth, str):
         if smooth != "gaussian":
             raise ValueError(
-                f"smooth must be None, 'gaussian', ('average', m) or a 2-D array, got {smooth!r}"
+                f"smooth must be None, 'gaussian', ('average', m) or a {ndim}-D array, got "
+                f"{smooth!r}"
             )
+        # outer product of [1, 2, 1] / 4 over the axes; in 2-D exactly the former
+        # np.outer(taps, taps) / 16 (docs/design.md §1.3)
         taps = np.array([1.0, 2.0, 1.0])
-        return np.outer(taps, taps) / 16.0
+        if ndim == 2:
+            return np.outer(taps, taps) / 16.0
+        weights = taps / 4.0
+        for _ in range(ndim - 1):
+            weights = np.multiply.outer(weights, taps / 4.0)
+        return weights
     if isinstance(smooth, tuple) and len(smooth) == 2 and isinstance(smooth[0], str):
         name, size = smooth
         if name != "average":
@@ -60,13 +79,14 @@ def smoothing_weights(smooth, grid_shape=None):
                     f"smooth=('average', {m}) is too large for a guide of spatial shape "
                     f"{tuple(grid_shape)}: m must be at most {2 * limit + 1}"
                 )
-        return np.full((m, m), 1.0 / (m * m))
+        return np.full((m,) * ndim, 1.0 / m**ndim)
     return smooth
 
 
 def smooth_centre(guide, weights):
-    """Zero-padded same-size correlation of every (n, f) plane of ``guide`` with the odd-sided
-    2-D ``weights`` (same array library and dtype as ``guide``): the smoothed centre feature."""
+    """Zero-padded same-size correlation of every (n, f) plane of ``guide`` ``(N, F, *S)`` with
+    the odd-sided ``weights`` of rank ``len(S)`` (same array library and dtype as ``guide``):
+    the smoothed centre feature."""
     with _device_of(guide):
         return ndimage(guide).correlate(guide, weights[None, None], mode="constant", cval=0.0)
 
@@ -75,37 +95,38 @@ def smooth_centre_backward(grad_centre, guide, weights, need_weights):
     """VJP of :func:`smooth_centre`: ``(grad_guide, grad_weights)``, the latter only if asked.
 
     The adjoint of correlating with ``weights`` is correlating with ``weights`` flipped;
-    ``grad_weights[u, v] = sum grad_centre[n,f,y,x] * guide[n,f,y+u-ry,x+v-rx]``.
+    ``grad_weights[u, v] = sum grad_centre[n,f,y,x] * guide[n,f,y+u-ry,x+v-rx]`` (likewise
+    in 1-D and 3-D).
     """
     xp = namespace_of(grad_centre)
     with _device_of(grad_centre):
-        flipped = xp.ascontiguousarray(weights[::-1, ::-1])
+        flipped = xp.ascontiguousarray(weights[(slice(None, None, -1),) * weights.ndim])
         grad_guide = ndimage(grad_centre).correlate(
             grad_centre, flipped[None, None], mode="constant", cval=0.0
         )
         if not need_weights:
             return grad_guide, None
-        height, width = guide.shape[2:]
-        ry, rx = (weights.shape[0] - 1) // 2, (weights.shape[1] - 1) // 2
-        padded = xp.pad(guide, ((0, 0), (0, 0), (ry, ry), (rx, rx)))
+        sides = guide.shape[2:]
+        radii = [(k - 1) // 2 for k in weights.shape]
+        padded = xp.pad(guide, ((0, 0), (0, 0), *((r, r) for r in radii)))
         flat_grad = grad_centre.reshape(-1)
         grad_weights = xp.empty(weights.shape, grad_centre.dtype)
-        for u in range(weights.shape[0]):
-            for v in range(weights.shape[1]):
-                window = xp.ascontiguousarray(padded[:, :, u:u + height, v:v + width])
-                grad_weights[u, v] = xp.dot(flat_grad, window.reshape(-1))
+        for offset in np.ndindex(*weights.shape):
+            region = tuple(slice(u, u + side) for u, side in zip(offset, sides))
+            window = xp.ascontiguousarray(padded[(slice(None), slice(None), *region)])
+            grad_weights[offset] = xp.dot(flat_grad, window.reshape(-1))
         return grad_guide, grad_weights
 
 
 class KernelGrads(NamedTuple):
     """Gradients reaching the inputs of a fused adaptive kernel, as every backend returns them.
 
-    ``guide`` and ``centre`` ``(N, F, H, W)`` are the parts through the neighbour features and
+    ``guide`` and ``centre`` ``(N, F, *S)`` are the parts through the neighbour features and
     through the centre features (before smoothing; the front end applies
     :func:`smooth_centre_backward`); ``None`` unless the guide's gradient was asked for. Without
     smoothing (``spec.centre is spec.guide``) a backend may fold the centre part into ``guide``
-    and return ``centre=None``. ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` is ``(kh, kw)``,
-    ``mask`` is ``(N, H, W)`` (``None`` without a mask).
+    and return ``centre=None``. ``alpha``, ``lam`` are ``(Fk,)``, ``spatial`` has shape
+    ``kernel_size``, ``mask`` is ``(N, *S)`` (``None`` without a mask).
     """
 
     guide: object
@@ -120,15 +141,17 @@ class KernelGrads(NamedTuple):
 class KernelSpec:
     """Everything a backend needs to produce the adaptive kernel, already validated.
 
-    ``explicit`` is an ``(N, Fk, T, Ho, Wo)`` array on the explicit path, else None. The other
-    fields describe the fused computation (``guide``/``centre``/``mask`` are small dummies when
-    absent so that backends see fixed types).
+    ``explicit`` is an ``(N, Fk, *kernel_size, *out)`` array on the explicit path, else None.
+    The other fields describe the fused computation: ``guide``/``centre`` ``(N, F, *S)``,
+    ``spatial`` of shape ``kernel_size``, ``mask`` ``(N, *S)``, every one of the op's spatial
+    rank (``guide``/``centre``/``mask`` are small dummies of that rank when absent so that
+    backends see fixed types).
     """
 
     explicit: object
     guide: object
     centre: object
-    guide_shape: tuple[int, int]
+    guide_shape: tuple[int, ...]
     family: int
     alpha: object
     lam: object
@@ -245,7 +268,9 @@ def build_spec(
 
     ``guide`` (already converted to ``dtype`` or None) must have spatial shape ``guide_shape``;
     ``channels`` is the data's channel count (None for ``pac_kernel``) for the channel-wise check.
+    The spatial rank is ``len(guide_shape)``.
     """
+    rank = len(guide_shape)
     geometry.check_kernel_fits(
         guide_shape,
         "guide" if guide is not None else ("the output" if geometry.transposed else "x"),
@@ -257,7 +282,12 @@ def build_spec(
     _args.require_bool(channel_wise, "channel_wise")
     family = resolve_family(family, guide is not None)
     if guide is not None:
-        _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
+        if guide.ndim - 2 != rank:
+            raise ValueError(
+                f"guide must have {rank} spatial dimension(s) like the data, (N, F, "
+                f"{', '.join(map(str, guide_shape))}); got shape {tuple(guide.shape)}"
+            )
+        require_nonempty(guide, "guide")
         if guide.shape[0] != batch:
             raise ValueError(
                 f"guide batch size {guide.shape[0]} does not match the data's batch size {batch} "
@@ -337,23 +367,24 @@ def build_spec(
     elif normalize in ("mask", "mask_kernel"):
         raise ValueError(f"normalize={normalize!r} requires a mask")
     else:
-        mask = xp.zeros((1, 1, 1), dtype)
+        mask = xp.zeros((1,) * (rank + 1), dtype)
 
     if guide is not None:
         weights = smoothing_weights(smooth, guide_shape)
         if weights is not None:
             weights = _args.convert(xp, weights, "smooth")
             _args.require_real(weights, "smooth")
-            if weights.ndim != 2 or any(s % 2 == 0 for s in weights.shape):
+            if weights.ndim != rank or any(s % 2 == 0 for s in weights.shape):
                 raise ValueError(
-                    f"a smooth array must be 2-D with odd sides, got shape {tuple(weights.shape)}"
+                    f"a smooth array must be {rank}-D (the data's spatial rank) with odd sides, "
+                    f"got shape {tuple(weights.shape)}"
                 )
             _check_finite(xp, weights, "smooth")
             centre = smooth_centre(guide, _args.cast(xp, weights, dtype))
         else:
             centre = guide
     else:
-        guide = centre = xp.zeros((1, 1, 1, 1), dtype)
+        guide = centre = xp.zeros((1,) * (rank + 2), dtype)
     if code in (FAMILY_INVERSE, FAMILY_INVERSE_ASYMMETRIC):
         _check_inverse_power_range(xp, guide, centre, family, lam, eps2, fk_count, dtype,
                                    geometry.taps)
@@ -391,13 +422,16 @@ def prepare_kernel(
     xp = namespace(backend)
     guide = _args.convert(xp, guide, "guide")
     _args.require_float(guide, "guide")
-    _args.require_ndim(guide, 4, "guide", "(N, F, H, W)")
+    rank = data_rank(guide, "guide", "F")
+    if mask is not None:
+        mask = _args.convert(xp, mask, "mask")
+        require_rank(mask, rank, "mask", "guide", guide.shape)
     if spatial_weight is not None:
         spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
         _args.require_real(spatial_weight, "spatial_weight")
     dtype = _args.compute_dtype(guide)  # spatial_weight takes the guide's dtype
     geometry = make_geometry(
-        kernel_size, stride, padding, dilation, output_padding, transposed=transposed
+        kernel_size, stride, padding, dilation, output_padding, transposed=transposed, ndim=rank
     )
     guide_shape = tuple(guide.shape[2:])
     if transposed:
@@ -424,28 +458,33 @@ def prepare_kernel(
 
 def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
     """Validate an explicit ``K`` array for an operation and wrap it in a :class:`KernelSpec`."""
-    _args.require_ndim(kernel, 6, "kernel", "(N, 1|C, kh, kw, Ho, Wo)")
-    n, fk, kh, kw, ho, wo = kernel.shape
+    rank = len(kernel_size)
     expected_tail = (*kernel_size, *out_shape)
-    if n != batch or fk not in (1, channels) or (kh, kw, ho, wo) != expected_tail:
+    described = (
+        f"({batch}, 1 or {channels}, {', '.join(map(str, expected_tail))}) for this operation"
+    )
+    if kernel.ndim != 2 + 2 * rank:
         raise ValueError(
-            f"kernel must have shape ({batch}, 1 or {channels}, "
-            f"{', '.join(map(str, expected_tail))}) for this operation, got {tuple(kernel.shape)}"
+            f"kernel must be {2 + 2 * rank}-D with layout (N, 1|C, *kernel_size, *out) for "
+            f"{rank}-D data, shape {described}, got shape {tuple(kernel.shape)}"
         )
-    explicit = _args.cast(xp, kernel, dtype).reshape(n, fk, kh * kw, ho, wo)
-    dummy4 = xp.zeros((1, 1, 1, 1), dtype)
+    n, fk = kernel.shape[:2]
+    if n != batch or fk not in (1, channels) or tuple(kernel.shape[2:]) != expected_tail:
+        raise ValueError(f"kernel must have shape {described}, got {tuple(kernel.shape)}")
+    explicit = _args.cast(xp, kernel, dtype)
+    dummy = xp.zeros((1,) * (rank + 2), dtype)
     zeros = xp.zeros(1, dtype)
     return KernelSpec(
         explicit=explicit,
-        guide=dummy4,
-        centre=dummy4,
-        guide_shape=(1, 1),
+        guide=dummy,
+        centre=dummy,
+        guide_shape=(1,) * rank,
         family=FAMILY_CONSTANT,
         alpha=zeros,
         lam=zeros,
         eps2=0.0,
         spatial=xp.ones(kernel_size, dtype),
-        mask=xp.zeros((1, 1, 1), dtype),
+        mask=xp.zeros((1,) * (rank + 1), dtype),
         has_mask=False,
         normalize=0,
         channel_wise=fk > 1,

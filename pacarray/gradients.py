@@ -186,7 +186,7 @@ def _kernel_fields(xp, spec, parts, needed, family, smooth, guide_given):
     if parts is None:
         return fields
     if "guide" in needed or "smooth" in needed:
-        weights = smoothing_weights(smooth) if guide_given else None
+        weights = smoothing_weights(smooth, ndim=len(spec.guide_shape)) if guide_given else None
         if parts.centre is None:  # the backend already added the centre part
             fields["guide"] = parts.guide
         elif weights is None:
@@ -259,8 +259,6 @@ def _op_vjp(op, grad_output, x, weight, bias, kernel, guide, family, kernel_size
         need_kernel, need_guide, needed = _kernel_needs(
             wanted, guide, family, options["smooth"], options["spatial_weight"], options["mask"]
         )
-    kh, kw = geometry.kernel_size
-
     grad_x = grad_weight = grad_explicit = parts = None
     if need_x or need_weight or need_kernel:  # else only the bias is wanted: no pass over rows
         grad_x, grad_weight, grad_explicit, parts = _backward(
@@ -273,9 +271,9 @@ def _op_vjp(op, grad_output, x, weight, bias, kernel, guide, family, kernel_size
     if "weight" in fields:
         result["weight"] = grad_weight
     if "bias" in fields and bias is not None and "bias" in wanted:
-        result["bias"] = grad_y.sum(axis=(0, 2, 3))
+        result["bias"] = grad_y.sum(axis=(0, *range(2, grad_y.ndim)))
     if grad_explicit is not None:
-        result["kernel"] = grad_explicit.reshape(spec.explicit.shape[:2] + (kh, kw) + out_shape)
+        result["kernel"] = grad_explicit.reshape(spec.explicit.shape)
     result.update(_kernel_fields(xp, spec, parts, needed, family, options["smooth"],
                                  guide is not None))
     return result
@@ -369,9 +367,9 @@ def pac_kernel_vjp(
         other_arrays={"grad_output": grad_output},
     )
     dtype = spec.guide.dtype
-    kh, kw = geometry.kernel_size
     grad_kernel = _grad_output(
-        xp, grad_output, (guide.shape[0], spec.fk_count, kh, kw, *out_shape), dtype
+        xp, grad_output, (guide.shape[0], spec.fk_count, *geometry.kernel_size, *out_shape),
+        dtype,
     )
     family = resolve_family(family, True)
     _, need_guide, needed = _kernel_needs(
@@ -382,7 +380,7 @@ def pac_kernel_vjp(
     module = backend_module(backend)
     k_stride, k_padding = kernel_geometry(geometry)
     parts = module.kernel_backward(
-        grad_kernel.reshape(guide.shape[0], spec.fk_count, kh * kw, *out_shape), spec,
+        grad_kernel.reshape(guide.shape[0], spec.fk_count, geometry.taps, *out_shape), spec,
         geometry.kernel_size, k_stride, k_padding, geometry.dilation, need_guide,
     )
     return PacKernelGradients(

@@ -95,13 +95,15 @@ def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
     Parameters
     ----------
     kernel_size : int or tuple of int
-        Odd number of taps per dimension.
-    sigma : float or None, default None
-        Standard deviation in pixels (tap offsets are multiplied by ``dilation``). ``None`` gives
-        a flat window (all ones inside the window).
+        Odd number of taps per dimension. The window's rank is the tuple's length (1, 2 or 3:
+        a signal, an image or a volume); an int means 2-D.
+    sigma : float, tuple of float or None, default None
+        Standard deviation in pixels (tap offsets are multiplied by ``dilation``), one for every
+        axis or one per axis. ``None`` gives a flat window (all ones inside the window).
     window : {"square", "disk"}, default "square"
         ``"disk"`` zeroes taps outside the inscribed ellipse
-        ``(ty/ry)**2 + (tx/rx)**2 <= 1`` (tap index offsets ``ty, tx``, radii ``(k-1)/2``).
+        ``(ty/ry)**2 + (tx/rx)**2 <= 1`` (tap index offsets ``ty, tx``, radii ``(k-1)/2``);
+        in 3-D the inscribed ellipsoid (a ball for a cube), in 1-D the whole segment.
     dilation : int or tuple of int, default 1
 
     Returns
@@ -116,24 +118,63 @@ def spatial_window(kernel_size, sigma=None, *, window="square", dilation=1):
     array([[0., 1., 0.],
            [1., 1., 1.],
            [0., 1., 0.]])
+    >>> spatial_window((3, 3, 3), 1.0, window="disk").shape  # a ball, for volumes
+    (3, 3, 3)
     """
-    geometry = make_geometry(kernel_size, dilation=dilation)
+    ndim = 2 if _args.is_int(kernel_size) else None
+    if ndim is None:
+        try:
+            ndim = len(kernel_size)
+        except TypeError:
+            raise TypeError(
+                f"kernel_size must be an int or a sequence of 1, 2 or 3 ints, got "
+                f"{kernel_size!r}"
+            ) from None
+        if ndim not in (1, 2, 3):
+            raise ValueError(
+                f"kernel_size must be an int or a sequence of 1, 2 or 3 ints (one per spatial "
+                f"axis), got {kernel_size!r}"
+            )
+    geometry = make_geometry(kernel_size, dilation=dilation, ndim=ndim)
     if window not in ("square", "disk"):
         raise ValueError(f"window must be 'square' or 'disk', got {window!r}")
     offsets = [np.arange(k) - (k - 1) // 2 for k in geometry.kernel_size]
-    ty, tx = np.meshgrid(*offsets, indexing="ij")
+    grids = np.meshgrid(*offsets, indexing="ij")
     weights = np.ones(geometry.kernel_size)
     if sigma is not None:
-        sigma = _args.positive_scalar(sigma, "sigma")
-        dy = ty * geometry.dilation[0]
-        dx = tx * geometry.dilation[1]
-        weights = np.exp(-(dy * dy + dx * dx) / (2.0 * sigma * sigma))
+        sigmas = _sigmas(sigma, ndim)
+        steps = [grid * d for grid, d in zip(grids, geometry.dilation)]
+        if len(set(sigmas)) == 1:
+            # one sigma: the sum of squares over one denominator (the 2-D values as before)
+            squares = steps[0] * steps[0]
+            for step in steps[1:]:
+                squares = squares + step * step
+            weights = np.exp(-squares / (2.0 * sigmas[0] * sigmas[0]))
+        else:
+            exponent = np.zeros(geometry.kernel_size)
+            for step, s in zip(steps, sigmas):
+                exponent = exponent - step * step / (2.0 * s * s)
+            weights = np.exp(exponent)
     if window == "disk":
-        ry, rx = ((k - 1) / 2 for k in geometry.kernel_size)
-        inside = (np.divide(ty, ry, out=np.zeros(ty.shape), where=ry > 0) ** 2
-                  + np.divide(tx, rx, out=np.zeros(tx.shape), where=rx > 0) ** 2) <= 1.0
-        weights = np.where(inside, weights, 0.0)
+        radius2 = np.zeros(geometry.kernel_size)
+        for grid, k in zip(grids, geometry.kernel_size):
+            r = (k - 1) / 2
+            radius2 = radius2 + np.divide(grid, r, out=np.zeros(grid.shape), where=r > 0) ** 2
+        weights = np.where(radius2 <= 1.0, weights, 0.0)
     return weights
+
+
+def _sigmas(sigma, ndim):
+    """``sigma`` as a tuple of ``ndim`` positive floats (a scalar or one per axis)."""
+    if isinstance(sigma, (tuple, list, np.ndarray)):
+        values = tuple(np.asarray(sigma, dtype=object).reshape(-1))
+        if np.ndim(sigma) != 1 or len(values) != ndim:
+            raise ValueError(
+                f"sigma must be a number or a sequence of {ndim} numbers (one per axis of "
+                f"kernel_size), got {sigma!r}"
+            )
+        return tuple(_args.positive_scalar(v, "sigma") for v in values)
+    return (_args.positive_scalar(sigma, "sigma"),) * ndim
 
 
 def pac_kernel(

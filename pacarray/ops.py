@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from . import _args
 from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
-from ._geometry import kernel_geometry, make_geometry
+from ._geometry import (
+    data_rank,
+    kernel_geometry,
+    make_geometry,
+    require_nonempty,
+    require_rank,
+)
 from ._spec import build_spec, explicit_spec
 
 __all__ = ["pac_conv", "pac_conv_transpose", "pac_pool"]
@@ -26,13 +32,19 @@ def _prepare(
     xp = namespace(backend)
     x = _args.convert(xp, x, "x")
     _args.require_float(x, "x")
-    _args.require_ndim(x, 4, "x", "(N, C, H, W)")
+    rank = data_rank(x, "x")  # 1, 2 or 3: every other array must match (docs/design.md §7)
     arrays = {"weight": weight, "bias": bias, "kernel": kernel, "guide": guide}
     for name, value in arrays.items():
         if value is not None:
             arrays[name] = _args.convert(xp, value, name)
             _args.require_float(arrays[name], name)
     weight, bias, kernel, guide = (arrays[k] for k in ("weight", "bias", "kernel", "guide"))
+    if guide is not None:
+        require_rank(guide, rank, "guide", "x", x.shape)
+    if options["mask"] is not None:
+        mask = _args.convert(xp, options["mask"], "mask")
+        require_rank(mask, rank, "mask", "x", x.shape)
+        options = {**options, "mask": mask}
     spatial_weight = options["spatial_weight"]
     if spatial_weight is not None:
         spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
@@ -43,14 +55,21 @@ def _prepare(
     dtype = _args.compute_dtype(x, weight, bias, kernel, guide)
 
     if weight is not None:
-        _args.require_ndim(weight, 4, "weight", "(C_out, C, kh, kw)")
+        if weight.ndim != rank + 2:
+            layout = "(C, C_out, *k)" if transposed else "(C_out, C, *k)"
+            raise ValueError(
+                f"weight must be {rank + 2}-D with layout {layout} for x of shape "
+                f"{tuple(x.shape)} ({rank} spatial dimension(s)), got shape "
+                f"{tuple(weight.shape)}"
+            )
+        require_nonempty(weight, "weight")
         kernel_size = tuple(weight.shape[2:])
         if any(k % 2 == 0 for k in kernel_size):
             raise ValueError(
                 f"weight must have odd spatial sides (kernel_size), got shape {tuple(weight.shape)}"
             )
     geometry = make_geometry(
-        kernel_size, stride, padding, dilation, output_padding, transposed=transposed
+        kernel_size, stride, padding, dilation, output_padding, transposed=transposed, ndim=rank
     )
     batch, channels = x.shape[:2]
     out_shape = geometry.checked_output_shape(tuple(x.shape[2:]), "x")
@@ -60,11 +79,11 @@ def _prepare(
         shared = weight.shape[:2] == (1, 1)
         if not shared:
             expected_in = weight.shape[0] if transposed else weight.shape[1]
-            layout = "(C, C_out, kh, kw)" if transposed else "(C_out, C, kh, kw)"
+            layout = "(C, C_out, *k)" if transposed else "(C_out, C, *k)"
             if expected_in != channels:
                 raise ValueError(
                     f"weight shape {tuple(weight.shape)} does not match x with {channels} "
-                    f"channels: expected layout {layout} or shared (1, 1, kh, kw)"
+                    f"channels: expected layout {layout} or shared (1, 1, *k)"
                 )
             out_channels = weight.shape[1] if transposed else weight.shape[0]
     if bias is not None and tuple(bias.shape) != (out_channels,):

@@ -4,26 +4,67 @@ Written from the formulas only: nothing here imports ``pacarray``. Every functio
 explicitly over output positions and taps (vectorizing over batch and channels only), so each
 line can be checked against the mathematics by eye.
 
-Notation (2-D): output position ``i`` (a pair), tap ``a`` (a pair), neighbour
-``q = i*s - p + a*d``, centre ``c = i*s - p + d*(k-1)/2``.
+Spatial rank ``r`` is 1, 2 or 3 and comes from the arrays: data ``(N, C, *S)``, guide
+``(N, F, *S)``, mask ``(N, 1, *S)``, weight ``(C_out, C, *k)``, spatial weight ``k``-shaped,
+explicit kernel ``(N, 1|F, *k, *out)``. An int geometry argument means the same value on every
+axis; a tuple has one entry per axis. Where neither an array nor a tuple says the rank (an int
+``kernel_size`` in :func:`ref_spatial_window`), it is 2.
+
+Notation: output position ``i`` (an r-tuple), tap ``a`` (an r-tuple), neighbour
+``q = i*s - p + a*d``, centre ``c = i*s - p + d*(k-1)/2``, all per axis. Positions and taps are
+visited in C order (for 2-D: rows, then columns), so the 2-D sums run in the order they always
+did.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 GAUSSIAN_SMOOTH = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
+BINOMIAL = np.array([1.0, 2.0, 1.0]) / 4.0
+
+
+def _tuple(value, rank):
+    """``value`` (an int, or a sequence of ``rank`` ints) as a tuple of ``rank`` ints."""
+    if np.ndim(value) == 0:
+        return (int(value),) * rank
+    values = tuple(int(v) for v in value)
+    if len(values) != rank:
+        raise ValueError(f"expected {rank} values, got {value!r}")
+    return values
 
 
 def _pair(value):
-    if np.ndim(value) == 0:
-        return (int(value), int(value))
-    first, second = value
-    return (int(first), int(second))
+    return _tuple(value, 2)
 
 
-def _in_range(qy, qx, height, width):
-    return 0 <= qy < height and 0 <= qx < width
+def _spatial_rank(array):
+    """Spatial rank of an ``(N, C, *S)`` array: 1, 2 or 3."""
+    rank = np.ndim(array) - 2
+    if rank not in (1, 2, 3):
+        raise ValueError(f"expected an (N, C, *S) array with 1 to 3 spatial axes, got shape "
+                         f"{np.shape(array)}")
+    return rank
+
+
+def _positions(shape):
+    """Every index tuple of ``shape``, in C order."""
+    return itertools.product(*(range(n) for n in shape))
+
+
+def _in_range(q, shape):
+    return all(0 <= qi < n for qi, n in zip(q, shape))
+
+
+def _at(array, position):
+    """``array[:, :, *position]`` (Python 3.10 has no starred subscripts)."""
+    return array[(slice(None), slice(None)) + tuple(position)]
+
+
+def _neighbour(i, a, s, p, d):
+    return tuple(ii * ss - pp + aa * dd for ii, aa, ss, pp, dd in zip(i, a, s, p, d))
 
 
 def forward_out_size(size, k, s, p, d):
@@ -36,17 +77,30 @@ def transposed_out_size(size, k, s, p, d, op):
     return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
-def smoothing_array(smooth):
-    """The 2-D smoothing kernel described by ``smooth`` (None means no smoothing)."""
+def _forward_shape(shape, k, s, p, d):
+    return tuple(forward_out_size(*args) for args in zip(shape, k, s, p, d))
+
+
+def smoothing_array(smooth, rank=2):
+    """The rank-``rank`` smoothing kernel described by ``smooth`` (None means no smoothing).
+
+    ``"gaussian"`` is the outer product of ``[1, 2, 1] / 4`` over the axes, ``("average", m)``
+    the ``m**rank`` box; an array is taken as given.
+    """
     if smooth is None:
         return None
     if isinstance(smooth, str):
         if smooth != "gaussian":
             raise ValueError(smooth)
-        return GAUSSIAN_SMOOTH.copy()
+        if rank == 2:
+            return GAUSSIAN_SMOOTH.copy()
+        kernel = np.ones(())
+        for _ in range(rank):
+            kernel = np.multiply.outer(kernel, BINOMIAL)
+        return kernel
     if isinstance(smooth, tuple) and len(smooth) == 2 and smooth[0] == "average":
         size = int(smooth[1])
-        return np.full((size, size), 1.0 / size**2)
+        return np.full((size,) * rank, 1.0 / size**rank)
     return np.asarray(smooth, dtype=np.float64)
 
 
@@ -56,42 +110,54 @@ def ref_smooth(guide, smooth):
     Zero padding, same size; ``smooth=None`` returns the guide unchanged (as float64).
     """
     guide = np.asarray(guide, dtype=np.float64)
-    kernel = smoothing_array(smooth)
+    rank = _spatial_rank(guide)
+    kernel = smoothing_array(smooth, rank)
     if kernel is None:
         return guide.copy()
-    height, width = guide.shape[-2:]
-    radius_y, radius_x = (kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2
+    if kernel.ndim != rank:
+        raise ValueError(f"smoothing kernel of shape {kernel.shape} for {rank} spatial axes")
+    shape = guide.shape[2:]
+    radius = tuple((n - 1) // 2 for n in kernel.shape)
     out = np.zeros_like(guide)
-    for y in range(height):
-        for x in range(width):
-            for u in range(kernel.shape[0]):
-                for v in range(kernel.shape[1]):
-                    qy, qx = y + u - radius_y, x + v - radius_x
-                    if _in_range(qy, qx, height, width):
-                        out[..., y, x] += kernel[u, v] * guide[..., qy, qx]
+    for y in _positions(shape):
+        for u in _positions(kernel.shape):
+            q = tuple(yy + uu - rr for yy, uu, rr in zip(y, u, radius))
+            if _in_range(q, shape):
+                _at(out, y)[...] += kernel[u] * _at(guide, q)
     return out
 
 
 def ref_spatial_window(kernel_size, sigma=None, window="square", dilation=1):
-    """Spatial weight ``G``: Gaussian in the tap offset (pixels), optionally cut to a disk."""
-    kh, kw = _pair(kernel_size)
-    dy, dx = _pair(dilation)
-    radius_y, radius_x = (kh - 1) // 2, (kw - 1) // 2
-    out = np.ones((kh, kw))
-    for a in range(kh):
-        for b in range(kw):
-            ty, tx = a - radius_y, b - radius_x
-            if sigma is not None:
-                dist2 = (ty * dy) ** 2 + (tx * dx) ** 2
-                out[a, b] = np.exp(-dist2 / (2.0 * sigma**2))
-            if window == "disk":
-                # A 1-tap dimension has radius 0 and must not exclude anything.
-                ry = (ty / radius_y) ** 2 if radius_y else 0.0
-                rx = (tx / radius_x) ** 2 if radius_x else 0.0
-                if ry + rx > 1.0:
-                    out[a, b] = 0.0
-            elif window != "square":
-                raise ValueError(window)
+    """Spatial weight ``G``: Gaussian in the tap offset (pixels), optionally cut to a disk.
+
+    The rank is ``len(kernel_size)`` (2 for an int). ``sigma`` and ``dilation`` are scalars or
+    one value per axis; ``"disk"`` keeps the taps inside the inscribed ellipse (ellipsoid in
+    3-D, the whole segment in 1-D): ``sum (t/radius)**2 <= 1`` over the axes with radius > 0.
+    """
+    rank = 2 if np.ndim(kernel_size) == 0 else len(kernel_size)
+    k = _tuple(kernel_size, rank)
+    d = _tuple(dilation, rank)
+    sigmas = None if sigma is None else (
+        (float(sigma),) * rank if np.ndim(sigma) == 0 else tuple(float(v) for v in sigma))
+    if sigmas is not None and len(sigmas) != rank:
+        raise ValueError(f"sigma {sigma!r} for {rank} axes")
+    if window not in ("square", "disk"):
+        raise ValueError(window)
+    radius = tuple((n - 1) // 2 for n in k)
+    out = np.ones(k)
+    for a in _positions(k):
+        t = tuple(aa - rr for aa, rr in zip(a, radius))
+        if sigmas is not None and len(set(sigmas)) == 1:
+            dist2 = sum((tt * dd) ** 2 for tt, dd in zip(t, d))
+            out[a] = np.exp(-dist2 / (2.0 * sigmas[0] ** 2))
+        elif sigmas is not None:  # per-axis sigma: each axis scaled by its own
+            exponent = sum((tt * dd) ** 2 / (2.0 * ss**2) for tt, dd, ss in zip(t, d, sigmas))
+            out[a] = np.exp(-exponent)
+        if window == "disk":
+            # A 1-tap axis has radius 0 and must not exclude anything.
+            r2 = sum((tt / rr) ** 2 if rr else 0.0 for tt, rr in zip(t, radius))
+            if r2 > 1.0:
+                out[a] = 0.0
     return out
 
 
@@ -139,60 +205,56 @@ def ref_kernel(
     """Explicit adaptive kernel and validity.
 
     ``family`` is ``"gaussian"``, ``"inverse_power"`` or ``None`` (kappa = 1, the no-kernel
-    path; then only the guide's shape matters). Returns ``(K, valid)``, ``K`` of shape
-    ``(N, 1|F, kh, kw, Ho, Wo)``, ``valid`` ``(N, 1|F, Ho, Wo)`` (``Z != 0``).
+    path; then only the guide's shape matters). The rank ``r`` is ``guide.ndim - 2``. Returns
+    ``(K, valid)``, ``K`` of shape ``(N, 1|F, *k, *out)``, ``valid`` ``(N, 1|F, *out)``
+    (``Z != 0``).
     """
     guide = np.asarray(guide, dtype=np.float64)
-    n, f, height, width = guide.shape
-    kh, kw = _pair(kernel_size)
-    dy, dx = _pair(dilation)
+    rank = _spatial_rank(guide)
+    n, f = guide.shape[:2]
+    shape = guide.shape[2:]
+    k = _tuple(kernel_size, rank)
+    d = _tuple(dilation, rank)
     if transposed:
         # The guide is at the transposed op's output resolution: stride 1, centred padding.
-        sy, sx = 1, 1
-        py, px = dy * (kh - 1) // 2, dx * (kw - 1) // 2
+        s = (1,) * rank
+        p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
     else:
-        sy, sx = _pair(stride)
-        py, px = _pair(padding)
-    out_h = forward_out_size(height, kh, sy, py, dy)
-    out_w = forward_out_size(width, kw, sx, px, dx)
+        s = _tuple(stride, rank)
+        p = _tuple(padding, rank)
+    out_shape = _forward_shape(shape, k, s, p, d)
     centre_features = ref_smooth(guide, smooth)
-    g = np.ones((kh, kw)) if spatial_weight is None else np.asarray(spatial_weight, np.float64)
+    g = np.ones(k) if spatial_weight is None else np.asarray(spatial_weight, np.float64)
+    if g.shape != k:
+        raise ValueError(f"spatial_weight of shape {g.shape} for kernel_size {k}")
     m = None if mask is None else np.asarray(mask, dtype=np.float64)
+    if m is not None and m.shape != (n, 1) + shape:
+        raise ValueError(f"mask of shape {m.shape} for guide {guide.shape}")
     channels = f if channel_wise else 1
 
-    numerator = np.zeros((n, channels, kh, kw, out_h, out_w))
-    z_kernel = np.zeros((n, channels, out_h, out_w))
-    z_mask = np.zeros((n, 1, out_h, out_w))
-    z_mask_kernel = np.zeros((n, channels, out_h, out_w))
-    for i in range(out_h):
-        for j in range(out_w):
-            cy = i * sy - py + dy * (kh - 1) // 2
-            cx = j * sx - px + dx * (kw - 1) // 2
-            fc = centre_features[:, :, cy, cx]
-            for a in range(kh):
-                for b in range(kw):
-                    qy, qx = i * sy - py + a * dy, j * sx - px + b * dx
-                    if not _in_range(qy, qx, height, width):
-                        continue  # K = 0 and the tap is not counted in Z
-                    kappa = _kappa(
-                        family,
-                        fc,
-                        guide[:, :, qy, qx],
-                        channel_wise,
-                        alpha,
-                        lambda_,
-                        eps,
-                        asymmetric,
-                    )
-                    kg = kappa * g[a, b]
-                    mq = np.ones((n, 1)) if m is None else m[:, 0:1, qy, qx]
-                    numerator[:, :, a, b, i, j] = kg * mq
-                    z_kernel[:, :, i, j] += kg
-                    z_mask[:, :, i, j] += mq
-                    z_mask_kernel[:, :, i, j] += kg * mq
+    numerator = np.zeros((n, channels) + k + out_shape)
+    z_kernel = np.zeros((n, channels) + out_shape)
+    z_mask = np.zeros((n, 1) + out_shape)
+    z_mask_kernel = np.zeros((n, channels) + out_shape)
+    for i in _positions(out_shape):
+        centre = tuple(ii * ss - pp + dd * (kk - 1) // 2
+                       for ii, ss, pp, dd, kk in zip(i, s, p, d, k))
+        fc = _at(centre_features, centre)
+        for a in _positions(k):
+            q = _neighbour(i, a, s, p, d)
+            if not _in_range(q, shape):
+                continue  # K = 0 and the tap is not counted in Z
+            kappa = _kappa(family, fc, _at(guide, q), channel_wise, alpha, lambda_, eps,
+                           asymmetric)
+            kg = kappa * g[a]
+            mq = np.ones((n, 1)) if m is None else _at(m, q)
+            _at(numerator, a + i)[...] = kg * mq
+            _at(z_kernel, i)[...] += kg
+            _at(z_mask, i)[...] += mq
+            _at(z_mask_kernel, i)[...] += kg * mq
 
     if normalize is None:
-        return numerator, np.ones((n, channels, out_h, out_w), dtype=bool)
+        return numerator, np.ones((n, channels) + out_shape, dtype=bool)
     if normalize == "kernel":
         z = z_kernel
     elif normalize == "mask":
@@ -203,51 +265,56 @@ def ref_kernel(
         raise ValueError(normalize)
     valid = z != 0
     safe_z = np.where(valid, z, 1.0)
-    kernel = np.where(valid[:, :, None, None], numerator / safe_z[:, :, None, None], 0.0)
+    taps = (slice(None), slice(None)) + (None,) * rank  # broadcast Z over the tap axes
+    kernel = np.where(valid[taps], numerator / safe_z[taps], 0.0)
     return kernel, valid
 
 
 def _is_shared(weight, channels):
-    """A (1, 1, kh, kw) filter applied to each of ``channels`` > 1 channels separately."""
+    """A (1, 1, *k) filter applied to each of ``channels`` > 1 channels separately."""
     return weight.shape[:2] == (1, 1) and channels != 1
+
+
+def _check_rank(name, array, rank):
+    if np.ndim(array) != rank + 2:
+        raise ValueError(f"{name} of shape {np.shape(array)} for {rank} spatial axes")
 
 
 def ref_conv(x, K, weight, bias=None, stride=1, padding=0, dilation=1):
     """``y[n,o,i] = sum_{c,a} W[o,c,a] K[n,(c),a,i] x[n,c,i*s-p+a*d] + b[o]``.
 
-    ``K=None`` means K = 1. ``weight`` is ``(C_out, C, kh, kw)`` or shared ``(1, 1, kh, kw)``.
+    ``K=None`` means K = 1. ``weight`` is ``(C_out, C, *k)`` or shared ``(1, 1, *k)``.
     """
     x = np.asarray(x, dtype=np.float64)
-    n, channels, height, width = x.shape
+    rank = _spatial_rank(x)
+    n, channels = x.shape[:2]
+    shape = x.shape[2:]
     weight = np.asarray(weight, dtype=np.float64)
+    _check_rank("weight", weight, rank)
     shared = _is_shared(weight, channels)
     c_out = channels if shared else weight.shape[0]
-    kh, kw = weight.shape[2:]
-    sy, sx = _pair(stride)
-    py, px = _pair(padding)
-    dy, dx = _pair(dilation)
-    out_h = forward_out_size(height, kh, sy, py, dy)
-    out_w = forward_out_size(width, kw, sx, px, dx)
+    k = weight.shape[2:]
+    s, p, d = (_tuple(v, rank) for v in (stride, padding, dilation))
+    out_shape = _forward_shape(shape, k, s, p, d)
     if K is not None:
         K = np.asarray(K, dtype=np.float64)
-        assert K.shape[2:] == (kh, kw, out_h, out_w), (K.shape, (kh, kw, out_h, out_w))
-    y = np.zeros((n, c_out, out_h, out_w))
-    for i in range(out_h):
-        for j in range(out_w):
-            for a in range(kh):
-                for b in range(kw):
-                    qy, qx = i * sy - py + a * dy, j * sx - px + b * dx
-                    if not _in_range(qy, qx, height, width):
-                        continue
-                    tap = x[:, :, qy, qx]
-                    if K is not None:
-                        tap = K[:, :, a, b, i, j] * tap  # (N,1) or (N,C) broadcast
-                    if shared:  # per channel: no 0 * NaN leaking across channels
-                        y[:, :, i, j] += weight[0, 0, a, b] * tap
-                    else:
-                        y[:, :, i, j] += tap @ weight[:, :, a, b].T
+        assert K.shape[2:] == k + out_shape, (K.shape, k + out_shape)
+    y = np.zeros((n, c_out) + out_shape)
+    for i in _positions(out_shape):
+        for a in _positions(k):
+            q = _neighbour(i, a, s, p, d)
+            if not _in_range(q, shape):
+                continue
+            tap = _at(x, q)
+            if K is not None:
+                tap = _at(K, a + i) * tap  # (N,1) or (N,C) broadcast
+            w = weight[(slice(None), slice(None)) + a]
+            if shared:  # per channel: no 0 * NaN leaking across channels
+                _at(y, i)[...] += w[0, 0] * tap
+            else:
+                _at(y, i)[...] += tap @ w.T
     if bias is not None:
-        y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+        y += np.asarray(bias, dtype=np.float64)[(None, slice(None)) + (None,) * rank]
     return y
 
 
@@ -256,11 +323,11 @@ def ref_conv_transpose(x, K, weight, bias=None, stride=1, padding=0, dilation=1,
     """Transposed PAC as ``docs/design.md`` §1.2 defines it: PAC on the zero-inserted input with
     flipped weights.
 
-    ``x`` ``(N, C, H, W)``, ``weight`` ``(C, C_out, kh, kw)`` or shared ``(1, 1, kh, kw)``,
-    ``K`` ``(N, 1|C, kh, kw, Ho, Wo)`` at the output resolution (or None for K = 1).
+    ``x`` ``(N, C, *S)``, ``weight`` ``(C, C_out, *k)`` or shared ``(1, 1, *k)``,
+    ``K`` ``(N, 1|C, *k, *out)`` at the output resolution (or None for K = 1).
 
-    Derivation. Insert ``s-1`` zeros between samples, pad ``P = d(k-1) - p`` on each side and
-    ``output_padding`` more on the bottom/right, then correlate with stride 1, no padding,
+    Derivation (per axis). Insert ``s-1`` zeros between samples, pad ``P = d(k-1) - p`` on each
+    side and ``output_padding`` more at the end, then correlate with stride 1, no padding,
     dilation d and weight ``W'[o,c,b] = W[c,o,k-1-b]``. Tap ``b`` of output ``j`` reads the
     zero-inserted image at ``j + b*d``, i.e. ``x[i]`` with ``i*s = j + b*d - P``; with
     ``a = k-1-b`` that is ``i*s = j + p - a*d``, the contract's gather. The zero-inserted
@@ -269,25 +336,24 @@ def ref_conv_transpose(x, K, weight, bias=None, stride=1, padding=0, dilation=1,
     padding ``d(k-1)/2``) looks, so K is used as ``K[..., b, j]`` = ``K[..., k-1-a, j]``.
     """
     x = np.asarray(x, dtype=np.float64)
-    n, channels, height, width = x.shape
+    rank = _spatial_rank(x)
+    n, channels = x.shape[:2]
+    shape = x.shape[2:]
     weight = np.asarray(weight, dtype=np.float64)
-    kh, kw = weight.shape[2:]
-    sy, sx = _pair(stride)
-    py, px = _pair(padding)
-    dy, dx = _pair(dilation)
-    opy, opx = _pair(output_padding)
-    pad_y, pad_x = dy * (kh - 1) - py, dx * (kw - 1) - px
-    zh = (height - 1) * sy + 1 + 2 * pad_y + opy
-    zw = (width - 1) * sx + 1 + 2 * pad_x + opx
-    zero_inserted = np.zeros((n, channels, zh, zw))
-    zero_inserted[:, :, pad_y:pad_y + (height - 1) * sy + 1:sy,
-                  pad_x:pad_x + (width - 1) * sx + 1:sx] = x
-    flipped = np.ascontiguousarray(np.swapaxes(weight, 0, 1)[:, :, ::-1, ::-1])
-    y = ref_conv(zero_inserted, K, flipped, bias, stride=1, padding=0, dilation=(dy, dx))
-    assert y.shape[2:] == (
-        transposed_out_size(height, kh, sy, py, dy, opy),
-        transposed_out_size(width, kw, sx, px, dx, opx),
-    )
+    _check_rank("weight", weight, rank)
+    k = weight.shape[2:]
+    s, p, d, op = (_tuple(v, rank) for v in (stride, padding, dilation, output_padding))
+    pad = tuple(dd * (kk - 1) - pp for kk, pp, dd in zip(k, p, d))
+    zero_shape = tuple((size - 1) * ss + 1 + 2 * pp + oo
+                       for size, ss, pp, oo in zip(shape, s, pad, op))
+    zero_inserted = np.zeros((n, channels) + zero_shape)
+    inserted = tuple(slice(pp, pp + (size - 1) * ss + 1, ss)
+                     for size, ss, pp in zip(shape, s, pad))
+    _at(zero_inserted, inserted)[...] = x
+    flip = (slice(None), slice(None)) + (slice(None, None, -1),) * rank
+    flipped = np.ascontiguousarray(np.swapaxes(weight, 0, 1)[flip])
+    y = ref_conv(zero_inserted, K, flipped, bias, stride=1, padding=0, dilation=d)
+    assert y.shape[2:] == tuple(transposed_out_size(*args) for args in zip(shape, k, s, p, d, op))
     return y
 
 
@@ -297,37 +363,36 @@ def ref_conv_transpose_gather(x, K, weight, bias=None, stride=1, padding=0, dila
     ``y[n,o,j] = sum_{c,a} W[c,o,a] K[n,(c),k-1-a,j] x[n,c,i]`` over ``i*s = j + p - a*d``.
     """
     x = np.asarray(x, dtype=np.float64)
-    n, channels, height, width = x.shape
+    rank = _spatial_rank(x)
+    n, channels = x.shape[:2]
+    shape = x.shape[2:]
     weight = np.asarray(weight, dtype=np.float64)
+    _check_rank("weight", weight, rank)
     shared = _is_shared(weight, channels)
     c_out = channels if shared else weight.shape[1]
-    kh, kw = weight.shape[2:]
-    sy, sx = _pair(stride)
-    py, px = _pair(padding)
-    dy, dx = _pair(dilation)
-    opy, opx = _pair(output_padding)
-    out_h = transposed_out_size(height, kh, sy, py, dy, opy)
-    out_w = transposed_out_size(width, kw, sx, px, dx, opx)
-    y = np.zeros((n, c_out, out_h, out_w))
-    for j in range(out_h):
-        for jj in range(out_w):
-            for a in range(kh):
-                for b in range(kw):
-                    ty, tx = j + py - a * dy, jj + px - b * dx
-                    if ty % sy or tx % sx:
-                        continue
-                    iy, ix = ty // sy, tx // sx
-                    if not _in_range(iy, ix, height, width):
-                        continue
-                    tap = x[:, :, iy, ix]
-                    if K is not None:
-                        tap = K[:, :, kh - 1 - a, kw - 1 - b, j, jj] * tap
-                    if shared:
-                        y[:, :, j, jj] += weight[0, 0, a, b] * tap
-                    else:
-                        y[:, :, j, jj] += tap @ weight[:, :, a, b]
+    k = weight.shape[2:]
+    s, p, d, op = (_tuple(v, rank) for v in (stride, padding, dilation, output_padding))
+    out_shape = tuple(transposed_out_size(*args) for args in zip(shape, k, s, p, d, op))
+    y = np.zeros((n, c_out) + out_shape)
+    for j in _positions(out_shape):
+        for a in _positions(k):
+            t = tuple(jj + pp - aa * dd for jj, pp, aa, dd in zip(j, p, a, d))
+            if any(tt % ss for tt, ss in zip(t, s)):
+                continue
+            i = tuple(tt // ss for tt, ss in zip(t, s))
+            if not _in_range(i, shape):
+                continue
+            tap = _at(x, i)
+            if K is not None:
+                flipped = tuple(kk - 1 - aa for kk, aa in zip(k, a))
+                tap = _at(K, flipped + j) * tap
+            w = weight[(slice(None), slice(None)) + a]
+            if shared:
+                _at(y, j)[...] += w[0, 0] * tap
+            else:
+                _at(y, j)[...] += tap @ w
     if bias is not None:
-        y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+        y += np.asarray(bias, dtype=np.float64)[(None, slice(None)) + (None,) * rank]
     return y
 
 
@@ -335,57 +400,56 @@ def ref_conv_transpose_scatter(x, weight, bias=None, stride=1, padding=0, dilati
                                output_padding=0):
     """K = 1 transposed convolution as a scatter: ``y[o, i*s - p + a*d] += W[c, o, a] x[c, i]``.
 
-    ``weight`` is ``(C, C_out, kh, kw)`` (full weights only).
+    ``weight`` is ``(C, C_out, *k)`` (full weights only).
     """
     x = np.asarray(x, dtype=np.float64)
+    rank = _spatial_rank(x)
     weight = np.asarray(weight, dtype=np.float64)
-    n, channels, height, width = x.shape
-    c_out, kh, kw = weight.shape[1:]
-    sy, sx = _pair(stride)
-    py, px = _pair(padding)
-    dy, dx = _pair(dilation)
-    opy, opx = _pair(output_padding)
-    out_h = transposed_out_size(height, kh, sy, py, dy, opy)
-    out_w = transposed_out_size(width, kw, sx, px, dx, opx)
-    y = np.zeros((n, c_out, out_h, out_w))
+    _check_rank("weight", weight, rank)
+    n, channels = x.shape[:2]
+    shape = x.shape[2:]
+    c_out = weight.shape[1]
+    k = weight.shape[2:]
+    s, p, d, op = (_tuple(v, rank) for v in (stride, padding, dilation, output_padding))
+    out_shape = tuple(transposed_out_size(*args) for args in zip(shape, k, s, p, d, op))
+    y = np.zeros((n, c_out) + out_shape)
     for c in range(channels):
         for o in range(c_out):
-            for iy in range(height):
-                for ix in range(width):
-                    for a in range(kh):
-                        for b in range(kw):
-                            jy, jx = iy * sy - py + a * dy, ix * sx - px + b * dx
-                            if _in_range(jy, jx, out_h, out_w):
-                                y[:, o, jy, jx] += weight[c, o, a, b] * x[:, c, iy, ix]
+            for i in _positions(shape):
+                for a in _positions(k):
+                    j = _neighbour(i, a, s, p, d)
+                    if _in_range(j, out_shape):
+                        y[(slice(None), o) + j] += weight[(c, o) + a] * x[(slice(None), c) + i]
     if bias is not None:
-        y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+        y += np.asarray(bias, dtype=np.float64)[(None, slice(None)) + (None,) * rank]
     return y
 
 
 def ref_pool(x, K, kernel_size=None, stride=1, padding=0, dilation=1):
     """``y[n,c,i] = sum_a K[n,(c),a,i] x[n,c,i*s-p+a*d]`` (``K=None``: plain sum pooling)."""
     x = np.asarray(x, dtype=np.float64)
-    n, channels, height, width = x.shape
+    rank = _spatial_rank(x)
+    n, channels = x.shape[:2]
+    shape = x.shape[2:]
     if K is not None:
         K = np.asarray(K, dtype=np.float64)
-        kh, kw = K.shape[2:4]
+        if K.ndim != 2 + 2 * rank:
+            raise ValueError(f"K of shape {K.shape} for {rank} spatial axes")
+        k = K.shape[2:2 + rank]
     else:
-        kh, kw = _pair(kernel_size)
-    sy, sx = _pair(stride)
-    py, px = _pair(padding)
-    dy, dx = _pair(dilation)
-    out_h = forward_out_size(height, kh, sy, py, dy)
-    out_w = forward_out_size(width, kw, sx, px, dx)
-    y = np.zeros((n, channels, out_h, out_w))
-    for i in range(out_h):
-        for j in range(out_w):
-            for a in range(kh):
-                for b in range(kw):
-                    qy, qx = i * sy - py + a * dy, j * sx - px + b * dx
-                    if not _in_range(qy, qx, height, width):
-                        continue
-                    tap = x[:, :, qy, qx]
-                    if K is not None:
-                        tap = K[:, :, a, b, i, j] * tap
-                    y[:, :, i, j] += tap
+        k = _tuple(kernel_size, rank)
+    s, p, d = (_tuple(v, rank) for v in (stride, padding, dilation))
+    out_shape = _forward_shape(shape, k, s, p, d)
+    if K is not None:
+        assert K.shape[2 + rank:] == out_shape, (K.shape, out_shape)
+    y = np.zeros((n, channels) + out_shape)
+    for i in _positions(out_shape):
+        for a in _positions(k):
+            q = _neighbour(i, a, s, p, d)
+            if not _in_range(q, shape):
+                continue
+            tap = _at(x, q)
+            if K is not None:
+                tap = _at(K, a + i) * tap
+            _at(y, i)[...] += tap
     return y

@@ -12,48 +12,74 @@ import numpy as np
 
 from . import _crf_kernels, _threads
 from . import _numba_kernels as nk
-from ._inputs import explicit_kernel, features, frozen, kernel_args
+from ._inputs import (
+    explicit_kernel,
+    features,
+    frozen,
+    guide_shape3,
+    kernel_args,
+    lift_tuple,
+    lifted,
+)
 from ._filters import bilateral, joint_upsample  # noqa: F401
 from .backward import conv_backward, kernel_backward, pool_backward  # noqa: F401
 
 
+def _geometry3(geometry):
+    """The op's geometry on 3 spatial axes: ``(stride, padding, dilation)`` lifted."""
+    return (lift_tuple(geometry.stride, 1), lift_tuple(geometry.padding, 0),
+            lift_tuple(geometry.dilation, 1))
+
+
 def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_shape):
-    """K of shape (N, Fk, kh, kw, Ho, Wo) and validity (N, Fk, Ho, Wo) from a fused spec."""
-    kh, kw = kernel_size
+    """K of shape (N, Fk, *kernel_size, *out) and validity (N, Fk, *out) from a fused spec.
+
+    Rank 1-3: the kernels run on 3 spatial axes (``_inputs.lifted``; docs/design.md §7).
+    """
     batch = spec.guide.shape[0]
     dtype = spec.guide.dtype
-    out = np.empty((batch, spec.fk_count, kh * kw, *out_shape), dtype)
-    valid = np.empty((batch, spec.fk_count, *out_shape), np.bool_)
+    taps = int(np.prod(kernel_size))
+    out3 = lift_tuple(out_shape, 1)
+    out = np.empty((batch, spec.fk_count, taps, *out3), dtype)
+    valid = np.empty((batch, spec.fk_count, *out3), np.bool_)
     nk.fill_kernel(
-        *features(spec), *spec.guide_shape, kh, kw, *k_stride, *k_padding, *dilation,
+        *features(spec), *guide_shape3(spec), *lift_tuple(kernel_size, 1),
+        *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0), *lift_tuple(dilation, 1),
         *kernel_args(spec), out, valid,
     )
-    return out.reshape(batch, spec.fk_count, kh, kw, *out_shape), valid
+    shape = (batch, spec.fk_count)
+    return (out.reshape(*shape, *kernel_size, *out_shape),
+            valid.reshape(*shape, *out_shape))
 
 
 def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
     """Direct kernel: ``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]``."""
+    rank = len(out_shape)
     explicit, use_explicit = explicit_kernel(spec, x.dtype)
-    y = np.empty((x.shape[0], x.shape[1], *out_shape), x.dtype)
+    y = np.empty((x.shape[0], x.shape[1], *lift_tuple(out_shape, 1)), x.dtype)
+    stride, padding, dilation = _geometry3(geometry)
     nk.direct(
-        frozen(x), frozen(tap_weight), explicit, use_explicit, *features(spec), *spec.guide_shape,
-        *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride, *k_padding,
-        geometry.transposed, *kernel_args(spec), spec.fk_count, y,
+        frozen(lifted(x, 2, rank)), frozen(lifted(tap_weight, 0, rank)), explicit, use_explicit,
+        *features(spec), *guide_shape3(spec), *stride, *padding, *dilation,
+        *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0), geometry.transposed,
+        *kernel_args(spec), spec.fk_count, y,
     )
-    return y
+    return y.reshape(y.shape[:2] + tuple(out_shape))
 
 
 def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
     """``y[n,o,i] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,i] x[n,c,src(i,t)]``."""
-    kh, kw = geometry.kernel_size
+    rank = len(out_shape)
     explicit, use_explicit = explicit_kernel(spec, x.dtype)
-    y = np.empty((x.shape[0], weight_matrix.shape[0], *out_shape), x.dtype)
+    y = np.empty((x.shape[0], weight_matrix.shape[0], *lift_tuple(out_shape, 1)), x.dtype)
+    stride, padding, dilation = _geometry3(geometry)
     nk.conv_rows(
-        frozen(x), frozen(weight_matrix), explicit, use_explicit, *features(spec),
-        *spec.guide_shape, kh, kw, *geometry.stride, *geometry.padding, *geometry.dilation,
-        *k_stride, *k_padding, geometry.transposed, *kernel_args(spec), spec.fk_count, y,
+        frozen(lifted(x, 2, rank)), frozen(weight_matrix), explicit, use_explicit,
+        *features(spec), *guide_shape3(spec), *lift_tuple(geometry.kernel_size, 1), *stride,
+        *padding, *dilation, *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0),
+        geometry.transposed, *kernel_args(spec), spec.fk_count, y,
     )
-    return y
+    return y.reshape(y.shape[:2] + tuple(out_shape))
 
 
 # CRF entry points

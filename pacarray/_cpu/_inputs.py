@@ -6,6 +6,10 @@ from a writeable one. Callers' arrays come either way (a read-only ``x``, a per-
 kernel per combination of flags. Every input therefore goes to the kernels as a read-only view
 (no copy): each kernel is compiled once per dtype, and a kernel that wrote to one of its inputs
 would not compile.
+
+The kernels are written for three spatial dimensions: :func:`lifted` and :func:`lift_tuple`
+give 1-D and 2-D arrays and geometry singleton leading spatial axes (reshaped views, no copies;
+``docs/design.md`` §7).
 """
 
 from __future__ import annotations
@@ -22,26 +26,60 @@ def frozen(array):
     return view
 
 
+#: The kernels' spatial rank.
+DIMS = 3
+
+
+def lifted(array, lead, rank):
+    """``array`` of shape ``(*lead axes, *S)`` with ``len(S) == rank``, reshaped to 3 spatial
+    axes by inserting singleton axes after the ``lead`` leading ones (a view)."""
+    shape = array.shape
+    return array.reshape(shape[:lead] + (1,) * (DIMS - rank) + shape[lead:])
+
+
+def lift_tuple(values, fill):
+    """A per-axis tuple of length 1-3 padded at the front with ``fill`` to length 3."""
+    return (fill,) * (DIMS - len(values)) + tuple(values)
+
+
+def spatial_rank(spec):
+    return len(spec.guide_shape)
+
+
+def guide_shape3(spec):
+    """The guide's spatial shape ``(D, H, W)`` for the kernels."""
+    return lift_tuple(spec.guide_shape, 1)
+
+
 def kernel_args(spec):
-    """The fused kernel's parameters, in the kernels' argument order, inputs read-only."""
+    """The fused kernel's parameters, in the kernels' argument order, inputs read-only (the
+    mask lifted to ``(N, D, H, W)``)."""
     return (
         spec.family, frozen(spec.alpha), frozen(spec.lam), spec.eps2,
-        frozen(spec.spatial.reshape(-1)), frozen(spec.mask), spec.has_mask, spec.normalize,
-        spec.channel_wise,
+        frozen(spec.spatial.reshape(-1)), frozen(lifted(spec.mask, 1, spatial_rank(spec))),
+        spec.has_mask, spec.normalize, spec.channel_wise,
     )
 
 
 def features(spec):
-    """``(guide, centre)`` read-only (one view when they are the same array)."""
-    guide = frozen(spec.guide)
-    return guide, guide if spec.centre is spec.guide else frozen(spec.centre)
+    """``(guide, centre)`` ``(N, F, D, H, W)`` read-only (one view when they are the same
+    array)."""
+    rank = spatial_rank(spec)
+    guide = frozen(lifted(spec.guide, 2, rank))
+    if spec.centre is spec.guide:
+        return guide, guide
+    return guide, frozen(lifted(spec.centre, 2, rank))
 
 
 def explicit_kernel(spec, dtype):
-    """``(explicit K or a small dummy, use_explicit)``, read-only."""
+    """``(explicit K (N, Fk, T, Do, Ho, Wo) or a small dummy, use_explicit)``, read-only."""
     if spec.explicit is not None:
-        return frozen(spec.explicit), True
-    return frozen(np.zeros((1, 1, 1, 1, 1), dtype)), False
+        rank = spatial_rank(spec)
+        explicit = spec.explicit
+        taps = int(np.prod(explicit.shape[2:2 + rank]))
+        out = lift_tuple(explicit.shape[2 + rank:], 1)
+        return frozen(explicit.reshape(explicit.shape[:2] + (taps,) + out)), True
+    return frozen(np.zeros((1, 1, 1, 1, 1, 1), dtype)), False
 
 
 def aligned_zeros(shape, dtype):

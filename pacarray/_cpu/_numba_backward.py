@@ -1,6 +1,7 @@
 """Numba kernels of the CPU backward passes (vector-Jacobian products).
 
-Every kernel walks output rows ``(n, oy)``, recomputes that row's adaptive kernel into small
+Like the forward kernels these work on 3 spatial axes (1-D and 2-D lifted by the drivers).
+Every kernel walks output rows ``(n, oz, oy)``, recomputes that row's adaptive kernel into small
 buffers (``(Fk, T, Wo)``: never the whole K) and pushes the row's upstream gradient back to
 the inputs. The convolution's products with the weight matrix are formed here too, a block of
 patch rows at a time (several narrow output rows side by side, up to ``group_rows``), so no
@@ -16,6 +17,13 @@ whatever the thread schedule: results are bit-identical run to run. Partial sums
 parameters go to per-row slots (tap weights, spatial weight, ``alpha``, ``lambda``) or, for
 the weight matrix, to ``slots`` accumulators: bands run in waves of at most ``slots`` bands and
 band ``i`` of a wave owns slot ``i``. The driver reduces the slots in a fixed order.
+
+In 3-D a band is a tile: ``band_depth`` consecutive output planes times ``band_height`` rows,
+walked plane by plane. Tiles are coloured by the parity of their plane band and of their row
+band; two tiles of one colour differ by at least two bands along one axis, so they never touch
+the same input, guide or mask row. With one depth tap (``z_colours == 1``, every 2-D call) no
+two planes share an input plane, and the plane bands need no colour: a 2-D call keeps exactly
+its former partition and order.
 
 Integer codes are those of :mod:`pacarray._cpu._numba_kernels` (family 0 constant, 1 Gaussian,
 2 inverse power, 3 asymmetric inverse power; normalize 0 none, 1 kernel, 2 mask, 3 mask_kernel).
@@ -58,37 +66,38 @@ def _add_squared_difference(d2, centre_row, c_first, guide_row, q_first, count, 
 
 
 @njit(cache=True)
-def _centre_rows(centre, n, cy, centre_shift, ksx, phases):
-    """For a strided kernel, ``phases[0, f, 0, j] = centre[n, f, cy, j*ksx + phase]``: the
+def _centre_rows(centre, n, cz, cy, centre_shift, ksx, phases):
+    """For a strided kernel, ``phases[0, f, 0, j] = centre[n, f, cz, cy, j*ksx + phase]``: the
     centre features of one output row, made contiguous (``phase = centre_shift % ksx``)."""
     if ksx == 1:
         return
     phase = centre_shift % ksx
-    width = centre.shape[3]
+    width = centre.shape[4]
     for f in range(centre.shape[1]):
-        row = centre[n, f, cy]
+        row = centre[n, f, cz, cy]
         dst = phases[0, f, 0]
         for j in range((width - phase + ksx - 1) // ksx):
             dst[j] = row[j * ksx + phase]
 
 
 @njit(cache=True)
-def _guide_rows(guide, n, qy, ksx, f_first, f_last, phases):
+def _guide_rows(guide, n, qz, qy, ksx, f_first, f_last, phases):
     """For a strided kernel, ``phases[1, f] = `` guide row ``qy`` of feature ``f`` split by
     phase (``_deinterleave``)."""
     if ksx == 1:
         return
     for f in range(f_first, f_last):
-        _deinterleave(guide[n, f, qy], ksx, phases[1, f])
+        _deinterleave(guide[n, f, qz, qy], ksx, phases[1, f])
 
 
 @njit(cache=True, inline='always')
-def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift, ksx, phases):
+def _feature_rows(centre, guide, n, cz, cy, qz, qy, f, lo, centre_shift, neighbour_shift, ksx,
+                  phases):
     """Centre and neighbour feature rows of tap column ``neighbour_shift`` as unit-stride arrays:
     ``(centre_row, c_first, guide_row, q_first)`` with output ``lo + j`` reading
     ``centre_row[c_first + j]`` and ``guide_row[q_first + j]``."""
     if ksx == 1:
-        return centre[n, f, cy], lo + centre_shift, guide[n, f, qy], lo + neighbour_shift
+        return centre[n, f, cz, cy], lo + centre_shift, guide[n, f, qz, qy], lo + neighbour_shift
     c_phase = centre_shift % ksx
     q_phase = neighbour_shift % ksx
     return (phases[0, f, 0], lo + (centre_shift - c_phase) // ksx, phases[1, f, q_phase],
@@ -96,23 +105,23 @@ def _feature_rows(centre, guide, n, cy, qy, f, lo, centre_shift, neighbour_shift
 
 
 @njit(cache=True, inline='always')
-def _add_squared_feature(base, fk, t, first, count, centre, guide, n, f, cy, qy, c0, q0,
+def _add_squared_feature(base, fk, t, first, count, centre, guide, n, f, cz, cy, qz, qy, c0, q0,
                          asymmetric):
-    """``base[fk, t, first + j] += max?(centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j])**2``
-    for ``j < count`` (unsigned offsets)."""
+    """``base[fk, t, first + j] += max?(centre[n, f, cz, cy, c0 + j]
+    - guide[n, f, qz, qy, q0 + j])**2`` for ``j < count`` (unsigned offsets)."""
     zero = base.dtype.type(0.0)
     for j in range(count):
-        diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
+        diff = centre[n, f, cz, cy, c0 + j] - guide[n, f, qz, qy, q0 + j]
         if asymmetric:
             diff = max(diff, zero)
         base[fk, t, first + j] += diff * diff
 
 
 @njit(cache=True, inline='always')
-def _squared_distances(base, t, centre, guide, n, cy, qy, lo, count, c_first, q_first,
+def _squared_distances(base, t, centre, guide, n, cz, cy, qz, qy, lo, count, c_first, q_first,
                        channel_wise, asymmetric):
-    """``base[fk, t, lo + j] = sum_f max?(centre[n, f, cy, c_first + j]
-    - guide[n, f, qy, q_first + j])**2`` for ``j < count`` (unit kernel stride), with
+    """``base[fk, t, lo + j] = sum_f max?(centre[n, f, cz, cy, c_first + j]
+    - guide[n, f, qz, qy, q_first + j])**2`` for ``j < count`` (unit kernel stride), with
     ``fk = f`` when ``channel_wise`` and 0 otherwise.
 
     The features are added one after another in order (the forward's rounding), two per pass
@@ -129,27 +138,27 @@ def _squared_distances(base, t, centre, guide, n, cy, qy, lo, count, c_first, q_
             base[fk, t, first + j] = zero
     if channel_wise:
         for f in range(features):
-            _add_squared_feature(base, f, t, first, size, centre, guide, n, f, cy, qy, c0, q0,
-                                 asymmetric)
+            _add_squared_feature(base, f, t, first, size, centre, guide, n, f, cz, cy, qz, qy,
+                                 c0, q0, asymmetric)
         return
     for f in range(0, features - 1, 2):
         for j in range(size):
-            diff = centre[n, f, cy, c0 + j] - guide[n, f, qy, q0 + j]
-            other = centre[n, f + 1, cy, c0 + j] - guide[n, f + 1, qy, q0 + j]
+            diff = centre[n, f, cz, cy, c0 + j] - guide[n, f, qz, qy, q0 + j]
+            other = centre[n, f + 1, cz, cy, c0 + j] - guide[n, f + 1, qz, qy, q0 + j]
             if asymmetric:
                 diff = max(diff, zero)
                 other = max(other, zero)
             total = base[0, t, first + j] + diff * diff
             base[0, t, first + j] = total + other * other
     if features % 2 == 1:
-        _add_squared_feature(base, 0, t, first, size, centre, guide, n, features - 1, cy, qy,
-                             c0, q0, asymmetric)
+        _add_squared_feature(base, 0, t, first, size, centre, guide, n, features - 1, cz, cy,
+                             qz, qy, c0, q0, asymmetric)
 
 
 @njit(cache=True)
 def kappa_row(
-    guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-    family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
+    guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy,
+    kpx, dd, dh, dw, family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
 ):
     """Raw kernel values of output row ``oy`` (no spatial weight, mask or normalizer).
 
@@ -163,60 +172,65 @@ def kappa_row(
     asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
     one = kap.dtype.type(1.0)
     eps2_typed = kap.dtype.type(eps2)
+    cz = oz * ksz - kpz + dd * ((kd - 1) // 2)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
     kap[:] = 0.0
     if family != FAMILY_CONSTANT:
-        _centre_rows(centre, n, cy, centre_shift, ksx, phases)
-    for ty in range(kh):
-        qy = oy * ksy - kpy + ty * dh
-        if qy < 0 or qy >= guide_h:
+        _centre_rows(centre, n, cz, cy, centre_shift, ksx, phases)
+    for tz in range(kd):
+        qz = oz * ksz - kpz + tz * dd
+        if qz < 0 or qz >= guide_d:
             continue
-        if family != FAMILY_CONSTANT:
-            _guide_rows(guide, n, qy, ksx, 0, features, phases)
-        for tx in range(kw):
-            t = ty * kw + tx
-            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-            count = hi - lo
-            if family == FAMILY_CONSTANT:
-                for fk in range(fk_count):
-                    kap[fk, t, lo:hi] = 1.0
+        for ty in range(kh):
+            qy = oy * ksy - kpy + ty * dh
+            if qy < 0 or qy >= guide_h:
                 continue
-            if ksx == 1 and lo + centre_shift >= 0 and count > 0:
-                _squared_distances(base, t, centre, guide, n, cy, qy, lo, count,
-                                   lo + centre_shift, lo + tx * dw - kpx, channel_wise,
-                                   asymmetric)
-            else:
-                for fk in range(fk_count):
-                    base[fk, t, lo:hi] = 0.0
-                for f in range(features):
-                    centre_row, c_first, guide_row, q_first = _feature_rows(
-                        centre, guide, n, cy, qy, f, lo, centre_shift, tx * dw - kpx, ksx,
-                        phases)
-                    _add_squared_difference(base[f if channel_wise else 0, t, lo:hi],
-                                            centre_row, c_first, guide_row, q_first, count,
-                                            asymmetric)
-            for fk in range(fk_count):
-                b_part = base[fk, t, lo:hi]
-                k_part = kap[fk, t, lo:hi]
-                if family == FAMILY_GAUSSIAN:
-                    _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one)
+            if family != FAMILY_CONSTANT:
+                _guide_rows(guide, n, qz, qy, ksx, 0, features, phases)
+            for tx in range(kw):
+                t = (tz * kh + ty) * kw + tx
+                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                count = hi - lo
+                if family == FAMILY_CONSTANT:
+                    for fk in range(fk_count):
+                        kap[fk, t, lo:hi] = 1.0
+                    continue
+                if ksx == 1 and lo + centre_shift >= 0 and count > 0:
+                    _squared_distances(base, t, centre, guide, n, cz, cy, qz, qy, lo, count,
+                                       lo + centre_shift, lo + tx * dw - kpx, channel_wise,
+                                       asymmetric)
                 else:
-                    p_part = power[fk, t, lo:hi]
-                    a = alpha[fk]
-                    half_power = kap.dtype.type(0.5) * lam[fk]
-                    for j in range(count):
-                        b = b_part[j] + eps2_typed
-                        p = b ** half_power
-                        b_part[j] = b
-                        p_part[j] = p
-                        k_part[j] = a + p
+                    for fk in range(fk_count):
+                        base[fk, t, lo:hi] = 0.0
+                    for f in range(features):
+                        centre_row, c_first, guide_row, q_first = _feature_rows(
+                            centre, guide, n, cz, cy, qz, qy, f, lo, centre_shift, tx * dw - kpx,
+                            ksx, phases)
+                        _add_squared_difference(base[f if channel_wise else 0, t, lo:hi],
+                                                centre_row, c_first, guide_row, q_first, count,
+                                                asymmetric)
+                for fk in range(fk_count):
+                    b_part = base[fk, t, lo:hi]
+                    k_part = kap[fk, t, lo:hi]
+                    if family == FAMILY_GAUSSIAN:
+                        _gaussian_of_d2(kap[fk, t], base[fk, t], lo, hi, one)
+                    else:
+                        p_part = power[fk, t, lo:hi]
+                        a = alpha[fk]
+                        half_power = kap.dtype.type(0.5) * lam[fk]
+                        for j in range(count):
+                            b = b_part[j] + eps2_typed
+                            p = b ** half_power
+                            b_part[j] = b
+                            p_part[j] = p
+                            k_part[j] = a + p
 
 
 @njit(cache=True)
 def normalize_row(
-    kap, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-    spatial, mask, has_mask, normalize, kbuf, zinv,
+    kap, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd,
+    dh, dw, spatial, mask, has_mask, normalize, kbuf, zinv,
 ):
     """``kbuf = kap * G * M / Z`` for one output row; ``zinv[Fk, Wo]`` gets ``1/Z`` (0 where
     ``Z == 0``, 1 without normalization). Same operation order as the forward kernels.
@@ -228,41 +242,45 @@ def normalize_row(
     zinv[:] = 0.0
     kbuf[:] = 0.0
     add_kernel = normalize == NORMALIZE_KERNEL
-    for ty in range(kh):
-        qy = oy * ksy - kpy + ty * dh
-        if qy < 0 or qy >= guide_h:
+    for tz in range(kd):
+        qz = oz * ksz - kpz + tz * dd
+        if qz < 0 or qz >= guide_d:
             continue
-        for tx in range(kw):
-            t = ty * kw + tx
-            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-            if hi <= lo:
+        for ty in range(kh):
+            qy = oy * ksy - kpy + ty * dh
+            if qy < 0 or qy >= guide_h:
                 continue
-            g = spatial[t]
-            first = np.uint64(lo)
-            count = np.uint64(hi - lo)
-            # mask column of output lo + j: m_first + j * ksx (>= 0 for a tap in range)
-            m_first = np.uint64(lo * ksx + tx * dw - kpx)
-            m_step = np.uint64(ksx)
-            for fk in range(fk_count):
-                if not has_mask:
+            for tx in range(kw):
+                t = (tz * kh + ty) * kw + tx
+                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                if hi <= lo:
+                    continue
+                g = spatial[t]
+                first = np.uint64(lo)
+                count = np.uint64(hi - lo)
+                # mask column of output lo + j: m_first + j * ksx (>= 0 for a tap in range)
+                m_first = np.uint64(lo * ksx + tx * dw - kpx)
+                m_step = np.uint64(ksx)
+                for fk in range(fk_count):
+                    if not has_mask:
+                        for j in range(count):
+                            o = first + j
+                            k_value = kap[fk, t, o] * g
+                            if add_kernel:
+                                zinv[fk, o] += k_value
+                            kbuf[fk, t, o] = k_value
+                        continue
                     for j in range(count):
                         o = first + j
                         k_value = kap[fk, t, o] * g
+                        m = mask[n, qz, qy, m_first + j * m_step]
                         if add_kernel:
                             zinv[fk, o] += k_value
-                        kbuf[fk, t, o] = k_value
-                    continue
-                for j in range(count):
-                    o = first + j
-                    k_value = kap[fk, t, o] * g
-                    m = mask[n, qy, m_first + j * m_step]
-                    if add_kernel:
-                        zinv[fk, o] += k_value
-                    elif normalize == NORMALIZE_MASK:
-                        zinv[fk, o] += m
-                    elif normalize == NORMALIZE_MASK_KERNEL:
-                        zinv[fk, o] += m * k_value
-                    kbuf[fk, t, o] = k_value * m
+                        elif normalize == NORMALIZE_MASK:
+                            zinv[fk, o] += m
+                        elif normalize == NORMALIZE_MASK_KERNEL:
+                            zinv[fk, o] += m * k_value
+                        kbuf[fk, t, o] = k_value * m
     for fk in range(fk_count):
         if normalize == NORMALIZE_NONE:
             zinv[fk] = 1.0
@@ -270,7 +288,7 @@ def normalize_row(
         for ox in range(out_w):
             zv = zinv[fk, ox]
             zinv[fk, ox] = 0.0 if zv == 0.0 else 1.0 / zv
-        for t in range(kh * kw):
+        for t in range(kd * kh * kw):
             for ox in range(out_w):
                 kbuf[fk, t, ox] *= zinv[fk, ox]
 
@@ -309,10 +327,10 @@ def _scatter_difference_gradient(gd2, centre_row, c_first, centre_grad, guide_ro
 
 @njit(cache=True)
 def kernel_backward_row(
-    gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
-    kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
-    channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_row, grad_lam_row,
-    grad_spatial_row, gz, gd2, rr, u, phases, grad_phases,
+    gk, kap, power, base, kbuf, zinv, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w,
+    kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, lam, spatial, mask, has_mask,
+    normalize, channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_row,
+    grad_lam_row, grad_spatial_row, gz, gd2, rr, u, phases, grad_phases,
 ):
     """Back-propagate ``gk[Fk, T, Wo]`` (gradient of one row of the normalized K).
 
@@ -338,12 +356,13 @@ def kernel_backward_row(
     in_u = one if normalize == NORMALIZE_KERNEL else zero
     in_mask = one if normalize == NORMALIZE_MASK else zero
     asymmetric = family == FAMILY_INVERSE_ASYMMETRIC
+    cz = oz * ksz - kpz + dd * ((kd - 1) // 2)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_shift = dw * ((kw - 1) // 2) - kpx
     scatter = need_guide and family != FAMILY_CONSTANT
     split = scatter and ksx > 1
     if split:
-        _centre_rows(centre, n, cy, centre_shift, ksx, phases)
+        _centre_rows(centre, n, cz, cy, centre_shift, ksx, phases)
     if scatter:
         # centre gradients of this row, indexed by output column (added to the guide at the end)
         grad_phases[0] = 0.0
@@ -353,7 +372,7 @@ def kernel_backward_row(
         f_last = fk + 1 if channel_wise else features
         gz[:] = 0.0
         if normalize != NORMALIZE_NONE:
-            for t in range(kh * kw):
+            for t in range(kd * kh * kw):
                 g_row = gk[fk, t]
                 k_row = kbuf[fk, t]
                 for ox in range(out_w):
@@ -361,80 +380,89 @@ def kernel_backward_row(
             for ox in range(out_w):
                 gz[ox] = -gz[ox] * z_row[ox]
         half_lam = half * lam[fk]
-        for ty in range(kh):
-            qy = oy * ksy - kpy + ty * dh
-            if qy < 0 or qy >= guide_h:
+        for tz in range(kd):
+            qz = oz * ksz - kpz + tz * dd
+            if qz < 0 or qz >= guide_d:
                 continue
-            if split:
-                _guide_rows(guide, n, qy, ksx, f_first, f_last, phases)
-                for f in range(f_first, f_last):
-                    grad_phases[1, f] = 0.0
-            for tx in range(kw):
-                t = ty * kw + tx
-                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-                count = hi - lo
-                g = spatial[t]
-                shift = tx * dw - kpx
-                g_part = gk[fk, t, lo:hi]
-                z_part = zinv[fk, lo:hi]
-                gz_part = gz[lo:hi]
-                kap_part = kap[fk, t, lo:hi]
-                rr_part = rr[:count]
-                u_part = u[:count]
-                for j in range(count):
-                    rr_part[j] = g_part[j] * z_part[j] + in_rr * gz_part[j]
-                if has_mask:
-                    mask_row = mask[n, qy]
-                    mask_grad = grad_mask[n, qy]
-                    for j in range(count):
-                        m_index = (lo + j) * ksx + shift
-                        u_part[j] = mask_row[m_index] * rr_part[j] + in_u * gz_part[j]
-                        mask_grad[m_index] += kap_part[j] * g * rr_part[j] + in_mask * gz_part[j]
-                else:
-                    for j in range(count):
-                        u_part[j] = rr_part[j] + in_u * gz_part[j]
-                grad_spatial_row[t] += _sum_product(kap_part, u_part)
-                if family == FAMILY_CONSTANT:
+            for ty in range(kh):
+                qy = oy * ksy - kpy + ty * dh
+                if qy < 0 or qy >= guide_h:
                     continue
-                gd2_part = gd2[:count]
-                if family == FAMILY_GAUSSIAN:
-                    scale = minus_half * g
+                if split:
+                    _guide_rows(guide, n, qz, qy, ksx, f_first, f_last, phases)
+                    for f in range(f_first, f_last):
+                        grad_phases[1, f] = 0.0
+                for tx in range(kw):
+                    t = (tz * kh + ty) * kw + tx
+                    lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                    count = hi - lo
+                    g = spatial[t]
+                    shift = tx * dw - kpx
+                    g_part = gk[fk, t, lo:hi]
+                    z_part = zinv[fk, lo:hi]
+                    gz_part = gz[lo:hi]
+                    kap_part = kap[fk, t, lo:hi]
+                    rr_part = rr[:count]
+                    u_part = u[:count]
                     for j in range(count):
-                        gd2_part[j] = scale * u_part[j] * kap_part[j]
-                else:
-                    p_part = power[fk, t, lo:hi]
-                    b_part = base[fk, t, lo:hi]
-                    alpha_sum = zero
-                    lam_sum = zero
-                    for j in range(count):
-                        g_kappa = g * u_part[j]
-                        alpha_sum += g_kappa
-                        b = b_part[j]
-                        if b > zero:
-                            p = p_part[j]
-                            lam_sum += g_kappa * half * np.log(b) * p
-                            gd2_part[j] = g_kappa * half_lam * p / b
+                        rr_part[j] = g_part[j] * z_part[j] + in_rr * gz_part[j]
+                    if has_mask:
+                        mask_row = mask[n, qz, qy]
+                        mask_grad = grad_mask[n, qz, qy]
+                        for j in range(count):
+                            m_index = (lo + j) * ksx + shift
+                            u_part[j] = mask_row[m_index] * rr_part[j] + in_u * gz_part[j]
+                            mask_grad[m_index] += (kap_part[j] * g * rr_part[j]
+                                                   + in_mask * gz_part[j])
+                    else:
+                        for j in range(count):
+                            u_part[j] = rr_part[j] + in_u * gz_part[j]
+                    grad_spatial_row[t] += _sum_product(kap_part, u_part)
+                    if family == FAMILY_CONSTANT:
+                        continue
+                    gd2_part = gd2[:count]
+                    if family == FAMILY_GAUSSIAN:
+                        scale = minus_half * g
+                        for j in range(count):
+                            gd2_part[j] = scale * u_part[j] * kap_part[j]
+                    else:
+                        p_part = power[fk, t, lo:hi]
+                        b_part = base[fk, t, lo:hi]
+                        alpha_sum = zero
+                        lam_sum = zero
+                        for j in range(count):
+                            g_kappa = g * u_part[j]
+                            alpha_sum += g_kappa
+                            b = b_part[j]
+                            if b > zero:
+                                p = p_part[j]
+                                lam_sum += g_kappa * half * np.log(b) * p
+                                gd2_part[j] = g_kappa * half_lam * p / b
+                            else:
+                                # d2 + eps^2 == 0 (eps = 0, equal features): derivative taken as 0
+                                gd2_part[j] = zero
+                        grad_alpha_row[fk] += alpha_sum
+                        grad_lam_row[fk] += lam_sum
+                    if not need_guide:
+                        continue
+                    for f in range(f_first, f_last):
+                        centre_row, c_first, guide_row, q_first = _feature_rows(
+                            centre, guide, n, cz, cy, qz, qy, f, lo, centre_shift, shift, ksx,
+                            phases)
+                        if split:
+                            guide_grad = grad_phases[1, f, shift % ksx]
                         else:
-                            # d2 + eps^2 == 0 (eps = 0, equal features): derivative taken as 0
-                            gd2_part[j] = zero
-                    grad_alpha_row[fk] += alpha_sum
-                    grad_lam_row[fk] += lam_sum
-                if not need_guide:
-                    continue
-                for f in range(f_first, f_last):
-                    centre_row, c_first, guide_row, q_first = _feature_rows(
-                        centre, guide, n, cy, qy, f, lo, centre_shift, shift, ksx, phases)
-                    guide_grad = grad_phases[1, f, shift % ksx] if split else grad_guide[n, f, qy]
-                    _scatter_difference_gradient(
-                        gd2_part, centre_row, c_first, grad_phases[0, f, 0, lo:hi], guide_row,
-                        q_first, guide_grad, count, asymmetric,
-                    )
-            if split:
-                for f in range(f_first, f_last):
-                    _interleave_add(grad_guide[n, f, qy], grad_phases[1, f], ksx)
+                            guide_grad = grad_guide[n, f, qz, qy]
+                        _scatter_difference_gradient(
+                            gd2_part, centre_row, c_first, grad_phases[0, f, 0, lo:hi], guide_row,
+                            q_first, guide_grad, count, asymmetric,
+                        )
+                if split:
+                    for f in range(f_first, f_last):
+                        _interleave_add(grad_guide[n, f, qz, qy], grad_phases[1, f], ksx)
     if scatter:
         for f in range(features):
-            row = grad_centre[n, f, cy]
+            row = grad_centre[n, f, cz, cy]
             source = grad_phases[0, f, 0]
             if ksx == 1 and centre_shift >= 0:
                 # unit stride, unsigned offsets: the loop vectorizes
@@ -448,46 +476,49 @@ def kernel_backward_row(
 
 @njit(cache=True)
 def _load_kernel_row(
-    explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
-    ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize,
-    channel_wise, kap, power, base, kbuf, zinv, phases,
+    explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
+    ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+    normalize, channel_wise, kap, power, base, kbuf, zinv, phases,
 ):
     """Row ``oy`` of K into ``kbuf``: copied from an explicit K, or recomputed with its parts."""
     if use_explicit:
         for fk in range(kbuf.shape[0]):
             for t in range(kbuf.shape[1]):
-                kbuf[fk, t] = explicit[n, fk, t, oy]
+                kbuf[fk, t] = explicit[n, fk, t, oz, oy]
         return
     kappa_row(
-        guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-        family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
+        guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz,
+        kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
     )
     normalize_row(
-        kap, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-        spatial, mask, has_mask, normalize, kbuf, zinv,
+        kap, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx,
+        dd, dh, dw, spatial, mask, has_mask, normalize, kbuf, zinv,
     )
 
 
 @njit(cache=True)
 def _finish_row(
-    gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv, guide, centre,
-    n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial,
-    mask, has_mask, normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases, grad_phases,
+    gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv, guide, centre, n, oz,
+    oy, slot, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh,
+    dw, family, lam, spatial, mask, has_mask, normalize, channel_wise, grad_explicit, grad_guide,
+    grad_centre, grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u,
+    phases, grad_phases,
 ):
-    """Hand a row's kernel gradient ``gk`` to the explicit K or through the fused kernel."""
+    """Hand a row's kernel gradient ``gk`` to the explicit K or through the fused kernel
+    (per-row slots ``slot = oz*Ho + oy``)."""
     if not need_kernel:
         return
     if use_explicit:
         for fk in range(gk.shape[0]):
             for t in range(gk.shape[1]):
-                grad_explicit[n, fk, t, oy] = gk[fk, t]
+                grad_explicit[n, fk, t, oz, oy] = gk[fk, t]
         return
     kernel_backward_row(
-        gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h, guide_w,
-        kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask, normalize,
-        channel_wise, need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_rows[n, oy],
-        grad_lam_rows[n, oy], grad_spatial_rows[n, oy], gz, gd2, rr, u, phases, grad_phases,
+        gk, kap, power, base, kbuf, zinv, guide, centre, n, oz, oy, out_w, guide_d, guide_h,
+        guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, lam, spatial, mask,
+        has_mask, normalize, channel_wise, need_guide, grad_guide, grad_centre, grad_mask,
+        grad_alpha_rows[n, slot], grad_lam_rows[n, slot], grad_spatial_rows[n, slot], gz, gd2, rr,
+        u, phases, grad_phases,
     )
 
 
@@ -496,6 +527,23 @@ def _band_count(rows, band_height, colour):
     """Number of bands of ``colour`` (0 even, 1 odd) among ``ceil(rows / band_height)``."""
     bands = (rows + band_height - 1) // band_height
     return (bands - colour + 1) // 2
+
+
+@njit(cache=True)
+def _bands(rows, band_height, colour, colours):
+    """:func:`_band_count` for ``colours`` 2; with one colour (bands that never share an input
+    plane, a depth kernel of one tap) every band."""
+    if colours == 1:
+        return (rows + band_height - 1) // band_height
+    return _band_count(rows, band_height, colour)
+
+
+@njit(cache=True)
+def _band_index(i, colour, colours):
+    """The ``i``-th band of ``colour`` (see :func:`_bands`)."""
+    if colours == 1:
+        return i
+    return 2 * i + colour
 
 
 @njit(cache=True)
@@ -529,9 +577,9 @@ def _add_product(out, o_first, o_step, a, a_first, a_step, b, b_first, b_step, c
 
 
 @njit(cache=True, inline='always')
-def _set_patch_row(patch_rows, i, base, kbuf, r, kc, t, x, n, c, iy, o_first, i_first, count,
+def _set_patch_row(patch_rows, i, base, kbuf, r, kc, t, x, n, c, iz, iy, o_first, i_first, count,
                    width):
-    """``patch_rows[i, base + o] = kbuf[r, kc, t, o] * x[n, c, iy, o - o_first + i_first]`` for
+    """``patch_rows[i, base + o] = kbuf[r, kc, t, o] * x[n, c, iz, iy, o - o_first + i_first]`` for
     ``o`` in ``[o_first, o_first + count)``, 0 for the other ``o < width`` (one write).
 
     Indexes the whole arrays with unsigned offsets instead of slicing rows: no view per patch
@@ -544,13 +592,13 @@ def _set_patch_row(patch_rows, i, base, kbuf, r, kc, t, x, n, c, iy, o_first, i_
     for o in range(first):
         patch_rows[i, start + o] = zero
     for j in range(np.uint64(count)):
-        patch_rows[i, start + first + j] = kbuf[r, kc, t, first + j] * x[n, c, iy, source + j]
+        patch_rows[i, start + first + j] = kbuf[r, kc, t, first + j] * x[n, c, iz, iy, source + j]
     for o in range(first + np.uint64(count), np.uint64(width)):
         patch_rows[i, start + o] = zero
 
 
 @njit(cache=True, inline='always')
-def _set_patch_rows_pair(patch_rows, i, base, kbuf, r, t, x, n, c, iy, o_first, i_first, count,
+def _set_patch_rows_pair(patch_rows, i, base, kbuf, r, t, x, n, c, iz, iy, o_first, i_first, count,
                          width):
     """:func:`_set_patch_row` for channels ``c``, ``c + 1`` at one tap of a shared kernel
     (rows ``i``, ``i + 1``), loading each K value once for both."""
@@ -563,19 +611,19 @@ def _set_patch_rows_pair(patch_rows, i, base, kbuf, r, t, x, n, c, iy, o_first, 
         patch_rows[i + 1, start + o] = zero
     for j in range(np.uint64(count)):
         k = kbuf[r, 0, t, first + j]
-        patch_rows[i, start + first + j] = k * x[n, c, iy, source + j]
-        patch_rows[i + 1, start + first + j] = k * x[n, c + 1, iy, source + j]
+        patch_rows[i, start + first + j] = k * x[n, c, iz, iy, source + j]
+        patch_rows[i + 1, start + first + j] = k * x[n, c + 1, iz, iy, source + j]
     for o in range(first + np.uint64(count), np.uint64(width)):
         patch_rows[i, start + o] = zero
         patch_rows[i + 1, start + o] = zero
 
 
 @njit(cache=True, inline='always')
-def _add_gradients_at(gk, r, kc, t, grad_x, n, c, iy, patch_grads, i, base, x, kbuf, o_first,
+def _add_gradients_at(gk, r, kc, t, grad_x, n, c, iz, iy, patch_grads, i, base, x, kbuf, o_first,
                       i_first, count):
     """:func:`_add_kernel_and_input_gradient` on whole arrays (no row views, see
-    :func:`_set_patch_row`): ``gk[r, kc, t, o] += pg * x[n, c, iy, s]`` and
-    ``grad_x[n, c, iy, s] += pg * kbuf[r, kc, t, o]`` with ``pg = patch_grads[i, base + o]``,
+    :func:`_set_patch_row`): ``gk[r, kc, t, o] += pg * x[n, c, iz, iy, s]`` and
+    ``grad_x[n, c, iz, iy, s] += pg * kbuf[r, kc, t, o]`` with ``pg = patch_grads[i, base + o]``,
     ``o = o_first + j``, ``s = i_first + j``, ``j < count``."""
     start = np.uint64(base)
     first = np.uint64(o_first)
@@ -584,8 +632,8 @@ def _add_gradients_at(gk, r, kc, t, grad_x, n, c, iy, patch_grads, i, base, x, k
         o = first + j
         s = source + j
         p = patch_grads[i, start + o]
-        gk[r, kc, t, o] += p * x[n, c, iy, s]
-        grad_x[n, c, iy, s] += p * kbuf[r, kc, t, o]
+        gk[r, kc, t, o] += p * x[n, c, iz, iy, s]
+        grad_x[n, c, iz, iy, s] += p * kbuf[r, kc, t, o]
 
 
 @njit(cache=True, inline='always')
@@ -642,47 +690,57 @@ def _kernel_row_buffers(rows, fk_count, taps, out_w, features, ksx, guide_w, dty
 
 @njit(cache=True, parallel=True)
 def kernel_backward(
-    grad_kernel, guide, centre, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, band_height,
-    need_guide, grad_guide, grad_centre, grad_mask, grad_alpha_rows, grad_lam_rows,
-    grad_spatial_rows,
+    grad_kernel, guide, centre, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy,
+    kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize,
+    channel_wise, band_depth, z_colours, band_height, need_guide, grad_guide, grad_centre,
+    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
-    """VJP of ``pac_kernel``: ``grad_kernel[N, Fk, T, Ho, Wo]`` back to the kernel's inputs.
+    """VJP of ``pac_kernel``: ``grad_kernel[N, Fk, T, Do, Ho, Wo]`` back to the kernel's inputs.
 
-    Accumulates into zeroed ``grad_guide``/``grad_centre`` ``(N, F, H, W)``, ``grad_mask``
-    ``(N, H, W)`` and per-row slots ``grad_alpha_rows``/``grad_lam_rows`` ``(N, Ho, Fk)``,
-    ``grad_spatial_rows`` ``(N, Ho, T)``.
+    Accumulates into zeroed ``grad_guide``/``grad_centre`` ``(N, F, D, H, W)``, ``grad_mask``
+    ``(N, D, H, W)`` and per-row slots ``grad_alpha_rows``/``grad_lam_rows``
+    ``(N, Do*Ho, Fk)``, ``grad_spatial_rows`` ``(N, Do*Ho, T)``.
     """
-    batch, fk_count, taps, out_h, out_w = grad_kernel.shape
-    for colour in range(2):
-        count = _band_count(out_h, band_height, colour)
-        for job in prange(batch * count):
-            n = job // count
-            band = 2 * (job % count) + colour
-            (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
-             grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1], ksx,
-                                                guide_w, grad_kernel.dtype)
-            kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0], gks[0],
-                                                zinvs[0])
-            for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
-                kappa_row(
-                    guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
-                    dh, dw, family, alpha, lam, eps2, channel_wise, kap, power, base, phases,
-                )
-                normalize_row(
-                    kap, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-                    spatial, mask, has_mask, normalize, kbuf, zinv,
-                )
-                for fk in range(fk_count):
-                    for t in range(taps):
-                        gk[fk, t] = grad_kernel[n, fk, t, oy]
-                kernel_backward_row(
-                    gk, kap, power, base, kbuf, zinv, guide, centre, n, oy, out_w, guide_h,
-                    guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask,
-                    has_mask, normalize, channel_wise, need_guide, grad_guide, grad_centre,
-                    grad_mask, grad_alpha_rows[n, oy], grad_lam_rows[n, oy],
-                    grad_spatial_rows[n, oy], gz, gd2, rr, u, phases, grad_phases,
-                )
+    batch, fk_count, taps, out_d, out_h, out_w = grad_kernel.shape
+    for colour_z in range(z_colours):
+        count_z = _bands(out_d, band_depth, colour_z, z_colours)
+        for colour in range(2):
+            count = _band_count(out_h, band_height, colour)
+            per_batch = count_z * count
+            for job in prange(batch * per_batch):
+                n = job // per_batch
+                rest = job % per_batch
+                z_band = _band_index(rest // count, colour_z, z_colours)
+                band = 2 * (rest % count) + colour
+                (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
+                 grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1],
+                                                    ksx, guide_w, grad_kernel.dtype)
+                kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0],
+                                                    gks[0], zinvs[0])
+                for oz in range(z_band * band_depth, min((z_band + 1) * band_depth, out_d)):
+                    for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
+                        slot = oz * out_h + oy
+                        kappa_row(
+                            guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh,
+                            kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam,
+                            eps2, channel_wise, kap, power, base, phases,
+                        )
+                        normalize_row(
+                            kap, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz,
+                            ksy, ksx, kpz, kpy, kpx, dd, dh, dw, spatial, mask, has_mask,
+                            normalize, kbuf, zinv,
+                        )
+                        for fk in range(fk_count):
+                            for t in range(taps):
+                                gk[fk, t] = grad_kernel[n, fk, t, oz, oy]
+                        kernel_backward_row(
+                            gk, kap, power, base, kbuf, zinv, guide, centre, n, oz, oy, out_w,
+                            guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx,
+                            dd, dh, dw, family, lam, spatial, mask, has_mask, normalize,
+                            channel_wise, need_guide, grad_guide, grad_centre, grad_mask,
+                            grad_alpha_rows[n, slot], grad_lam_rows[n, slot],
+                            grad_spatial_rows[n, slot], gz, gd2, rr, u, phases, grad_phases,
+                        )
 
 
 @njit(cache=True)
@@ -697,90 +755,130 @@ def _interleave_add(row, phases, stride):
 
 @njit(cache=True, parallel=True)
 def direct_backward(
-    grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_h, guide_w,
-    sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_height, need_x, need_tap_weight, need_kernel, need_guide,
+    band_depth, z_colours, band_height, need_x, need_tap_weight, need_kernel, need_guide,
     grad_x, grad_tap_rows, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
     """VJP of the direct kernel ``y[n,c,o] = sum_t w[t] K[n,(c),t,o] x[n,c,src(o,t)]``.
 
-    Fills (accumulating into zeroed arrays) ``grad_x`` ``(N, C, H, W)``, the per-row slots
-    ``grad_tap_rows`` ``(N, Ho, T)`` of the tap weights, ``grad_explicit`` ``(N, Fk, T, Ho, Wo)``
-    on the explicit path, and the kernel's inputs on the fused path (see
-    :func:`kernel_backward`). ``tap_weight`` is indexed by the kernel tap, as in the forward.
+    Fills (accumulating into zeroed arrays) ``grad_x`` ``(N, C, D, H, W)``, the per-row slots
+    ``grad_tap_rows`` ``(N, Do*Ho, T)`` of the tap weights, ``grad_explicit``
+    ``(N, Fk, T, Do, Ho, Wo)`` on the explicit path, and the kernel's inputs on the fused path
+    (see :func:`kernel_backward`). ``tap_weight`` ``(kd, kh, kw)`` is indexed by the kernel tap,
+    as in the forward.
     """
-    batch, channels, in_h, in_w = x.shape
-    out_h, out_w = grad_y.shape[2], grad_y.shape[3]
-    kh, kw = tap_weight.shape[0], tap_weight.shape[1]
-    taps = kh * kw
+    batch, channels, in_d, in_h, in_w = x.shape
+    out_d, out_h = grad_y.shape[2], grad_y.shape[3]
+    kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
+    taps = kd * kh * kw
     split = sx > 1 and not transposed
-    for colour in range(2):
-        count = _band_count(out_h, band_height, colour)
-        for job in prange(batch * count):
-            n = job // count
-            band = 2 * (job % count) + colour
-            (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
-             grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1], ksx,
-                                                guide_w, grad_y.dtype)
-            kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0], gks[0],
-                                                zinvs[0])
-            x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
-            gx_phases = np.empty_like(x_phases)
-            for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
-                _load_kernel_row(
-                    explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
-                    kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask,
-                    has_mask, normalize, channel_wise, kap, power, base, kbuf, zinv, phases,
+    for colour_z in range(z_colours):
+        count_z = _bands(out_d, band_depth, colour_z, z_colours)
+        for colour in range(2):
+            count = _band_count(out_h, band_height, colour)
+            per_batch = count_z * count
+            for job in prange(batch * per_batch):
+                n = job // per_batch
+                rest = job % per_batch
+                z_band = _band_index(rest // count, colour_z, z_colours)
+                band = 2 * (rest % count) + colour
+                _direct_band(
+                    grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d,
+                    guide_h, guide_w, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz,
+                    kpy, kpx, transposed, family, alpha, lam, eps2, spatial, mask, has_mask,
+                    normalize, channel_wise, fk_count, need_x, need_tap_weight, need_kernel,
+                    need_guide, grad_x, grad_tap_rows, grad_explicit, grad_guide, grad_centre,
+                    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
+                    z_band * band_depth, min((z_band + 1) * band_depth, out_d),
+                    band * band_height, min((band + 1) * band_height, out_h), kd, kh, kw, taps,
+                    split,
                 )
-                gk[:] = 0.0
-                for c in range(channels):
-                    kc = c if fk_count > 1 else 0
-                    grad_row = grad_y[n, c, oy]
-                    for ty in range(kh):
-                        iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                        if iy < 0:
+
+
+@njit(cache=True)
+def _direct_band(
+    grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
+    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
+    need_x, need_tap_weight, need_kernel, need_guide, grad_x, grad_tap_rows, grad_explicit,
+    grad_guide, grad_centre, grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
+    z_first, z_stop, y_first, y_stop, kd, kh, kw, taps, split,
+):
+    """The rows ``[z_first, z_stop) x [y_first, y_stop)`` of batch ``n`` for
+    :func:`direct_backward` (one band, rows in order)."""
+    channels, in_d, in_h, in_w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    out_h, out_w = grad_y.shape[3], grad_y.shape[4]
+    (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
+     grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1], ksx,
+                                        guide_w, grad_y.dtype)
+    kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0], gks[0],
+                                        zinvs[0])
+    x_phases = np.empty((sx, (in_w + sx - 1) // sx), grad_y.dtype)
+    gx_phases = np.empty_like(x_phases)
+    for oz in range(z_first, z_stop):
+        for oy in range(y_first, y_stop):
+            slot = oz * out_h + oy
+            _load_kernel_row(
+                explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h,
+                guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha,
+                lam, eps2, spatial, mask, has_mask, normalize, channel_wise, kap, power, base,
+                kbuf, zinv, phases,
+            )
+            gk[:] = 0.0
+            for c in range(channels):
+                kc = c if fk_count > 1 else 0
+                grad_row = grad_y[n, c, oz, oy]
+                for tz in range(kd):
+                        iz = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
+                        if iz < 0:
                             continue
-                        x_row = x[n, c, iy]
-                        if split:
-                            # strided reads and writes become contiguous ones per phase
-                            _deinterleave(x_row, sx, x_phases)
-                            gx_phases[:] = 0.0
-                        for tx in range(kw):
-                            t = ty * kw + tx
-                            w = tap_weight[ty, tx]
+                        for ty in range(kh):
+                            iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                            if iy < 0:
+                                continue
+                            x_row = x[n, c, iz, iy]
                             if split:
-                                lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
-                                phase = (tx * dw - px) % sx
-                                span, o_first, o_step = hi - lo, lo, 1
-                                i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
-                                source = x_phases[phase]
-                            else:
-                                span, o_first, o_step, i_first, i_step = _span(
-                                    transposed, tx, kw, sx, px, dw, in_w, out_w)
-                                phase = 0
-                                source = x_row
-                            if need_kernel:
-                                _add_product(gk[kc, t], o_first, o_step, grad_row, o_first,
-                                             o_step, source, i_first, i_step, span, w)
-                            if need_tap_weight:
-                                grad_tap_rows[n, oy, t] += _dot3(
-                                    grad_row, o_first, o_step, kbuf[kc, t], o_first, o_step,
-                                    source, i_first, i_step, span)
-                            if need_x:
-                                target = gx_phases[phase] if split else grad_x[n, c, iy]
-                                _add_product(target, i_first, i_step, grad_row, o_first, o_step,
-                                             kbuf[kc, t], o_first, o_step, span, w)
-                        if split and need_x:
-                            _interleave_add(grad_x[n, c, iy], gx_phases, sx)
-                _finish_row(
-                    gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv,
-                    guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
-                    dh, dw, family, lam, spatial, mask, has_mask, normalize, channel_wise,
-                    grad_explicit, grad_guide, grad_centre, grad_mask, grad_alpha_rows,
-                    grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases, grad_phases,
-                )
+                                # strided reads and writes become contiguous ones per phase
+                                _deinterleave(x_row, sx, x_phases)
+                                gx_phases[:] = 0.0
+                            for tx in range(kw):
+                                t = (tz * kh + ty) * kw + tx
+                                w = tap_weight[tz, ty, tx]
+                                if split:
+                                    lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
+                                    phase = (tx * dw - px) % sx
+                                    span, o_first, o_step = hi - lo, lo, 1
+                                    i_first, i_step = lo + (tx * dw - px - phase) // sx, 1
+                                    source = x_phases[phase]
+                                else:
+                                    span, o_first, o_step, i_first, i_step = _span(
+                                        transposed, tx, kw, sx, px, dw, in_w, out_w)
+                                    phase = 0
+                                    source = x_row
+                                if need_kernel:
+                                    _add_product(gk[kc, t], o_first, o_step, grad_row, o_first,
+                                                 o_step, source, i_first, i_step, span, w)
+                                if need_tap_weight:
+                                    grad_tap_rows[n, slot, t] += _dot3(
+                                        grad_row, o_first, o_step, kbuf[kc, t], o_first, o_step,
+                                        source, i_first, i_step, span)
+                                if need_x:
+                                    target = gx_phases[phase] if split else grad_x[n, c, iz, iy]
+                                    _add_product(target, i_first, i_step, grad_row, o_first,
+                                                 o_step, kbuf[kc, t], o_first, o_step, span, w)
+                            if split and need_x:
+                                _interleave_add(grad_x[n, c, iz, iy], gx_phases, sx)
+            _finish_row(
+                gk, use_explicit, need_kernel, need_guide, kap, power, base, kbuf, zinv,
+                guide, centre, n, oz, oy, slot, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
+                ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, lam, spatial, mask, has_mask,
+                normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
+                grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
+                grad_phases,
+            )
 
 
 _PATCH_BLOCK = 16
@@ -972,7 +1070,7 @@ def _pair_starts(paired, c, channels, o_step, i_step):
 
 
 @njit(cache=True, inline='always')
-def _add_gradients_pair_at(gk, r, t, grad_x, n, c, iy, patch_grads, i, base, x, kbuf, o_first,
+def _add_gradients_pair_at(gk, r, t, grad_x, n, c, iz, iy, patch_grads, i, base, x, kbuf, o_first,
                            i_first, count):
     """:func:`_add_gradients_at` for channels ``c`` and ``c + 1`` at one tap of a shared
     kernel (patch rows ``i``, ``i + 1``): the K row and the kernel-gradient row are loaded and
@@ -987,21 +1085,22 @@ def _add_gradients_pair_at(gk, r, t, grad_x, n, c, iy, patch_grads, i, base, x, 
         p = patch_grads[i, start + o]
         q = patch_grads[i + 1, start + o]
         k = kbuf[r, 0, t, o]
-        gk[r, 0, t, o] += p * x[n, c, iy, s] + q * x[n, c + 1, iy, s]
-        grad_x[n, c, iy, s] += p * k
-        grad_x[n, c + 1, iy, s] += q * k
+        gk[r, 0, t, o] += p * x[n, c, iz, iy, s] + q * x[n, c + 1, iz, iy, s]
+        grad_x[n, c, iz, iy, s] += p * k
+        grad_x[n, c + 1, iz, iy, s] += q * k
 
 
 @njit(cache=True)
 def _conv_band(
-    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
-    kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
     band_height, group_rows, paired, need_x, need_weight, need_kernel, need_guide,
     grad_x, grad_w, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, band,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n, z_first, z_stop, band,
 ):
-    """Rows of band ``band`` of batch ``n`` for :func:`conv_backward` (weight slot ``grad_w``).
+    """Rows of band ``band`` of batch ``n``, in the planes ``[z_first, z_stop)``, for
+    :func:`conv_backward` (weight slot ``grad_w``).
 
     The band's rows go in groups of ``group_rows`` (1 for a split, strided read): a group's
     rows sit side by side in the patch blocks, so the two products with the weight matrix run
@@ -1009,9 +1108,9 @@ def _conv_band(
     peak), while kernel rows, patch rows and their gradients are formed row by row. A separate,
     serial function: the parallel driver stays small, which keeps Numba's compile time down.
     """
-    channels, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
-    out_channels, out_h, out_w = grad_y.shape[1], grad_y.shape[2], grad_y.shape[3]
-    taps = kh * kw
+    channels, in_d, in_h, in_w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    out_channels, out_h, out_w = grad_y.shape[1], grad_y.shape[3], grad_y.shape[4]
+    taps = kd * kh * kw
     total = channels * taps
     one = x.dtype.type(1.0)
     need_patch_grad = need_x or need_kernel
@@ -1038,146 +1137,165 @@ def _conv_band(
         columns[tx, 4] = i_step
         columns[tx, 5] = phase
         columns[tx, 6] = o_first + (tx * dw - px - phase) // sx
-    source_rows = np.empty((group_rows, kh), np.int64)
+    # source row of (output row r of the group, tap row tz*kh + ty); -1 where none
+    source_rows = np.empty((group_rows, kd * kh), np.int64)
+    source_planes = np.empty(kd, np.int64)
     band_stop = min((band + 1) * band_height, out_h)
-    for group_first in range(band * band_height, band_stop, group_rows):
-        rows = min(group_rows, band_stop - group_first)
-        width = rows * out_w
-        grad_rows = grad_flat[:out_channels * width].reshape((out_channels, width))
-        patch_grads = patch_grad_flat[:_PATCH_BLOCK * width].reshape((_PATCH_BLOCK, width))
-        patch_rows = patch_flat[:_PATCH_BLOCK * width].reshape((_PATCH_BLOCK, width))
-        for r in range(rows):
-            oy = group_first + r
-            _load_kernel_row(
-                explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w,
-                kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial,
-                mask, has_mask, normalize, channel_wise, kap[r], power[r], base[r], kbuf[r],
-                zinv[r], phases,
-            )
-            for o in range(out_channels):
-                grad_rows[o, r * out_w:(r + 1) * out_w] = grad_y[n, o, oy]
-            for ty in range(kh):
-                source_rows[r, ty] = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-            gk[r] = 0.0
-        group = -1          # (c, ty) whose source row sits in x_phases (split: one row)
-        group_iy = -1
-        for first in range(0, total, _PATCH_BLOCK):
-            count = min(_PATCH_BLOCK, total - first)
-            if need_weight:
-                # the block's K-weighted patch rows P[j] (0 where no source)
+    for oz in range(z_first, z_stop):
+        for tz in range(kd):
+                source_planes[tz] = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
+        for group_first in range(band * band_height, band_stop, group_rows):
+            rows = min(group_rows, band_stop - group_first)
+            width = rows * out_w
+            grad_rows = grad_flat[:out_channels * width].reshape((out_channels, width))
+            patch_grads = patch_grad_flat[:_PATCH_BLOCK * width].reshape((_PATCH_BLOCK, width))
+            patch_rows = patch_flat[:_PATCH_BLOCK * width].reshape((_PATCH_BLOCK, width))
+            for r in range(rows):
+                oy = group_first + r
+                _load_kernel_row(
+                        explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h,
+                    guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha,
+                    lam, eps2, spatial, mask, has_mask, normalize, channel_wise, kap[r], power[r],
+                    base[r], kbuf[r], zinv[r], phases,
+                )
+                for o in range(out_channels):
+                    grad_rows[o, r * out_w:(r + 1) * out_w] = grad_y[n, o, oz, oy]
+                for tz in range(kd):
+                        for ty in range(kh):
+                            iy = -1
+                            if source_planes[tz] >= 0:
+                                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                            source_rows[r, tz * kh + ty] = iy
+                gk[r] = 0.0
+            group = -1          # (c, tz, ty) whose source row sits in x_phases (split: one row)
+            group_c = group_iz = group_iy = -1
+            for first in range(0, total, _PATCH_BLOCK):
+                count = min(_PATCH_BLOCK, total - first)
+                if need_weight:
+                    # the block's K-weighted patch rows P[j] (0 where no source)
+                    i = 0
+                    while i < count:
+                        c, t = patch_row_tap(first + i, channels, taps, paired)
+                        tzy, tx = t // kw, t % kw
+                        iz = source_planes[tzy // kh]
+                        kc = c if fk_count > 1 else 0
+                        span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
+                        if _pair_starts(paired, c, channels, o_step, columns[tx, 4]):
+                            # rows i, i + 1 are channels c, c + 1 at tap t
+                            for r in range(rows):
+                                iy = source_rows[r, tzy]
+                                if iy >= 0:
+                                    _set_patch_rows_pair(patch_rows, i, r * out_w, kbuf, r, t, x,
+                                                         n, c, iz, iy, o_first, columns[tx, 3],
+                                                         span, out_w)
+                                else:
+                                    patch_rows[i:i + 2, r * out_w:(r + 1) * out_w] = 0.0
+                            i += 2
+                            continue
+                        for r in range(rows):
+                            iy = source_rows[r, tzy]
+                            if iy >= 0 and o_step == 1 and columns[tx, 4] == 1:
+                                _set_patch_row(patch_rows, i, r * out_w, kbuf, r, kc, t, x, n,
+                                               c, iz, iy, o_first, columns[tx, 3], span, out_w)
+                                continue
+                            row = patch_rows[i, r * out_w:(r + 1) * out_w]
+                            row[:] = 0.0
+                            if iy >= 0:
+                                _add_product(row, o_first, o_step, kbuf[r, kc, t], o_first,
+                                             o_step, x[n, c, iz, iy], columns[tx, 3],
+                                             columns[tx, 4], span, one)
+                        i += 1
+                if need_patch_grad and need_weight:
+                    _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
+                                                     count, grad_rows, patch_rows)
+                elif need_patch_grad:
+                    _patch_gradient_block(patch_grads, weight_t, first, count, grad_rows)
+                elif need_weight:
+                    _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
+                if not need_patch_grad:
+                    continue
                 i = 0
                 while i < count:
                     c, t = patch_row_tap(first + i, channels, taps, paired)
-                    ty, tx = t // kw, t % kw
+                    tzy, tx = t // kw, t % kw
+                    iz = source_planes[tzy // kh]
                     kc = c if fk_count > 1 else 0
                     span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
                     if _pair_starts(paired, c, channels, o_step, columns[tx, 4]):
                         # rows i, i + 1 are channels c, c + 1 at tap t
                         for r in range(rows):
-                            iy = source_rows[r, ty]
+                            iy = source_rows[r, tzy]
                             if iy >= 0:
-                                _set_patch_rows_pair(patch_rows, i, r * out_w, kbuf, r, t, x, n,
-                                                     c, iy, o_first, columns[tx, 3], span, out_w)
-                            else:
-                                patch_rows[i:i + 2, r * out_w:(r + 1) * out_w] = 0.0
+                                _add_gradients_pair_at(gk, r, t, grad_x, n, c, iz, iy,
+                                                       patch_grads, i, r * out_w, x, kbuf,
+                                                       o_first, columns[tx, 3], span)
                         i += 2
                         continue
                     for r in range(rows):
-                        iy = source_rows[r, ty]
-                        if iy >= 0 and o_step == 1 and columns[tx, 4] == 1:
-                            _set_patch_row(patch_rows, i, r * out_w, kbuf, r, kc, t, x, n, c,
-                                           iy, o_first, columns[tx, 3], span, out_w)
+                        iy = source_rows[r, tzy]
+                        if iy < 0:
+                            continue  # P[j] is 0 on this row
+                        if (need_kernel and need_x and not split and o_step == 1
+                                and columns[tx, 4] == 1):
+                            _add_gradients_at(gk, r, kc, t, grad_x, n, c, iz, iy, patch_grads,
+                                              i, r * out_w, x, kbuf, o_first, columns[tx, 3],
+                                              span)
                             continue
-                        row = patch_rows[i, r * out_w:(r + 1) * out_w]
-                        row[:] = 0.0
-                        if iy >= 0:
-                            _add_product(row, o_first, o_step, kbuf[r, kc, t], o_first, o_step,
-                                         x[n, c, iy], columns[tx, 3], columns[tx, 4], span, one)
+                        patch_grad = patch_grads[i, r * out_w:(r + 1) * out_w]
+                        if split:
+                            if group != c * kd * kh + tzy:
+                                if need_x and group >= 0:
+                                    _interleave_add(grad_x[n, group_c, group_iz, group_iy],
+                                                    gx_phases, sx)
+                                # strided reads and writes become contiguous per phase
+                                _deinterleave(x[n, c, iz, iy], sx, x_phases)
+                                gx_phases[:] = 0.0
+                                group = c * kd * kh + tzy
+                                group_c = c
+                                group_iz = iz
+                                group_iy = iy
+                            phase = columns[tx, 5]
+                            i_first, i_step = columns[tx, 6], 1
+                            source = x_phases[phase]
+                        else:
+                            phase = 0
+                            i_first, i_step = columns[tx, 3], columns[tx, 4]
+                            source = x[n, c, iz, iy]
+                        if need_kernel and need_x and o_step == 1 and i_step == 1:
+                            _add_kernel_and_input_gradient(
+                                gk[r, kc, t],
+                                gx_phases[phase] if split else grad_x[n, c, iz, iy],
+                                patch_grad, source, kbuf[r, kc, t], o_first, i_first, span)
+                            continue
+                        if need_kernel:
+                            _add_product(gk[r, kc, t], o_first, o_step, patch_grad, o_first,
+                                         o_step, source, i_first, i_step, span, one)
+                        if need_x:
+                            target = gx_phases[phase] if split else grad_x[n, c, iz, iy]
+                            _add_product(target, i_first, i_step, patch_grad, o_first, o_step,
+                                         kbuf[r, kc, t], o_first, o_step, span, one)
                     i += 1
-            if need_patch_grad and need_weight:
-                _patch_and_weight_gradient_block(patch_grads, grad_w, weight_t, first,
-                                                 count, grad_rows, patch_rows)
-            elif need_patch_grad:
-                _patch_gradient_block(patch_grads, weight_t, first, count, grad_rows)
-            elif need_weight:
-                _weight_gradient_block(grad_w, first, count, grad_rows, patch_rows)
-            if not need_patch_grad:
-                continue
-            i = 0
-            while i < count:
-                c, t = patch_row_tap(first + i, channels, taps, paired)
-                ty, tx = t // kw, t % kw
-                kc = c if fk_count > 1 else 0
-                span, o_first, o_step = columns[tx, 0], columns[tx, 1], columns[tx, 2]
-                if _pair_starts(paired, c, channels, o_step, columns[tx, 4]):
-                    # rows i, i + 1 are channels c, c + 1 at tap t
-                    for r in range(rows):
-                        iy = source_rows[r, ty]
-                        if iy >= 0:
-                            _add_gradients_pair_at(gk, r, t, grad_x, n, c, iy, patch_grads, i,
-                                                   r * out_w, x, kbuf, o_first, columns[tx, 3],
-                                                   span)
-                    i += 2
-                    continue
-                for r in range(rows):
-                    iy = source_rows[r, ty]
-                    if iy < 0:
-                        continue  # P[j] is 0 on this row
-                    if (need_kernel and need_x and not split and o_step == 1
-                            and columns[tx, 4] == 1):
-                        _add_gradients_at(gk, r, kc, t, grad_x, n, c, iy, patch_grads, i,
-                                          r * out_w, x, kbuf, o_first, columns[tx, 3], span)
-                        continue
-                    patch_grad = patch_grads[i, r * out_w:(r + 1) * out_w]
-                    if split:
-                        if group != c * kh + ty:
-                            if need_x and group >= 0:
-                                _interleave_add(grad_x[n, group // kh, group_iy],
-                                                gx_phases, sx)
-                            # strided reads and writes become contiguous per phase
-                            _deinterleave(x[n, c, iy], sx, x_phases)
-                            gx_phases[:] = 0.0
-                            group = c * kh + ty
-                            group_iy = iy
-                        phase = columns[tx, 5]
-                        i_first, i_step = columns[tx, 6], 1
-                        source = x_phases[phase]
-                    else:
-                        phase = 0
-                        i_first, i_step = columns[tx, 3], columns[tx, 4]
-                        source = x[n, c, iy]
-                    if need_kernel and need_x and o_step == 1 and i_step == 1:
-                        _add_kernel_and_input_gradient(
-                            gk[r, kc, t], gx_phases[phase] if split else grad_x[n, c, iy],
-                            patch_grad, source, kbuf[r, kc, t], o_first, i_first, span)
-                        continue
-                    if need_kernel:
-                        _add_product(gk[r, kc, t], o_first, o_step, patch_grad, o_first,
-                                     o_step, source, i_first, i_step, span, one)
-                    if need_x:
-                        target = gx_phases[phase] if split else grad_x[n, c, iy]
-                        _add_product(target, i_first, i_step, patch_grad, o_first, o_step,
-                                     kbuf[r, kc, t], o_first, o_step, span, one)
-                i += 1
-        if split and need_x and group >= 0:
-            _interleave_add(grad_x[n, group // kh, group_iy], gx_phases, sx)
-        for r in range(rows):
-            _finish_row(
-                gk[r], use_explicit, need_kernel, need_guide, kap[r], power[r], base[r],
-                kbuf[r], zinv[r], guide, centre, n, group_first + r, out_w, guide_h, guide_w,
-                kh, kw, ksy, ksx, kpy, kpx, dh, dw, family, lam, spatial, mask, has_mask,
-                normalize, channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
-                grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
-                grad_phases,
-            )
+            if split and need_x and group >= 0:
+                _interleave_add(grad_x[n, group_c, group_iz, group_iy], gx_phases, sx)
+            for r in range(rows):
+                _finish_row(
+                    gk[r], use_explicit, need_kernel, need_guide, kap[r], power[r], base[r],
+                    kbuf[r], zinv[r], guide, centre, n, oz, group_first + r, oz * out_h +
+                    group_first + r, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx,
+                    kpz, kpy, kpx, dd, dh, dw, family, lam, spatial, mask, has_mask, normalize,
+                    channel_wise, grad_explicit, grad_guide, grad_centre, grad_mask,
+                    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, gz, gd2, rr, u, phases,
+                    grad_phases,
+                )
 
 
 @njit(cache=True, parallel=True)
 def conv_backward(
-    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h, guide_w,
-    kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_height, group_rows, slots, paired, need_x, need_weight, need_kernel, need_guide,
+    band_depth, z_colours, band_height, group_rows, slots, paired, need_x, need_weight,
+    need_kernel, need_guide,
     grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
     grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
 ):
@@ -1192,23 +1310,29 @@ def conv_backward(
     weight gradient slot of its band (``grad_w_slots`` ``(slots, C_out, C*T)``, zeroed; see the
     module docstring). Other outputs as in :func:`direct_backward`.
     """
-    batch, out_h = x.shape[0], grad_y.shape[2]
-    for colour in range(2):
-        per_batch = _band_count(out_h, band_height, colour)
-        jobs = batch * per_batch
-        for wave in range((jobs + slots - 1) // slots):
-            first_job = wave * slots
-            width = min(slots, jobs - first_job)
-            for slot in prange(width):
-                job = first_job + slot
-                n = job // per_batch
-                band = 2 * (job % per_batch) + colour
-                _conv_band(
-                    grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_h,
-                    guide_w, kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
-                    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-                    fk_count, band_height, group_rows, paired, need_x, need_weight,
-                    need_kernel, need_guide, grad_x, grad_w_slots[slot], grad_explicit,
-                    grad_guide, grad_centre, grad_mask, grad_alpha_rows, grad_lam_rows,
-                    grad_spatial_rows, n, band,
-                )
+    batch, out_d, out_h = x.shape[0], grad_y.shape[2], grad_y.shape[3]
+    for colour_z in range(z_colours):
+        count_z = _bands(out_d, band_depth, colour_z, z_colours)
+        for colour in range(2):
+            count = _band_count(out_h, band_height, colour)
+            per_batch = count_z * count
+            jobs = batch * per_batch
+            for wave in range((jobs + slots - 1) // slots):
+                first_job = wave * slots
+                width = min(slots, jobs - first_job)
+                for slot in prange(width):
+                    job = first_job + slot
+                    n = job // per_batch
+                    rest = job % per_batch
+                    z_band = _band_index(rest // count, colour_z, z_colours)
+                    band = 2 * (rest % count) + colour
+                    _conv_band(
+                        grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d,
+                        guide_h, guide_w, kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz,
+                        ksy, ksx, kpz, kpy, kpx, transposed, family, alpha, lam, eps2, spatial,
+                        mask, has_mask, normalize, channel_wise, fk_count, band_height,
+                        group_rows, paired, need_x, need_weight, need_kernel, need_guide,
+                        grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
+                        grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
+                        z_band * band_depth, min((z_band + 1) * band_depth, out_d), band,
+                    )

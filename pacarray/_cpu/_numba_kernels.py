@@ -1,9 +1,14 @@
 """Numba kernels of the CPU backend.
 
-Every kernel works on one output row ``(n, oy)`` at a time, which keeps the fused path's memory at
-O(row) per thread: the adaptive kernel of a row is computed into a small buffer ``(Fk, T, Wo)``
-and consumed at once. Options are runtime integers, not compile-time specializations, so each
-public kernel compiles once per dtype.
+Every kernel is written once for three spatial dimensions ``(D, H, W)``; the drivers lift 1-D
+and 2-D arrays to 3-D with singleton leading axes (kernel 1, stride 1, padding 0 there), and the
+depth loops are outermost, so a 2-D call runs the arithmetic of a 2-D kernel in the same order
+(``docs/design.md`` §7). Taps are numbered ``t = (tz*kh + ty)*kw + tx``.
+
+Every kernel works on one output row ``(n, oz, oy)`` at a time, which keeps the fused path's
+memory at O(row) per thread: the adaptive kernel of a row is computed into a small buffer
+``(Fk, T, Wo)`` and consumed at once. Options are runtime integers, not compile-time
+specializations, so each public kernel compiles once per dtype.
 
 Integer codes (defined once in :mod:`pacarray._codes`):
 
@@ -99,11 +104,12 @@ def _finish_kernel(out_row, d2, lo, hi, family, alpha, lam, eps2, g):
 
 @njit(cache=True)
 def kernel_row(
-    guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-    out, z, scratch,
+    guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx,
+    kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize,
+    channel_wise, out, z, scratch,
 ):
-    """Normalized adaptive kernel of output row ``oy`` of batch ``n`` into ``out[Fk, T, Wo]``.
+    """Normalized adaptive kernel of output row ``(oz, oy)`` of batch ``n`` into
+    ``out[Fk, T, Wo]``.
 
     ``z[Fk, Wo]`` receives the normalizer (1 when ``normalize == 0``); taps whose neighbour is out
     of range are 0. ``scratch`` is a ``(Wo,)`` work buffer.
@@ -111,162 +117,178 @@ def kernel_row(
     fk_count = out.shape[0]
     features = guide.shape[1]
     zero = out.dtype.type(0.0)
+    cz = oz * ksz - kpz + dd * ((kd - 1) // 2)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_off = dw * ((kw - 1) // 2) - kpx
-    for ty in range(kh):
-        qy = oy * ksy - kpy + ty * dh
-        row_ok = qy >= 0 and qy < guide_h
-        for tx in range(kw):
-            t = ty * kw + tx
-            for fk in range(fk_count):
-                for ox in range(out_w):
-                    out[fk, t, ox] = 0.0
-            if not row_ok:
-                continue
-            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-            g = spatial[t]
-            if family == FAMILY_CONSTANT:
+    for tz in range(kd):
+        qz = oz * ksz - kpz + tz * dd
+        plane_ok = qz >= 0 and qz < guide_d
+        for ty in range(kh):
+            qy = oy * ksy - kpy + ty * dh
+            row_ok = plane_ok and qy >= 0 and qy < guide_h
+            for tx in range(kw):
+                t = (tz * kh + ty) * kw + tx
                 for fk in range(fk_count):
-                    for ox in range(lo, hi):
-                        out[fk, t, ox] = g
-            elif channel_wise:
-                for fk in range(fk_count):
-                    centre_row = centre[n, fk, cy]
-                    guide_row = guide[n, fk, qy]
-                    for ox in range(lo, hi):
-                        diff = (centre_row[ox * ksx + centre_off]
-                                - guide_row[ox * ksx + tx * dw - kpx])
-                        if family == FAMILY_INVERSE_ASYMMETRIC:
-                            diff = zero if diff < zero else diff
-                        scratch[ox] = diff * diff
-                    _finish_kernel(out[fk, t], scratch, lo, hi, family, alpha[fk], lam[fk],
-                                   eps2, g)
-            else:
-                for ox in range(lo, hi):
-                    scratch[ox] = 0.0
-                for f in range(features):
-                    centre_row = centre[n, f, cy]
-                    guide_row = guide[n, f, qy]
-                    if ksx == 1:
-                        # unit stride: contiguous rows, so the loop vectorizes
-                        c_row = centre_row[centre_off + lo:]
-                        g_row = guide_row[tx * dw - kpx + lo:]
-                        d2_row = scratch[lo:]
-                        for j in range(hi - lo):
-                            diff = c_row[j] - g_row[j]
-                            if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
-                                diff = zero
-                            d2_row[j] += diff * diff
-                    else:
+                    for ox in range(out_w):
+                        out[fk, t, ox] = 0.0
+                if not row_ok:
+                    continue
+                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                g = spatial[t]
+                if family == FAMILY_CONSTANT:
+                    for fk in range(fk_count):
+                        for ox in range(lo, hi):
+                            out[fk, t, ox] = g
+                elif channel_wise:
+                    for fk in range(fk_count):
+                        centre_row = centre[n, fk, cz, cy]
+                        guide_row = guide[n, fk, qz, qy]
                         for ox in range(lo, hi):
                             diff = (centre_row[ox * ksx + centre_off]
                                     - guide_row[ox * ksx + tx * dw - kpx])
                             if family == FAMILY_INVERSE_ASYMMETRIC:
                                 diff = zero if diff < zero else diff
-                            scratch[ox] += diff * diff
-                _finish_kernel(out[0, t], scratch, lo, hi, family, alpha[0], lam[0], eps2, g)
+                            scratch[ox] = diff * diff
+                        _finish_kernel(out[fk, t], scratch, lo, hi, family, alpha[fk], lam[fk],
+                                       eps2, g)
+                else:
+                    for ox in range(lo, hi):
+                        scratch[ox] = 0.0
+                    for f in range(features):
+                        centre_row = centre[n, f, cz, cy]
+                        guide_row = guide[n, f, qz, qy]
+                        if ksx == 1:
+                            # unit stride: contiguous rows, so the loop vectorizes
+                            c_row = centre_row[centre_off + lo:]
+                            g_row = guide_row[tx * dw - kpx + lo:]
+                            d2_row = scratch[lo:]
+                            for j in range(hi - lo):
+                                diff = c_row[j] - g_row[j]
+                                if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
+                                    diff = zero
+                                d2_row[j] += diff * diff
+                        else:
+                            for ox in range(lo, hi):
+                                diff = (centre_row[ox * ksx + centre_off]
+                                        - guide_row[ox * ksx + tx * dw - kpx])
+                                if family == FAMILY_INVERSE_ASYMMETRIC:
+                                    diff = zero if diff < zero else diff
+                                scratch[ox] += diff * diff
+                    _finish_kernel(out[0, t], scratch, lo, hi, family, alpha[0], lam[0], eps2, g)
 
     if normalize == NORMALIZE_NONE:
         for fk in range(fk_count):
             for ox in range(out_w):
                 z[fk, ox] = 1.0
         if has_mask:
-            _apply_mask(out, mask, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx,
-                        dh, dw)
+            _apply_mask(out, mask, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
+                        ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw)
         return
 
     for fk in range(fk_count):
         for ox in range(out_w):
             z[fk, ox] = 0.0
-    for ty in range(kh):
-        qy = oy * ksy - kpy + ty * dh
-        if qy < 0 or qy >= guide_h:
+    for tz in range(kd):
+        qz = oz * ksz - kpz + tz * dd
+        if qz < 0 or qz >= guide_d:
             continue
-        for tx in range(kw):
-            t = ty * kw + tx
-            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-            for fk in range(fk_count):
-                for ox in range(lo, hi):
-                    k_value = out[fk, t, ox]
-                    m = 1.0
-                    if has_mask:
-                        m = mask[n, qy, ox * ksx - kpx + tx * dw]
-                    if normalize == NORMALIZE_KERNEL:
-                        z[fk, ox] += k_value
-                    elif normalize == NORMALIZE_MASK:
-                        z[fk, ox] += m
-                    else:
-                        z[fk, ox] += m * k_value
-                    if has_mask:
-                        out[fk, t, ox] = k_value * m
+        for ty in range(kh):
+            qy = oy * ksy - kpy + ty * dh
+            if qy < 0 or qy >= guide_h:
+                continue
+            for tx in range(kw):
+                t = (tz * kh + ty) * kw + tx
+                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                for fk in range(fk_count):
+                    for ox in range(lo, hi):
+                        k_value = out[fk, t, ox]
+                        m = 1.0
+                        if has_mask:
+                            m = mask[n, qz, qy, ox * ksx - kpx + tx * dw]
+                        if normalize == NORMALIZE_KERNEL:
+                            z[fk, ox] += k_value
+                        elif normalize == NORMALIZE_MASK:
+                            z[fk, ox] += m
+                        else:
+                            z[fk, ox] += m * k_value
+                        if has_mask:
+                            out[fk, t, ox] = k_value * m
     for fk in range(fk_count):
         for ox in range(out_w):
             zv = z[fk, ox]
             scratch[ox] = 0.0 if zv == 0.0 else 1.0 / zv
-        for t in range(kh * kw):
+        for t in range(kd * kh * kw):
             for ox in range(out_w):
                 out[fk, t, ox] *= scratch[ox]
 
 
 @njit(cache=True)
-def _apply_mask(out, mask, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw):
-    for ty in range(kh):
-        qy = oy * ksy - kpy + ty * dh
-        if qy < 0 or qy >= guide_h:
+def _apply_mask(out, mask, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
+                ksx, kpz, kpy, kpx, dd, dh, dw):
+    for tz in range(kd):
+        qz = oz * ksz - kpz + tz * dd
+        if qz < 0 or qz >= guide_d:
             continue
-        for tx in range(kw):
-            t = ty * kw + tx
-            lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-            for fk in range(out.shape[0]):
-                for ox in range(lo, hi):
-                    out[fk, t, ox] *= mask[n, qy, ox * ksx - kpx + tx * dw]
+        for ty in range(kh):
+            qy = oy * ksy - kpy + ty * dh
+            if qy < 0 or qy >= guide_h:
+                continue
+            for tx in range(kw):
+                t = (tz * kh + ty) * kw + tx
+                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                for fk in range(out.shape[0]):
+                    for ox in range(lo, hi):
+                        out[fk, t, ox] *= mask[n, qz, qy, ox * ksx - kpx + tx * dw]
 
 
 @njit(cache=True)
 def _row_kernel(
-    explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
-    ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+    explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
+    ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
     normalize, channel_wise, kbuf, z, scratch,
 ):
-    """Fill ``kbuf`` with row ``oy`` of the adaptive kernel: copied (explicit) or computed."""
+    """Fill ``kbuf`` with row ``(oz, oy)`` of the adaptive kernel: copied (explicit) or
+    computed."""
     if use_explicit:
         for fk in range(kbuf.shape[0]):
             for t in range(kbuf.shape[1]):
                 for ox in range(out_w):
-                    kbuf[fk, t, ox] = explicit[n, fk, t, oy, ox]
+                    kbuf[fk, t, ox] = explicit[n, fk, t, oz, oy, ox]
     else:
         kernel_row(
-            guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-            family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-            kbuf, z, scratch,
+            guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
+            ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+            normalize, channel_wise, kbuf, z, scratch,
         )
 
 
 @njit(cache=True, parallel=True)
 def fill_kernel(
-    guide, centre, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-    family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-    out, valid,
+    guide, centre, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh,
+    dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, out, valid,
 ):
-    """Materialize K: ``out[N, Fk, T, Ho, Wo]`` and ``valid[N, Fk, Ho, Wo]`` (Z != 0)."""
-    batch, fk_count, taps, out_h, out_w = out.shape
-    for job in prange(batch * out_h):
-        n = job // out_h
+    """Materialize K: ``out[N, Fk, T, Do, Ho, Wo]`` and ``valid[N, Fk, Do, Ho, Wo]``
+    (Z != 0)."""
+    batch, fk_count, taps, out_d, out_h, out_w = out.shape
+    rows = out_d * out_h
+    for job in prange(batch * rows):
+        n = job // rows
+        oz = job % rows // out_h
         oy = job % out_h
         kbuf = aligned_empty((fk_count, taps, out_w), out.dtype)
         z = aligned_empty((fk_count, out_w), out.dtype)
         scratch = aligned_empty((out_w,), out.dtype)
         kernel_row(
-            guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw, ksy, ksx, kpy, kpx, dh, dw,
-            family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise,
-            kbuf, z, scratch,
+            guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
+            ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
+            normalize, channel_wise, kbuf, z, scratch,
         )
         for fk in range(fk_count):
             for t in range(taps):
                 for ox in range(out_w):
-                    out[n, fk, t, oy, ox] = kbuf[fk, t, ox]
+                    out[n, fk, t, oz, oy, ox] = kbuf[fk, t, ox]
             for ox in range(out_w):
-                valid[n, fk, oy, ox] = z[fk, ox] != 0.0
+                valid[n, fk, oz, oy, ox] = z[fk, ox] != 0.0
 
 
 @njit(cache=True)
@@ -290,55 +312,62 @@ def _source_index(o, tap, k, stride, padding, dilation, size_in, transposed):
 
 @njit(cache=True, parallel=True)
 def direct(
-    x, tap_weight, explicit, use_explicit, guide, centre, guide_h, guide_w,
-    sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    x, tap_weight, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
     y,
 ):
     """``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]`` (pooling, shared filters).
 
-    ``tap_weight`` is indexed by the kernel tap; for transposed ops the caller flips the weights.
+    ``tap_weight`` ``(kd, kh, kw)`` is indexed by the kernel tap; for transposed ops the caller
+    flips the weights.
     """
-    batch, channels, in_h, in_w = x.shape
-    out_h, out_w = y.shape[2], y.shape[3]
-    kh = tap_weight.shape[0]
-    kw = tap_weight.shape[1]
-    taps = kh * kw
-    for job in prange(batch * out_h):
-        n = job // out_h
+    batch, channels, in_d, in_h, in_w = x.shape
+    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
+    kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
+    taps = kd * kh * kw
+    rows = out_d * out_h
+    for job in prange(batch * rows):
+        n = job // rows
+        oz = job % rows // out_h
         oy = job % out_h
         kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
         z = aligned_empty((fk_count, out_w), y.dtype)
         scratch = aligned_empty((out_w,), y.dtype)
         _row_kernel(
-            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
-            ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
-            normalize, channel_wise, kbuf, z, scratch,
+            explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w,
+            kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2,
+            spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch,
         )
         phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
         for c in range(channels):
             kc = c if fk_count > 1 else 0
             for ox in range(out_w):
                 scratch[ox] = 0.0
-            for ty in range(kh):
-                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                if iy < 0:
-                    continue
-                if sx > 1 and not transposed:
-                    _deinterleave(x[n, c, iy], sx, phases)
-                for tx in range(kw):
-                    t = ty * kw + tx
-                    w = tap_weight[ty, tx]
-                    if transposed:
-                        for ox in range(out_w):
-                            ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
-                            if ix >= 0:
-                                scratch[ox] += w * kbuf[kc, t, ox] * x[n, c, iy, ix]
-                    else:
-                        _accumulate_forward(scratch, w, kbuf[kc, t], x[n, c, iy], phases,
-                                            tx * dw - px, sx, in_w)
+            for tz in range(kd):
+                    iz = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
+                    if iz < 0:
+                        continue
+                    for ty in range(kh):
+                        iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                        if iy < 0:
+                            continue
+                        x_row = x[n, c, iz, iy]
+                        if sx > 1 and not transposed:
+                            _deinterleave(x_row, sx, phases)
+                        for tx in range(kw):
+                            t = (tz * kh + ty) * kw + tx
+                            w = tap_weight[tz, ty, tx]
+                            if transposed:
+                                for ox in range(out_w):
+                                    ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
+                                    if ix >= 0:
+                                        scratch[ox] += w * kbuf[kc, t, ox] * x_row[ix]
+                            else:
+                                _accumulate_forward(scratch, w, kbuf[kc, t], x_row, phases,
+                                                    tx * dw - px, sx, in_w)
             for ox in range(out_w):
-                y[n, c, oy, ox] = scratch[ox]
+                y[n, c, oz, oy, ox] = scratch[ox]
 
 
 _ROW_BLOCK = 16
@@ -458,8 +487,8 @@ def _accumulate_block(acc, weight_matrix, block, first, count):
 
 @njit(cache=True, parallel=True)
 def conv_rows(
-    x, weight_matrix, explicit, use_explicit, guide, centre, guide_h, guide_w,
-    kh, kw, sy, sx, py, px, dh, dw, ksy, ksx, kpy, kpx, transposed,
+    x, weight_matrix, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
     y,
 ):
@@ -469,20 +498,22 @@ def conv_rows(
     of ``Wo``) and folded into an ``(C_out, Wo)`` accumulator at once, so nothing larger than a
     row is ever materialized and no BLAS call competes with Numba's threads.
     """
-    batch, channels, in_h, in_w = x.shape
-    out_channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    taps = kh * kw
+    batch, channels, in_d, in_h, in_w = x.shape
+    out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    taps = kd * kh * kw
     total = channels * taps
-    for job in prange(batch * out_h):
-        n = job // out_h
+    rows = out_d * out_h
+    for job in prange(batch * rows):
+        n = job // rows
+        oz = job % rows // out_h
         oy = job % out_h
         kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
         z = aligned_empty((fk_count, out_w), y.dtype)
         scratch = aligned_empty((out_w,), y.dtype)
         _row_kernel(
-            explicit, use_explicit, guide, centre, n, oy, out_w, guide_h, guide_w, kh, kw,
-            ksy, ksx, kpy, kpx, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
-            normalize, channel_wise, kbuf, z, scratch,
+            explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w,
+            kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2,
+            spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch,
         )
         acc = aligned_empty((out_channels, out_w), y.dtype)
         acc[:] = 0.0
@@ -492,28 +523,33 @@ def conv_rows(
         first = 0
         for c in range(channels):
             kc = c if fk_count > 1 else 0
-            for ty in range(kh):
-                iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                if iy >= 0 and sx > 1 and not transposed:
-                    _deinterleave(x[n, c, iy], sx, phases)
-                for tx in range(kw):
-                    t = ty * kw + tx
-                    row = block[filled]
-                    if iy < 0:
-                        for ox in range(out_w):
-                            row[ox] = 0.0
-                    elif transposed:
-                        for ox in range(out_w):
-                            ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
-                            row[ox] = kbuf[kc, t, ox] * x[n, c, iy, ix] if ix >= 0 else 0.0
-                    else:
-                        _fill_forward(row, kbuf[kc, t], x[n, c, iy], phases, tx * dw - px, sx,
-                                      in_w)
-                    filled += 1
-                    if filled == _ROW_BLOCK or first + filled == total:
-                        _accumulate_block(acc, weight_matrix, block, first, filled)
-                        first += filled
-                        filled = 0
+            for tz in range(kd):
+                    iz = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
+                    for ty in range(kh):
+                        iy = -1
+                        if iz >= 0:
+                            iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                        if iy >= 0 and sx > 1 and not transposed:
+                            _deinterleave(x[n, c, iz, iy], sx, phases)
+                        for tx in range(kw):
+                            t = (tz * kh + ty) * kw + tx
+                            row = block[filled]
+                            if iy < 0:
+                                for ox in range(out_w):
+                                    row[ox] = 0.0
+                            elif transposed:
+                                for ox in range(out_w):
+                                    ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
+                                    row[ox] = (kbuf[kc, t, ox] * x[n, c, iz, iy, ix] if ix >= 0
+                                           else 0.0)
+                            else:
+                                _fill_forward(row, kbuf[kc, t], x[n, c, iz, iy], phases,
+                                            tx * dw - px, sx, in_w)
+                            filled += 1
+                            if filled == _ROW_BLOCK or first + filled == total:
+                                _accumulate_block(acc, weight_matrix, block, first, filled)
+                                first += filled
+                                filled = 0
         for o in range(out_channels):
             for ox in range(out_w):
-                y[n, o, oy, ox] = acc[o, ox]
+                y[n, o, oz, oy, ox] = acc[o, ox]

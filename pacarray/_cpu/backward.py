@@ -5,7 +5,7 @@ one float dtype and never validate. The CUDA backend mirrors the same names, sig
 return values:
 
 ``kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide)``
-    VJP of ``materialize_kernel``. ``grad_kernel`` has shape ``(N, Fk, T, Ho, Wo)``.
+    VJP of ``materialize_kernel``. ``grad_kernel`` has shape ``(N, Fk, T, *out)``.
     Returns a :class:`KernelGrads`.
 
 ``pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding,``
@@ -21,18 +21,20 @@ return values:
 ``smooth_backward(grad_centre, guide, weights, need_weights)``
     VJP of ``smooth``: returns ``(grad_guide, grad_weights)``.
 
-Conventions: ``grad_y`` is ``(N, C_out, Ho, Wo)``; ``grad_x`` has ``x``'s shape;
-``grad_tap_weight`` is ``(kh, kw)`` and ``grad_weight_matrix`` has ``weight_matrix``'s shape,
-both indexed exactly as the forward indexes them (the front end undoes any flip). The
-``need_*`` flags skip work: an output that is not needed is ``None``. ``grad_explicit``
-(``(N, Fk, T, Ho, Wo)``) is returned on the explicit path when ``need_kernel``;
+Conventions: arrays have the op's spatial rank r (1-3) and are lifted here to the kernels' 3
+spatial axes (reshaped views; ``docs/design.md`` §7). ``grad_y`` is ``(N, C_out, *out)``;
+``grad_x`` has ``x``'s shape; ``grad_tap_weight`` has shape ``kernel_size`` and
+``grad_weight_matrix`` has ``weight_matrix``'s shape, both indexed exactly as the forward
+indexes them (the front end undoes any flip). The ``need_*`` flags skip work: an output that is
+not needed is ``None``. ``grad_explicit`` is returned on the explicit path when ``need_kernel``;
 ``kernel_grads`` on the fused path when ``need_kernel`` (``need_guide`` additionally asks for
-the guide and centre parts, the expensive ones).
+the guide and centre parts, the expensive ones). ``grad_explicit`` is ``(N, Fk, T, *out)``
+(3 output axes; the front end reshapes it).
 
 All results are deterministic: bands of output rows with a fixed partition (see the kernels'
-module docstring), per-row or per-slot partial sums reduced by NumPy in a fixed order; the
-partition depends on the shapes (and :data:`pacarray.config.WORKSPACE_BYTES`), never on the
-number of threads.
+module docstring; in 3-D tiles of planes x rows, coloured by the parity of both), per-row or
+per-slot partial sums reduced by NumPy in a fixed order; the partition depends on the shapes
+(and :data:`pacarray.config.WORKSPACE_BYTES`), never on the number of threads.
 """
 
 from __future__ import annotations
@@ -44,7 +46,16 @@ import numpy as np
 from .. import config
 from .._spec import KernelGrads
 from . import _numba_backward as nb
-from ._inputs import aligned_zeros, explicit_kernel, features, frozen, kernel_args
+from ._inputs import (
+    aligned_zeros,
+    explicit_kernel,
+    features,
+    frozen,
+    guide_shape3,
+    kernel_args,
+    lift_tuple,
+    lifted,
+)
 
 __all__ = ["conv_backward", "kernel_backward", "pool_backward"]
 
@@ -62,18 +73,33 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _band_height(kernel_size, dilation, k_stride, stride=None, transposed=False):
-    """Rows per band so that bands two apart never touch the same input/guide/mask row.
+def _band_height(kernel_size, dilation, k_stride, stride=None, transposed=False, axis=1):
+    """Rows (planes for ``axis=0``) per band so that bands two apart never touch the same
+    input/guide/mask row (plane). Arguments are 3-axis tuples.
 
     Band rows ``[b0, b1)`` read guide rows up to ``(b1-1)*ks + reach`` and the band after next
     starts reading at ``(b1+h)*ks``: disjoint when ``h*ks >= reach``. A transposed op's input
     rows follow ``i*s = o + p - a*d``, which needs ``h >= reach``.
     """
-    reach = (kernel_size[0] - 1) * dilation[0]
-    height = _ceil_div(reach, k_stride[0])
+    reach = (kernel_size[axis] - 1) * dilation[axis]
+    height = _ceil_div(reach, k_stride[axis])
     if stride is not None:
-        height = max(height, reach if transposed else _ceil_div(reach, stride[0]))
+        height = max(height, reach if transposed else _ceil_div(reach, stride[axis]))
     return max(1, height)
+
+
+def _depth_bands(kernel_size, dilation, k_stride, stride=None, transposed=False):
+    """``(band_depth, z_colours)``: planes per band and the number of plane colours. With one
+    depth tap no two output planes share an input, guide or mask plane: one colour."""
+    if kernel_size[0] == 1:
+        return 1, 1
+    return _band_height(kernel_size, dilation, k_stride, stride, transposed, axis=0), 2
+
+
+def _z_jobs(out_d, band_depth, z_colours):
+    """Most plane bands of one colour."""
+    bands = _ceil_div(out_d, band_depth)
+    return bands if z_colours == 1 else _ceil_div(bands, 2)
 
 
 class _KernelBuffers(NamedTuple):
@@ -85,12 +111,14 @@ class _KernelBuffers(NamedTuple):
     spatial_rows: np.ndarray
 
 
-def _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide):
-    """Zeroed accumulators for the fused kernel's gradients (small dummies when unused)."""
+def _kernel_buffers(spec, batch, out_rows, taps, dtype, need_kernel, need_guide):
+    """Zeroed accumulators for the fused kernel's gradients, on 3 spatial axes (small dummies
+    when unused); ``out_rows`` is ``Do*Ho``."""
     fused = need_kernel and not spec.use_explicit
-    guide_shape = spec.guide.shape if fused and need_guide else (1, 1, 1, 1)
-    mask_shape = spec.mask.shape if fused and spec.has_mask else (1, 1, 1)
-    rows = (batch, out_h) if fused else (1, 1)
+    shape3 = guide_shape3(spec)
+    guide_shape = (*spec.guide.shape[:2], *shape3) if fused and need_guide else (1,) * 5
+    mask_shape = (spec.mask.shape[0], *shape3) if fused and spec.has_mask else (1,) * 4
+    rows = (batch, out_rows) if fused else (1, 1)
     guide = aligned_zeros(guide_shape, dtype)
     # Without smoothing the centre gradient lands on the guide itself; a row's centre lies
     # inside the rows its own taps read, so the band partition protects those writes too.
@@ -103,27 +131,35 @@ def _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide):
 
 
 def _kernel_result(spec, buffers, kernel_size, need_guide):
+    """The accumulators as a :class:`KernelGrads` of the op's spatial rank."""
+    guide_shape = spec.guide.shape
+    mask_shape = spec.mask.shape
     return KernelGrads(
-        guide=buffers.guide if need_guide else None,
-        centre=buffers.centre if need_guide and buffers.centre is not buffers.guide else None,
+        guide=buffers.guide.reshape(guide_shape) if need_guide else None,
+        centre=(buffers.centre.reshape(guide_shape)
+                if need_guide and buffers.centre is not buffers.guide else None),
         alpha=buffers.alpha_rows.sum(axis=(0, 1)),
         lam=buffers.lam_rows.sum(axis=(0, 1)),
         spatial=buffers.spatial_rows.sum(axis=(0, 1)).reshape(kernel_size),
-        mask=buffers.mask if spec.has_mask else None,
+        mask=buffers.mask.reshape(mask_shape) if spec.has_mask else None,
     )
 
 
 def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilation, need_guide):
-    """VJP of :func:`materialize_kernel`: ``grad_kernel (N, Fk, T, Ho, Wo)`` -> KernelGrads."""
-    batch, _, taps, out_h, _ = grad_kernel.shape
+    """VJP of :func:`materialize_kernel`: ``grad_kernel (N, Fk, T, *out)`` -> KernelGrads."""
+    rank = len(kernel_size)
+    grad_kernel = lifted(grad_kernel, 3, rank)
+    batch, _, taps, out_d, out_h, _ = grad_kernel.shape
     dtype = grad_kernel.dtype
-    buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, True, need_guide)
+    kernel3, stride3 = lift_tuple(kernel_size, 1), lift_tuple(k_stride, 1)
+    dilation3 = lift_tuple(dilation, 1)
+    buffers = _kernel_buffers(spec, batch, out_d * out_h, taps, dtype, True, need_guide)
     nb.kernel_backward(
-        frozen(grad_kernel), *features(spec), *spec.guide_shape, *kernel_size, *k_stride,
-        *k_padding, *dilation, *kernel_args(spec),
-        _band_height(kernel_size, dilation, k_stride), need_guide, buffers.guide,
-        buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
-        buffers.spatial_rows,
+        frozen(grad_kernel), *features(spec), *guide_shape3(spec), *kernel3, *stride3,
+        *lift_tuple(k_padding, 0), *dilation3, *kernel_args(spec),
+        *_depth_bands(kernel3, dilation3, stride3), _band_height(kernel3, dilation3, stride3),
+        need_guide, buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
+        buffers.lam_rows, buffers.spatial_rows,
     )
     return _kernel_result(spec, buffers, kernel_size, need_guide)
 
@@ -131,35 +167,49 @@ def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilatio
 def _explicit_grad(spec, shape, dtype, need_kernel):
     if spec.use_explicit and need_kernel:
         return np.empty(shape, dtype)
-    return np.zeros((1, 1, 1, 1, 1), dtype)
+    return np.zeros((1,) * 6, dtype)
+
+
+def _lifted_geometry(geometry, k_stride, k_padding):
+    """``(kernel_size, stride, padding, dilation, k_stride, k_padding)`` on 3 axes."""
+    return (lift_tuple(geometry.kernel_size, 1), lift_tuple(geometry.stride, 1),
+            lift_tuple(geometry.padding, 0), lift_tuple(geometry.dilation, 1),
+            lift_tuple(k_stride, 1), lift_tuple(k_padding, 0))
 
 
 def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, need_x,
                   need_weight, need_kernel, need_guide):
     """VJP of :func:`pool`; see the module docstring for the returned tuple."""
+    rank = len(geometry.kernel_size)
+    grad_y = lifted(grad_y, 2, rank)
+    x_shape = x.shape
+    x = lifted(x, 2, rank)
     batch, channels = x.shape[:2]
-    out_h, out_w = grad_y.shape[2:]
-    kh, kw = geometry.kernel_size
-    taps = kh * kw
+    out_d, out_h, out_w = grad_y.shape[2:]
+    kernel3, stride3, padding3, dilation3, kstride3, kpadding3 = _lifted_geometry(
+        geometry, k_stride, k_padding)
+    taps = geometry.taps
     dtype = x.dtype
-    grad_x = aligned_zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
-    grad_tap_rows = np.zeros((batch, out_h, taps) if need_weight else (1, 1, 1), dtype)
-    grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
-                                   need_kernel)
-    buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
+    grad_x = aligned_zeros(x.shape if need_x else (1,) * 5, dtype)
+    grad_tap_rows = np.zeros((batch, out_d * out_h, taps) if need_weight else (1, 1, 1), dtype)
+    grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_d, out_h, out_w),
+                                   dtype, need_kernel)
+    buffers = _kernel_buffers(spec, batch, out_d * out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = explicit_kernel(spec, dtype)
     nb.direct_backward(
-        frozen(grad_y), frozen(x), frozen(tap_weight), explicit, use_explicit, *features(spec),
-        *spec.guide_shape, *geometry.stride, *geometry.padding, *geometry.dilation, *k_stride,
-        *k_padding, geometry.transposed, *kernel_args(spec), spec.fk_count,
-        _band_height(geometry.kernel_size, geometry.dilation, k_stride, geometry.stride,
-                     geometry.transposed),
+        frozen(grad_y), frozen(x), frozen(lifted(tap_weight, 0, rank)), explicit, use_explicit,
+        *features(spec), *guide_shape3(spec), *stride3, *padding3, *dilation3, *kstride3,
+        *kpadding3, geometry.transposed, *kernel_args(spec), spec.fk_count,
+        *_depth_bands(kernel3, dilation3, kstride3, stride3, geometry.transposed),
+        _band_height(kernel3, dilation3, kstride3, stride3, geometry.transposed),
         need_x, need_weight, need_kernel, need_guide and not use_explicit,
         grad_x, grad_tap_rows, grad_explicit, buffers.guide, buffers.centre, buffers.mask,
         buffers.alpha_rows, buffers.lam_rows, buffers.spatial_rows,
     )
-    return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
-                    grad_tap_rows.sum(axis=(0, 1)).reshape(kh, kw) if need_weight else None,
+    return _results(spec, buffers, geometry, need_x, need_kernel, need_guide,
+                    grad_x.reshape(x_shape) if need_x else grad_x,
+                    grad_tap_rows.sum(axis=(0, 1)).reshape(geometry.kernel_size)
+                    if need_weight else None,
                     grad_explicit)
 
 
@@ -215,35 +265,42 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     in at most :data:`_MAX_WEIGHT_SLOTS` accumulators (within
     :data:`pacarray.config.WORKSPACE_BYTES`) summed in a fixed order at the end.
     """
+    rank = len(geometry.kernel_size)
+    grad_y = lifted(grad_y, 2, rank)
+    x_shape = x.shape
+    x = lifted(x, 2, rank)
     batch = x.shape[0]
-    out_h, out_w = grad_y.shape[2:]
-    kh, kw = geometry.kernel_size
-    taps = kh * kw
+    out_d, out_h, out_w = grad_y.shape[2:]
+    kernel3, stride3, padding3, dilation3, kstride3, kpadding3 = _lifted_geometry(
+        geometry, k_stride, k_padding)
+    taps = geometry.taps
     dtype = x.dtype
-    band_height = _band_height(geometry.kernel_size, geometry.dilation, k_stride,
-                               geometry.stride, geometry.transposed)
-    group_rows = _group_rows(out_w, geometry.stride[1] > 1 and not geometry.transposed)
+    band_depth, z_colours = _depth_bands(kernel3, dilation3, kstride3, stride3,
+                                         geometry.transposed)
+    band_height = _band_height(kernel3, dilation3, kstride3, stride3, geometry.transposed)
+    split = stride3[2] > 1 and not geometry.transposed
+    group_rows = _group_rows(out_w, split)
     band_height = _ceil_div(band_height, group_rows) * group_rows
-    jobs = batch * _ceil_div(_ceil_div(out_h, band_height), 2)
+    jobs = (batch * _z_jobs(out_d, band_depth, z_colours)
+            * _ceil_div(_ceil_div(out_h, band_height), 2))
     # without a weight gradient there is nothing to accumulate: one wave of all bands
     slots = _weight_slots(weight_matrix.shape, x.itemsize, jobs) if need_weight else jobs
-    grad_x = aligned_zeros(x.shape if need_x else (1, 1, 1, 1), dtype)
+    grad_x = aligned_zeros(x.shape if need_x else (1,) * 5, dtype)
     grad_w_slots = np.zeros((slots, *weight_matrix.shape) if need_weight else (slots, 1, 1),
                             dtype)
-    grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_h, out_w), dtype,
-                                   need_kernel)
-    buffers = _kernel_buffers(spec, batch, out_h, taps, dtype, need_kernel, need_guide)
+    grad_explicit = _explicit_grad(spec, (batch, spec.fk_count, taps, out_d, out_h, out_w),
+                                   dtype, need_kernel)
+    buffers = _kernel_buffers(spec, batch, out_d * out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = explicit_kernel(spec, dtype)
     # Two channels' rows of one tap side by side let the scatter share its K and kernel-gradient
     # loads (see nb.patch_row_tap); the weight matrix's columns follow that order.
-    paired = (need_x and need_kernel and spec.fk_count == 1 and x.shape[1] > 1
-              and not (geometry.stride[1] > 1 and not geometry.transposed))
+    paired = (need_x and need_kernel and spec.fk_count == 1 and x.shape[1] > 1 and not split)
     order = _patch_row_order(x.shape[1], taps, paired)
     nb.conv_backward(
         frozen(grad_y), frozen(x), frozen(np.ascontiguousarray(weight_matrix.T[order])),
-        explicit, use_explicit, *features(spec), *spec.guide_shape, kh, kw, *geometry.stride,
-        *geometry.padding, *geometry.dilation, *k_stride, *k_padding, geometry.transposed,
-        *kernel_args(spec), spec.fk_count, band_height, group_rows, slots, paired, need_x,
+        explicit, use_explicit, *features(spec), *guide_shape3(spec), *kernel3, *stride3,
+        *padding3, *dilation3, *kstride3, *kpadding3, geometry.transposed, *kernel_args(spec),
+        spec.fk_count, band_depth, z_colours, band_height, group_rows, slots, paired, need_x,
         need_weight, need_kernel, need_guide and not use_explicit, grad_x, grad_w_slots,
         grad_explicit, buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
         buffers.lam_rows, buffers.spatial_rows,
@@ -252,5 +309,5 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     if need_weight:
         grad_matrix = np.empty(weight_matrix.shape, dtype)
         grad_matrix[:, order] = grad_w_slots.sum(axis=0)
-    return _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x,
-                    grad_matrix, grad_explicit)
+    return _results(spec, buffers, geometry, need_x, need_kernel, need_guide,
+                    grad_x.reshape(x_shape) if need_x else grad_x, grad_matrix, grad_explicit)

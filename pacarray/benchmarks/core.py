@@ -5,6 +5,9 @@
 * B-conv64: ``pac_conv`` 64 -> 64 channels, 128 x 128, k = 3, padding 1, same kernel.
 * B-pool: ``pac_pool`` stride 2, k = 5, padding 2, 16 channels, 256 x 256, Gaussian K from an RGB
   guide, ``normalize="kernel"``.
+* B-conv3d: ``pac_conv`` 8 -> 8 channels on a 64^3 volume, k = 3, padding 1, Gaussian K from a
+  4-channel guide (fused); peer ``F.conv3d`` at the same shape. B-conv3d-grad: the same forward
+  then ``pac_conv_vjp`` (x, weight, guide), against the forward alone.
 
 Peers: PyTorch's ``F.conv2d`` / ``F.avg_pool2d`` at the same shapes (lower bounds: no adaptive
 kernel at all) and :func:`unfold_pac`, PAC written the way a deep-learning framework does it
@@ -151,6 +154,67 @@ def build_pool(context: Context) -> Case:
     return case
 
 
+def _volume_arrays(context: Context):
+    """Input, guide, weight and upstream gradient of the B-conv3d workloads (float32)."""
+    channels, kernel_size, guide_channels = 8, 3, 4
+    size = 12 if context.quick else 64
+    rng = context.rng()
+    shape = (1, channels, size, size, size)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    guide = (2.0 * np.random.default_rng([context.seed, guide_channels]).random(
+        (1, guide_channels, size, size, size), dtype=np.float32)).astype(np.float32)
+    weight = (rng.standard_normal((channels, channels, *(kernel_size,) * 3), dtype=np.float32)
+              / np.sqrt(channels * kernel_size**3)).astype(np.float32)
+    grad_y = rng.standard_normal(shape, dtype=np.float32)
+    return x, guide, weight, grad_y, (kernel_size - 1) // 2
+
+
+def build_conv3d(context: Context) -> Case:
+    import pacarray
+
+    x, guide, weight, _, padding = _volume_arrays(context)
+    x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
+    family = pacarray.Gaussian()
+    case = Case(
+        call=lambda: pacarray.pac_conv(x_dev, weight_dev, guide=guide_dev, family=family,
+                                       padding=padding),
+        label="pac_conv 3-D (fused K)",
+    )
+    torch = context.torch()
+    if torch is None:
+        case.notes.append(TORCH_MISSING)
+        return case
+    xt, weight_t = context.torch_tensor(torch, x), context.torch_tensor(torch, weight)
+
+    def conv3d():
+        with torch.inference_mode():
+            return torch.nn.functional.conv3d(xt, weight_t, padding=padding)
+
+    case.peers.append(Peer("torch F.conv3d", conv3d, role="lower bound"))
+    return case
+
+
+def build_conv3d_grad(context: Context) -> Case:
+    import pacarray
+    from pacarray.gradients import pac_conv_vjp
+
+    x, guide, weight, grad_y, padding = _volume_arrays(context)
+    x_dev, guide_dev, weight_dev, grad_dev = (context.asarray(a)
+                                              for a in (x, guide, weight, grad_y))
+    options = dict(guide=guide_dev, family=pacarray.Gaussian(), padding=padding)
+
+    def forward_and_backward():
+        pacarray.pac_conv(x_dev, weight_dev, **options)
+        return pac_conv_vjp(grad_dev, x_dev, weight_dev, **options).x
+
+    case = Case(call=forward_and_backward,
+                label="pac_conv + pac_conv_vjp 3-D (x, weight, guide), fused Gaussian K")
+    case.peers.append(Peer("pacarray forward only",
+                           lambda: pacarray.pac_conv(x_dev, weight_dev, **options),
+                           role="forward", target=3.0))
+    return case
+
+
 WORKLOADS = [
     Workload("B-conv16", "pac_conv 16->16, 256x256, k=5, Gaussian K from 8 guide channels",
              build_conv16, devices=("cpu", "gpu")),
@@ -158,4 +222,8 @@ WORKLOADS = [
              build_conv64, devices=("cpu", "gpu")),
     Workload("B-pool", "pac_pool 16 channels, 256x256, k=5, stride 2, normalized Gaussian K "
              "from RGB", build_pool, devices=("cpu", "gpu")),
+    Workload("B-conv3d", "pac_conv 8->8, 64^3 volume, k=3, Gaussian K from 4 guide channels",
+             build_conv3d, devices=("cpu", "gpu")),
+    Workload("B-conv3d-grad", "pac_conv forward + vjp (x, weight, guide), B-conv3d shapes",
+             build_conv3d_grad, devices=("cpu", "gpu")),
 ]
