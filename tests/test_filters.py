@@ -271,7 +271,7 @@ def test_bad_sigmas(name, value):
     ({"color_distance": "linf"}, ValueError, "color_distance"),
     ({"mode": "symmetric"}, ValueError, "mode"),
     ({"cval": np.nan}, ValueError, "cval"),
-    ({"channel_axis": 0}, ValueError, "channel_axis"),
+    ({"channel_axis": 2}, ValueError, "channel_axis"),   # (4, 4): a 1-D signal at most
     ({"guide": np.zeros((4, 5))}, ValueError, "guide"),
 ])
 def test_bad_arguments(kwargs, error, match):
