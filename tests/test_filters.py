@@ -283,8 +283,8 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_channel_axis_and_types():
     with pytest.raises(ValueError, match="channel_axis"):
         bilateral_filter(np.zeros((4, 4, 3)), sigma_spatial=1, sigma_color=1, channel_axis=3)
-    with pytest.raises(ValueError, match="channel_axis"):
-        bilateral_filter(np.zeros((4, 4, 3)), sigma_spatial=1, sigma_color=1)
+    with pytest.raises(ValueError, match="channel_axis"):   # 4-D: a multichannel volume at most
+        bilateral_filter(np.zeros((4, 4, 3, 2)), sigma_spatial=1, sigma_color=1)
     with pytest.raises(TypeError, match="image"):
         bilateral_filter(np.zeros((4, 4), complex), sigma_spatial=1, sigma_color=1)
     with pytest.raises(ValueError, match="empty"):
