@@ -138,6 +138,7 @@ def test_volume_with_flat_window_is_the_image_filter_slice_by_slice(how, rng):
                                    atol=1e-6)
 
 
+@pytest.mark.slow   # its strided rows are one more kernel signature (about 30 s of compile)
 def test_long_signal_rows_match_the_oracle(rng):
     # More than 4 rows of 65536 samples: the signal is cut into rows for the threads.
     signal = rng.random(300_007)
