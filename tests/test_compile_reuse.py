@@ -70,3 +70,30 @@ def test_paired_patch_row_order_is_a_permutation_matching_the_kernels():
                 c0, t0 = nb.patch_row_tap(0, channels, taps, True)
                 c1, t1 = nb.patch_row_tap(1, channels, taps, True)
                 assert (c0, c1, t0, t1) == (0, 1, 0, 0)
+
+
+def test_bilateral_compiles_once_for_every_layout_of_the_image():
+    # The planes of a channels-last, Fortran-ordered, negative-stride or read-only image reach
+    # the kernel with different Numba types; pacarray._cpu._layouts calls one general-layout
+    # specialization for all of them (one per dtype and channel count), with the same result.
+    import importlib
+
+    kernels = importlib.import_module("pacarray._cpu.bilateral")
+    rng = np.random.default_rng(5)
+    image = rng.random((9, 11, 3)).astype(np.float32)
+    options = dict(sigma_spatial=1.0, sigma_color=0.3, channel_axis=-1)
+    expected = pacarray.bilateral_filter(image, **options)
+    count = len(kernels.bilateral_planes.overloads)
+    layouts = {
+        "fortran": np.asfortranarray(image),
+        "read-only": _read_only(image),
+        "reversed": image[::-1, ::-1].copy()[::-1, ::-1],
+        "planar": np.ascontiguousarray(image.transpose(2, 0, 1)),
+    }
+    for name, variant in layouts.items():
+        axis = 0 if name == "planar" else -1
+        result = pacarray.bilateral_filter(variant, **dict(options, channel_axis=axis))
+        if axis == 0:
+            result = result.transpose(1, 2, 0)
+        np.testing.assert_array_equal(result, expected, err_msg=name)
+    assert len(kernels.bilateral_planes.overloads) == count

@@ -15,6 +15,7 @@ from .. import _args
 from .._bilateral import nearest_sample
 from .._generic import filters as generic
 from . import bilateral as kernels
+from ._layouts import call_any_layout
 
 
 #: Samples per row when a long signal is cut into rows for the threads (see _signal_rows).
@@ -72,7 +73,9 @@ def _run_volume(problem, planar, guide_planar, offsets, log_weight, out, channel
     guide_planes = tuple(planar if guide_planar is None else guide_planar)
     for start in range(0, channels, kernels.MAX_VALUE_PLANES):
         value_planes = tuple(planar[start:start + kernels.MAX_VALUE_PLANES])
-        kernels.bilateral_planes(
+        # One specialization per dtype and channel counts, whatever the caller's layout.
+        call_any_layout(
+            kernels.bilateral_planes,
             value_planes, value_planes if same_guide else guide_planes, same_guide, out,
             channels_last, start, *pair, *side, params, problem.color_distance == "l1",
             kernels.MODE_CODES[problem.mode], band,
@@ -131,12 +134,14 @@ def joint_upsample(problem):
     low_expanded = np.ascontiguousarray(low_planar[:, :, expanded])
     guide_expanded = np.ascontiguousarray(problem.guide_samples[:, :, expanded])
     for start in range(0, channels, kernels.MAX_VALUE_PLANES):
-        kernels.joint_upsample_rows(
+        call_any_layout(
+            kernels.joint_upsample_rows,
             tuple(low_expanded[start:start + kernels.MAX_VALUE_PLANES]), guide_expanded,
             tuple(guide_planar), out, channels_last, start,
             nearest_sample(np.arange(height), factors[0]), factor_x, pad_x,
             rows[1].astype(dtype), cols[1].astype(dtype), cols[2], cols[3],
             np.array([problem.range_coef], dtype=dtype),
+            keep=(0, 1),  # contiguous copies made above, read in the inner loop
         )
     if channels_last:
         return out
