@@ -145,3 +145,25 @@ def test_output_padding_may_reach_dilation_minus_one():
 def test_transposed_guide_must_have_the_output_shape():
     with _raises(ValueError, "guide", "(2, 3, 4, 5)"):
         call("conv_transpose", guide=np.ones((2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize("kernel_size, dilation, size", [(3, 2, 1), (5, 3, 2)])
+def test_weight_gradient_on_outputs_shorter_than_the_dilation(rng, assert_close, kernel_size,
+                                                              dilation, size):
+    # Regression: with stride 1 and padding d*(k-1)/2 a tap whose span is empty used to zero the
+    # previous patch row (an out-of-range o_first), so the weight gradient came out 0.
+    from pacarray.gradients import pac_conv_transpose_vjp
+
+    geometry = dict(stride=1, padding=dilation * (kernel_size - 1) // 2, dilation=dilation)
+    x = rng.standard_normal((1, 2, size, size))
+    weight = rng.standard_normal((2, 3, kernel_size, kernel_size))
+    grad_y = rng.standard_normal(ref_conv_transpose_scatter(x, weight, **geometry).shape)
+    # the forward is linear in the weight: the oracle gradient is <g, y(basis weight)>
+    expected = np.zeros_like(weight)
+    for index in np.ndindex(*weight.shape):
+        basis = np.zeros_like(weight)
+        basis[index] = 1.0
+        expected[index] = np.sum(grad_y * ref_conv_transpose_scatter(x, basis, **geometry))
+    assert np.abs(expected).max() > 0.1
+    got = pac_conv_transpose_vjp(grad_y, x, weight, **geometry).weight
+    assert_close(got, expected, np.float64)

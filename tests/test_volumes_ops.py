@@ -809,12 +809,10 @@ def test_vjp_rejects_mixed_ranks_like_the_forward(op):
 
 
 # ----------------------------------------------------------------------------------------
-# known bug (found by this file's finite-difference fuzzing; also in 2-D on main)
+# regression (found by this file's finite-difference fuzzing): the weight gradient was 0 when
+# stride is 1, padding d*(k-1)/2 and the output is shorter than the dilation
 
 
-@pytest.mark.xfail(strict=True, reason="pac_conv_transpose_vjp's weight gradient is wrong "
-                   "(0 for x = 1, grad_output = 1 on (1, 2, 1) -> (1, 1, 1)) when stride is 1, "
-                   "padding d*(k-1)/2 and the output is shorter than the dilation")
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("kernel_size, dilation, size, output_padding",
                          [(3, 2, 1, 0), (5, 3, 2, 0)])

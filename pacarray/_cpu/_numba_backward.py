@@ -557,7 +557,9 @@ def _span(transposed, tx, kw, sx, px, dw, in_w, out_w):
         # inputs ix with ox = ix*sx - px + (kw-1-tx)*dw inside the output
         offset = (kw - 1 - tx) * dw
         lo, hi = _tap_range(offset, sx, px, out_w, in_w)
-        return hi - lo, lo * sx + offset - px, sx, lo, 1
+        # An empty span's o_first still bounds the zero fill of _set_patch_row; clipped, it
+        # can fall outside [0, out_w] and the fill would write into the neighbouring patch rows.
+        return hi - lo, lo * sx + offset - px if hi > lo else 0, sx, lo, 1
     lo, hi = _tap_range(tx * dw, sx, px, in_w, out_w)
     return hi - lo, lo, 1, lo * sx + tx * dw - px, sx
 
