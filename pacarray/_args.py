@@ -230,40 +230,55 @@ def float_result_dtype(*arrays):
     return np.result_type(*[a.dtype for a in arrays if a is not None])
 
 
-def channels_first(image, channel_axis, name: str = "image"):
-    """``(C, H, W)`` view of a 2-D image (``channel_axis=None``) or of a 3-D image with its
-    channels along ``channel_axis``; returns the view and the normalized axis."""
+#: Names of the spatial ranks, for messages.
+_RANK_NAMES = {1: "1-D (L)", 2: "2-D (H, W)", 3: "3-D (D, H, W)"}
+
+
+def channels_first(image, channel_axis, name: str = "image", ranks=(2,)):
+    """``(C, *S)`` view of an image with ``len(S)`` in ``ranks`` spatial axes: without
+    ``channel_axis`` every axis is spatial (scikit-image's convention: 1-D signal, 2-D image,
+    3-D volume), with it the channels are along ``channel_axis``. Returns the view and the
+    normalized axis. ``ranks=(2,)`` is the 2-D-only filters' rule."""
+    allowed = " or ".join(_RANK_NAMES[r] for r in ranks)
     if channel_axis is None:
-        if image.ndim != 2:
-            hint = (
-                "; pass channel_axis for a multichannel (H, W, C) or (C, H, W) image (volumes, "
-                "three spatial axes, are not supported yet)" if image.ndim == 3 else ""
-            )
+        if image.ndim not in ranks:
+            if ranks == (2,):
+                hint = (
+                    "; pass channel_axis for a multichannel (H, W, C) or (C, H, W) image (this "
+                    "function takes 2-D images only, not volumes)" if image.ndim == 3 else ""
+                )
+            else:
+                hint = (f"; a multichannel image with {image.ndim - 1} spatial axes needs "
+                        "channel_axis" if image.ndim - 1 in ranks else "")
             raise ValueError(
-                f"{name} must be 2-D (H, W) when channel_axis is None, got shape "
+                f"{name} must be {allowed} when channel_axis is None, got shape "
                 f"{tuple(image.shape)}{hint}"
             )
         planar = image[None]
     else:
-        if image.ndim != 3:
+        if image.ndim - 1 not in ranks:
+            spatial = " or ".join(str(r + 1) for r in ranks)
             raise ValueError(
-                f"{name} must be 3-D when channel_axis is given, got shape {tuple(image.shape)}"
+                f"{name} must be {spatial}-D when channel_axis is given ({allowed} spatial "
+                f"axes plus the channels), got shape {tuple(image.shape)}"
             )
         if not is_int(channel_axis):
             raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}")
-        if not -3 <= channel_axis < 3:
+        ndim = image.ndim
+        if not -ndim <= channel_axis < ndim:
             raise ValueError(
-                f"channel_axis must be in [-3, 2] for a 3-D {name}, got {channel_axis}"
+                f"channel_axis must be in [{-ndim}, {ndim - 1}] for a {ndim}-D {name}, got "
+                f"{channel_axis}"
             )
-        channel_axis = int(channel_axis) % 3
-        planar = image.transpose([channel_axis] + [a for a in range(3) if a != channel_axis])
+        channel_axis = int(channel_axis) % ndim
+        planar = image.transpose([channel_axis] + [a for a in range(ndim) if a != channel_axis])
     if 0 in planar.shape:
         raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
     return planar, channel_axis
 
 
 def channels_back(xp, planar, channel_axis):
-    """Inverse of :func:`channels_first` for a result computed as ``(C, H, W)``."""
+    """Inverse of :func:`channels_first` for a result computed as ``(C, *S)``."""
     if channel_axis is None:
         return planar[0]
     return xp.moveaxis(planar, 0, channel_axis)
@@ -299,15 +314,22 @@ def cast_output(xp, result, output):
 
 
 def guide_planar(guide, channel_axis, spatial_shape, name: str = "guide"):
-    """``(G, H, W)`` view of a guide already converted by :func:`as_float_image`: 2-D is one
-    channel; 3-D has its channels along ``channel_axis``, or along the last axis when
-    ``channel_axis`` is None. Its spatial shape must be ``spatial_shape``."""
-    if guide.ndim == 2:
-        planar, _ = channels_first(guide, None, name)
-    elif guide.ndim == 3:
-        planar, _ = channels_first(guide, -1 if channel_axis is None else channel_axis, name)
+    """``(G, *S)`` view of a guide already converted by :func:`as_float_image`, for an image of
+    spatial shape ``S = spatial_shape``: a guide with ``len(S)`` axes is one channel; one with
+    an extra axis has its channels along ``channel_axis``, or along the last axis when
+    ``channel_axis`` is None. Its spatial shape must be ``S``."""
+    rank = len(spatial_shape)
+    if guide.ndim == rank:
+        planar, _ = channels_first(guide, None, name, ranks=(rank,))
+    elif guide.ndim == rank + 1:
+        planar, _ = channels_first(guide, -1 if channel_axis is None else channel_axis, name,
+                                   ranks=(rank,))
     else:
-        raise ValueError(f"{name} must be 2-D or 3-D, got shape {tuple(guide.shape)}")
+        raise ValueError(
+            f"{name} must be {rank}-D or {rank + 1}-D (the image's spatial shape "
+            f"{tuple(spatial_shape)}, with or without a channel axis), got shape "
+            f"{tuple(guide.shape)}"
+        )
     if tuple(planar.shape[1:]) != tuple(spatial_shape):
         raise ValueError(
             f"{name} must have the spatial shape {tuple(spatial_shape)}, got {name} of shape "

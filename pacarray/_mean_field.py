@@ -11,7 +11,10 @@ to the CRF entry points of the backend module that the front end picked (``docs/
 * ``crf_add_messages(q, guide, spatial, dilation, scale, out)``: ``out += scale * M q`` for one
   term on its own grid (blurred terms, the backward pass);
 * ``crf_add_adjoint(grad, q, guide, spatial, dilation, scale, out)``: ``out += scale * M^T
-  grad``.
+  grad``;
+* ``crf_prepare(unary, guide, terms)``: what every ``crf_step`` of one call then takes as its
+  ``terms`` (the CPU backend computes the terms' weights there once, when they fit its memory
+  budget, rather than at every step; the generic implementation returns ``terms``).
 
 The CPU backend runs them with the Numba kernels of ``pacarray._cpu._crf_kernels``; the others
 with the generic implementation of ``pacarray._generic.crf`` on ``pac_pool`` and its gradient.
@@ -220,6 +223,8 @@ def forward(field, keep_history=False, want_logits=False):
     history = [q] if keep_history else None
     logits = unary if want_logits else None
     guide, step_terms = _step_terms(xp, field.terms)
+    if field.num_steps > 0:
+        step_terms = module.crf_prepare(unary, guide, step_terms)
     blurred = [t.weight if t.blur > 1 else 0.0 for t in field.terms]
     extra = xp.empty_like(unary) if any(blurred) else None
     for step in range(field.num_steps):

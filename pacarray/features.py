@@ -11,45 +11,51 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args
+from . import _args, _bilateral
 from ._dispatch import delegate_lazy, namespace, select_backend
 
 __all__ = ["color_position_features"]
 
 
 @delegate_lazy("color_position_features")
-def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None):
+def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=None,
+                            spacing=None):
     """Guide features for Gaussian filtering in the joint colour/position space.
 
-    Stacks the image's channels divided by ``sigma_color`` and the row and column coordinates
-    divided by ``sigma_spatial``. A Gaussian kernel on these features (``pacarray.Gaussian``,
-    ``pac_kernel``/``pac_pool`` with ``guide=``) is the bilateral weight
+    Stacks the image's channels divided by ``sigma_color`` and the pixel coordinates (times
+    ``spacing``) divided by ``sigma_spatial``. A Gaussian kernel on these features
+    (``pacarray.Gaussian``, ``pac_kernel``/``pac_pool`` with ``guide=``) is the bilateral weight
     ``exp(-|I_p - I_q|^2 / (2 sigma_color^2) - |p - q|^2 / (2 sigma_spatial^2))`` with no
     separate spatial weight (the "W = 1" special case of PAC), and the appearance kernel of a
     dense CRF.
 
     Parameters
     ----------
-    image : array_like, shape (H, W) or with a channel axis
-        Colours (NumPy or CuPy). Integer and float16 images are converted to float32 first.
-    sigma_spatial : float
-        Spatial bandwidth in pixels, > 0.
+    image : array_like, shape (L,), (H, W) or (D, H, W), or with a channel axis
+        Colours of a signal, an image or a volume (NumPy or CuPy); without ``channel_axis``
+        every axis is spatial. Integer and float16 images are converted to float32 first.
+    sigma_spatial : float or sequence of float
+        Spatial bandwidth in the units of ``spacing`` (pixels by default), > 0; one value, or
+        one per spatial axis.
     sigma_color : float or sequence of float
         Colour bandwidth in image units, > 0; one value, or one per channel.
     channel_axis : int or None, default None
-        Axis of the colour channels; ``None`` for a grayscale 2-D image.
+        Axis of the colour channels; ``None`` for a grayscale signal, image or volume.
+    spacing : float or sequence of float, optional
+        Physical size of a pixel along each spatial axis (scipy's meaning); default 1.
 
     Returns
     -------
-    features : ndarray, shape (1, C + 2, H, W)
+    features : ndarray, shape (1, C + r, *S)
         A batch of one, ready to pass as ``guide``: channels ``0 .. C-1`` are the colours,
-        ``C`` the row and ``C + 1`` the column coordinate, each scaled. float32 unless the image
-        is float64.
+        ``C .. C + r - 1`` the coordinates along the ``r`` spatial axes (row and column for an
+        image), each scaled. float32 unless the image is float64.
 
     Raises
     ------
     ValueError
-        Non-positive or non-finite bandwidths, wrong ``channel_axis``, empty image.
+        Non-positive or non-finite bandwidths or spacing, ``sigma_spatial`` or ``spacing`` of
+        the wrong length, wrong ``channel_axis``, more than 3 spatial axes, empty image.
     TypeError
         Complex or non-numeric image.
 
@@ -84,9 +90,11 @@ def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=N
     """
     xp = namespace(select_backend(image=image))
     image = _args.as_float_image(xp, image)
-    planar, _ = _args.channels_first(image, channel_axis)
-    channels, height, width = planar.shape
-    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
+    planar, _ = _args.channels_first(image, channel_axis, ranks=(1, 2, 3))
+    channels, spatial = planar.shape[0], tuple(planar.shape[1:])
+    ndim = len(spatial)
+    sigmas = _bilateral.per_axis(sigma_spatial, "sigma_spatial", ndim, spatial)
+    spacing = _bilateral.per_axis(spacing, "spacing", ndim, spatial, default=1.0)
     entries = np.atleast_1d(np.asarray(sigma_color, dtype=object))
     if entries.ndim != 1 or entries.size not in (1, channels):
         raise ValueError(
@@ -97,10 +105,16 @@ def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=N
     dtype = image.dtype
     for value in colour_scale:
         _args.inverse_fits_dtype(float(value), "sigma_color", dtype)
-    _args.inverse_fits_dtype(sigma_spatial, "sigma_spatial", dtype)
-    features = xp.empty((1, channels + 2, height, width), dtype=dtype)
+    for sigma, step in zip(sigmas, spacing):
+        _args.inverse_fits_dtype(sigma / step, "sigma_spatial", dtype)
+    features = xp.empty((1, channels + ndim, *spatial), dtype=dtype)
     scale = xp.asarray(np.broadcast_to(1.0 / colour_scale, (channels,)), dtype=dtype)
-    features[0, :channels] = planar * scale[:, None, None]
-    features[0, channels] = (xp.arange(height, dtype=dtype) / dtype.type(sigma_spatial))[:, None]
-    features[0, channels + 1] = (xp.arange(width, dtype=dtype) / dtype.type(sigma_spatial))[None]
+    features[0, :channels] = planar * scale[(slice(None),) + (None,) * ndim]
+    for axis, (size, sigma, step) in enumerate(zip(spatial, sigmas, spacing)):
+        # Pixel units as before volumes (index / sigma); physical ones when spacing is given.
+        coordinate = (xp.arange(size, dtype=dtype) / dtype.type(sigma) if step == 1.0 else
+                      xp.asarray(np.arange(size) * step / sigma, dtype=dtype))
+        shape = [1] * ndim
+        shape[axis] = size
+        features[0, channels + axis] = coordinate.reshape(shape)
     return features

@@ -19,7 +19,7 @@ import numpy as np
 from . import _args
 from . import _bilateral
 from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
-from .kernels import Gaussian, spatial_window
+from .kernels import Gaussian
 from .ops import pac_pool
 
 __all__ = ["bilateral_filter", "joint_bilateral_upsample", "normalized_convolution"]
@@ -39,6 +39,7 @@ def bilateral_filter(
     channel_axis: int | None = None,
     guide=None,
     output=None,
+    spacing=None,
 ):
     """Bilateral filter; joint (cross) bilateral filter when a ``guide`` is given.
 
@@ -48,20 +49,26 @@ def bilateral_filter(
 
     Parameters
     ----------
-    image : array_like, shape (H, W) or with a channel axis
-        NumPy or CuPy array. bool, integer and float16 images are computed in float32 (values
-        unchanged: a uint8 image keeps its 0..255 scale); float32 and float64 stay.
-    sigma_spatial : float
-        Standard deviation of the spatial Gaussian, in pixels; > 0.
+    image : array_like, shape (L,), (H, W) or (D, H, W), or with a channel axis
+        A signal, an image or a volume (scikit-image's convention: without ``channel_axis``
+        every axis is spatial). NumPy or CuPy array. bool, integer and float16 images are
+        computed in float32 (values unchanged: a uint8 image keeps its 0..255 scale); float32
+        and float64 stay.
+    sigma_spatial : float or sequence of float
+        Standard deviation of the spatial Gaussian, in the units of ``spacing`` (pixels by
+        default); > 0. One value, or one per spatial axis.
     sigma_color : float
         Standard deviation of the range Gaussian, in the guide's units (in the image's when no
         guide is given); > 0.
-    radius : int, optional
-        Window radius in pixels. Default ``ceil(3 * sigma_spatial)``, which holds 99.7 % of the
-        spatial Gaussian along each axis (scikit-image's ``denoise_bilateral`` uses the same
-        extent). At most 4 times the image's largest side.
+    radius : int or sequence of int, optional
+        Window radius in pixels, one value or one per spatial axis. Default
+        ``ceil(3 * sigma_spatial / spacing)`` per axis, which holds 99.7 % of the spatial
+        Gaussian along each axis (scikit-image's ``denoise_bilateral`` uses the same extent).
+        At most 4 times the image's largest side.
     window : {"disk", "square"}, default "disk"
-        ``"disk"`` keeps the taps with ``dy**2 + dx**2 <= radius**2`` (OpenCV's window).
+        ``"disk"`` keeps the taps inside the ellipse (ellipsoid) inscribed in the box of the
+        radii: ``dy**2 + dx**2 <= radius**2`` for one radius in 2-D (OpenCV's window), a ball
+        in 3-D, the whole segment in 1-D. ``"square"`` keeps the whole box (square, cube).
     color_distance : {"l2", "l1"}, default "l2"
         Colour difference ``d`` in the range weight ``exp(-d**2 / (2 sigma_color**2))``:
         Euclidean over the guide's channels, or the sum of absolute differences (OpenCV's).
@@ -74,15 +81,22 @@ def bilateral_filter(
     cval : float, default 0.0
         Value outside the image for ``mode="constant"``, in the image and in the guide.
     channel_axis : int or None, default None
-        Axis of the image's channels; ``None`` for a 2-D grayscale image.
+        Axis of the image's channels; ``None`` when every axis is spatial (a grey signal,
+        image or volume).
     guide : array_like, optional
         Guide for the range weights (joint bilateral filter), with the image's spatial shape and
-        any number of channels: 2-D, or 3-D with its channels along ``channel_axis`` (along the
-        last axis when ``channel_axis`` is None).
+        any number of channels: the spatial shape alone (one channel), or with one more axis
+        holding its channels along ``channel_axis`` (along the last axis when ``channel_axis``
+        is None).
     output : dtype, optional
         Dtype of the result. Default: the computation dtype (float32, or float64 for float64
         input). An integer dtype rounds to the nearest integer and clips to its range:
         ``output=image.dtype`` gives a uint8 image back for a uint8 image.
+    spacing : float or sequence of float, optional
+        Physical size of a pixel (voxel) along each spatial axis, as in
+        ``scipy.ndimage``/scikit-image: a 0.2 x 0.1 x 0.1 um confocal stack is filtered in
+        micrometres with ``spacing=(0.2, 0.1, 0.1)`` and ``sigma_spatial`` in micrometres.
+        Default 1 (pixels).
 
     Returns
     -------
@@ -92,9 +106,10 @@ def bilateral_filter(
     Raises
     ------
     ValueError
-        Non-positive, NaN or infinite sigmas; radius negative or too large; bad ``window``,
-        ``color_distance`` or ``mode``; wrong ``channel_axis``; guide of another spatial shape;
-        empty image.
+        Non-positive, NaN or infinite sigmas or spacing; ``sigma_spatial``, ``spacing`` or
+        ``radius`` with a length other than the number of spatial axes; radius negative or too
+        large; bad ``window``, ``color_distance`` or ``mode``; wrong ``channel_axis``; more
+        than 3 spatial axes; guide of another spatial shape; empty image.
     TypeError
         Complex or non-numeric image or guide; radius not an int; arrays from different
         libraries.
@@ -116,8 +131,10 @@ def bilateral_filter(
 
         y_p = \\frac{\\sum_{q \\in N(p)} G(p - q) R(g_p, g_q) x_q}
                    {\\sum_{q \\in N(p)} G(p - q) R(g_p, g_q)},\\quad
-        G(\\delta) = e^{-|\\delta|^2 / (2\\sigma_s^2)},\\quad
+        G(\\delta) = e^{-\\sum_i (\\delta_i s_i / \\sigma_{s,i})^2 / 2},\\quad
         R = e^{-d(g_p, g_q)^2 / (2\\sigma_c^2)}
+
+    with ``s`` the ``spacing`` and ``sigma_s`` the ``sigma_spatial`` of each axis.
 
     [1]_, [2]_. This is ``pac_pool`` with a Gaussian family on ``g / sigma_color``, a Gaussian
     spatial weight and ``normalize="kernel"`` on the image extended by ``mode``.
@@ -129,7 +146,9 @@ def bilateral_filter(
     with a vectorized polynomial exponential (relative error below 3e-7 in float32, 1e-15 in
     float64; weights below about 1e-30 in float32 are 0); extra memory is a few rows per
     thread plus the output. NaN in the image or guide propagates to every output pixel whose
-    window holds it.
+    window holds it. A volume runs the same kernel with slabs of slices per thread and a ring
+    of ``2 r_z + 1`` padded slices per thread as workspace; a long signal is cut into rows of
+    65536 samples (with their true neighbours as halo) shared by the threads.
 
     References
     ----------
@@ -149,12 +168,20 @@ def bilateral_filter(
     True
     >>> bool(smooth[:, :4].max() < 0.2 and smooth[:, 4:].min() > 0.8)   # the edge is kept
     True
+
+    A confocal stack with 0.2 um slices and 0.1 um pixels, filtered in micrometres:
+
+    >>> stack = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    >>> out = bilateral_filter(stack, sigma_spatial=0.2, sigma_color=0.3,
+    ...                        spacing=(0.2, 0.1, 0.1))   # radius (3, 6, 6) voxels
+    >>> out.shape, out.dtype
+    ((5, 16, 16), dtype('float32'))
     """
     backend = select_backend(image=image, guide=guide)
     problem = _bilateral.problem(
         namespace(backend), image, guide, sigma_spatial=sigma_spatial, sigma_color=sigma_color,
         radius=radius, window=window, color_distance=color_distance, mode=mode, cval=cval,
-        channel_axis=channel_axis,
+        channel_axis=channel_axis, spacing=spacing,
     )
     return _args.cast_output(problem.xp, backend_module(backend).bilateral(problem), output)
 
@@ -179,14 +206,16 @@ def joint_bilateral_upsample(
 
     Parameters
     ----------
-    low : array_like, shape (h, w) or with a channel axis
-        Low-resolution image (depth, flow, labels' scores, a filter's output...).
-    guide : array_like, shape (H, W) or (H, W, G)
-        High-resolution guide: 2-D, or 3-D with its channels along ``channel_axis`` (along the
-        last axis when ``channel_axis`` is None). ``ceil(H / factor) == h`` and alike for W.
-    factor : int or (int, int), optional
-        Upsampling factor per axis; default ``ceil(H / h)``, ``ceil(W / w)``. Sizes need not be
-        divisible: the last sample may cover the guide only in part.
+    low : array_like, shape (l,), (h, w) or (d, h, w), or with a channel axis
+        Low-resolution signal, image or volume (depth, flow, labels' scores, a filter's
+        output...); without ``channel_axis`` every axis is spatial.
+    guide : array_like, shape (H, W) or (H, W, G), or alike in 1-D and 3-D
+        High-resolution guide with low's spatial rank: without a channel axis, or with its
+        channels along ``channel_axis`` (along the last axis when ``channel_axis`` is None).
+        ``ceil(H / factor) == h`` and alike along every axis.
+    factor : int or tuple of int, optional
+        Upsampling factor per axis; default ``ceil(H / h)``, ``ceil(W / w)``... Sizes need not
+        be divisible: the last sample may cover the guide only in part.
     sigma_spatial : float, default 1.0
         Spatial standard deviation in low-resolution pixels; > 0.
     sigma_color : float
@@ -236,8 +265,8 @@ def joint_bilateral_upsample(
     not take part (the weights are renormalized). Where every weight underflows, the result is
     the limit of the formula (weights relative to the largest), not 0/0.
 
-    On NumPy arrays a Numba kernel computes this directly; on CuPy arrays the same sum runs as a
-    loop over the window's taps of whole-image array operations.
+    On NumPy arrays a Numba kernel computes this directly for signals and images; volumes, and
+    CuPy arrays, run the same sum as a loop over the window's taps of whole-array operations.
 
     References
     ----------
@@ -259,16 +288,30 @@ def joint_bilateral_upsample(
     backend = select_backend(low=low, guide=guide)
     xp = namespace(backend)
     low = _args.as_float_image(xp, low, "low")
-    low_planar, axis = _args.channels_first(low, channel_axis, "low")
+    low_planar, axis = _args.channels_first(low, channel_axis, "low", ranks=(1, 2, 3))
+    ndim = low_planar.ndim - 1
     guide_arr = _args.as_float_image(xp, guide, "guide")
-    if guide_arr.ndim not in (2, 3):
-        raise ValueError(f"guide must be 2-D or 3-D, got shape {tuple(guide_arr.shape)}")
-    guide_planar = _args.guide_planar(
-        guide_arr, channel_axis,
-        guide_arr.shape if guide_arr.ndim == 2 else
-        tuple(s for a, s in enumerate(guide_arr.shape)
-              if a != (-1 if channel_axis is None else channel_axis) % 3),
-    )
+    if guide_arr.ndim not in (ndim, ndim + 1):
+        raise ValueError(
+            f"guide must be {ndim}-D or {ndim + 1}-D (low's {ndim} spatial axes, with or without "
+            f"a channel axis), got guide of shape {tuple(guide_arr.shape)} and low of shape "
+            f"{tuple(low.shape)}"
+        )
+    if guide_arr.ndim == ndim:
+        guide_spatial = tuple(guide_arr.shape)
+    else:
+        guide_axis = (-1 if channel_axis is None else channel_axis) % guide_arr.ndim
+        guide_spatial = tuple(s for a, s in enumerate(guide_arr.shape) if a != guide_axis)
+    guide_planar = _args.guide_planar(guide_arr, channel_axis, guide_spatial)
+    out_shape = list(guide_spatial)
+    if axis is not None:
+        out_shape.insert(axis, low_planar.shape[0])
+    if ndim == 1:
+        # A signal is an image of one row (factor 1 along it: the row's only sample has
+        # spatial weight exp(0) = 1), so the image kernels serve it.
+        low_planar, guide_planar = low_planar[:, None], guide_planar[:, None]
+        factor = None if factor is None else (1, *_args.int_tuple(factor, "factor", 1))
+        axis = None if axis is None else (0 if axis == 0 else 2)
     high_shape = tuple(guide_planar.shape[1:])
     low_shape = tuple(low_planar.shape[1:])
     factors = _args.upsample_factors(factor, low_shape, high_shape)
@@ -279,25 +322,27 @@ def joint_bilateral_upsample(
     low_planar = low_planar.astype(dtype, copy=False)
     guide_planar = guide_planar.astype(dtype, copy=False)
 
-    rows, cols = (
+    taps = tuple(
         _bilateral.axis_taps(size, low_size, f, radius, sigma_spatial)
         for size, low_size, f in zip(high_shape, low_shape, factors)
     )
     # The guide at each sample's position, floor((j + 1/2) * factor - 1/2) clamped.
-    sample_rows = np.minimum(np.arange(low_shape[0]) * factors[0] + (factors[0] - 1) // 2,
-                             high_shape[0] - 1)
-    sample_cols = np.minimum(np.arange(low_shape[1]) * factors[1] + (factors[1] - 1) // 2,
-                             high_shape[1] - 1)
-    guide_samples = guide_planar[:, xp.asarray(sample_rows)][:, :, xp.asarray(sample_cols)]
+    guide_samples = guide_planar
+    for position, (size, low_size, f) in enumerate(zip(high_shape, low_shape, factors)):
+        samples = np.minimum(np.arange(low_size) * f + (f - 1) // 2, size - 1)
+        guide_samples = xp.take(guide_samples, xp.asarray(samples), axis=position + 1)
     problem = _bilateral.UpsampleProblem(
         xp=xp, low_planar=low_planar, guide_planar=guide_planar, guide_samples=guide_samples,
-        factors=factors, radius=radius, rows=rows, cols=cols,
+        factors=factors, radius=radius, taps=taps,
         # Clamped: beyond float32's range the coefficient would be inf and inf * 0 NaN; the
         # largest finite value gives the same weights (relative to the largest, see Notes).
         range_coef=min(0.5 / (sigma_color * sigma_color), float(np.finfo(dtype).max)),
         channel_axis=axis,
     )
-    return _args.cast_output(xp, backend_module(backend).joint_upsample(problem), output)
+    result = backend_module(backend).joint_upsample(problem)
+    if ndim == 1:
+        result = result.reshape(out_shape)
+    return _args.cast_output(xp, result, output)
 
 
 @delegate_lazy("normalized_convolution")
@@ -311,26 +356,29 @@ def normalized_convolution(
     sigma_color: float | None = None,
     channel_axis: int | None = None,
     output=None,
+    spacing=None,
 ):
     """Normalized convolution: missing or uncertain samples filled from their neighbours.
 
     Parameters
     ----------
-    data : array_like, shape (H, W) or with a channel axis
-        Samples; values where the certainty is 0 are ignored. NaN and Inf mark missing samples:
+    data : array_like, shape (L,), (H, W) or (D, H, W), or with a channel axis
+        Samples of a signal, an image or a volume (without ``channel_axis`` every axis is
+        spatial); values where the certainty is 0 are ignored. NaN and Inf mark missing samples:
         they get certainty 0 (with one certainty map for all channels, a pixel with a NaN in any
         channel is missing in all of them).
-    certainty : array_like, shape (H, W) or ``data.shape``
+    certainty : array_like, the data's spatial shape or ``data.shape``
         Confidence of each sample in [0, 1] (bool accepted): 0 missing, 1 fully trusted. One map
         for every channel, or one per channel.
-    sigma_spatial : float
-        Standard deviation of the Gaussian applicability, in pixels; > 0.
-    radius : int, optional
-        Window radius; default ``ceil(3 * sigma_spatial)``.
+    sigma_spatial : float or sequence of float
+        Standard deviation of the Gaussian applicability, in the units of ``spacing`` (pixels
+        by default); > 0; one value or one per spatial axis.
+    radius : int or sequence of int, optional
+        Window radius in pixels; default ``ceil(3 * sigma_spatial / spacing)`` per axis.
     guide : array_like, optional
         Makes the applicability edge-aware: a range weight on the guide, as in the joint
-        bilateral filter. 2-D, or 3-D with channels along ``channel_axis`` (the last axis when
-        ``channel_axis`` is None); the data's spatial shape.
+        bilateral filter. The data's spatial shape, or with one more axis holding its channels
+        along ``channel_axis`` (the last axis when ``channel_axis`` is None).
     sigma_color : float, optional
         Range standard deviation in the guide's units; required with ``guide``.
     channel_axis : int or None, default None
@@ -339,6 +387,8 @@ def normalized_convolution(
         Dtype of the result. Default: the computation dtype (float32, or float64 for float64
         input). An integer dtype rounds to the nearest integer and clips to its range:
         ``output=image.dtype`` gives a uint8 image back for a uint8 image.
+    spacing : float or sequence of float, optional
+        Physical size of a pixel (voxel) per spatial axis, as in ``scipy.ndimage``; default 1.
 
     Returns
     -------
@@ -346,14 +396,15 @@ def normalized_convolution(
         ``data``'s shape: the certainty-weighted mean of the window. 0 where no sample in the
         window has positive certainty.
     output_certainty : ndarray
-        Shape (H, W) (or ``data``'s shape with per-channel certainty): the applicability-weighted
-        mean certainty of the window, in [0, 1].
+        The spatial shape (or ``data``'s shape with per-channel certainty): the
+        applicability-weighted mean certainty of the window, in [0, 1].
 
     Raises
     ------
     ValueError
-        Bad sigmas or radius; certainty outside [0, 1], non-finite or of the wrong shape; guide
-        of the wrong shape; ``guide`` without ``sigma_color``.
+        Bad sigmas, spacing or radius (values or lengths); certainty outside [0, 1],
+        non-finite or of the wrong shape; guide of the wrong shape; ``guide`` without
+        ``sigma_color``; more than 3 spatial axes.
     TypeError
         Complex or non-numeric arrays; arrays from different libraries.
 
@@ -396,7 +447,7 @@ def normalized_convolution(
     """
     xp = namespace(select_backend(data=data, certainty=certainty, guide=guide))
     data = _args.as_float_image(xp, data, "data")
-    planar, axis = _args.channels_first(data, channel_axis, "data")
+    planar, axis = _args.channels_first(data, channel_axis, "data", ranks=(1, 2, 3))
     spatial_shape = tuple(planar.shape[1:])
     certainty_arr = _args.convert(xp, certainty, "certainty")
     if certainty_arr.dtype.kind == "c":
@@ -406,7 +457,8 @@ def normalized_convolution(
         certainty_planar = certainty_arr[None]
     elif tuple(certainty_arr.shape) == tuple(data.shape) and axis is not None:
         per_channel = True
-        certainty_planar, _ = _args.channels_first(certainty_arr, channel_axis, "certainty")
+        certainty_planar, _ = _args.channels_first(certainty_arr, channel_axis, "certainty",
+                                                   ranks=(1, 2, 3))
     else:
         raise ValueError(
             f"certainty must have shape {spatial_shape} or the data's shape "
@@ -415,8 +467,11 @@ def normalized_convolution(
     low, high = float(certainty_arr.min()), float(certainty_arr.max())
     if not (np.isfinite(low) and np.isfinite(high) and 0.0 <= low and high <= 1.0):
         raise ValueError(f"certainty must lie in [0, 1], got values in [{low}, {high}]")
-    sigma_spatial = _args.positive_scalar(sigma_spatial, "sigma_spatial")
-    radius = _args.radius_value(radius, sigma_spatial, 3.0, spatial_shape)
+    ndim = len(spatial_shape)
+    sigmas = _bilateral.per_axis(sigma_spatial, "sigma_spatial", ndim, spatial_shape)
+    spacing = _bilateral.per_axis(spacing, "spacing", ndim, spatial_shape, default=1.0)
+    pixel_sigma = tuple(s / d for s, d in zip(sigmas, spacing))
+    radius = _bilateral.radius_per_axis(radius, pixel_sigma, 3.0, spatial_shape)
     features = None
     if guide is not None:
         if sigma_color is None:
@@ -442,10 +497,10 @@ def normalized_convolution(
     if features is not None:
         _args.inverse_fits_dtype(sigma_color, "sigma_color", dtype)
         features = (features.astype(dtype) * dtype.type(1.0 / sigma_color))[None]
-    size = 2 * radius + 1
+    size = tuple(2 * r + 1 for r in radius)
     options = dict(
         guide=features, family=Gaussian() if features is not None else None, padding=radius,
-        spatial_weight=xp.asarray(spatial_window(size, sigma_spatial), dtype=dtype),
+        spatial_weight=xp.asarray(_bilateral.gaussian_window(radius, pixel_sigma), dtype=dtype),
     )
     if per_channel:
         result = xp.concatenate([

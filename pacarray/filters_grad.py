@@ -41,10 +41,10 @@ class BilateralGradients(NamedTuple):
     sigma_color: object = None
 
 
-def _undo_layout(xp, planar_grad, layout, dtype):
-    """Planar ``(C, H, W)`` gradient back to the caller's layout and dtype."""
-    ndim, axis = layout
-    grad = planar_grad[0] if ndim == 2 else _args.channels_back(xp, planar_grad, axis)
+def _undo_layout(xp, planar_grad, axis, dtype):
+    """Planar ``(C, *S)`` gradient back to the caller's layout (channel ``axis``, or None
+    without one) and dtype."""
+    grad = _args.channels_back(xp, planar_grad, axis)
     return xp.ascontiguousarray(grad.astype(dtype, copy=False))
 
 
@@ -61,6 +61,7 @@ def bilateral_filter_vjp(
     cval: float = 0.0,
     channel_axis: int | None = None,
     guide=None,
+    spacing=None,
 ) -> BilateralGradients:
     """Gradients of :func:`~pacarray.filters.bilateral_filter` with respect to the image, the
     guide and both sigmas.
@@ -72,7 +73,8 @@ def bilateral_filter_vjp(
         real floating dtype (converted to the computation dtype).
     image : array_like
         As passed to :func:`~pacarray.filters.bilateral_filter`.
-    sigma_spatial, sigma_color, radius, window, color_distance, mode, cval, channel_axis, guide
+    sigma_spatial, sigma_color, radius, window, color_distance, mode, cval, channel_axis, guide,\
+    spacing
         Exactly as passed to :func:`~pacarray.filters.bilateral_filter` (validated the same
         way, with the same errors).
 
@@ -80,7 +82,8 @@ def bilateral_filter_vjp(
     -------
     BilateralGradients
         ``image`` (the image's shape), ``guide`` (the guide's shape, ``None`` without a
-        guide), ``sigma_spatial`` and ``sigma_color`` (0-d arrays). Each array gradient has its
+        guide), ``sigma_spatial`` and ``sigma_color`` (0-d arrays; ``sigma_spatial`` has one
+        entry per spatial axis when it was given per axis). Each array gradient has its
         input's dtype after the filters' dtype policy (float32 for float32, float16, integer
         and bool inputs; float64 for float64), whatever dtype the filter computed in; the
         sigma gradients have the computation dtype.
@@ -119,6 +122,9 @@ def bilateral_filter_vjp(
         \\sum dF \\cdot \\frac{P(g)}{\\sigma_c},\\qquad
         \\frac{\\partial L}{\\partial \\sigma_s} = \\sum_d dG[d]\\, G[d]\\,
         \\frac{|d|^2}{\\sigma_s^3}.
+
+    With ``spacing`` the offsets are physical, ``|d|^2 = sum_i (d_i spacing_i)^2``; with a
+    per-axis ``sigma_spatial`` the gradient of axis i has ``(d_i spacing_i)^2 / sigma_i^3``.
 
     ``P^T`` adds the gradient of every extended pixel onto the pixel it copies (``"reflect"``,
     ``"mirror"``, ``"nearest"``, ``"wrap"``); the ``cval`` border of ``"constant"`` depends on
@@ -159,7 +165,7 @@ def bilateral_filter_vjp(
     problem = _bilateral.problem(
         xp, image, guide, sigma_spatial=sigma_spatial, sigma_color=sigma_color, radius=radius,
         window=window, color_distance=color_distance, mode=mode, cval=cval,
-        channel_axis=channel_axis,
+        channel_axis=channel_axis, spacing=spacing,
     )
     if problem.color_distance == "l1" and problem.guide_channels > 1:
         raise NotImplementedError(
@@ -177,7 +183,7 @@ def bilateral_filter_vjp(
             f"shape {image_shape}, got grad_output of shape {tuple(grad_output.shape)}"
         )
     dtype = problem.dtype
-    upstream, _ = _args.channels_first(grad_output, channel_axis, "grad_output")
+    upstream, _ = _args.channels_first(grad_output, channel_axis, "grad_output", ranks=(1, 2, 3))
     upstream = _args.cast(xp, upstream, dtype)[None]
 
     x, features, keywords = problem.pool_inputs()
@@ -188,10 +194,18 @@ def bilateral_filter_vjp(
     # F = P(g) / sigma_color, the cval border included: dF / dsigma_color = -F / sigma_color.
     grad_sigma_color = -(grad_features * features).sum() * inverse_sigma
     weights = problem.spatial_weights()
-    weight_slope = xp.asarray(
-        weights * problem.squared_offsets() / problem.sigma_spatial**3, dtype=dtype
-    )
-    grad_sigma_spatial = (grads.spatial_weight * weight_slope).sum()
+    offsets = np.meshgrid(*(np.arange(-r, r + 1) for r in problem.reach), indexing="ij")
+    if np.ndim(sigma_spatial) == 0:
+        # One sigma scales every axis: d log G / d sigma = |d|^2 / sigma^3, |d| physical.
+        squared = sum((o * d) ** 2 if d != 1.0 else o * o
+                      for o, d in zip(offsets, problem.spacing))
+        weight_slope = xp.asarray(weights * squared / problem.sigma_spatial[0] ** 3, dtype=dtype)
+        grad_sigma_spatial = (grads.spatial_weight * weight_slope).sum()
+    else:
+        grad_sigma_spatial = xp.stack([
+            (grads.spatial_weight * xp.asarray(weights * (o * d) ** 2 / s**3, dtype=dtype)).sum()
+            for o, d, s in zip(offsets, problem.spacing, problem.sigma_spatial)
+        ])
 
     def unpad(grad):
         return _bilateral.unpad_adjoint(xp, grad, problem.reach, problem.mode)
@@ -202,12 +216,10 @@ def bilateral_filter_vjp(
     else:
         grad_image = unpad(grad_x)
         grad_guide = _undo_layout(
-            xp, unpad(grad_features * inverse_sigma), problem.guide_layout, problem.guide_dtype
+            xp, unpad(grad_features * inverse_sigma), problem.guide_layout[1],
+            problem.guide_dtype,
         )
-    grad_image = _undo_layout(
-        xp, grad_image, (3 if problem.image_axis is not None else 2, problem.image_axis),
-        problem.image_dtype,
-    )
+    grad_image = _undo_layout(xp, grad_image, problem.image_axis, problem.image_dtype)
     return BilateralGradients(
         image=grad_image, guide=grad_guide,
         sigma_spatial=xp.asarray(grad_sigma_spatial, dtype=dtype),

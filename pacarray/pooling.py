@@ -34,10 +34,11 @@ def detail_preserving_pool(
 
     Parameters
     ----------
-    image : array_like, shape (H, W) or with a channel axis
-        NumPy or CuPy array; bool, integer and float16 are computed in float32.
-    size : int or (int, int), default 3
-        Odd pooling window; not larger than the image.
+    image : array_like, shape (L,), (H, W) or (D, H, W), or with a channel axis
+        A signal, an image or a volume (without ``channel_axis`` every axis is spatial); NumPy
+        or CuPy array; bool, integer and float16 are computed in float32.
+    size : int or tuple of int, default 3
+        Odd pooling window, one value or one per spatial axis; not larger than the image.
     alpha : float or sequence of float
         Weight offset ``>= 0`` (a sequence: one per channel). Large ``alpha`` tends to average
         pooling.
@@ -47,12 +48,13 @@ def detail_preserving_pool(
     asymmetric : bool, default False
         Count only neighbours darker than the smoothed centre (see Notes for the sign).
     smooth : {"gaussian"}, ("average", m), array or None, default "gaussian"
-        Smoothing of the centre feature: ``"gaussian"`` is ``outer([1,2,1],[1,2,1])/16`` (the
-        paper's choice), ``("average", m)`` an m x m box, an array a custom odd-sided kernel,
-        ``None`` the raw pixel.
+        Smoothing of the centre feature: ``"gaussian"`` is the outer product of ``[1,2,1]/4``
+        over the spatial axes (``outer([1,2,1],[1,2,1])/16`` in 2-D, the paper's choice),
+        ``("average", m)`` an m x m (x m) box, an array a custom odd-sided kernel of the
+        image's spatial rank, ``None`` the raw pixel.
     eps : float, default 1e-2
         Keeps ``(d2 + eps**2)**(lambda_/2)`` finite at zero difference; > 0 when ``lambda_ < 0``.
-    stride : int or (int, int), optional
+    stride : int or tuple of int, optional
         Step between windows; default ``size`` (non-overlapping windows).
     channel_axis : int or None, default None
         Axis of the channels; each channel is pooled with its own weights.
@@ -64,14 +66,15 @@ def detail_preserving_pool(
     Returns
     -------
     pooled : ndarray
-        Spatial shape ``((H - size) // stride + 1, (W - size) // stride + 1)``, channels where
-        they were; float32 unless the image is float64.
+        Spatial shape ``(n - size) // stride + 1`` along each spatial axis of length ``n``,
+        channels where they were; float32 unless the image is float64.
 
     Raises
     ------
     ValueError
         Even or too large ``size``; bad ``stride``, ``alpha``, ``lambda_`` or ``eps``; wrong
-        ``channel_axis``; empty image.
+        ``channel_axis``; more than 3 spatial axes; ``size`` or ``stride`` of the wrong length;
+        empty image.
     TypeError
         Complex or non-numeric image.
 
@@ -120,15 +123,16 @@ def detail_preserving_pool(
     """
     xp = namespace(select_backend(image=image))
     image = _args.as_float_image(xp, image)
-    planar, axis = _args.channels_first(image, channel_axis)
-    size = _args.int_tuple(size, "size", 2)
+    planar, axis = _args.channels_first(image, channel_axis, ranks=(1, 2, 3))
+    ndim = planar.ndim - 1
+    size = _args.int_tuple(size, "size", ndim)
     if any(k % 2 == 0 for k in size):
         raise ValueError(f"size must be odd (the window has a centre pixel), got {size}")
     if any(k > n for k, n in zip(size, planar.shape[1:])):
         raise ValueError(
             f"size {size} is larger than the image's spatial shape {tuple(planar.shape[1:])}"
         )
-    stride = size if stride is None else _args.int_tuple(stride, "stride", 2)
+    stride = size if stride is None else _args.int_tuple(stride, "stride", ndim)
     alphas = np.array([_args.finite_scalar(value, "alpha")
                        for value in np.atleast_1d(np.asarray(alpha, dtype=object)).ravel()])
     if not np.all(np.isfinite(alphas)) or np.any(alphas < 0):

@@ -23,6 +23,26 @@ if _TESTS_DIR not in sys.path:
 from _op_cases import parametrize_op  # noqa: E402 (needs the path above)
 
 
+def pytest_configure(config):
+    """With several xdist workers (``-n 2``), compile the common kernels once before they start.
+
+    Every worker process would otherwise compile the kernels its first tests need, and two
+    workers starting on the same kernel both compile it (Numba's cache keeps one copy): on a
+    cold cache that duplicate work is most of a parallel run's time. The controller runs
+    :func:`pacarray.warmup` (both dtypes, one task per process and CPU) before the workers start,
+    so they load the machine code from the cache. The compilation itself is still measured as
+    part of the run: nothing is skipped. ``PACARRAY_TEST_WARMUP=0`` turns it off.
+    """
+    if os.environ.get("PACARRAY_TEST_WARMUP", "1") == "0" or hasattr(config, "workerinput"):
+        return
+    workers = getattr(config.option, "numprocesses", None)
+    if not workers or config.option.collectonly:
+        return
+    from pacarray import warmup
+
+    warmup(dtypes=("float32", "float64"), processes=min(os.cpu_count() or 1, 4))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc):
     """A test shared by several ops' files runs for the op of the file (see _op_cases.py)."""

@@ -276,10 +276,11 @@ FILTER_ERRORS = [
     # bilateral_filter: arrays
     _case(lambda: bilateral_filter(np.empty((0, 5)), **SIGMAS), ValueError, "image", "(0, 5)",
           id="bilateral-image-empty"),
-    _case(lambda: bilateral_filter(np.ones(5), **SIGMAS), ValueError, "image", "(5,)",
-          id="bilateral-image-1d"),
-    _case(lambda: bilateral_filter(np.ones((2, 3, 4, 5)), channel_axis=0, **SIGMAS),
-          ValueError, "image", "(2, 3, 4, 5)", id="bilateral-image-4d"),
+    # 1-D signals and 3-D volumes are valid (issue 15); four spatial axes are not.
+    _case(lambda: bilateral_filter(np.ones((2, 3, 4, 5)), **SIGMAS), ValueError, "image",
+          "(2, 3, 4, 5)", id="bilateral-image-4d-spatial"),
+    _case(lambda: bilateral_filter(np.ones((2, 3, 4, 5, 6)), channel_axis=0, **SIGMAS),
+          ValueError, "image", "(2, 3, 4, 5, 6)", id="bilateral-image-5d"),
     _case(lambda: bilateral_filter(IMG.astype(complex), **SIGMAS), TypeError, "image",
           "complex128", id="bilateral-image-complex"),
     _case(lambda: bilateral_filter(IMG.astype(object), **SIGMAS), TypeError, "image", "object",
@@ -434,9 +435,9 @@ FILTER_ERRORS = [
     _case(lambda: color_position_features(RGB, sigma_spatial=1.0, sigma_color=[0.1, 0.2],
                                           channel_axis=-1),
           ValueError, "sigma_color", "[0.1, 0.2]", id="features-sigma_color-length"),
-    _case(lambda: color_position_features(RGB[None], sigma_spatial=1.0, sigma_color=0.1,
+    _case(lambda: color_position_features(RGB[None, None], sigma_spatial=1.0, sigma_color=0.1,
                                           channel_axis=-1),
-          ValueError, "image", "(1, 6, 7, 3)", id="features-image-4d"),
+          ValueError, "image", "(1, 1, 6, 7, 3)", id="features-image-5d"),
 ]
 
 CRF_ERRORS = [

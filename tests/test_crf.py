@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+import pacarray._cpu as cpu
 import pacarray.crf as crf
 from pacarray import _dispatch
 from pacarray.crf import DEFAULT_PAIRWISE, PairwiseTerm, pac_crf, pac_crf_vjp
@@ -119,15 +120,20 @@ def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=
 # Oracle tests
 
 
-@pytest.fixture(params=["cpu_kernels", "pac_pool"])
-def path(request):
-    """Run each oracle test through the dedicated CPU kernels and through the generic pac_pool
-    path that CuPy arrays take (the backend's CRF entry points routed to pacarray._generic)."""
+@pytest.fixture(params=["cpu_kernels", "cpu_recompute", "pac_pool"])
+def path(request, monkeypatch):
+    """Run each oracle test through the dedicated CPU kernels (with the pairwise weights
+    computed once per call, and recomputed at every step as beyond the cache's memory budget)
+    and through the generic pac_pool path that CuPy arrays take (the backend's CRF entry points
+    routed to pacarray._generic)."""
     if request.param == "pac_pool":
         with _dispatch.generic_kernels():
             yield request.param
-    else:
-        yield request.param
+        return
+    if request.param == "cpu_recompute":
+        monkeypatch.setattr(cpu, "CRF_WEIGHT_CACHE_BYTES", 0)
+        monkeypatch.setattr(cpu, "CRF_WEIGHT_CACHE_UNARIES", 0)
+    yield request.param
 
 
 TERM_SETS = {
@@ -265,8 +271,9 @@ def test_inputs_are_not_written(rng):
 
 
 def test_memory_stays_linear_in_labels_times_pixels(path):
-    """No per-tap array: with 2 labels and a 7x7 kernel (48 taps) the peak allocation stays a
-    small multiple of the unary's size, far below one array per tap."""
+    """No per-tap array beyond the weight cache's budget: with 2 labels and a 7x7 kernel (48
+    taps) the peak allocation stays a small multiple of the unary's size, far below one array
+    per tap, when recomputing; the cache adds exactly one array per tap when it fits."""
     rng = np.random.default_rng(5)
     unary = rng.normal(size=(2, 96, 96)).astype(np.float32)
     image = rng.random((96, 96, 3)).astype(np.float32)
@@ -277,7 +284,40 @@ def test_memory_stays_linear_in_labels_times_pixels(path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     per_tap_array = 48 * 96 * 96 * 4
-    assert peak < 16 * unary.nbytes < per_tap_array, (peak, unary.nbytes)
+    if path == "cpu_kernels":  # 48 taps > 2 x 2 labels, but under 256 MiB: cached
+        assert per_tap_array < peak < 16 * unary.nbytes + per_tap_array, (peak, unary.nbytes)
+    else:
+        assert peak < 16 * unary.nbytes < per_tap_array, (peak, unary.nbytes)
+
+
+def test_weight_cache_budget(monkeypatch):
+    """The weights are cached when they fit in CRF_WEIGHT_CACHE_BYTES or in twice the unary's
+    size, whichever is larger; the cached and recomputed steps agree, and reruns are
+    bit-identical."""
+    rng = np.random.default_rng(4)
+    image = rng.random((10, 12, 3))
+    terms = [PairwiseTerm(kernel_size=3, dilation=1), PairwiseTerm(kernel_size=3, dilation=4)]
+    made = []
+    original = cpu.crf_prepare
+
+    def spy(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    monkeypatch.setattr(cpu, "crf_prepare", spy)
+    monkeypatch.setattr(cpu, "CRF_WEIGHT_CACHE_BYTES", 0)
+    results = {}
+    for labels in (8, 9, 7):  # 16 taps: at most 2 x 8 labels' worth
+        unary = rng.normal(0.0, 1.0, (labels, 10, 12))
+        results[labels] = pac_crf(unary, image, pairwise=terms, num_steps=2)
+        np.testing.assert_array_equal(pac_crf(unary, image, pairwise=terms, num_steps=2),
+                                      results[labels])
+        expected, _ = oracle_crf(unary, image.transpose(2, 0, 1), terms, 2)
+        np.testing.assert_allclose(results[labels], expected, rtol=0, atol=1e-10)
+    assert [isinstance(m, cpu.CRFWeights) for m in made] == [True] * 4 + [False] * 2
+    monkeypatch.setattr(cpu, "CRF_WEIGHT_CACHE_BYTES", 16 * 10 * 12 * 8)
+    pac_crf(unary, image, pairwise=terms, num_steps=2)
+    assert isinstance(made[-1], cpu.CRFWeights) and made[-1].cache.nbytes == 16 * 10 * 12 * 8
 
 
 def test_paths_run_the_backend_entry_points(monkeypatch):

@@ -271,7 +271,7 @@ def test_bad_sigmas(name, value):
     ({"color_distance": "linf"}, ValueError, "color_distance"),
     ({"mode": "symmetric"}, ValueError, "mode"),
     ({"cval": np.nan}, ValueError, "cval"),
-    ({"channel_axis": 0}, ValueError, "channel_axis"),
+    ({"channel_axis": 2}, ValueError, "channel_axis"),   # (4, 4): a 1-D signal at most
     ({"guide": np.zeros((4, 5))}, ValueError, "guide"),
 ])
 def test_bad_arguments(kwargs, error, match):
@@ -283,8 +283,8 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_channel_axis_and_types():
     with pytest.raises(ValueError, match="channel_axis"):
         bilateral_filter(np.zeros((4, 4, 3)), sigma_spatial=1, sigma_color=1, channel_axis=3)
-    with pytest.raises(ValueError, match="channel_axis"):
-        bilateral_filter(np.zeros((4, 4, 3)), sigma_spatial=1, sigma_color=1)
+    with pytest.raises(ValueError, match="channel_axis"):   # 4-D: a multichannel volume at most
+        bilateral_filter(np.zeros((4, 4, 3, 2)), sigma_spatial=1, sigma_color=1)
     with pytest.raises(TypeError, match="image"):
         bilateral_filter(np.zeros((4, 4), complex), sigma_spatial=1, sigma_color=1)
     with pytest.raises(ValueError, match="empty"):

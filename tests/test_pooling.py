@@ -95,7 +95,7 @@ def test_integer_image_and_input_unchanged():
     ({"alpha": np.nan}, ValueError, "alpha"),
     ({"eps": 0.0, "lambda_": -1.0}, ValueError, "eps"),
     ({"asymmetric": "yes"}, TypeError, "asymmetric"),
-    ({"channel_axis": 0}, ValueError, "channel_axis"),
+    ({"channel_axis": 2}, ValueError, "channel_axis"),   # out of range for a 2-D array
 ])
 def test_bad_arguments(kwargs, error, match):
     arguments = {"size": 3, "alpha": 0.5, "lambda_": 1.0, **kwargs}

@@ -8,6 +8,8 @@ arrays are C-contiguous and share one float dtype. The entry points are the back
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _crf_kernels, _threads
@@ -134,6 +136,51 @@ def _crf_step_terms(terms, dtype):
     return spatials, bounds, dilations, weights
 
 
+#: Most bytes the weights of the taps of one ``pac_crf`` call may take to be computed once and
+#: reused by every step (:func:`crf_prepare`), unless :data:`CRF_WEIGHT_CACHE_UNARIES` times the
+#: unary's size is larger. Beyond both each step recomputes them row by row, in O(labels x
+#: pixels) memory. The cache costs one tap array per non-zero spatial weight of the
+#: full-resolution terms: 56 taps (the default terms) x 512 x 512 x 4 bytes is 59 MB.
+CRF_WEIGHT_CACHE_BYTES = 256 * 2**20
+#: The cache may always take this many times the unary's size (a call already holds several
+#: arrays of that size: the marginals, their history in ``pac_crf_vjp``).
+CRF_WEIGHT_CACHE_UNARIES = 2
+
+
+class CRFWeights(NamedTuple):
+    """The full-resolution terms' weighted kernels of one call (``pairwise_weights``)."""
+
+    cache: np.ndarray  # (N, H, taps, W)
+    tap_rows: np.ndarray  # (N, H, taps) source row of each active tap
+    tap_offsets: np.ndarray  # (N, H, taps) its column offset
+    actives: np.ndarray  # (N, H) the number of active taps of each row
+
+
+def crf_prepare(unary, guide, terms):
+    """The terms as every ``crf_step`` of one call takes them: their weighted kernels computed
+    once (a :class:`CRFWeights`) when they fit in :data:`CRF_WEIGHT_CACHE_BYTES` or
+    :data:`CRF_WEIGHT_CACHE_UNARIES` times the unary's size, whichever is larger; else
+    ``terms`` unchanged (each step recomputes them). The weights do not depend on the
+    marginals, and computing them (a distance and an exponential per tap and pixel) took a
+    quarter of a step's time with the default terms (256 x 256, 21 labels)."""
+    if not terms:
+        return terms
+    dtype = unary.dtype
+    spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
+    taps = int(np.count_nonzero(spatials))
+    batch, _, height, width = unary.shape
+    size = taps * batch * height * width * dtype.itemsize
+    if size > max(CRF_WEIGHT_CACHE_BYTES, CRF_WEIGHT_CACHE_UNARIES * unary.nbytes):
+        return terms
+    weights_of = CRFWeights(
+        np.empty((batch, height, taps, width), dtype), np.empty((batch, height, taps), np.int64),
+        np.empty((batch, height, taps), np.int64), np.empty((batch, height), np.int64),
+    )
+    _crf_kernels.pairwise_weights(_crf_guide(guide, unary), bounds, spatials, dilations,
+                                  weights, *weights_of)
+    return weights_of
+
+
 def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
     """One mean-field update in one fused parallel pass: returns ``(new Q, logits or None)``.
 
@@ -141,23 +188,27 @@ def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
     marginals; ``guide`` ``(N, F, H, W)`` the features of all the terms stacked, or None;
     ``terms`` a sequence of ``(weight, spatial, dilation, features)`` for the full-resolution
     terms (as in :func:`crf_add_messages`, ``features`` the ``(start, stop)`` range of the
-    term's features in ``guide`` or None); ``extra`` ``(N, L, H, W)`` added to the weighted
-    message sum ``P`` (the blurred terms), or None; ``compatibility`` ``(L, L)``, or None for
-    Potts. The logits are ``unary + P`` (Potts, up to a per-pixel constant) or ``unary -
-    compatibility @ P``; they are returned (a new array) when ``want_logits``.
+    term's features in ``guide`` or None), or what :func:`crf_prepare` made of them; ``extra``
+    ``(N, L, H, W)`` added to the weighted message sum ``P`` (the blurred terms), or None;
+    ``compatibility`` ``(L, L)``, or None for Potts. The logits are ``unary + P`` (Potts, up to
+    a per-pixel constant) or ``unary - compatibility @ P``; they are returned (a new array)
+    when ``want_logits``.
     """
     dtype = unary.dtype
-    spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
     use_compatibility = compatibility is not None
     if not use_compatibility:
         compatibility = np.zeros((1, 1), dtype)
     new_q = np.empty_like(unary)
     logits = np.empty_like(unary) if want_logits else unary  # not written unless wanted
-    _crf_kernels.mean_field_step(
-        unary, q, _crf_guide(guide, unary), bounds, spatials, dilations, weights,
-        unary if extra is None else extra, extra is not None, compatibility, use_compatibility,
-        new_q, logits, bool(want_logits),
-    )
+    tail = (unary if extra is None else extra, extra is not None, compatibility,
+            use_compatibility, new_q, logits, bool(want_logits))
+    if isinstance(terms, CRFWeights):
+        _crf_kernels.mean_field_step_cached(unary, q, *terms, *tail)
+    else:
+        spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
+        _crf_kernels.mean_field_step(
+            unary, q, _crf_guide(guide, unary), bounds, spatials, dilations, weights, *tail
+        )
     return new_q, (logits if want_logits else None)
 
 
@@ -174,7 +225,7 @@ def crf_softmax(logits):
 _ENTRY_POINTS = (
     "materialize_kernel", "pool", "conv", "kernel_backward", "pool_backward", "conv_backward",
     "bilateral", "joint_upsample", "crf_add_messages", "crf_add_adjoint", "crf_step",
-    "crf_softmax",
+    "crf_softmax", "crf_prepare",
 )
 if _threads.configure():
     for _name in _ENTRY_POINTS:

@@ -105,6 +105,25 @@ def _row_message(q, n, label, kernel, tap_row, tap_offset, active, acc):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _row_messages_all(q, n, kernel, tap_row, tap_offset, active, pairwise):
+    """``pairwise[l, x] = sum_t kernel[t, x] q[n, l, tap_row[t], x + tap_offset[t]]`` for every
+    label, taps outer: a tap's weights stay in L1 while every label reads its source row."""
+    labels, width = pairwise.shape
+    pairwise[:] = 0.0
+    for t in range(active):
+        offset = tap_offset[t]
+        lo = max(0, -offset)
+        hi = min(width, width - offset)
+        weights = kernel[t, lo:hi]
+        row = tap_row[t]
+        for label in range(labels):
+            source = q[n, label, row, lo + offset:hi + offset]
+            target = pairwise[label, lo:hi]
+            for x in range(hi - lo):
+                target[x] += weights[x] * source[x]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _softmax_rows(logits, peak, total):
     """In place: each column of ``logits (L, W)`` becomes its softmax over the labels."""
     labels, width = logits.shape
@@ -192,29 +211,95 @@ def mean_field_step(unary, q, guides, feature_bounds, spatials, dilations, weigh
                 target = pairwise[label]
                 for x in range(width):
                     target[x] += scale * acc[x]
-        if use_extra:
-            for label in range(labels):
-                source = extra[n, label, y]
-                target = pairwise[label]
-                for x in range(width):
-                    target[x] += source[x]
+        _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_compatibility,
+                    q_out, logits_out, write_logits, logits, peak, acc)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_compatibility,
+                q_out, logits_out, write_logits, logits, peak, total):
+    """Row ``y`` of a step after the messages: ``pairwise (L, W)`` (the full-resolution terms'
+    weighted sum) plus ``extra``, the compatibility, the logits and their softmax."""
+    labels = pairwise.shape[0]
+    width = pairwise.shape[1]
+    if use_extra:
         for label in range(labels):
-            source = unary[n, label, y]
-            target = logits[label]
-            if use_compatibility:
-                target[:] = source
-                for other in range(labels):
-                    mu = compatibility[label, other]
-                    message = pairwise[other]
-                    for x in range(width):
-                        target[x] -= mu * message[x]
-            else:
-                message = pairwise[label]
+            source = extra[n, label, y]
+            target = pairwise[label]
+            for x in range(width):
+                target[x] += source[x]
+    for label in range(labels):
+        source = unary[n, label, y]
+        target = logits[label]
+        if use_compatibility:
+            target[:] = source
+            for other in range(labels):
+                mu = compatibility[label, other]
+                message = pairwise[other]
                 for x in range(width):
-                    target[x] = source[x] + message[x]
-        if write_logits:
-            for label in range(labels):
-                logits_out[n, label, y] = logits[label]
-        _softmax_rows(logits, peak, acc)
+                    target[x] -= mu * message[x]
+        else:
+            message = pairwise[label]
+            for x in range(width):
+                target[x] = source[x] + message[x]
+    if write_logits:
         for label in range(labels):
-            q_out[n, label, y] = logits[label]
+            logits_out[n, label, y] = logits[label]
+    _softmax_rows(logits, peak, total)
+    for label in range(labels):
+        q_out[n, label, y] = logits[label]
+
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def pairwise_weights(guides, feature_bounds, spatials, dilations, weights, cache, tap_rows,
+                     tap_offsets, actives):
+    """The weighted adaptive kernels of every term, once for all the steps of a call.
+
+    Terms as in :func:`mean_field_step`. Row ``y`` of image ``n`` gets its active taps, of all
+    terms one after the other, in ``cache[n, y, :actives[n, y]]`` (``(taps, W)``, each times its
+    term's weight), their source rows in ``tap_rows[n, y]`` and column offsets in
+    ``tap_offsets[n, y]``. ``cache`` needs room for every non-zero spatial weight of every term.
+    """
+    batch, height = cache.shape[0], cache.shape[1]
+    width = cache.shape[3]
+    for job in prange(batch * height):
+        n = job // height
+        y = job % height
+        scratch = np.empty(width, cache.dtype)
+        kernel = cache[n, y]
+        rows = tap_rows[n, y]
+        offsets = tap_offsets[n, y]
+        active = 0
+        for term in range(spatials.shape[0]):
+            count = _kernel_rows(guides, feature_bounds[term, 0], feature_bounds[term, 1], n, y,
+                                 spatials[term], dilations[term, 0], dilations[term, 1],
+                                 kernel[active:], rows[active:], offsets[active:], scratch)
+            scale = cache.dtype.type(weights[term])
+            for t in range(active, active + count):
+                values = kernel[t]
+                for x in range(width):
+                    values[x] *= scale
+            active += count
+        actives[n, y] = active
+
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def mean_field_step_cached(unary, q, cache, tap_rows, tap_offsets, actives, extra, use_extra,
+                           compatibility, use_compatibility, q_out, logits_out, write_logits):
+    """:func:`mean_field_step` with the weighted kernels of :func:`pairwise_weights`: per row,
+    each label's message is one sum over the cached taps of all the terms."""
+    batch, labels, height, width = q.shape
+    for job in prange(batch * height):
+        n = job // height
+        y = job % height
+        pairwise = np.empty((labels, width), q.dtype)
+        logits = np.empty((labels, width), q.dtype)
+        acc = np.empty(width, q.dtype)
+        peak = np.empty(width, q.dtype)
+        kernel = cache[n, y]
+        rows = tap_rows[n, y]
+        offsets = tap_offsets[n, y]
+        active = actives[n, y]
+        _row_messages_all(q, n, kernel, rows, offsets, active, pairwise)
+        _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_compatibility,
+                    q_out, logits_out, write_logits, logits, peak, acc)

@@ -17,27 +17,57 @@ from .._generic import filters as generic
 from . import bilateral as kernels
 
 
+#: Samples per row when a long signal is cut into rows for the threads (see _signal_rows).
+SIGNAL_ROW = 1 << 16
+
+
 def bilateral(problem):
     """The bilateral filter of a :class:`pacarray._bilateral.BilateralProblem`."""
     if problem.guide_channels > kernels.MAX_GUIDE_PLANES:
         return generic.bilateral(problem)
-    planar, guide_planar = problem.planar, problem.guide_planar
-    channels, height, width = planar.shape
+    planar = problem.planar
+    channels, spatial = planar.shape[0], planar.shape[1:]
     dtype = planar.dtype
-    dy, dx, log_weight = problem.taps()
-    centre = (dy == 0) & (dx == 0)
-    forward = (dy > 0) | ((dy == 0) & (dx > 0))
-    pair = (dy[forward], dx[forward], log_weight[forward].astype(dtype))
-    side = (dy[~centre], dx[~centre], log_weight[~centre].astype(dtype))
+    channels_last = problem.image_axis == problem.ndim
+    out = np.empty((*spatial, channels) if channels_last else (channels, *spatial), dtype=dtype)
+    offsets, log_weight = problem.taps()
+    if problem.ndim == 1 and spatial[0] > 4 * SIGNAL_ROW and problem.reach[0] < SIGNAL_ROW:
+        _signal_rows(problem, offsets, log_weight, out, channels_last)
+    else:
+        # Every rank runs as a volume: singleton axes in front (views, no copies).
+        lift = (1,) * (3 - problem.ndim)
+        guide = None if problem.guide_planar is None else problem.guide_planar
+        _run_volume(problem, planar.reshape(channels, *lift, *spatial),
+                    None if guide is None else guide.reshape(guide.shape[0], *lift, *spatial),
+                    ((0,) * len(log_weight),) * len(lift) + tuple(offsets), log_weight,
+                    out.reshape(*lift, *spatial, channels) if channels_last
+                    else out.reshape(channels, *lift, *spatial), channels_last)
+    if channels_last:
+        return out
+    return _args.channels_back(np, out, problem.image_axis)
+
+
+def _run_volume(problem, planar, guide_planar, offsets, log_weight, out, channels_last):
+    """The kernel on ``(C, D, H, W)`` planes (guide ``(G, D, H, W)`` or None) with the taps
+    ``offsets = (dz, dy, dx)``, into ``out`` (D, H, W, C) or (C, D, H, W)."""
+    channels, depth, height, _ = planar.shape
+    dtype = planar.dtype
+    dz, dy, dx = (np.asarray(o, dtype=np.int64) for o in offsets)
+    centre = (dz == 0) & (dy == 0) & (dx == 0)
+    forward = (dz > 0) | ((dz == 0) & (dy > 0)) | ((dz == 0) & (dy == 0) & (dx > 0))
+    pair = (dz[forward], dy[forward], dx[forward], log_weight[forward].astype(dtype))
+    side = (dz[~centre], dy[~centre], dx[~centre], log_weight[~centre].astype(dtype))
     # A tiny sigma_color would make the coefficient inf in float32, and inf * 0 (the centre tap)
     # NaN: the largest finite coefficient gives the same weights (exactly 0 off the centre).
     range_coef = min(0.5 / problem.sigma_color**2, float(np.finfo(dtype).max))
     params = np.array([range_coef, problem.cval], dtype=dtype)
-    channels_last = problem.image_axis == 2
-    out = np.empty((height, width, channels) if channels_last else (channels, height, width),
-                   dtype=dtype)
     threads = numba.get_num_threads()
-    band_height = max(1, min(max(64, 8 * problem.radius), -(-height // threads)))
+    if depth > 1:
+        # Slabs of slices: one per thread keeps the recomputed halo pairs few.
+        band = max(1, -(-depth // threads))
+    else:
+        band = max(1, min(max(64, 8 * problem.radius[-2 if problem.ndim > 1 else 0]),
+                          -(-height // threads)))
     same_guide = guide_planar is None and channels <= kernels.MAX_VALUE_PLANES
     guide_planes = tuple(planar if guide_planar is None else guide_planar)
     for start in range(0, channels, kernels.MAX_VALUE_PLANES):
@@ -45,16 +75,47 @@ def bilateral(problem):
         kernels.bilateral_planes(
             value_planes, value_planes if same_guide else guide_planes, same_guide, out,
             channels_last, start, *pair, *side, params, problem.color_distance == "l1",
-            kernels.MODE_CODES[problem.mode], band_height,
+            kernels.MODE_CODES[problem.mode], band,
         )
-    if channels_last:
-        return out
-    return _args.channels_back(np, out, problem.image_axis)
+
+
+def _signal_rows(problem, offsets, log_weight, out, channels_last):
+    """A long 1-D signal as rows of SIGNAL_ROW samples, so that the threads share it: row i is
+    the view of samples [i R - r, (i + 1) R + r) (r the reach) with its true neighbours as
+    halo, filtered with the x taps only; its middle R samples are the result. The first and the
+    last rows hold the signal's ends, filtered with the border mode as one row each."""
+    planar, guide = problem.planar, problem.guide_planar
+    length = planar.shape[1]
+    reach, row = problem.reach[0], SIGNAL_ROW
+    zeros = (np.zeros(len(log_weight), dtype=np.int64),) * 2
+    taps = (*zeros, offsets[0])
+    out_planar = np.moveaxis(out, -1, 0) if channels_last else out
+    n_rows = length // row
+    head, tail = row, length - (n_rows - 1) * row   # samples of the end rows' results
+
+    def strided(array):
+        step = array.strides[1]
+        return np.lib.stride_tricks.as_strided(
+            array[:, head - reach:], shape=(array.shape[0], 1, n_rows - 2, row + 2 * reach),
+            strides=(array.strides[0], 0, row * step, step), writeable=False)
+
+    middle = np.empty((planar.shape[0], 1, n_rows - 2, row + 2 * reach), dtype=planar.dtype)
+    _run_volume(problem, strided(planar), None if guide is None else strided(guide), taps,
+                log_weight, middle, False)
+    out_planar[:, head:length - tail] = middle[:, 0, :, reach:reach + row].reshape(
+        planar.shape[0], -1)
+    for start, stop, keep in ((0, head + reach, slice(0, head)),
+                              (length - tail - reach, length, slice(reach, None))):
+        piece = np.empty((planar.shape[0], 1, 1, stop - start), dtype=planar.dtype)
+        _run_volume(problem, planar[:, None, None, start:stop],
+                    None if guide is None else guide[:, None, None, start:stop], taps,
+                    log_weight, piece, False)
+        out_planar[:, start:stop][:, keep] = piece[:, 0, 0, keep]
 
 
 def joint_upsample(problem):
     """Joint bilateral upsampling of a :class:`pacarray._bilateral.UpsampleProblem`."""
-    if problem.guide_planar.shape[0] > kernels.MAX_GUIDE_PLANES:
+    if problem.guide_planar.shape[0] > kernels.MAX_GUIDE_PLANES or problem.low_planar.ndim != 3:
         return generic.joint_upsample(problem)
     low_planar, guide_planar, factors = problem.low_planar, problem.guide_planar, problem.factors
     rows, cols = problem.rows, problem.cols

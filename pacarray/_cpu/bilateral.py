@@ -79,14 +79,14 @@ def _map_index(i, n, mode):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _run(value_planes, guide_planes, values, guide, acc, slot, row, row_neighbour, x0, dx, n,
-         pad, log_weight, range_coef, l1, accumulate, weights):
+         pad, acc_pad, log_weight, range_coef, l1, accumulate, weights):
     """Weights of pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in
-    buffer rows and image columns (buffer column = image column + pad); stored in
-    ``weights[:n]`` and, if ``accumulate``, added to ``acc[slot]``. The plane tuples only carry
-    the channel counts as compile-time constants."""
+    buffer rows and image columns (buffer column = image column + pad, accumulator column =
+    image column + acc_pad); stored in ``weights[:n]`` and, if ``accumulate``, added to
+    ``acc[slot]``. The plane tuples only carry the channel counts as compile-time constants."""
     zero = weights.dtype.type(0.0)
     for i in range(n):
-        xs = np.uintp(x0 + i)
+        xs = np.uintp(x0 + acc_pad + i)
         bs = np.uintp(x0 + pad + i)
         bn = np.uintp(x0 + pad + dx + i)
         d = zero
@@ -104,12 +104,12 @@ def _run(value_planes, guide_planes, values, guide, acc, slot, row, row_neighbou
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, weights):
-    """The other end of the pairs of ``_run``: pixel (row, x0 + i) into column x0 + dx + i of
-    ``acc[slot]``."""
+def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, acc_pad, weights):
+    """The other end of the pairs of ``_run``: pixel (row, x0 + i) into image column
+    x0 + dx + i of ``acc[slot]``."""
     for i in range(n):
         bs = np.uintp(x0 + pad + i)
-        xt = np.uintp(x0 + dx + i)
+        xt = np.uintp(x0 + dx + acc_pad + i)
         w = weights[i]
         acc[slot, 0, xt] += w
         for c in range(len(value_planes)):
@@ -117,114 +117,190 @@ def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, weights):
 
 
 @njit(cache=True)
-def _fill_rows(planes, buffer, top, pad, mode, cval):
-    """Buffer (c, j, pad + x) <- image (c, top + j, x), rows and columns outside the image mapped
-    by the border mode ("constant": cval; "exclude": never read, left as cval)."""
-    height, width = planes[0].shape
-    for j in range(buffer.shape[1]):
-        y = _map_index(top + j, height, mode)
+def _fill_slice(planes, buffer, row0, rows, z, top, pad_x, mode, cval):
+    """Buffer (c, row0 + j, pad_x + x) <- image (c, z, top + j, x) for j < rows; slices, rows and
+    columns outside the image mapped by the border mode ("constant": cval; "exclude": never
+    read, left as cval)."""
+    depth, height, width = planes[0].shape
+    z_image = _map_index(z, depth, mode)
+    for j in range(rows):
+        y = _map_index(top + j, height, mode) if z_image >= 0 else -1
         for c in range(len(planes)):
             if y < 0:
-                buffer[c, j, :] = cval
+                buffer[c, row0 + j, :] = cval
                 continue
-            buffer[c, j, pad:pad + width] = planes[c][y, :]
-            for b in range(pad):
-                for x_buffer, x in ((b, b - pad), (pad + width + b, width + b)):
+            buffer[c, row0 + j, pad_x:pad_x + width] = planes[c][z_image, y, :]
+            for b in range(pad_x):
+                for x_buffer, x in ((b, b - pad_x), (pad_x + width + b, width + b)):
                     x_image = _map_index(x, width, mode)
-                    buffer[c, j, x_buffer] = planes[c][y, x_image] if x_image >= 0 else cval
+                    buffer[c, row0 + j, x_buffer] = (
+                        planes[c][z_image, y, x_image] if x_image >= 0 else cval)
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last, out_offset,
-                     pair_dy, pair_dx, pair_log_weight, side_dy, side_dx, side_log_weight, params,
-                     l1, mode, band_height):
-    """Bilateral filter of one image given as planes.
+                     pair_dz, pair_dy, pair_dx, pair_log_weight, side_dz, side_dy, side_dx,
+                     side_log_weight, params, l1, mode, band_size):
+    """Bilateral filter of one volume given as planes (an image is a volume of depth 1).
 
-    value_planes: tuple of C (H, W) planes; guide_planes: tuple of G (H, W) planes of the same
-    dtype; any strides. same_guide: the guide is ``value_planes`` (then read once).
-    out: (H, W, C_out) if ``channels_last`` else (C_out, H, W); value channel c goes to output
-    channel out_offset + c. pair_*: the taps (dy, dx) with dy > 0, or dy == 0 and dx > 0, and
-    their log spatial weights (finite, <= 0); side_*: all taps but the centre. The centre tap
-    has weight 1. params: [range_coef, cval] in the planes' dtype; the range weight is
+    value_planes: tuple of C (D, H, W) planes; guide_planes: tuple of G (D, H, W) planes of the
+    same dtype; any strides. same_guide: the guide is ``value_planes`` (then read once).
+    out: (D, H, W, C_out) if ``channels_last`` else (C_out, D, H, W); value channel c goes to
+    output channel out_offset + c. pair_*: the taps (dz, dy, dx) after the centre in C order
+    (dz > 0, or dz == 0 and dy > 0, or dz == dy == 0 and dx > 0) and their log spatial weights
+    (finite, <= 0); side_*: all taps but the centre. The centre tap has weight 1.
+    params: [range_coef, cval] in the planes' dtype; the range weight is
     exp(-range_coef * d2). l1: d2 is (sum over guide channels of |differences|)^2 instead of
-    the sum of squares. mode: a MODE_* code. band_height: rows per parallel task.
+    the sum of squares. mode: a MODE_* code. band_size: rows (D == 1) or slices (D > 1) per
+    parallel task.
+
+    A row is the run of W voxels at (z, y). Rows are processed in C order inside a band; the
+    lower end of a pair is accumulated into a ring of row accumulators, indexed by the row's
+    rank in that order, and the buffer holds a ring of 2 * pad_z + 1 padded slices, so the
+    workspace per task is O(pad_z * H * W), whatever the depth. For D == 1 this is the 2-D
+    filter row for row (same arithmetic in the same order).
     """
-    height, width = value_planes[0].shape
+    depth, height, width = value_planes[0].shape
     n_values = len(value_planes)
     dtype = value_planes[0].dtype
     range_coef = params[0]
     cval = params[1]
-    pad = 0
+    pad_z = 0
+    pad_y = 0
+    pad_x = 0
     for t in range(side_dy.shape[0]):
-        pad = max(pad, abs(side_dy[t]), abs(side_dx[t]))
-    n_slots = pad + 1
-    n_bands = (height + band_height - 1) // band_height
+        pad_z = max(pad_z, abs(side_dz[t]))
+        pad_y = max(pad_y, abs(side_dy[t]))
+        pad_x = max(pad_x, abs(side_dx[t]))
+    # An image is cut into bands of rows, a volume into slabs of whole slices.
+    by_slices = depth > 1
+    extent = depth if by_slices else height
+    n_bands = (extent + band_size - 1) // band_size
+    n_zslots = 2 * pad_z + 1
+    # Volumes run the pairs across the left and right padding too (their far end there is
+    # dropped): no one-sided runs of a few voxels per tap and row at the x edges, whose calls
+    # would cost more than the row's work in 3-D (hundreds of taps, short rows). Images keep the
+    # one-sided runs (the summation order of the 2-D filter is part of its results).
+    extend = by_slices and mode != MODE_EXCLUDE
+    acc_pad = pad_x if extend else 0
     for band in prange(n_bands):
-        b0 = band * band_height
-        b1 = min(height, b0 + band_height)
-        top = b0 - pad
-        shape = (n_values, b1 - b0 + 2 * pad, width + 2 * pad)
+        b0 = band * band_size
+        b1 = min(extent, b0 + band_size)
+        z0, z1, y0, y1 = (b0, b1, 0, height) if by_slices else (0, 1, b0, b1)
+        top = y0 - pad_y
+        rows = y1 - y0 + 2 * pad_y
+        z_start = max(0, z0 - pad_z)
+        y_start = max(0, top)
+        per_slice = y1 - y_start
+        n_slots = pad_z * per_slice + pad_y + 1
+        shape = (n_values, n_zslots * rows, width + 2 * pad_x)
         values = np.empty(shape, dtype=dtype)
-        _fill_rows(value_planes, values, top, pad, mode, cval)
         if same_guide:
             guide = values
         else:
             guide = np.empty((len(guide_planes),) + shape[1:], dtype=dtype)
-            _fill_rows(guide_planes, guide, top, pad, mode, cval)
-        acc = np.zeros((n_slots, n_values + 1, width), dtype=dtype)
+        for s in range(z_start - pad_z, z_start + pad_z):
+            row0 = ((s - z_start + pad_z) % n_zslots) * rows
+            _fill_slice(value_planes, values, row0, rows, s, top, pad_x, mode, cval)
+            if not same_guide:
+                _fill_slice(guide_planes, guide, row0, rows, s, top, pad_x, mode, cval)
+        acc = np.zeros((n_slots, n_values + 1, width + 2 * acc_pad), dtype=dtype)
         weights = np.empty(width, dtype=dtype)
-        for y in range(max(0, top), b1):
-            row = y - top
-            slot = y % n_slots
-            in_band = y >= b0
-            # Pairs of pixels inside the image, each computed once for both ends.
-            for t in range(pair_dy.shape[0]):
-                dy = pair_dy[t]
-                dx = pair_dx[t]
-                y_target = y + dy
-                to_target = b0 <= y_target < b1
-                if y_target >= height or not (in_band or to_target):
-                    continue
-                x0 = max(0, -dx)
-                n = min(width, width - dx) - x0
-                if n <= 0:
-                    continue
-                _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy, x0, dx,
-                     n, pad, pair_log_weight[t], range_coef, l1, in_band, weights)
-                if to_target:
-                    _scatter(value_planes, values, acc, y_target % n_slots, row, x0, dx, n, pad,
-                             weights)
-            if not in_band:
-                continue
-            # One-sided taps, whose neighbour is outside the image (read from the padding).
-            if mode != MODE_EXCLUDE:
-                for t in range(side_dy.shape[0]):
-                    dy = side_dy[t]
-                    dx = side_dx[t]
-                    log_weight = side_log_weight[t]
-                    x0 = min(max(0, -dx), width)
-                    x1 = max(min(width, width - dx), x0)
-                    if not 0 <= y + dy < height:
-                        _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy,
-                             0, dx, width, pad, log_weight, range_coef, l1, True, weights)
+        for z in range(z_start, z1):
+            s = z + pad_z
+            row0 = ((s - z_start + pad_z) % n_zslots) * rows
+            _fill_slice(value_planes, values, row0, rows, s, top, pad_x, mode, cval)
+            if not same_guide:
+                _fill_slice(guide_planes, guide, row0, rows, s, top, pad_x, mode, cval)
+            slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
+            for y in range(y_start, y1):
+                row = slice_row + y
+                rank = (z - z_start) * per_slice + y - y_start
+                slot = rank % n_slots
+                in_band = z >= z0 and y >= y0
+                # Pairs of voxels inside the volume, each computed once for both ends.
+                for t in range(pair_dy.shape[0]):
+                    dz = pair_dz[t]
+                    dy = pair_dy[t]
+                    dx = pair_dx[t]
+                    z_target = z + dz
+                    y_target = y + dy
+                    if z_target >= depth or not 0 <= y_target < height:
                         continue
-                    _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy,
-                         0, dx, x0, pad, log_weight, range_coef, l1, True, weights)
-                    _run(value_planes, guide_planes, values, guide, acc, slot, row, row + dy,
-                         x1, dx, width - x1, pad, log_weight, range_coef, l1, True, weights)
-            for x in range(width):
-                # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite.
-                w = dtype.type(1.0)
-                for c in range(len(guide_planes)):
-                    w += 0 * guide[c, row, pad + x]
-                inverse = 1 / (acc[slot, 0, x] + w)
-                for c in range(n_values):
-                    value = (acc[slot, 1 + c, x] + w * values[c, row, pad + x]) * inverse
-                    if channels_last:
-                        out[y, x, out_offset + c] = value
+                    to_target = z0 <= z_target < z1 and y0 <= y_target < y1
+                    if not (in_band or to_target):
+                        continue
+                    if extend:
+                        x0 = max(-pad_x, -pad_x - dx)
+                        n = min(width + pad_x, width + pad_x - dx) - x0
                     else:
-                        out[out_offset + c, y, x] = value
-            acc[slot] = 0
+                        x0 = max(0, -dx)
+                        n = min(width, width - dx) - x0
+                    if n <= 0:
+                        continue
+                    row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
+                    _run(value_planes, guide_planes, values, guide, acc, slot, row, row_target,
+                         x0, dx, n, pad_x, acc_pad, pair_log_weight[t], range_coef, l1, in_band,
+                         weights)
+                    if to_target:
+                        _scatter(value_planes, values, acc,
+                                 (rank + dz * per_slice + dy) % n_slots, row, x0, dx, n, pad_x,
+                                 acc_pad, weights)
+                if not in_band:
+                    continue
+                # One-sided taps, whose neighbour is outside the volume (read from the padding).
+                if extend:
+                    # Only the taps whose neighbour row is outside: full rows.
+                    if pad_z <= z < depth - pad_z and pad_y <= y < height - pad_y:
+                        pass
+                    else:
+                        for t in range(side_dy.shape[0]):
+                            z_neighbour = z + side_dz[t]
+                            y_neighbour = y + side_dy[t]
+                            if 0 <= z_neighbour < depth and 0 <= y_neighbour < height:
+                                continue
+                            row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                             + y_neighbour - top)
+                            _run(value_planes, guide_planes, values, guide, acc, slot, row,
+                                 row_neighbour, 0, side_dx[t], width, pad_x, acc_pad,
+                                 side_log_weight[t], range_coef, l1, True, weights)
+                elif mode != MODE_EXCLUDE:
+                    for t in range(side_dy.shape[0]):
+                        dz = side_dz[t]
+                        dy = side_dy[t]
+                        dx = side_dx[t]
+                        log_weight = side_log_weight[t]
+                        z_neighbour = z + dz
+                        y_neighbour = y + dy
+                        row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                         + y_neighbour - top)
+                        x0 = min(max(0, -dx), width)
+                        x1 = max(min(width, width - dx), x0)
+                        if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
+                            _run(value_planes, guide_planes, values, guide, acc, slot, row,
+                                 row_neighbour, 0, dx, width, pad_x, 0, log_weight, range_coef,
+                                 l1, True, weights)
+                            continue
+                        _run(value_planes, guide_planes, values, guide, acc, slot, row,
+                             row_neighbour, 0, dx, x0, pad_x, 0, log_weight, range_coef, l1,
+                             True, weights)
+                        _run(value_planes, guide_planes, values, guide, acc, slot, row,
+                             row_neighbour, x1, dx, width - x1, pad_x, 0, log_weight,
+                             range_coef, l1, True, weights)
+                for x in range(width):
+                    # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite.
+                    w = dtype.type(1.0)
+                    for c in range(len(guide_planes)):
+                        w += 0 * guide[c, row, pad_x + x]
+                    inverse = 1 / (acc[slot, 0, acc_pad + x] + w)
+                    for c in range(n_values):
+                        value = ((acc[slot, 1 + c, acc_pad + x] + w * values[c, row, pad_x + x])
+                                 * inverse)
+                        if channels_last:
+                            out[z, y, x, out_offset + c] = value
+                        else:
+                            out[out_offset + c, z, y, x] = value
+                acc[slot] = 0
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)

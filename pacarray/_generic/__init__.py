@@ -12,12 +12,12 @@ from __future__ import annotations
 import types
 
 from .filters import bilateral, joint_upsample
-from .crf import crf_add_adjoint, crf_add_messages, crf_softmax, crf_step
+from .crf import crf_add_adjoint, crf_add_messages, crf_prepare, crf_softmax, crf_step
 
 #: The specialised entry points every backend module provides.
 SPECIALISED = (
     "bilateral", "joint_upsample",
-    "crf_add_messages", "crf_add_adjoint", "crf_step", "crf_softmax",
+    "crf_add_messages", "crf_add_adjoint", "crf_step", "crf_softmax", "crf_prepare",
 )
 
 def over(module):
@@ -28,6 +28,6 @@ def over(module):
 
 
 __all__ = [
-    "SPECIALISED", "bilateral", "crf_add_adjoint", "crf_add_messages", "crf_softmax",
+    "SPECIALISED", "bilateral", "crf_add_adjoint", "crf_add_messages", "crf_prepare", "crf_softmax",
     "crf_step", "joint_upsample", "over",
 ]

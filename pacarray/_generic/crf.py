@@ -37,6 +37,12 @@ def crf_add_adjoint(grad, q, guide, spatial, dilation, scale, out):
     out += grad.dtype.type(scale) * adjoint
 
 
+def crf_prepare(unary, guide, terms):
+    """What every ``crf_step`` of one call takes as its terms: here the terms themselves (each
+    step's ``pac_pool`` computes the adaptive kernel it needs)."""
+    return terms
+
+
 def crf_softmax(logits):
     """Softmax over the labels (axis 1) of ``(N, L, H, W)`` logits, in a new array."""
     xp = namespace_of(logits)

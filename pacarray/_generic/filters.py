@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .. import _args
@@ -25,20 +27,27 @@ def bilateral(problem):
 
 def joint_upsample(problem):
     """Joint bilateral upsampling of an :class:`pacarray._bilateral.UpsampleProblem` as
-    whole-image array operations, one tap of the window at a time, in the caller's layout."""
+    whole-array operations, one tap of the window at a time, in the caller's layout."""
     xp = problem.xp
     low_planar, guide_planar = problem.low_planar, problem.guide_planar
-    guide_samples, rows, cols = problem.guide_samples, problem.rows, problem.cols
+    guide_samples, taps = problem.guide_samples, problem.taps
     dtype = low_planar.dtype
-    h, w = low_planar.shape[1:]
+    low_shape = low_planar.shape[1:]
+    ndim = len(low_shape)
     terms = []
-    for row_samples, row_lw in zip(rows[0], rows[1]):
-        for col_samples, col_lw in zip(cols[0], cols[1]):
-            index = np.ix_(np.clip(row_samples, 0, h - 1), np.clip(col_samples, 0, w - 1))
-            index = (slice(None),) + tuple(xp.asarray(i) for i in index)
-            d2 = ((guide_samples[index] - guide_planar) ** 2).sum(0)
-            log_spatial = xp.asarray(row_lw[:, None] + col_lw[None, :], dtype=dtype)
-            terms.append((log_spatial - dtype.type(problem.range_coef) * d2, low_planar[index]))
+    for combination in itertools.product(*(zip(t[0], t[1]) for t in taps)):
+        index = np.ix_(*(np.clip(samples, 0, n - 1)
+                         for (samples, _), n in zip(combination, low_shape)))
+        index = (slice(None),) + tuple(xp.asarray(i) for i in index)
+        d2 = ((guide_samples[index] - guide_planar) ** 2).sum(0)
+        log_spatial = None
+        for axis, (_, log_weight) in enumerate(combination):
+            shape = [1] * ndim
+            shape[axis] = -1
+            term = log_weight.reshape(shape)
+            log_spatial = term if log_spatial is None else log_spatial + term
+        log_spatial = xp.asarray(log_spatial, dtype=dtype)
+        terms.append((log_spatial - dtype.type(problem.range_coef) * d2, low_planar[index]))
     # Weights relative to the largest per pixel: no underflow, the same ratios.
     largest = terms[0][0]
     for argument, _ in terms[1:]:
