@@ -256,8 +256,9 @@ def _regions(edges, depth, periodic):
 class _Operand:
     """A per-pixel argument: its Dask array, blockwise index and grid.
 
-    ``index`` has one letter per axis: ``"y"`` and ``"x"`` the spatial axes, ``"n"`` the batch
-    axis (the data's chunks), any other letter an axis taken whole.
+    ``index`` has one letter per axis: ``"x"``, ``"yx"`` or ``"zyx"`` the spatial axes (the
+    rank's, see :func:`_spatial_letters`), ``"n"`` the batch axis (the data's chunks), any other
+    letter an axis taken whole.
     """
 
     name: str
@@ -268,18 +269,25 @@ class _Operand:
 
     @property
     def spatial(self):
-        return self.index.index("y"), self.index.index("x")
+        return tuple(self.index.index(letter) for letter in _SPATIAL if letter in self.index)
+
+
+#: Blockwise letters of the spatial axes, depth first; rank r uses the last r of them.
+_SPATIAL = "zyx"
+
+
+def _spatial_letters(rank):
+    return _SPATIAL[len(_SPATIAL) - rank:]
 
 
 def _letters(ndim, spatial, batch=None, fresh=None):
-    """A blockwise index: ``y``/``x`` at ``spatial``, ``n`` at ``batch``, fresh letters
-    elsewhere (from the iterator ``fresh``)."""
+    """A blockwise index: the rank's spatial letters at ``spatial`` (in order), ``n`` at
+    ``batch``, fresh letters elsewhere (from the iterator ``fresh``)."""
+    names = dict(zip(spatial, _spatial_letters(len(spatial))))
     letters = []
     for axis in range(ndim):
-        if axis == spatial[0]:
-            letters.append("y")
-        elif axis == spatial[1]:
-            letters.append("x")
+        if axis in names:
+            letters.append(names[axis])
         elif axis == batch:
             letters.append("n")
         else:
@@ -288,7 +296,7 @@ def _letters(ndim, spatial, batch=None, fresh=None):
 
 
 def _fresh():
-    return iter("abcdefghijklmpqrstuvwz")
+    return iter("abcdefghijklmpqrstuvw")
 
 
 def _is_dask(value) -> bool:
@@ -325,9 +333,10 @@ def _check_arguments(pixels: dict, small: dict):
 def _proxy(operand, sizes):
     """An all-zero in-memory array like ``operand`` with spatial sizes from ``sizes``."""
     shape = list(operand.array.shape)
+    letters = _spatial_letters(len(sizes))
     for axis, letter in enumerate(operand.index):
-        if letter in "yx":
-            shape[axis] = sizes["yx".index(letter)][operand.grid]
+        if letter in letters:
+            shape[axis] = sizes[letters.index(letter)][operand.grid]
     xp = namespace_of(operand.array._meta)
     return xp.zeros(tuple(shape), dtype=operand.array.dtype)
 
@@ -336,7 +345,7 @@ def _dry_run(call, operands, rules):
     """``call`` on tiny all-zero arguments: the in-memory call's errors, and its result (for
     the dtype and channel counts)."""
     sizes = [rule.proxy() for rule in rules]
-    return call([_proxy(op, sizes) for op in operands], (0, 0))
+    return call([_proxy(op, sizes) for op in operands], (0,) * len(rules))
 
 
 def _meta(operands, ndim, dtype):
@@ -392,14 +401,17 @@ class _Task:
     outputs: tuple  # per spatial axis, per block: (start, stop) on the output grid
     out_axes: tuple  # positions of the result's spatial axes
 
-    def __call__(self, block_y, block_x, *blocks):
-        index = (int(block_y[0]), int(block_x[0]))
+    def __call__(self, *blocks):
+        # One block-number array per spatial axis, then the operands' blocks.
+        rank = len(self.rules)
+        index = tuple(int(ids[0]) for ids in blocks[:rank])
+        blocks = blocks[rank:]
         # The data's block (operand 0) fixes the call's input range and thus its output range.
         windows = tuple(rule.window(*self.regions[0][axis][index[axis]])
                         for axis, rule in enumerate(self.rules))
         arrays = []
         for number, block in enumerate(blocks):
-            have = tuple(self.regions[number][axis][index[axis]] for axis in range(2))
+            have = tuple(self.regions[number][axis][index[axis]] for axis in range(rank))
             want = have if self.grids[number] == "in" else windows
             arrays.append(_embed(block, self.spatial[number], have, want))
         result = self.call(arrays, tuple(w[0] for w in windows))
@@ -414,25 +426,26 @@ def _lazy(call, operands, rules, out_index, dtype, new_axes=None, periodic=False
     """The lazy result of ``call`` block by block (see the module's docstring).
 
     ``operands[0]`` is the data, whose chunks decide the blocks; ``out_index`` is the result's
-    blockwise index (``y``/``x`` for its spatial axes, ``n`` for the batch, the letter of an
-    operand's whole axis to keep that axis, or letters of ``new_axes``).
+    blockwise index (the rank's spatial letters for its spatial axes, ``n`` for the batch, the
+    letter of an operand's whole axis to keep that axis, or letters of ``new_axes``).
     """
     data = operands[0]
+    letters = _spatial_letters(len(rules))
     edges = tuple(_plan(data.array.chunks[data.index.index(letter)], rule)
-                  for letter, rule in zip("yx", rules))
+                  for letter, rule in zip(letters, rules))
     grids = tuple(rule.grids(e) for rule, e in zip(rules, edges))
     batch = data.array.chunks[data.index.index("n")] if "n" in data.index else None
     arrays, regions = [], []
     for op in operands:
         chunks, depth, boundary, own = {}, {}, {}, []
         for axis, letter in enumerate(op.index):
-            if letter in "yx":
-                chunks[axis] = tuple(np.diff(grids["yx".index(letter)][op.grid]).tolist())
+            if letter in letters:
+                chunks[axis] = tuple(np.diff(grids[letters.index(letter)][op.grid]).tolist())
             elif letter == "n":
                 chunks[axis] = batch
             else:
                 chunks[axis] = -1
-        for number, (letter, rule) in enumerate(zip("yx", rules)):
+        for number, (letter, rule) in enumerate(zip(letters, rules)):
             bounds = grids[number][op.grid]
             single = len(bounds) == 2
             halo = (0, 0) if single or not op.halo else rule.depths()[op.grid]
@@ -453,13 +466,14 @@ def _lazy(call, operands, rules, out_index, dtype, new_axes=None, periodic=False
     task = _Task(
         call=call, rules=tuple(rules), grids=tuple(op.grid for op in operands),
         spatial=tuple(op.spatial for op in operands), regions=tuple(regions), outputs=outputs,
-        out_axes=(out_index.index("y"), out_index.index("x")),
+        out_axes=tuple(out_index.index(letter) for letter in letters),
     )
-    block_ids = [da.from_array(np.arange(len(e) - 1), chunks=1) for e in edges]
-    arguments = [block_ids[0], "y", block_ids[1], "x"]
+    arguments = []
+    for letter, e in zip(letters, edges):
+        arguments += [da.from_array(np.arange(len(e) - 1), chunks=1), letter]
     for array, op in zip(arrays, operands):
         arguments += [array, op.index]
-    out_chunks = {letter: tuple(np.diff(g["out"]).tolist()) for letter, g in zip("yx", grids)}
+    out_chunks = {letter: tuple(np.diff(g["out"]).tolist()) for letter, g in zip(letters, grids)}
     return da.blockwise(
         task, out_index, *arguments, new_axes=new_axes or {}, adjust_chunks=out_chunks,
         align_arrays=False, concatenate=True, dtype=dtype,
@@ -511,14 +525,14 @@ def _without(arguments, *names):
 # Core operations
 
 
-def _smooth_radius(smooth, have_guide):
-    """Half sides of the centre-feature smoothing kernel, ``(0, 0)`` without one."""
+def _smooth_radius(smooth, have_guide, rank=2):
+    """Half sides of the centre-feature smoothing kernel per spatial axis, zeros without one."""
     if smooth is None or not have_guide:
-        return (0, 0)
-    weights = smoothing_weights(smooth)
+        return (0,) * rank
+    weights = smoothing_weights(smooth, ndim=rank)
     shape = np.shape(weights)
-    if len(shape) != 2:
-        return (0, 0)  # the dry run raises the in-memory error
+    if len(shape) != rank:
+        return (0,) * rank  # the dry run raises the in-memory error
     return tuple(int(n) // 2 for n in shape)
 
 
@@ -529,22 +543,29 @@ def _core(function, args, kwargs, transposed):
     small = {name: arguments[name] for name in ("weight", "bias", "spatial_weight", "smooth")
              if name in arguments}
     _check_arguments({"x": x, **pixels}, small)
-    _args.require_ndim(x, 4, "x", "(N, C, H, W)")
+    if getattr(x, "ndim", 0) not in (3, 4, 5):
+        raise ValueError(
+            "x must be 3-D, 4-D or 5-D with layout (N, C, L), (N, C, H, W) or (N, C, D, H, W), "
+            f"got shape {tuple(x.shape)}"
+        )
+    rank = x.ndim - 2
     names = ("x", *(n for n, v in pixels.items() if v is not None))
     call = _Call(function, names, _without(arguments, *names))
     kernel_size = arguments.get("kernel_size")
     if kernel_size is None:
         shape = np.shape(arguments["weight"])
-        if len(shape) != 4:  # the in-memory call's error, on a minimal proxy
-            call([namespace_of(x._meta).zeros((*x.shape[:2], 1, 1), x.dtype)], (0, 0))
-            raise ValueError(f"weight must be 4-D (C_out, C, kh, kw), got shape {shape}")
+        if len(shape) != x.ndim:  # the in-memory call's error, on a minimal proxy
+            call([namespace_of(x._meta).zeros((*x.shape[:2], *(1,) * rank), x.dtype)],
+                 (0,) * rank)
+            raise ValueError(f"weight must be {x.ndim}-D (C_out, C, *kernel) for x of shape "
+                             f"{tuple(x.shape)}, got shape {shape}")
         kernel_size = shape[2:]
     geometry = make_geometry(kernel_size, arguments["stride"], arguments["padding"],
                              arguments["dilation"], arguments.get("output_padding", 0),
-                             transposed)
-    smooth = _smooth_radius(arguments["smooth"], pixels["guide"] is not None)
+                             transposed, ndim=rank)
+    smooth = _smooth_radius(arguments["smooth"], pixels["guide"] is not None, rank)
     rules = []
-    for axis in range(2):
+    for axis in range(rank):
         parts = dict(size=int(x.shape[2 + axis]), k=geometry.kernel_size[axis],
                      s=geometry.stride[axis], p=geometry.padding[axis],
                      d=geometry.dilation[axis], smooth=smooth[axis])
@@ -553,20 +574,21 @@ def _core(function, args, kwargs, transposed):
         else:
             rules.append(_Forward(**parts))
     fresh = _fresh()
-    operands = [_Operand("x", x, _letters(4, (2, 3), 0, fresh))]
-    layouts = {"guide": "(N, F, H, W)", "mask": "(N, 1, H, W)",
-               "kernel": "(N, 1|C, kh, kw, Ho, Wo)"}
+    operands = [_Operand("x", x, _letters(x.ndim, tuple(range(2, x.ndim)), 0, fresh))]
+    layouts = {"guide": "(N, F, *spatial)", "mask": "(N, 1, *spatial)",
+               "kernel": "(N, 1|C, *kernel, *out)"}
     for name in names[1:]:
         value = pixels[name]
-        _args.require_ndim(value, layouts[name].count(",") + 1, name, layouts[name])
-        index = _letters(value.ndim, (value.ndim - 2, value.ndim - 1), 0, fresh)
+        _args.require_ndim(value, 2 + rank * (2 if name == "kernel" else 1), name,
+                           layouts[name])
+        index = _letters(value.ndim, tuple(range(value.ndim - rank, value.ndim)), 0, fresh)
         if name == "kernel":  # on the output grid, one value per output: no halo
             operands.append(_Operand(name, value, index, "out", halo=False))
         else:  # the guide's grid: the input's, or the output's for a transposed op
             operands.append(_Operand(name, value, index, "out" if transposed else "in"))
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
-    return _lazy(call, operands, rules, "noyx", sample.dtype,
+    return _lazy(call, operands, rules, "no" + _spatial_letters(rank), sample.dtype,
                  new_axes={"o": int(sample.shape[1])})
 
 

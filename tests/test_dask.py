@@ -253,6 +253,86 @@ def test_dask_equals_in_memory(case, chunking, dtype):
 
 
 # --------------------------------------------------------------------------------------------
+# Signals and volumes (docs/design.md §7): the same planning per spatial axis, any rank.
+
+
+def _nd_case(rng, dtype, op, shape, guided):
+    """(function, x, keywords, per-pixel arrays) for one op on ``shape`` = (N, C, *spatial)."""
+    rank = len(shape) - 2
+    spatial = shape[2:]
+    x = rng.standard_normal(shape).astype(dtype)
+    pixels = {"x": x}
+    if guided:
+        pixels["guide"] = rng.standard_normal((shape[0], 2, *spatial)).astype(dtype)
+    if op == "conv":
+        # stride 2 on the first axis, 1 elsewhere: per-axis alignment; dilation 2 on the last
+        stride = (2,) + (1,) * (rank - 1)
+        dilation = (1,) * (rank - 1) + (2,)
+        pixels["mask"] = rng.random((shape[0], 1, *spatial)).astype(dtype)
+        weight = rng.standard_normal((2, shape[1]) + (3,) * rank).astype(dtype)
+        return pacarray.pac_conv, (weight,), dict(stride=stride, padding=1, dilation=dilation,
+                                                  smooth="gaussian"), pixels
+    if op == "transpose":
+        weight = rng.standard_normal((shape[1], 2) + (3,) * rank).astype(dtype)
+        stride = (2,) + (1,) * (rank - 1)
+        output_padding = (1,) + (0,) * (rank - 1)
+        if guided:  # on the output grid: (n - 1) * s - 2 * padding + k + output_padding
+            out = tuple((n - 1) * s - 2 + 3 + q
+                        for n, s, q in zip(spatial, stride, output_padding))
+            pixels["guide"] = rng.standard_normal((shape[0], 2, *out)).astype(dtype)
+        return pacarray.pac_conv_transpose, (weight,), dict(
+            stride=stride, padding=1, output_padding=output_padding), pixels
+    return pacarray.pac_pool, (3,), dict(stride=2, padding=1), pixels
+
+
+#: (op, data shape, spatial chunks, dtype, guided): 1-D and 3-D, odd cuts and chunks thinner
+#: than the halo (2 with a dilated 3-tap kernel and smoothing), both dtypes.
+ND_RUNS = [
+    ("conv", (2, 3, 29), (5,), np.float32, True),
+    ("conv", (2, 3, 29), (2,), np.float64, True),
+    ("transpose", (1, 2, 23), (3,), np.float32, True),
+    ("pool", (1, 2, 31), (7,), np.float64, False),
+    ("conv", (1, 2, 7, 9, 11), (3, 4, 5), np.float32, True),
+    ("conv", (1, 2, 7, 9, 11), (2, 9, 3), np.float64, True),
+    ("transpose", (1, 2, 5, 6, 7), (2, 4, 3), np.float32, True),
+    ("pool", (1, 2, 7, 8, 9), (3, 5, 2), np.float32, False),
+]
+
+
+@pytest.mark.parametrize("op, shape, chunks, dtype, guided", ND_RUNS,
+                         ids=[f"{o}-{len(s) - 2}d-{'x'.join(map(str, c))}-{np.dtype(d).name}"
+                              for o, s, c, d, _ in ND_RUNS])
+def test_signals_and_volumes_equal_in_memory(op, shape, chunks, dtype, guided):
+    rng = np.random.default_rng(len(shape) * 10 + len(ND_RUNS))
+    function, args, keywords, pixels = _nd_case(rng, dtype, op, shape, guided)
+    expected = function(pixels["x"], *args, **keywords,
+                        **{k: v for k, v in pixels.items() if k != "x"})
+    rank = len(shape) - 2
+    # The guide and the mask chunked unlike the data (one more pixel per chunk).
+    lazy = {name: _lazy(value, range(2, 2 + rank),
+                        chunks if name == "x" else tuple(c + 1 for c in chunks))
+            for name, value in pixels.items()}
+    result = function(lazy.pop("x"), *args, **keywords, **lazy)
+    assert len(result.chunks[2]) > 1  # the planning kept more than one block
+    _assert_equal_to_memory(result, expected)
+
+
+def test_volume_output_chunks_line_up_per_axis():
+    rng = np.random.default_rng(3)
+    x = _lazy(rng.random((1, 2, 8, 12, 10)), (2, 3, 4), (4, 6, 5))
+    weight = rng.random((3, 2, 3, 3, 3))
+    y = pacarray.pac_conv(x, weight, padding=1, stride=(1, 2, 1))
+    assert y.chunks == ((1,), (3,), (4, 4), (3, 3), (5, 5))
+    up = pacarray.pac_conv_transpose(x, weight.swapaxes(0, 1), stride=(2, 1, 2), padding=1,
+                                     output_padding=(1, 0, 1))
+    assert up.chunks[2:] == ((8, 8), (6, 6), (10, 10))
+    signal = pacarray.pac_pool(_lazy(rng.random((1, 1, 30)), (2,), (7,)), 3, stride=2,
+                               padding=1)
+    # cuts 7, 14, 21, 28 move down to 6, 14, 20, 28 (multiples of 2): outputs 3, 7, 10, 14 of 15
+    assert signal.chunks[2] == (3, 4, 3, 4, 1)
+
+
+# --------------------------------------------------------------------------------------------
 # Chunks of the result
 
 
