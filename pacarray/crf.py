@@ -96,18 +96,21 @@ class PairwiseTerm:
         weight = _args.finite_scalar(self.weight, "weight")
         if weight < 0:
             raise ValueError(f"PairwiseTerm weight must be >= 0, got {self.weight!r}")
-        kernel_size = as_tuple(self.kernel_size, "kernel_size")
-        if any(k < 1 or k % 2 == 0 for k in kernel_size) or kernel_size == (1, 1):
+        kernel_size = _term_tuple(self.kernel_size, "kernel_size")
+        if any(k < 1 or k % 2 == 0 for k in kernel_size) or all(k == 1 for k in kernel_size):
             raise ValueError(
                 f"PairwiseTerm kernel_size must be odd in each dimension and larger than 1 "
                 f"(the centre tap is excluded), got {self.kernel_size!r}"
             )
-        dilation = as_tuple(self.dilation, "dilation")
+        dilation = _term_tuple(self.dilation, "dilation")
         if any(d < 1 for d in dilation):
             raise ValueError(f"PairwiseTerm dilation must be >= 1, got {self.dilation!r}")
         if self.sigma_spatial is not None:
-            sigma = _args.finite_scalar(self.sigma_spatial, "sigma_spatial")
-            if sigma <= 0:
+            sigmas = (self.sigma_spatial if isinstance(self.sigma_spatial, (tuple, list))
+                      else (self.sigma_spatial,))
+            if not 1 <= len(sigmas) <= 3 or any(
+                _args.finite_scalar(s, "sigma_spatial") <= 0 for s in sigmas
+            ):
                 raise ValueError(
                     f"PairwiseTerm sigma_spatial must be > 0 (or None), got {self.sigma_spatial!r}"
                 )
@@ -120,13 +123,29 @@ class PairwiseTerm:
                     f"PairwiseTerm features must be 'appearance', 'smoothness' or an array, "
                     f"got {self.features!r}"
                 )
-        elif np.ndim(self.features) not in (3, 4):
+        elif np.ndim(self.features) not in (2, 3, 4, 5):
             raise ValueError(
-                f"PairwiseTerm features array must have shape (F, H, W) or (N, F, H, W), got "
+                f"PairwiseTerm features array must have shape (F, *spatial) or "
+                f"(N, F, *spatial), got "
                 f"shape {np.shape(self.features)}"
             )
         if not _args.is_int(self.blur) or self.blur < 1:
             raise ValueError(f"PairwiseTerm blur must be an integer >= 1, got {self.blur!r}")
+
+
+def _term_tuple(value, name):
+    """A term's ``kernel_size`` or ``dilation``: an int (every axis) or 1 to 3 ints."""
+    if _args.is_int(value):
+        return (int(value),)
+    try:
+        ndim = len(value)
+    except TypeError:
+        raise TypeError(f"PairwiseTerm {name} must be an int or a sequence of 1 to 3 ints, "
+                        f"got {value!r}") from None
+    if not 1 <= ndim <= 3:
+        raise ValueError(f"PairwiseTerm {name} must be an int or a sequence of 1 to 3 ints, "
+                         f"got {value!r}")
+    return as_tuple(value, f"PairwiseTerm {name}", ndim)
 
 
 def _default_pairwise():
@@ -178,9 +197,10 @@ class _Layout:
     shape: tuple  # the unary's shape
     batched: bool
     label_axis: int  # normalized to [0, ndim)
+    spatial_ndim: int = 2
 
     def to_planar(self, xp, array):
-        """The caller's layout -> ``(N, L, H, W)`` (a view)."""
+        """The caller's layout -> ``(N, L, *spatial)`` (a view)."""
         planar = xp.moveaxis(array, self.label_axis, 1 if self.batched else 0)
         return planar if self.batched else planar[None]
 
@@ -205,14 +225,20 @@ class _Problem:
 
 
 def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibility,
-             label_axis, channel_axis):
+             label_axis, channel_axis, spatial_ndim=2):
     """Check and convert the arguments of :func:`pac_crf` / :func:`pac_crf_vjp`."""
+    _args.require_int(spatial_ndim, "spatial_ndim")
+    if spatial_ndim not in (1, 2, 3):
+        raise ValueError(f"spatial_ndim must be 1, 2 or 3, got {spatial_ndim!r}")
+    spatial_ndim = int(spatial_ndim)
+    if label_axis is None:  # the axis before the spatial ones: -3 for images, -4 for volumes
+        label_axis = -(spatial_ndim + 1)
     pairwise = _check_pairwise(pairwise)
     backend = _select_backend(unary, image, compatibility, pairwise)
     xp = namespace(backend)
     num_steps, unary_weight = _check_scalars(num_steps, unary_weight, input)
-    layout, planar = _unary_planar(xp, unary, label_axis)
-    batch, labels, height, width = planar.shape
+    layout, planar = _unary_planar(xp, unary, label_axis, spatial_ndim)
+    batch, labels, *spatial_shape = planar.shape
     planes = _image_planes(xp, image, channel_axis, layout, planar.shape)
     dtype = _compute_dtype(planar, planes)
     log_potentials, probability_mask = _log_potentials(xp, planar, input, dtype)
@@ -220,11 +246,17 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
         planes = _args.cast(xp, planes, dtype)
     compat = _compatibility_matrix(xp, compatibility, labels, dtype)
     terms = [
-        _resolve_term(xp, term, index, planes, batch, (height, width), dtype)
+        _resolve_term(xp, term, index, planes, batch, tuple(spatial_shape), dtype)
         for index, term in enumerate(pairwise)
     ]
+    # Signals and volumes run on the generic entry points, whose N-D pac_pool computes the
+    # same messages; the fused CPU kernels are 2-D (docs/design.md §3).
+    if spatial_ndim == 2:
+        module = backend_module(backend)
+    else:
+        from ._generic import crf as module  # not at import time: _generic imports ops
     field = _mean_field.MeanField(
-        module=backend_module(backend),
+        module=module,
         xp=xp,
         unary=xp.ascontiguousarray(dtype.type(unary_weight) * log_potentials),
         terms=terms,
@@ -275,12 +307,12 @@ def _check_scalars(num_steps, unary_weight, input):
     return int(num_steps), unary_weight
 
 
-def _unary_planar(xp, unary, label_axis):
-    """``(layout, unary as an (N, L, H, W) view in its own dtype)``."""
+def _unary_planar(xp, unary, label_axis, spatial_ndim=2):
+    """``(layout, unary as an (N, L, *spatial) view in its own dtype)``."""
     unary = _args.convert(xp, unary, "unary")
     if unary.dtype.kind == "c":
         raise TypeError(f"unary must be real, got dtype {unary.dtype}")
-    layout = _unary_layout(tuple(unary.shape), label_axis)
+    layout = _unary_layout(tuple(unary.shape), label_axis, spatial_ndim)
     if unary.size == 0:
         raise ValueError(f"unary must not be empty, got shape {layout.shape}")
     planar = layout.to_planar(xp, unary)
@@ -292,25 +324,32 @@ def _unary_planar(xp, unary, label_axis):
     return layout, planar
 
 
-def _unary_layout(unary_shape, label_axis):
-    """The :class:`_Layout` of a 3-D (unbatched) or 4-D (batched) unary."""
+def _unary_layout(unary_shape, label_axis, spatial_ndim=2):
+    """The :class:`_Layout` of an unbatched (labels + ``spatial_ndim`` axes) or batched unary."""
     ndim = len(unary_shape)
-    if ndim not in (3, 4):
+    if ndim not in (spatial_ndim + 1, spatial_ndim + 2):
+        if spatial_ndim == 2:
+            raise ValueError(
+                f"unary must be (L, H, W) / (H, W, L) or batched (N, ...) with 4 dimensions, "
+                f"got shape {tuple(unary_shape)}"
+            )
         raise ValueError(
-            f"unary must be (L, H, W) / (H, W, L) or batched (N, ...) with 4 dimensions, got "
-            f"shape {tuple(unary_shape)}"
+            f"unary must have {spatial_ndim + 1} dimensions (labels and spatial_ndim="
+            f"{spatial_ndim} spatial axes) or {spatial_ndim + 2} (batched), got shape "
+            f"{tuple(unary_shape)}"
         )
     _args.require_int(label_axis, "label_axis")
     if not -ndim <= label_axis < ndim:
         raise ValueError(f"label_axis={label_axis} is out of range for unary shape {unary_shape}")
     axis = int(label_axis) % ndim
-    batched = ndim == 4
+    batched = ndim == spatial_ndim + 2
     if batched and axis == 0:
         raise ValueError(
-            f"label_axis={label_axis} points at the batch axis of the 4-D unary {unary_shape}; "
-            "the batch axis is always first"
+            f"label_axis={label_axis} points at the batch axis of the {ndim}-D unary "
+            f"{unary_shape}; the batch axis is always first"
         )
-    return _Layout(shape=tuple(unary_shape), batched=batched, label_axis=axis)
+    return _Layout(shape=tuple(unary_shape), batched=batched, label_axis=axis,
+                   spatial_ndim=spatial_ndim)
 
 
 def _image_to_float(xp, image, name):
@@ -328,14 +367,17 @@ def _image_to_float(xp, image, name):
 
 
 def _image_planes(xp, image, channel_axis, layout, unary_planar_shape):
-    """The image as float ``(N, C, H, W)`` matching the unary, or None without an image."""
+    """The image as float ``(N, C, *spatial)`` matching the unary, or None without an image."""
     if image is None:
         return None
     batched = layout.batched
     image = _image_to_float(xp, image, "image")
-    expected_ndim = (2 if channel_axis is None else 3) + int(batched)
+    spatial_ndim = layout.spatial_ndim
+    expected_ndim = spatial_ndim + (0 if channel_axis is None else 1) + int(batched)
     if image.ndim != expected_ndim:
-        shape_name = "(H, W)" if channel_axis is None else "(H, W, C) with channel_axis"
+        names = {1: "(W,", 2: "(H, W,", 3: "(D, H, W,"}[spatial_ndim]
+        shape_name = (names[:-1] + ")" if channel_axis is None
+                      else names + " C) with channel_axis")
         raise ValueError(
             f"image must be {shape_name}{' with a leading batch axis' if batched else ''} "
             f"({expected_ndim}-D) to match the {'batched ' if batched else ''}unary, got "
@@ -355,11 +397,11 @@ def _image_planes(xp, image, channel_axis, layout, unary_planar_shape):
         planes = xp.moveaxis(image, channel_axis, 1 if batched else 0)
         if not batched:
             planes = planes[None]
-    batch, _, height, width = unary_planar_shape
-    if tuple(planes.shape[2:]) != (height, width) or planes.shape[0] != batch:
+    batch, _, *spatial_shape = unary_planar_shape
+    if tuple(planes.shape[2:]) != tuple(spatial_shape) or planes.shape[0] != batch:
         raise ValueError(
             f"image spatial shape {tuple(planes.shape[2:])} (batch {planes.shape[0]}) does "
-            f"not match the unary's {(height, width)} (batch {batch}); unary shape "
+            f"not match the unary's {tuple(spatial_shape)} (batch {batch}); unary shape "
             f"{layout.shape}, image shape {tuple(image.shape)}"
         )
     if not bool(xp.all(xp.isfinite(planes))):
@@ -423,16 +465,31 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype):
             f"{name}.blur={term.blur} is larger than the image's largest side ({max(shape)}); "
             "a coarser grid than one cell for the whole image cannot help"
         )
+    ndim = len(shape)
+    if term.blur > 1 and ndim != 2:
+        raise ValueError(
+            f"{name}.blur={term.blur}: blurred terms run on images only, not on "
+            f"{ndim}-D spatial data; use blur=1 or a larger dilation"
+        )
     guide = _term_guide(xp, term, name, planes, batch, shape, dtype)
     if guide is not None and term.blur > 1:
         guide = _mean_field.block_mean(xp, guide, term.blur)
     if guide is not None:
         guide = xp.ascontiguousarray(guide)
-    sigma = None if term.sigma_spatial is None else term.sigma_spatial / term.blur
-    kernel_size = as_tuple(term.kernel_size, "kernel_size")
-    dilation = as_tuple(term.dilation, "dilation")
+    kernel_size = _rank_tuple(term.kernel_size, f"{name}.kernel_size", ndim)
+    dilation = _rank_tuple(term.dilation, f"{name}.dilation", ndim)
+    sigma = term.sigma_spatial
+    if isinstance(sigma, (tuple, list)):
+        if len(sigma) != ndim:
+            raise ValueError(
+                f"{name}.sigma_spatial={sigma!r} must be one float or {ndim} (one per spatial "
+                f"axis of the {ndim}-D data)"
+            )
+        sigma = tuple(float(s) / term.blur for s in sigma)
+    elif sigma is not None:
+        sigma = (float(sigma) / term.blur,) * ndim
     spatial = spatial_window(kernel_size, sigma, dilation=dilation)
-    spatial[kernel_size[0] // 2, kernel_size[1] // 2] = 0.0
+    spatial[tuple(k // 2 for k in kernel_size)] = 0.0
     return _mean_field.Term(
         weight=float(term.weight),
         guide=guide,
@@ -440,6 +497,18 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype):
         dilation=dilation,
         blur=int(term.blur),
     )
+
+
+def _rank_tuple(value, name, ndim):
+    """A term's int-or-tuple option as ``ndim`` ints (an int: the same on every axis)."""
+    if _args.is_int(value):
+        return (int(value),) * ndim
+    if len(value) != ndim:
+        raise ValueError(
+            f"{name}={value!r} must be an int or {ndim} ints (one per spatial axis of the "
+            f"{ndim}-D data)"
+        )
+    return tuple(int(v) for v in value)
 
 
 def _term_guide(xp, term, name, planes, batch, shape, dtype):
@@ -456,12 +525,14 @@ def _term_guide(xp, term, name, planes, batch, shape, dtype):
         return planes / dtype.type(term.sigma_color)
     guide = _args.convert(xp, term.features, f"{name}.features")
     _args.require_float(guide, f"{name}.features")
-    if guide.ndim == 3:
+    if guide.ndim == len(shape) + 1:
         guide = xp.broadcast_to(guide[None], (batch, *guide.shape))
-    if tuple(guide.shape[2:]) != shape or guide.shape[0] != batch:
+    if guide.ndim != len(shape) + 2 or tuple(guide.shape[2:]) != shape or (
+        guide.shape[0] != batch
+    ):
         raise ValueError(
-            f"{name}.features must have shape (F, H, W) or (N, F, H, W) with (H, W) = "
-            f"{shape} and N = {batch}, got shape {tuple(term.features.shape)}"
+            f"{name}.features must have shape (F, *spatial) or (N, F, *spatial) with spatial "
+            f"= {shape} and N = {batch}, got shape {tuple(term.features.shape)}"
         )
     guide = _args.cast(xp, guide, dtype)
     if not bool(xp.all(xp.isfinite(guide))):
@@ -484,8 +555,9 @@ def pac_crf(
     input: Literal["logits", "probabilities"] = "logits",
     output: Literal["probabilities", "log", "labels"] = "probabilities",
     compatibility="potts",
-    label_axis: int = -3,
+    label_axis: int | None = None,
     channel_axis: int | None = -1,
+    spatial_ndim: int = 2,
 ):
     """Refine per-pixel class scores with the image's edges: PAC-CRF mean-field inference.
 
@@ -582,7 +654,7 @@ def pac_crf(
     if output not in ("probabilities", "log", "labels"):
         raise ValueError(f"output must be 'probabilities', 'log' or 'labels', got {output!r}")
     problem = _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibility,
-                       label_axis, channel_axis)
+                       label_axis, channel_axis, spatial_ndim)
     field, layout = problem.field, problem.layout
     xp = field.xp
     q, logits, _ = _mean_field.forward(field, want_logits=output == "log")
@@ -604,8 +676,9 @@ def pac_crf_vjp(
     input: Literal["logits", "probabilities"] = "logits",
     output: Literal["probabilities", "log"] = "probabilities",
     compatibility="potts",
-    label_axis: int = -3,
+    label_axis: int | None = None,
     channel_axis: int | None = -1,
+    spatial_ndim: int = 2,
 ) -> CRFGradients:
     """Vector-Jacobian products of :func:`pac_crf` for fitting CRF parameters.
 
@@ -672,7 +745,7 @@ channel_axis
             f"constant), got {output!r}"
         )
     problem = _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibility,
-                       label_axis, channel_axis)
+                       label_axis, channel_axis, spatial_ndim)
     field, layout = problem.field, problem.layout
     xp = field.xp
     grad = _args.convert(xp, grad_output, "grad_output")
