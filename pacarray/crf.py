@@ -47,13 +47,15 @@ class PairwiseTerm:
     ----------
     weight : float, default 2.0
         Strength of the term, >= 0 (in units of the unary: logits, i.e. nats).
-    kernel_size : int or (int, int), default 5
-        Odd window size in taps. The centre tap is always excluded, as in a dense CRF.
-    dilation : int or (int, int), default 3
-        Spacing between taps in pixels (of the grid the term runs on, see ``blur``).
-    sigma_spatial : float or None, default 6.0
-        Standard deviation of the spatial Gaussian in pixels of the full-resolution image.
-        ``None`` gives a flat window.
+    kernel_size : int or tuple of int, default 5
+        Odd window size in taps, one per spatial axis (an int: the same on every axis, so a
+        cube on volumes). The centre tap is always excluded, as in a dense CRF.
+    dilation : int or tuple of int, default 3
+        Spacing between taps in pixels (of the grid the term runs on, see ``blur``), one per
+        axis or an int for all.
+    sigma_spatial : float, tuple of float or None, default 6.0
+        Standard deviation of the spatial Gaussian in pixels of the full-resolution image, one
+        for every axis or one per axis. ``None`` gives a flat window.
     sigma_color : float, default 0.08
         Colour bandwidth in intensity units, for ``features="appearance"``: images are compared
         on a [0, 1] scale (integer images are divided by their dtype's maximum, so ``0.08`` is
@@ -62,8 +64,9 @@ class PairwiseTerm:
         What the kernel compares besides position: ``"appearance"`` the image's channels
         divided by ``sigma_color`` (an edge-aware term); ``"smoothness"`` nothing (position
         only, label smoothing that ignores the image); or an array of shape ``(F, H, W)`` or
-        ``(N, F, H, W)`` of features already scaled to unit bandwidth (the kernel is
-        ``exp(-1/2 |f_i - f_j|**2)``), for example depth or a second modality. With
+        ``(N, F, H, W)`` (``(F, D, H, W)`` / ``(N, F, D, H, W)`` for volumes) of features
+        already scaled to unit bandwidth (the kernel is ``exp(-1/2 |f_i - f_j|**2)``), for
+        example depth or a second modality. With
         ``features=pacarray.features.color_position_features(image, sigma_spatial=s,
         sigma_color=c, channel_axis=-1)`` and ``sigma_spatial=None`` the term equals the
         appearance term with those bandwidths (for a float image; that helper keeps integer
@@ -73,7 +76,7 @@ class PairwiseTerm:
         Run the term on a grid coarser by this factor: the label marginals and the features are
         averaged over ``blur x blur`` blocks, the message is computed there (kernel size and
         dilation count coarse cells), upsampled bilinearly and multiplied by ``blur**2`` (each
-        cell stands for that many pixels). Large ranges stay cheap.
+        cell stands for that many pixels). Large ranges stay cheap. Images only.
 
     Examples
     --------
@@ -566,20 +569,24 @@ def pac_crf(
     unary : array_like, shape (L, H, W) or (N, L, H, W)
         Class scores for L >= 2 labels: logits (``input="logits"``, e.g. a network's output or
         log-probabilities) or probabilities (``input="probabilities"``). The label axis is
-        ``label_axis``; a 4-D array has a leading batch axis. Must be finite.
+        ``label_axis``; a 4-D array has a leading batch axis. Must be finite. With
+        ``spatial_ndim=3`` a volume ``(L, D, H, W)`` or ``(N, L, D, H, W)``; with
+        ``spatial_ndim=1`` a signal ``(L, W)`` or ``(N, L, W)``.
     image : array_like, shape (H, W, C) or (N, H, W, C), optional
         The picture the labels should follow, channels on ``channel_axis`` (``None``: a
         grayscale (H, W) image). Any number of channels works (RGB, multispectral, a feature
         stack). Integer images are scaled to [0, 1] by their dtype's maximum, float images are
         used as they are (use [0, 1] to match the default ``sigma_color``). Needed by
-        appearance terms only.
+        appearance terms only. For a volume ``(D, H, W, C)`` or ``(D, H, W)`` with
+        ``channel_axis=None`` (a batch axis first when the unary has one).
     num_steps : int, default 5
         Mean-field updates (>= 0; 0 returns the softmax of the unary).
     pairwise : PairwiseTerm or sequence of PairwiseTerm, optional
         The pairwise kernels. Default :data:`DEFAULT_PAIRWISE`: five appearance terms with
         flat windows reaching from 1 to 192 pixels (``sigma_color=0.05``, weights 4 to 24),
         for unaries on the scale of log-probabilities and images on [0, 1] (or integer
-        images).
+        images). On a volume the same terms have cubic windows (the same taps and dilation
+        along depth, in voxels: 3x3x3 and 5x5x5, 233 taps), measured on images only.
     unary_weight : float, default 1.0
         Multiplies the unary (>= 0).
     input : {"logits", "probabilities"}, default "logits"
@@ -587,15 +594,22 @@ def pac_crf(
         [0, 1]; they need not sum to 1).
     output : {"probabilities", "log", "labels"}, default "probabilities"
         Marginals Q in the unary's layout, their logarithm (computed stably), or the argmax
-        label map ``(H, W)`` / ``(N, H, W)`` of dtype intp.
+        label map ``(H, W)`` / ``(N, H, W)`` (the unary's spatial shape) of dtype intp.
     compatibility : "potts" or array_like, shape (L, L), default "potts"
         Label compatibility ``mu[l, l']``: the cost of label ``l`` at a pixel whose neighbour
         has ``l'``. Potts is ``mu = 1 - I``.
-    label_axis : int, default -3
+    label_axis : int, optional
         Axis of ``unary`` holding the labels: ``-3`` for ``(L, H, W)`` / ``(N, L, H, W)``,
         ``-1`` for ``(H, W, L)`` / ``(N, H, W, L)``. The batch axis, if any, is axis 0.
+        Default: the axis before the spatial axes (``-3`` for images, ``-4`` for volumes,
+        ``-2`` for signals).
     channel_axis : int or None, default -1
         Colour axis of ``image``; ``None`` for a grayscale image without one.
+    spatial_ndim : {2, 3, 1}, default 2
+        Spatial axes of ``unary`` and ``image``: 2 for images, 3 for volumes, 1 for signals
+        (a 4-D unary is a batch of images unless this is 3). Volumes and signals run on the
+        N-D :func:`pac_pool` and its gradient on every backend (the fused CPU kernels are
+        2-D), and take no blurred terms (``blur > 1``).
 
     Returns
     -------
@@ -691,7 +705,7 @@ def pac_crf_vjp(
     grad_output : array_like
         Gradient of a scalar loss with respect to ``pac_crf``'s output (same shape as it).
     unary, image, num_steps, pairwise, unary_weight, input, compatibility, label_axis, \
-channel_axis
+channel_axis, spatial_ndim
         As in :func:`pac_crf` (same values as the forward call).
     output : {"probabilities", "log"}, default "probabilities"
         Which output ``grad_output`` refers to (labels are not differentiable).
