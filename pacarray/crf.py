@@ -234,8 +234,6 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     if spatial_ndim not in (1, 2, 3):
         raise ValueError(f"spatial_ndim must be 1, 2 or 3, got {spatial_ndim!r}")
     spatial_ndim = int(spatial_ndim)
-    if label_axis is None:  # the axis before the spatial ones: -3 for images, -4 for volumes
-        label_axis = -(spatial_ndim + 1)
     pairwise = _check_pairwise(pairwise)
     backend = _select_backend(unary, image, compatibility, pairwise)
     xp = namespace(backend)
@@ -329,6 +327,8 @@ def _unary_planar(xp, unary, label_axis, spatial_ndim=2):
 
 def _unary_layout(unary_shape, label_axis, spatial_ndim=2):
     """The :class:`_Layout` of an unbatched (labels + ``spatial_ndim`` axes) or batched unary."""
+    if label_axis is None:  # the axis before the spatial ones: -3 for images, -4 for volumes
+        label_axis = -(spatial_ndim + 1)
     ndim = len(unary_shape)
     if ndim not in (spatial_ndim + 1, spatial_ndim + 2):
         if spatial_ndim == 2:
