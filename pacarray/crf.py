@@ -126,10 +126,12 @@ class PairwiseTerm:
                     f"PairwiseTerm features must be 'appearance', 'smoothness' or an array, "
                     f"got {self.features!r}"
                 )
-        elif np.ndim(self.features) not in (2, 3, 4, 5):
+        elif np.ndim(self.features) not in (3, 4, 5):
+            # 3-5 dimensions: (F, H, W) / (N, F, H, W), volumes (F, D, H, W) / (N, F, D, H, W),
+            # signals (N, F, W); each call checks the rank against its data.
             raise ValueError(
-                f"PairwiseTerm features array must have shape (F, *spatial) or "
-                f"(N, F, *spatial), got "
+                f"PairwiseTerm features array must have shape (F, H, W) or (N, F, H, W) "
+                f"((F, D, H, W) or (N, F, D, H, W) for volumes), got "
                 f"shape {np.shape(self.features)}"
             )
         if not _args.is_int(self.blur) or self.blur < 1:

@@ -137,3 +137,16 @@ def test_bad_volume_input(rng):
         pac_crf(unary, image, pairwise=PairwiseTerm(sigma_spatial=(1.0, 2.0)), spatial_ndim=3)
     with pytest.raises(ValueError, match=r"pairwise\[0\]\.blur"):
         pac_crf(unary, image, pairwise=PairwiseTerm(blur=2), spatial_ndim=3)
+
+
+def test_volume_feature_array_equals_the_appearance_term(rng):
+    unary = rng.normal(size=(3, 3, 4, 5))
+    image = rng.random((3, 4, 5, 2))
+    appearance = PairwiseTerm(weight=1.0, kernel_size=3, sigma_spatial=1.5, sigma_color=0.4)
+    features = PairwiseTerm(weight=1.0, kernel_size=3, sigma_spatial=1.5,
+                            features=np.moveaxis(image, -1, 0) / 0.4)
+    expected = pac_crf(unary, image, pairwise=appearance, num_steps=2, spatial_ndim=3)
+    got = pac_crf(unary, pairwise=features, num_steps=2, spatial_ndim=3)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"pairwise\[0\]\.features"):
+        pac_crf(unary[:, :2], pairwise=features, spatial_ndim=3)
