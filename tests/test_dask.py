@@ -340,6 +340,10 @@ def _nd_filter_case(rng, dtype, op, shape):
             sigma_color=0.5, channel_axis=-1), {
             "data": (colour, (*spatial, rank)), "certainty": (certainty, spatial),
             "guide": (grey, spatial)}
+    if op == "upsample":  # the guide on the output grid, the last sample half covered
+        guide = rng.random(tuple(2 * n - 1 for n in shape)).astype(dtype)
+        return pacarray.joint_bilateral_upsample, dict(sigma_color=0.3, radius=1), {
+            "low": (grey, spatial), "guide": (guide, spatial)}
     if op == "detail":
         return pacarray.detail_preserving_pool, dict(size=3, stride=2, alpha=0.5,
                                                      lambda_=1.0), {"image": (grey, spatial)}
@@ -359,6 +363,8 @@ ND_FILTER_RUNS = [
     ("detail", (7, 9, 8), (3, 4, 3), np.float32),
     ("features", (5, 6, 7), (2, 3, 4), np.float32),
     ("features", (13,), (4,), np.float64),
+    ("upsample", (3, 4, 5), (2, 3, 2), np.float32),
+    ("upsample", (7,), (3,), np.float32),
 ]
 
 
