@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from . import _args
+from . import _args, _bilateral
 from ._bilateral import effective_radius
 from ._dispatch import namespace_of
 from ._geometry import as_tuple, make_geometry
@@ -635,23 +635,33 @@ def pac_pool(*args, **kwargs):
 
 
 def _image_axes(image, channel_axis, name="image"):
-    """``(spatial axes, channel axis or None)`` of a filter's image, with the in-memory
-    errors for a wrong layout."""
-    _, axis = _args.channels_first(image, channel_axis, name)
-    if axis is None:
-        return (0, 1), None
-    return tuple(a for a in range(3) if a != axis), axis
+    """``(spatial axes, channel axis or None)`` of a filter's image (a signal, image or volume,
+    with or without channels), with the in-memory errors for a wrong layout."""
+    _, axis = _args.channels_first(image, channel_axis, name, ranks=(1, 2, 3))
+    return tuple(a for a in range(image.ndim) if a != axis), axis
 
 
-def _guide_axes(guide, channel_axis):
-    """Spatial axes of a filter's guide: 2-D, or 3-D with channels along ``channel_axis`` (the
-    last axis when None)."""
-    if guide.ndim == 2:
-        return (0, 1)
-    if guide.ndim == 3:
-        axis = (-1 if channel_axis is None else channel_axis) % 3
-        return tuple(a for a in range(3) if a != axis)
-    raise ValueError(f"guide must be 2-D or 3-D, got shape {tuple(guide.shape)}")
+def _guide_axes(guide, channel_axis, rank):
+    """Spatial axes of a filter's guide for an image of ``rank`` spatial axes: ``rank``-D, or
+    one more axis with channels along ``channel_axis`` (the last axis when None)."""
+    if guide.ndim == rank:
+        return tuple(range(rank))
+    if guide.ndim == rank + 1:
+        axis = (-1 if channel_axis is None else channel_axis) % guide.ndim
+        return tuple(a for a in range(guide.ndim) if a != axis)
+    raise ValueError(f"guide must be {rank}-D or {rank + 1}-D (the image's {rank} spatial axes, "
+                     f"with or without a channel axis), got shape {tuple(guide.shape)}")
+
+
+def _pixel_radius(arguments, shape):
+    """``(radius, pixel sigma)`` per spatial axis by the in-memory filters' rule: ``radius``
+    or ``ceil(3 sigma / spacing)`` per axis (``pacarray._bilateral.radius_per_axis``)."""
+    rank = len(shape)
+    sigmas = _bilateral.per_axis(arguments["sigma_spatial"], "sigma_spatial", rank, shape)
+    spacing = _bilateral.per_axis(arguments.get("spacing"), "spacing", rank, shape,
+                                  default=1.0)
+    pixel_sigma = tuple(s / d for s, d in zip(sigmas, spacing))
+    return _bilateral.radius_per_axis(arguments["radius"], pixel_sigma, 3.0, shape), pixel_sigma
 
 
 def _filter_dtype(*arrays):
@@ -671,15 +681,19 @@ def bilateral_filter(*args, **kwargs):
     channel_axis, window = arguments["channel_axis"], arguments["window"]
     spatial, _ = _image_axes(image, channel_axis)
     shape = tuple(image.shape[a] for a in spatial)
-    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
-    radius = _args.radius_value(arguments["radius"], sigma, 3.0, shape)
+    radius, pixel_sigma = _pixel_radius(arguments, shape)
     local_radius, local_window = radius, window
     dtype = _filter_dtype(image, guide)
     if dtype in (np.float32, np.float64) and window in ("disk", "square"):
-        reach = effective_radius(radius, sigma, dtype)
+        reach = tuple(effective_radius(r, s, dtype) for r, s in zip(radius, pixel_sigma))
         # Taps beyond ``reach`` weigh exactly 0: a smaller radius with the same taps keeps every
-        # block's radius within its own size limit.
-        if reach < radius and (window == "square" or radius * radius >= 2 * reach * reach):
+        # block's radius within its own size limit. A disk becomes the box of ``reach`` only
+        # when that box lies inside it (the in-memory window test, BilateralProblem._inside).
+        if len(set(radius)) == 1:
+            inside = sum(r * r for r in reach) <= radius[0] * radius[0]
+        else:
+            inside = sum((q / r) ** 2 for q, r in zip(reach, radius) if r > 0) <= 1.0
+        if reach != radius and (window == "square" or inside):
             local_radius, local_window = reach, "square"
     else:
         reach = radius
@@ -688,13 +702,14 @@ def bilateral_filter(*args, **kwargs):
     names = ("image",)
     if guide is not None:
         operands.append(_Operand("guide", guide, _letters(guide.ndim,
-                                                          _guide_axes(guide, channel_axis),
+                                                          _guide_axes(guide, channel_axis,
+                                                                      len(shape)),
                                                           None, fresh)))
         names += ("guide",)
     keywords = _without(arguments, *names)
     keywords.update(radius=local_radius, window=local_window)
     call = _Call(filters.bilateral_filter, names, keywords)
-    rules = [_Same(n, reach, proxy_size=2 * reach + 1) for n in shape]
+    rules = [_Same(n, q, proxy_size=2 * q + 1) for n, q in zip(shape, reach)]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
     return _lazy(call, operands, rules, operands[0].index, sample.dtype,
@@ -708,7 +723,7 @@ def joint_bilateral_upsample(*args, **kwargs):
     low, guide, channel_axis = arguments["low"], arguments["guide"], arguments["channel_axis"]
     _check_arguments({"low": low, "guide": guide}, {})
     spatial, _ = _image_axes(low, channel_axis, "low")
-    guide_spatial = _guide_axes(guide, channel_axis)
+    guide_spatial = _guide_axes(guide, channel_axis, len(spatial))
     low_shape = tuple(low.shape[a] for a in spatial)
     high_shape = tuple(guide.shape[a] for a in guide_spatial)
     factors = _args.upsample_factors(arguments["factor"], low_shape, high_shape)
@@ -731,18 +746,21 @@ def joint_bilateral_upsample(*args, **kwargs):
 @dataclass(frozen=True)
 class _PackedNormalized(_Call):
     """``normalized_convolution`` on one block (``output=None``), both results stacked as
-    ``(C + Cc, H, W)``."""
+    ``(C + Cc, *S)``."""
 
     channel_axis: int | None = None
+    rank: int = 2
 
     def __call__(self, arrays, starts):
         result, confidence = super().__call__(arrays, starts)
         xp = namespace_of(result)
-        result, _ = _args.channels_first(result, self.channel_axis, "result")
-        if confidence.ndim == 2:
+        ranks = (self.rank,)
+        result, _ = _args.channels_first(result, self.channel_axis, "result", ranks)
+        if confidence.ndim == self.rank:
             confidence = confidence[None]
         else:
-            confidence, _ = _args.channels_first(confidence, self.channel_axis, "confidence")
+            confidence, _ = _args.channels_first(confidence, self.channel_axis, "confidence",
+                                                 ranks)
         return xp.concatenate([result, confidence.astype(result.dtype, copy=False)])
 
 
@@ -760,7 +778,7 @@ def normalized_convolution(*args, **kwargs):
     spatial, axis = _image_axes(data, channel_axis, "data")
     shape = tuple(data.shape[a] for a in spatial)
     if tuple(certainty.shape) == shape:
-        certainty_spatial = (0, 1)
+        certainty_spatial = tuple(range(len(shape)))
     elif tuple(certainty.shape) == tuple(data.shape) and axis is not None:
         certainty_spatial = spatial
     else:
@@ -768,8 +786,7 @@ def normalized_convolution(*args, **kwargs):
             f"certainty must have shape {shape} or the data's shape {tuple(data.shape)}, got "
             f"{tuple(certainty.shape)}"
         )
-    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
-    radius = _args.radius_value(arguments["radius"], sigma, 3.0, shape)
+    radius, _ = _pixel_radius(arguments, shape)
     fresh = _fresh()
     operands = [
         _Operand("data", data, _letters(data.ndim, spatial, None, fresh)),
@@ -779,7 +796,8 @@ def normalized_convolution(*args, **kwargs):
     names = ("data", "certainty")
     if guide is not None:
         operands.append(_Operand("guide", guide, _letters(guide.ndim,
-                                                          _guide_axes(guide, channel_axis),
+                                                          _guide_axes(guide, channel_axis,
+                                                                      len(shape)),
                                                           None, fresh)))
         names += ("guide",)
     output = arguments.get("output")
@@ -788,14 +806,14 @@ def normalized_convolution(*args, **kwargs):
     # is applied after unpacking.
     keywords.update(radius=radius, **({"output": None} if "output" in arguments else {}))
     call = _PackedNormalized(filters.normalized_convolution, names, keywords,
-                             channel_axis=axis)
-    rules = [_Same(n, radius, proxy_size=2 * radius + 1) for n in shape]
+                             channel_axis=axis, rank=len(shape))
+    rules = [_Same(n, r, proxy_size=2 * r + 1) for n, r in zip(shape, radius)]
     _check_spatial(operands, rules)
     sample = _dry_run(call, operands, rules)
     if output is not None:  # its errors now, as the in-memory call raises them
         _args.cast_output(np, np.zeros(1, sample.dtype), output)
     channels = 1 if axis is None else data.shape[axis]
-    packed = _lazy(call, operands, rules, "Pyx", sample.dtype,
+    packed = _lazy(call, operands, rules, "P" + _spatial_letters(len(shape)), sample.dtype,
                    new_axes={"P": int(sample.shape[0])})
     result = packed[:channels]
     result = result[0] if axis is None else da.moveaxis(result, 0, axis)
@@ -804,7 +822,7 @@ def normalized_convolution(*args, **kwargs):
                                    dtype=_args.cast_output(np, np.zeros(1, sample.dtype),
                                                            output).dtype)
     confidence = packed[channels:]
-    if certainty.ndim == 2:
+    if certainty.ndim == len(shape):
         confidence = confidence[0]
     else:
         confidence = da.moveaxis(confidence, 0, axis)
@@ -819,10 +837,11 @@ def detail_preserving_pool(*args, **kwargs):
     _check_arguments({"image": image}, {name: arguments[name]
                                         for name in ("alpha", "lambda_", "smooth")})
     spatial, _ = _image_axes(image, arguments["channel_axis"])
-    sizes = _args.int_tuple(arguments["size"], "size", 2)
+    rank = len(spatial)
+    sizes = _args.int_tuple(arguments["size"], "size", rank)
     stride = arguments["stride"]
-    strides = sizes if stride is None else _args.int_tuple(stride, "stride", 2)
-    smooth_radius = _smooth_radius(arguments["smooth"], True)
+    strides = sizes if stride is None else _args.int_tuple(stride, "stride", rank)
+    smooth_radius = _smooth_radius(arguments["smooth"], True, rank)
     keywords = _without(arguments, "image")
     keywords.update(size=sizes, stride=strides)
     call = _Call(pooling.detail_preserving_pool, ("image",), keywords)
@@ -843,17 +862,26 @@ def detail_preserving_pool(*args, **kwargs):
 class _Features(_Call):
     """``color_position_features`` on one block, coordinates of the whole image."""
 
-    sigma_spatial: float = 1.0
+    sigma_spatial: tuple = (1.0, 1.0)  # per spatial axis
+    spacing: tuple = (1.0, 1.0)
 
     def __call__(self, arrays, starts):
         features = super().__call__(arrays, starts)
         xp = namespace_of(features)
         dtype = features.dtype
-        sigma = dtype.type(float(self.sigma_spatial))
-        height, width = features.shape[2:]
+        spatial = features.shape[2:]
+        rank = len(spatial)
         # The same arithmetic as the in-memory call, on the block's global coordinates.
-        features[0, -2] = (xp.arange(starts[0], starts[0] + height, dtype=dtype) / sigma)[:, None]
-        features[0, -1] = (xp.arange(starts[1], starts[1] + width, dtype=dtype) / sigma)[None]
+        for axis, (start, size, sigma, step) in enumerate(
+                zip(starts, spatial, self.sigma_spatial, self.spacing)):
+            if step == 1.0:
+                coordinate = xp.arange(start, start + size, dtype=dtype) / dtype.type(sigma)
+            else:
+                coordinate = xp.asarray(np.arange(start, start + size) * step / sigma,
+                                        dtype=dtype)
+            shape = [1] * rank
+            shape[axis] = size
+            features[0, features.shape[1] - rank + axis] = coordinate.reshape(shape)
         return features
 
 
@@ -864,13 +892,16 @@ def color_position_features(*args, **kwargs):
     image = arguments["image"]
     _check_arguments({"image": image}, {"sigma_color": arguments["sigma_color"]})
     spatial, _ = _image_axes(image, arguments["channel_axis"])
-    sigma = _args.positive_scalar(arguments["sigma_spatial"], "sigma_spatial")
+    shape = tuple(int(image.shape[a]) for a in spatial)
+    sigmas = _bilateral.per_axis(arguments["sigma_spatial"], "sigma_spatial", len(shape), shape)
+    spacing = _bilateral.per_axis(arguments["spacing"], "spacing", len(shape), shape,
+                                  default=1.0)
     call = _Features(features.color_position_features, ("image",),
-                     _without(arguments, "image"), sigma_spatial=sigma)
+                     _without(arguments, "image"), sigma_spatial=sigmas, spacing=spacing)
     rules = [_Same(image.shape[a], 0) for a in spatial]
     operands = [_Operand("image", image, _letters(image.ndim, spatial, None, _fresh()))]
     sample = _dry_run(call, operands, rules)
-    return _lazy(call, operands, rules, "NFyx", sample.dtype,
+    return _lazy(call, operands, rules, "NF" + _spatial_letters(len(shape)), sample.dtype,
                  new_axes={"N": 1, "F": int(sample.shape[1])})
 
 

@@ -57,8 +57,8 @@ def _centres(template, axes, sizes, starts, steps):
 
 
 def _spatial_axes(ndim, channel_axis):
-    if channel_axis is None:
-        return (0, 1)
+    if channel_axis is None:  # a signal, image or volume: every axis is spatial
+        return tuple(range(ndim))
     channel = channel_axis % ndim
     return tuple(a for a in range(ndim) if a != channel)
 
@@ -84,8 +84,9 @@ def joint_bilateral_upsample(low, guide, **keywords):
     dims = list(low.dims)
     if isinstance(guide, xr.DataArray):
         # Spatial dimensions (and their coordinates) from the guide, channels from ``low``.
-        guide_axes = (0, 1) if guide.ndim == 2 else _spatial_axes(
-            3, -1 if channel_axis is None else channel_axis)
+        rank = low.ndim - (channel_axis is not None)
+        guide_axes = tuple(range(rank)) if guide.ndim == rank else _spatial_axes(
+            guide.ndim, -1 if channel_axis is None else channel_axis)
         for axis, guide_axis in zip(_spatial_axes(low.ndim, channel_axis), guide_axes):
             dims[axis] = guide.dims[guide_axis]
     return _wrap(result, low, dims=dims, coords_from=(guide,))
@@ -112,10 +113,10 @@ def detail_preserving_pool(image, size=3, **keywords):
     from . import pooling
 
     result = pooling.detail_preserving_pool(_data(image), size, **_unwrapped(keywords))
-    sizes = as_tuple(size, "size")
-    stride = keywords.get("stride")
-    strides = sizes if stride is None else as_tuple(stride, "stride")
     axes = _spatial_axes(image.ndim, keywords.get("channel_axis"))
+    sizes = as_tuple(size, "size", len(axes))
+    stride = keywords.get("stride")
+    strides = sizes if stride is None else as_tuple(stride, "stride", len(axes))
     out = [result.shape[a] for a in axes]
     centres = _centres(image, axes, out, [(k - 1) // 2 for k in sizes], strides)
     return _wrap(result, centres)

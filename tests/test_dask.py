@@ -317,6 +317,76 @@ def test_signals_and_volumes_equal_in_memory(op, shape, chunks, dtype, guided):
     _assert_equal_to_memory(result, expected)
 
 
+def _nd_filter_case(rng, dtype, op, shape):
+    """``(function, args, keywords, pixels)`` of a filter on a signal or volume of spatial
+    ``shape``: ``pixels`` maps each per-pixel argument's name to (array, spatial axes)."""
+    rank = len(shape)
+    grey = rng.random(shape).astype(dtype)
+    colour = rng.random((*shape, 2)).astype(dtype)
+    spatial = tuple(range(rank))
+    spacing = (2.0, 1.0, 1.5)[-rank:]
+    if op == "bilateral":  # per-axis sigma and spacing: radius ceil(3 sigma / spacing)
+        return pacarray.bilateral_filter, dict(
+            sigma_spatial=(1.2, 0.9, 1.0)[-rank:], sigma_color=0.3, spacing=spacing), {
+            "image": (grey, spatial)}
+    if op == "bilateral-colour":  # a disk turned into its square of reach by the flush rule
+        return pacarray.bilateral_filter, dict(
+            sigma_spatial=0.25, sigma_color=0.4, radius=3, channel_axis=-1, spacing=spacing,
+            mode="wrap"), {"image": (colour, (*spatial, rank))}
+    if op == "normalized":
+        certainty = (rng.random(shape) > 0.4).astype(dtype)
+        return pacarray.normalized_convolution, dict(
+            sigma_spatial=1.0, radius=(1, 2, 1)[-rank:], spacing=(1.0, 0.8, 1.0)[-rank:],
+            sigma_color=0.5, channel_axis=-1), {
+            "data": (colour, (*spatial, rank)), "certainty": (certainty, spatial),
+            "guide": (grey, spatial)}
+    if op == "upsample":  # the guide on the output grid, the last sample half covered
+        guide = rng.random(tuple(2 * n - 1 for n in shape)).astype(dtype)
+        return pacarray.joint_bilateral_upsample, dict(sigma_color=0.3, radius=1), {
+            "low": (grey, spatial), "guide": (guide, spatial)}
+    if op == "detail":
+        return pacarray.detail_preserving_pool, dict(size=3, stride=2, alpha=0.5,
+                                                     lambda_=1.0), {"image": (grey, spatial)}
+    return pacarray.color_position_features, dict(
+        sigma_spatial=(2.0, 1.5, 3.0)[-rank:], sigma_color=0.2, channel_axis=-1,
+        spacing=spacing), {"image": (colour, (*spatial, rank))}
+
+
+#: (op, spatial shape, spatial chunks, dtype): odd cuts and chunks thinner than the halo.
+ND_FILTER_RUNS = [
+    ("bilateral", (29,), (4,), np.float64),
+    ("bilateral", (7, 9, 8), (3, 2, 5), np.float32),
+    ("bilateral-colour", (6, 7, 9), (2, 3, 4), np.float32),
+    ("normalized", (31,), (3,), np.float32),
+    ("normalized", (7, 8, 9), (4, 1, 5), np.float64),
+    ("detail", (23,), (5,), np.float32),
+    ("detail", (7, 9, 8), (3, 4, 3), np.float32),
+    ("features", (5, 6, 7), (2, 3, 4), np.float32),
+    ("features", (13,), (4,), np.float64),
+    ("upsample", (3, 4, 5), (2, 3, 2), np.float32),
+    ("upsample", (7,), (3,), np.float32),
+]
+
+
+@pytest.mark.parametrize("op, shape, chunks, dtype", ND_FILTER_RUNS,
+                         ids=[f"{o}-{len(s)}d-{'x'.join(map(str, c))}-{np.dtype(d).name}"
+                              for o, s, c, d in ND_FILTER_RUNS])
+def test_filters_on_signals_and_volumes_equal_in_memory(op, shape, chunks, dtype):
+    rng = np.random.default_rng(len(shape) * 7 + len(op))
+    function, keywords, pixels = _nd_filter_case(rng, dtype, op, shape)
+    data = next(iter(pixels))
+    expected = function(**{name: array for name, (array, _) in pixels.items()}, **keywords)
+    # The other per-pixel arguments chunked unlike the data (one more pixel per chunk).
+    lazy = {name: _lazy(array, axes, chunks if name == data else tuple(c + 1 for c in chunks))
+            for name, (array, axes) in pixels.items()}
+    result = function(**lazy, **keywords)
+    results = result if isinstance(result, tuple) else (result,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for got, want in zip(results, expected, strict=True):
+        assert max(map(len, got.chunks)) > 1  # the planning kept more than one block
+        _assert_equal_to_memory(got, want)
+
+
 def test_volume_output_chunks_line_up_per_axis():
     rng = np.random.default_rng(3)
     x = _lazy(rng.random((1, 2, 8, 12, 10)), (2, 3, 4), (4, 6, 5))
