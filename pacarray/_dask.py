@@ -968,6 +968,13 @@ def pac_crf(*args, **kwargs):
 
     arguments = _arguments(crf.pac_crf, args, kwargs)
     unary, image = arguments["unary"], arguments["image"]
+    if arguments.get("spatial_ndim", 2) != 2:
+        # The CRF's blocks and halos are planned for images; a volume under Dask is not yet.
+        raise NotImplementedError(
+            f"pac_crf on Dask arrays supports spatial_ndim=2 only, got "
+            f"spatial_ndim={arguments['spatial_ndim']!r}: compute the volume first "
+            "(unary.compute()) to run it in memory"
+        )
     terms = crf._check_pairwise(arguments["pairwise"])
     feature_terms = tuple(i for i, t in enumerate(terms) if _is_dask(t.features))
     pixels = {"unary": unary, "image": image}

@@ -723,3 +723,10 @@ def test_cupy_chunks_stay_on_the_device():
     expected = pacarray.bilateral_filter(cupy.asarray(image), sigma_spatial=1.5,
                                          sigma_color=0.2, channel_axis=-1)
     assert float(abs(value - expected).max()) <= 1e-6
+
+
+def test_crf_volume_under_dask_is_rejected_by_name():
+    unary = da.from_array(np.zeros((2, 3, 4, 5), np.float32), chunks=(2, 3, 2, 5))
+    image = np.zeros((3, 4, 5), np.float32)
+    with pytest.raises(NotImplementedError, match="spatial_ndim=3"):
+        pacarray.pac_crf(unary, da.from_array(image), spatial_ndim=3)
