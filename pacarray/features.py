@@ -46,7 +46,7 @@ def color_position_features(image, *, sigma_spatial, sigma_color, channel_axis=N
 
     Returns
     -------
-    features : ndarray, shape (1, C + r, *S)
+    features : ndarray, shape ``(1, C + r, *S)``
         A batch of one, ready to pass as ``guide``: channels ``0 .. C-1`` are the colours,
         ``C .. C + r - 1`` the coordinates along the ``r`` spatial axes (row and column for an
         image), each scaled. float32 unless the image is float64.

@@ -212,7 +212,7 @@ def pac_kernel(
         guide's spatial rank.
     spatial_weight : array_like, shape kernel_size, optional
         Multiplies the kernel and takes part in the normalization (see :func:`spatial_window`).
-    mask : array_like, shape (N, 1, *S), optional
+    mask : array_like, shape ``(N, 1, *S)``, optional
         Values in [0, 1]; multiplies the kernel at the neighbour position.
     normalize : {None, "kernel", "mask", "mask_kernel"}
         Divide by the sum over in-range taps of ``K*G``, of ``M``, or of ``M*K*G``.
@@ -228,7 +228,7 @@ def pac_kernel(
 
     Returns
     -------
-    K : ndarray, shape (N, 1|F, *kernel_size, *out)
+    K : ndarray, shape ``(N, 1|F, *kernel_size, *out)``
         ``M[q] * G[a] * kappa(fc, fq) / Z``; 0 for out-of-range taps and where ``Z == 0``.
     valid : ndarray of bool, only with ``return_validity=True``
 

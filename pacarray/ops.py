@@ -200,9 +200,9 @@ def pac_conv(
         Filter weights; a ``(1, 1, kh, kw)`` filter is shared by every channel separately
         (output has C channels).
     bias : array_like, shape (C_out,), optional
-    kernel : array_like, shape (N, 1|C, *kernel_size, *out), optional
+    kernel : array_like, shape ``(N, 1|C, *kernel_size, *out)``, optional
         An explicit adaptive kernel from :func:`pac_kernel`.
-    guide : array_like, shape (N, F, *S), optional
+    guide : array_like, shape ``(N, F, *S)``, optional
         Guide features: the kernel is computed on the fly (fused, never materialized), exactly as
         ``pac_kernel(guide, ...)`` with the same keywords. Without ``kernel`` and ``guide`` the
         adaptive kernel is 1 (times spatial weight / mask / normalization if given): ordinary
@@ -283,9 +283,9 @@ def pac_conv_transpose(
     x : array_like, shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W)
     weight : array_like, shape (C, C_out, kh, kw) or (1, 1, kh, kw)
     bias : array_like, shape (C_out,), optional
-    kernel : array_like, shape (N, 1|C, *kernel_size, *out), optional
+    kernel : array_like, shape ``(N, 1|C, *kernel_size, *out)``, optional
         Explicit kernel from ``pac_kernel(guide, ..., transposed=True)``.
-    guide : array_like, shape (N, F, *out), optional
+    guide : array_like, shape ``(N, F, *out)``, optional
         Guide at the output resolution (fused path).
     family, smooth, spatial_weight, mask, normalize, channel_wise
         As in :func:`pac_kernel`; the mask lives at the output resolution.
@@ -356,9 +356,9 @@ def pac_pool(
     x : array_like, shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W)
     kernel_size : int or tuple of int
         Odd number of taps per dimension.
-    kernel : array_like, shape (N, 1|C, *kernel_size, *out), optional
+    kernel : array_like, shape ``(N, 1|C, *kernel_size, *out)``, optional
         Explicit kernel from :func:`pac_kernel`.
-    guide : array_like, shape (N, F, *S), optional
+    guide : array_like, shape ``(N, F, *S)``, optional
         Guide features for the fused path.
     family, smooth, spatial_weight, mask, normalize, channel_wise
         As in :func:`pac_kernel`.

@@ -1022,10 +1022,16 @@ def test_defect_overflowing_inverse_power_raises():
         pac_pool(X, 3, guide=GUIDE, family=InversePower(0.0, 1e4), normalize="kernel")
 
 
-def test_defect_three_d_image_message_does_not_send_volumes_to_channel_axis():
-    with pytest.raises(ValueError, match=r"\(4, 8, 8\)") as error:
-        bilateral_filter(np.zeros((4, 8, 8)), **SIGMAS)
-    assert "volumes" in str(error.value) and "not supported" in str(error.value)
+def test_defect_three_d_image_is_a_volume_and_channel_axis_a_choice():
+    # Issue 17: a (48, 128, 128) array was rejected with a hint (channel_axis=0) that then
+    # filtered it as a 48-channel image. Volumes exist now: without channel_axis the array is a
+    # volume (filtered across depth too); with channel_axis=0 it is a multichannel image. Both
+    # are defined and different.
+    stack = np.random.default_rng(2).random((4, 8, 8))
+    volume = bilateral_filter(stack, **SIGMAS)
+    channels = bilateral_filter(stack, channel_axis=0, **SIGMAS)
+    assert volume.shape == channels.shape == stack.shape
+    assert np.all(np.isfinite(volume)) and not np.allclose(volume, channels)
 
 
 def test_defect_masked_arrays_raise():
