@@ -13,6 +13,7 @@ from .gradients import pac_conv_transpose_vjp, pac_conv_vjp, pac_kernel_vjp, pac
 from .kernels import Gaussian, InversePower, pac_kernel, spatial_window
 from .ops import pac_conv, pac_conv_transpose, pac_pool
 from .pooling import detail_preserving_pool
+from ._progress import progress
 from ._warmup import warmup
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "pac_kernel_vjp",
     "pac_pool",
     "pac_pool_vjp",
+    "progress",
     "spatial_window",
     "testing",
     "warmup",

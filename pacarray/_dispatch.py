@@ -78,7 +78,9 @@ def delegate_lazy(name: str):
     """Decorator of a public forward function: a call with a Dask array or an
     ``xarray.DataArray`` among its arguments goes to the function ``name`` of
     ``pacarray._dask`` or ``pacarray._xarray`` (imported then, so ``import pacarray`` never
-    imports Dask or xarray); any other call runs the decorated function unchanged.
+    imports Dask or xarray); inside ``pacarray.progress`` a large in-memory call is cut into
+    blocks by :func:`pacarray._progress.blocked_call`; any other call runs the decorated
+    function unchanged.
 
     The containers are recognised by their type's module, like CuPy arrays. Only the top-level
     arguments are inspected; a lazy array nested elsewhere (a ``PairwiseTerm``'s features, say)
@@ -90,7 +92,10 @@ def delegate_lazy(name: str):
         def dispatching(*args, **kwargs):
             module = _lazy_module((*args, *kwargs.values()))
             if module is None:
-                return function(*args, **kwargs)
+                from . import _progress
+
+                blocked = _progress.blocked_call(name, function, args, kwargs)
+                return function(*args, **kwargs) if blocked is None else blocked
             return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
         return dispatching
