@@ -477,8 +477,19 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype):
             f"{ndim}-D spatial data; use blur=1 or a larger dilation"
         )
     guide = _term_guide(xp, term, name, planes, batch, shape, dtype)
-    if guide is not None and term.blur > 1:
-        guide = _mean_field.block_mean(xp, guide, term.blur)
+    fine_guide = group = None
+    if term.blur > 1:
+        # The full-resolution features guide the upsampling; terms whose features are equal
+        # (appearance terms of one colour bandwidth) share it (docs/design.md §1).
+        fine_guide = guide
+        if term.features == "smoothness":
+            group = ("smoothness",)
+        elif isinstance(term.features, str):
+            group = ("appearance", float(term.sigma_color))
+        else:
+            group = ("features", index)
+        if guide is not None:
+            guide = _mean_field.block_mean(xp, guide, term.blur)
     if guide is not None:
         guide = xp.ascontiguousarray(guide)
     kernel_size = _rank_tuple(term.kernel_size, f"{name}.kernel_size", ndim)
@@ -501,6 +512,8 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype):
         spatial=_args.cast(xp, xp.asarray(spatial), dtype),
         dilation=dilation,
         blur=int(term.blur),
+        fine_guide=fine_guide,
+        group=group,
     )
 
 

@@ -32,9 +32,11 @@ def oracle_block_mean(array, factor):
     return out
 
 
-def oracle_upsample(array, shape, factor):
+def oracle_upsample(array, shape, factor, features=None, coarse_features=None):
     """Bilinear interpolation; full-resolution pixel y sits at coarse coordinate
-    (y + 0.5) / factor - 0.5, clamped to the coarse grid."""
+    (y + 0.5) / factor - 0.5, clamped to the coarse grid. With features (joint-bilateral
+    upsampling), each of the four cells' bilinear weight is multiplied by
+    exp(-|f_pixel - f_cell|^2 / 2) + 1e-3 and the four are normalized to sum to 1."""
     low_h, low_w = array.shape[-2:]
     out = np.zeros((*array.shape[:-2], *shape))
     for y in range(shape[0]):
@@ -45,10 +47,17 @@ def oracle_upsample(array, shape, factor):
             cx = min(max((x + 0.5) / factor - 0.5, 0.0), low_w - 1)
             x0 = int(math.floor(cx))
             x1, wx = min(x0 + 1, low_w - 1), cx - math.floor(cx)
-            out[..., y, x] = (
-                (1 - wy) * (1 - wx) * array[..., y0, x0] + (1 - wy) * wx * array[..., y0, x1]
-                + wy * (1 - wx) * array[..., y1, x0] + wy * wx * array[..., y1, x1]
-            )
+            cells = [((1 - wy) * (1 - wx), y0, x0), ((1 - wy) * wx, y0, x1),
+                     (wy * (1 - wx), y1, x0), (wy * wx, y1, x1)]
+            if features is not None:
+                cells = [
+                    (w * (math.exp(-0.5 * float(np.sum(
+                        (features[:, y, x] - coarse_features[:, cy_, cx_]) ** 2))) + 1e-3),
+                     cy_, cx_)
+                    for w, cy_, cx_ in cells
+                ]
+            total = sum(w for w, _, _ in cells)
+            out[..., y, x] = sum(w / total * array[..., cy_, cx_] for w, cy_, cx_ in cells)
     return out
 
 
@@ -109,7 +118,7 @@ def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=
                 coarse_f = None if features is None else oracle_block_mean(features, b)
                 sigma = None if term.sigma_spatial is None else term.sigma_spatial / b
                 coarse = oracle_message(coarse_q, coarse_f, kernel_size, dilation, sigma)
-                message = b * b * oracle_upsample(coarse, (height, width), b)
+                message = b * b * oracle_upsample(coarse, (height, width), b, features, coarse_f)
             pairwise += term.weight * message
         logits = unary_weight * unary - np.einsum("ab,bhw->ahw", mu, pairwise)
         q = oracle_softmax(logits)
