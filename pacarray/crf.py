@@ -24,7 +24,8 @@ from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from ._geometry import as_tuple
 from .kernels import spatial_window
 
-__all__ = ["PairwiseTerm", "DEFAULT_PAIRWISE", "CRFGradients", "pac_crf", "pac_crf_vjp"]
+__all__ = ["PairwiseTerm", "DEFAULT_PAIRWISE", "FAST_PAIRWISE", "CRFGradients", "pac_crf",
+           "pac_crf_vjp"]
 
 #: Probabilities are clipped to at least this before the logarithm (``input="probabilities"``),
 #: so that a label the classifier ruled out can still win where the image evidence is strong.
@@ -176,6 +177,30 @@ def _default_pairwise():
 #: k-means labellings of photographs with unaries degraded by 8x down/up-sampling and noise
 #: (log-probability scale): protocol and numbers in the segmentation guide.
 DEFAULT_PAIRWISE = _default_pairwise()
+
+
+def _fast_pairwise():
+    # 16 taps against the default's 56: the time of a step is a softmax pass plus a share per
+    # tap, so this set runs in about half the time at 512 x 512 and 21 labels; its IoU gain
+    # is about 0.05 lower. A 3x3 edge-aware window plus two "+" shapes (4 taps each) at 8
+    # and 48 pixels: for the same tap count, crosses reaching far scored higher than a denser
+    # short window. docs/guide/segmentation.md has the measurements.
+    def cross(dilation, weight):
+        return [PairwiseTerm(weight=weight, kernel_size=shape, dilation=dilation,
+                             sigma_spatial=None, sigma_color=0.05)
+                for shape in ((1, 3), (3, 1))]
+
+    near = PairwiseTerm(weight=4.0, kernel_size=3, dilation=1, sigma_spatial=None,
+                        sigma_color=0.05)
+    return (near, *cross(8, 8.0), *cross(48, 16.0))
+
+
+#: A cheaper alternative to :data:`DEFAULT_PAIRWISE` (pass it as ``pairwise=``): 16 taps
+#: instead of 56, a 3x3 appearance window (weight 4) and "+"-shaped pairs of 1x3 / 3x1
+#: windows at dilations 8 (weight 8) and 48 (weight 16), flat, ``sigma_color=0.05``. About
+#: half the time of the defaults at 512 x 512 and 21 labels, for an IoU gain about 0.05
+#: lower on the segmentation guide's photographs.
+FAST_PAIRWISE = _fast_pairwise()
 
 
 class CRFGradients(NamedTuple):

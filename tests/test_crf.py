@@ -176,6 +176,31 @@ def test_matches_oracle(path, terms, num_steps, dtype, rng, assert_close):
     assert np.abs(result - oracle_softmax(unary.astype(np.float64))).max() > 1e-3
 
 
+def test_guided_upsampling_weights():
+    """Blurred terms' upsampling: with a flat image it is bilinear interpolation; at a vertical
+    edge a pixel takes almost all of its message from the cells on its own side."""
+    from pacarray import _mean_field
+
+    rng = np.random.default_rng(2)
+    coarse = rng.random((1, 2, 3, 4))
+    flat = np.full((1, 3, 12, 16), 0.7)
+    weights = _mean_field.upsample_weights(np, flat, _mean_field.block_mean(np, flat, 4), 4,
+                                           (1, 12, 16), np.dtype(np.float64))
+    guided = _mean_field.upsample_add(np, coarse, *weights, np.zeros((1, 2, 12, 16)))
+    np.testing.assert_allclose(guided, oracle_upsample(coarse, (12, 16), 4), rtol=1e-12)
+
+    edge = np.zeros((1, 1, 12, 16))
+    edge[..., 6:] = 10.0  # unit bandwidth: the two sides are far apart
+    weights, rows, cols = _mean_field.upsample_weights(
+        np, edge, _mean_field.block_mean(np, edge, 4), 4, (1, 12, 16), np.dtype(np.float64))
+    # Column 5 (dark) lies between cells 0 (dark) and 1 (mixed, mean 5), column 6 (bright)
+    # between cells 1 and 2 (bright); bilinear would give the mixed cell 7/8 of each.
+    assert (cols[0, 5], cols[1, 5], cols[0, 6], cols[1, 6]) == (0, 1, 1, 2)
+    left = weights[0, 0, :, 5] + weights[0, 2, :, 5]
+    right = weights[0, 1, :, 6] + weights[0, 3, :, 6]
+    assert left.min() > 0.99 and right.min() > 0.99, (left, right)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_matrix_compatibility_user_features_and_unary_weight(path, dtype, rng, assert_close):
     labels, height, width = 3, 8, 10
