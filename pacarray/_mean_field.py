@@ -125,7 +125,7 @@ def upsample_weights(xp, fine_guide, coarse_guide, factor, shape, dtype):
     normalized to sum to 1, where ``b_ic`` is the bilinear weight, ``f`` the full-resolution
     features (unit bandwidth) and ``g`` the coarse ones (block means): a pixel near an edge
     takes the message of the cells of its own colour rather than a mix across the edge
-    (``docs/design.md`` §1). Without features (``fine_guide`` None) this is :func:`upsample`.
+    (``docs/design.md`` §2). Without features (``fine_guide`` None) this is :func:`upsample`.
 
     Returns ``weights`` ``(N, 4, H, W)`` of ``dtype`` (corners in the order (top, left),
     (top, right), (bottom, left), (bottom, right)), ``rows`` ``(2, H)`` and ``cols``
@@ -274,25 +274,29 @@ def _step_terms(xp, terms):
     """The full-resolution terms as ``crf_step`` takes them: ``(guide, step_terms)``.
 
     ``guide`` stacks the features of every term that has some along axis 1 (``None`` when none
-    has), once per call rather than once per step; each step term is ``(weight, spatial,
-    dilation, features)`` with ``features`` the ``(start, stop)`` range of its features in
-    ``guide`` or ``None``. Terms of weight 0 are left out.
+    has), once per call rather than once per step, each feature array once (terms that share
+    one, such as appearance terms of one colour bandwidth, share its range); each step term is
+    ``(weight, spatial, dilation, features)`` with ``features`` the ``(start, stop)`` range of
+    its features in ``guide`` or ``None``. Terms of weight 0 are left out.
     """
     full = [t for t in terms if t.blur == 1 and t.weight != 0]
-    guides = [t.guide for t in full if t.guide is not None]
-    if not guides:
-        guide = None
-    elif len(guides) == 1:
-        guide = guides[0]
-    else:
-        guide = xp.ascontiguousarray(xp.concatenate(guides, axis=1))
-    step_terms, start = [], 0
+    ranges, parts, start = {}, [], 0
     for term in full:
-        features = None
-        if term.guide is not None:
-            features = (start, start + term.guide.shape[1])
-            start = features[1]
-        step_terms.append((term.weight, term.spatial, term.dilation, features))
+        if term.guide is not None and id(term.guide) not in ranges:
+            ranges[id(term.guide)] = (start, start + term.guide.shape[1])
+            start += term.guide.shape[1]
+            parts.append(term.guide)
+    if not parts:
+        guide = None
+    elif len(parts) == 1:
+        guide = parts[0]
+    else:
+        guide = xp.ascontiguousarray(xp.concatenate(parts, axis=1))
+    step_terms = [
+        (term.weight, term.spatial, term.dilation,
+         None if term.guide is None else ranges[id(term.guide)])
+        for term in full
+    ]
     return guide, tuple(step_terms)
 
 

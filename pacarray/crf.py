@@ -76,8 +76,13 @@ class PairwiseTerm:
     blur : int, default 1
         Run the term on a grid coarser by this factor: the label marginals and the features are
         averaged over ``blur x blur`` blocks, the message is computed there (kernel size and
-        dilation count coarse cells), upsampled bilinearly and multiplied by ``blur**2`` (each
-        cell stands for that many pixels). Large ranges stay cheap. Images only.
+        dilation count coarse cells), upsampled and multiplied by ``blur**2`` (each cell stands
+        for that many pixels). The upsampling is joint-bilateral when the term has features:
+        each pixel weighs the four cells of bilinear interpolation by ``exp(-1/2 |f_pixel -
+        f_cell|**2) + 0.001`` (``f_cell`` the block mean) and normalizes, so that at an edge
+        it takes the message of its own side; without features it is bilinear. Large ranges
+        stay cheap, at some cost in quality (a block's mean colour is no pixel's colour; the
+        segmentation guide has measurements). Images only.
 
     Examples
     --------
@@ -273,8 +278,9 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     if planes is not None:
         planes = _args.cast(xp, planes, dtype)
     compat = _compatibility_matrix(xp, compatibility, labels, dtype)
+    shared = {}  # appearance features by colour bandwidth: computed once, stacked once
     terms = [
-        _resolve_term(xp, term, index, planes, batch, tuple(spatial_shape), dtype)
+        _resolve_term(xp, term, index, planes, batch, tuple(spatial_shape), dtype, shared)
         for index, term in enumerate(pairwise)
     ]
     # Signals and volumes run on the generic entry points, whose N-D pac_pool computes the
@@ -486,7 +492,7 @@ def _compatibility_matrix(xp, compatibility, labels, dtype):
     return compat
 
 
-def _resolve_term(xp, term, index, planes, batch, shape, dtype):
+def _resolve_term(xp, term, index, planes, batch, shape, dtype, shared=None):
     """A :class:`PairwiseTerm` as the updates use it: guide on its grid, window with centre 0."""
     name = f"pairwise[{index}]"
     _args.fits_dtype(float(term.weight), f"{name}.weight", dtype)
@@ -501,11 +507,11 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype):
             f"{name}.blur={term.blur}: blurred terms run on images only, not on "
             f"{ndim}-D spatial data; use blur=1 or a larger dilation"
         )
-    guide = _term_guide(xp, term, name, planes, batch, shape, dtype)
+    guide = _term_guide(xp, term, name, planes, batch, shape, dtype, shared)
     fine_guide = group = None
     if term.blur > 1:
         # The full-resolution features guide the upsampling; terms whose features are equal
-        # (appearance terms of one colour bandwidth) share it (docs/design.md §1).
+        # (appearance terms of one colour bandwidth) share it (docs/design.md §2).
         fine_guide = guide
         if term.features == "smoothness":
             group = ("smoothness",)
@@ -554,8 +560,9 @@ def _rank_tuple(value, name, ndim):
     return tuple(int(v) for v in value)
 
 
-def _term_guide(xp, term, name, planes, batch, shape, dtype):
-    """The features a term compares at full resolution, ``(N, F, H, W)``, or None."""
+def _term_guide(xp, term, name, planes, batch, shape, dtype, shared=None):
+    """The features a term compares at full resolution, ``(N, F, H, W)``, or None. Appearance
+    features are taken from (and put in) ``shared``, by colour bandwidth, when given."""
     if isinstance(term.features, str):
         if term.features == "smoothness":
             return None
@@ -565,7 +572,12 @@ def _term_guide(xp, term, name, planes, batch, shape, dtype):
                 "image; pass image= or use features='smoothness'"
             )
         _args.inverse_fits_dtype(term.sigma_color, f"{name}.sigma_color", dtype)
-        return planes / dtype.type(term.sigma_color)
+        key = float(term.sigma_color)
+        if shared is None:
+            return planes / dtype.type(key)
+        if key not in shared:
+            shared[key] = planes / dtype.type(key)
+        return shared[key]
     guide = _args.convert(xp, term.features, f"{name}.features")
     _args.require_float(guide, f"{name}.features")
     if guide.ndim == len(shape) + 1:
@@ -627,6 +639,7 @@ def pac_crf(
         for unaries on the scale of log-probabilities and images on [0, 1] (or integer
         images). On a volume the same terms have cubic windows (the same taps and dilation
         along depth, in voxels: 3x3x3 and 5x5x5, 233 taps), measured on images only.
+        :data:`FAST_PAIRWISE` (16 taps) takes about half the time for a lower IoU gain.
     unary_weight : float, default 1.0
         Multiplies the unary (>= 0).
     input : {"logits", "probabilities"}, default "logits"
