@@ -16,6 +16,12 @@ to the CRF entry points of the backend module that the front end picked (``docs/
   ``terms`` (the CPU backend computes the terms' weights there once, when they fit its memory
   budget, rather than at every step; the generic implementation returns ``terms``).
 
+Two optional entry points make the blurred terms' grid changes fast; a backend without them
+gets the array-namespace versions of this module (same results):
+
+* ``crf_block_mean(q, factor)``: :func:`block_mean` of ``(N, L, H, W)`` marginals;
+* ``crf_upsample_add(coarse, weights, rows, cols, out)``: :func:`upsample_add`.
+
 The CPU backend runs them with the Numba kernels of ``pacarray._cpu._crf_kernels``; the others
 with the generic implementation of ``pacarray._generic.crf`` on ``pac_pool`` and its gradient.
 This module decides what is computed (blur, upsampling, the order of the sums, the chain rule),
@@ -24,7 +30,7 @@ never how a backend computes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +44,10 @@ class Term:
     spatial: object  # (kh, kw) spatial weights, centre 0
     dilation: tuple[int, int]
     blur: int
+    # Blurred terms only: the full-resolution features that guide the upsampling (None: plain
+    # bilinear) and a hashable key; terms of one blur with equal keys share their upsampling.
+    fine_guide: object = None
+    group: object = None
 
 
 @dataclass
@@ -50,6 +60,7 @@ class MeanField:
     terms: list  # of Term
     compatibility: object  # (L, L), or None for Potts
     num_steps: int
+    upsampling: dict = field(default_factory=dict)  # (blur, group) -> upsample_weights(...)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,23 +112,96 @@ def upsample(xp, array, shape, factor):
     return array
 
 
-def upsample_adjoint(xp, grad, low_shape, factor):
-    """Adjoint of :func:`upsample` (the transpose of the interpolation, axis by axis)."""
-    for axis, size_in in ((-1, low_shape[1]), (-2, low_shape[0])):
-        lo, hi, t = _interpolation(grad.shape[axis], size_in, factor)
-        t = xp.asarray(t.astype(grad.dtype))
-        if axis == -2:
-            t = t[:, None]
-        moved_shape = list(grad.shape)
-        moved_shape[axis] = size_in
-        out = xp.zeros(moved_shape, grad.dtype)
-        index = [slice(None)] * grad.ndim
-        index[axis] = xp.asarray(lo)
-        xp.add.at(out, tuple(index), grad * (1 - t))
-        index[axis] = xp.asarray(hi)
-        xp.add.at(out, tuple(index), grad * t)
-        grad = out
-    return grad
+#: Added to each coarse cell's colour affinity in :func:`upsample_weights`, so that a pixel
+#: unlike all four of its cells falls back to plain bilinear interpolation.
+UPSAMPLE_FLOOR = 1e-3
+
+
+def upsample_weights(xp, fine_guide, coarse_guide, factor, shape, dtype):
+    """Joint-bilateral upsampling of a blurred term: ``(weights, rows, cols)``.
+
+    Pixel ``i`` takes from each of the four coarse cells ``c`` that bilinear interpolation
+    uses (:func:`upsample`) the share ``b_ic (exp(-1/2 |f_i - g_c|**2) + UPSAMPLE_FLOOR)``,
+    normalized to sum to 1, where ``b_ic`` is the bilinear weight, ``f`` the full-resolution
+    features (unit bandwidth) and ``g`` the coarse ones (block means): a pixel near an edge
+    takes the message of the cells of its own colour rather than a mix across the edge
+    (``docs/design.md`` §2). Without features (``fine_guide`` None) this is :func:`upsample`.
+
+    Returns ``weights`` ``(N, 4, H, W)`` of ``dtype`` (corners in the order (top, left),
+    (top, right), (bottom, left), (bottom, right)), ``rows`` ``(2, H)`` and ``cols``
+    ``(2, W)`` (NumPy int64) the coarse rows / columns of the top / bottom and left / right
+    cells. ``shape`` is ``(N, H, W)``.
+    """
+    batch, height, width = shape
+    low_h, low_w = -(-height // factor), -(-width // factor)
+    y_lo, y_hi, ty = _interpolation(height, low_h, factor)
+    x_lo, x_hi, tx = _interpolation(width, low_w, factor)
+    corners = []
+    for rows, row_weight in ((y_lo, 1 - ty), (y_hi, ty)):
+        for cols, col_weight in ((x_lo, 1 - tx), (x_hi, tx)):
+            bilinear = xp.asarray(np.outer(row_weight, col_weight).astype(dtype))
+            if fine_guide is None:
+                corners.append(xp.broadcast_to(bilinear, (batch, height, width)))
+                continue
+            cell = xp.take(xp.take(coarse_guide, xp.asarray(rows), axis=2), xp.asarray(cols),
+                           axis=3)
+            distance = ((fine_guide - cell) ** 2).sum(axis=1)
+            corners.append(bilinear * (xp.exp(dtype.type(-0.5) * distance)
+                                       + dtype.type(UPSAMPLE_FLOOR)))
+    weights = xp.stack(corners, axis=1)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    return (xp.ascontiguousarray(weights.astype(dtype, copy=False)),
+            np.stack([y_lo, y_hi]).astype(np.int64), np.stack([x_lo, x_hi]).astype(np.int64))
+
+
+def upsample_add(xp, coarse, weights, rows, cols, out):
+    """``out[n, l, y, x] += sum_k weights[n, k, y, x] coarse[n, l, rows[k//2, y], cols[k%2, x]]``
+    (the weights and indices of :func:`upsample_weights`)."""
+    for k in range(4):
+        cell = xp.take(xp.take(coarse, xp.asarray(rows[k // 2]), axis=2),
+                       xp.asarray(cols[k % 2]), axis=3)
+        out += weights[:, k:k + 1] * cell
+    return out
+
+
+def upsample_add_adjoint(xp, grad, weights, rows, cols, low_shape):
+    """Adjoint of :func:`upsample_add` in its ``coarse`` argument: ``(N, L, h, w)``."""
+    batch, labels = grad.shape[:2]
+    out = xp.zeros((batch, labels, *low_shape), grad.dtype)
+    for k in range(4):
+        spread = weights[:, k:k + 1] * grad
+        by_row = xp.zeros((batch, labels, low_shape[0], grad.shape[3]), grad.dtype)
+        xp.add.at(by_row, (slice(None), slice(None), xp.asarray(rows[k // 2])), spread)
+        xp.add.at(out, (slice(None), slice(None), slice(None), xp.asarray(cols[k % 2])), by_row)
+    return out
+
+
+def _upsampling(field, term):
+    """The :func:`upsample_weights` of a blurred term, computed once per call and group."""
+    key = (term.blur, term.group)
+    if key not in field.upsampling:
+        unary = field.unary
+        field.upsampling[key] = upsample_weights(
+            field.xp, term.fine_guide, term.guide, term.blur,
+            (unary.shape[0], *unary.shape[2:]), unary.dtype)
+    return field.upsampling[key]
+
+
+def _pool(field, q, factor):
+    """Block means of the marginals, with the backend's kernel when it has one."""
+    pool = getattr(field.module, "crf_block_mean", None)
+    if pool is not None:
+        return pool(q, factor)
+    return field.xp.ascontiguousarray(block_mean(field.xp, q, factor))
+
+
+def _upsample_add(field, coarse, upsampling, out):
+    """:func:`upsample_add`, with the backend's kernel when it has one."""
+    add = getattr(field.module, "crf_upsample_add", None)
+    if add is not None:
+        add(coarse, *upsampling, out)
+    else:
+        upsample_add(field.xp, coarse, *upsampling, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,11 +212,12 @@ def pairwise_sum(field, q, weights, out):
     """``out = sum_k weights[k] * message_k(q)`` at full resolution (``out`` is overwritten).
 
     Terms of weight 0 are skipped. Blurred terms run on their coarse grid (the marginals are
-    pooled once per blur factor).
+    pooled once per blur factor); the coarse messages of the terms that share an upsampling
+    are summed there and upsampled once (:func:`upsample_weights`).
     """
     xp, module = field.xp, field.module
     out[...] = 0
-    pooled = {}
+    pooled, coarse_sums = {}, {}
     for term, weight in zip(field.terms, weights):
         if weight == 0:
             continue
@@ -140,12 +225,15 @@ def pairwise_sum(field, q, weights, out):
             module.crf_add_messages(q, term.guide, term.spatial, term.dilation, weight, out)
             continue
         if term.blur not in pooled:
-            pooled[term.blur] = xp.ascontiguousarray(block_mean(xp, q, term.blur))
+            pooled[term.blur] = _pool(field, q, term.blur)
         coarse_q = pooled[term.blur]
-        coarse = xp.zeros_like(coarse_q)
+        key = (term.blur, term.group)
+        if key not in coarse_sums:
+            coarse_sums[key] = (term, xp.zeros_like(coarse_q))
         module.crf_add_messages(coarse_q, term.guide, term.spatial, term.dilation,
-                                weight * term.blur**2, coarse)
-        out += upsample(xp, coarse, q.shape[2:], term.blur)
+                                weight * term.blur**2, coarse_sums[key][1])
+    for term, coarse in coarse_sums.values():
+        _upsample_add(field, coarse, _upsampling(field, term), out)
     return out
 
 
@@ -153,12 +241,12 @@ def pairwise_adjoint(field, grad, q, weights, out, weight_grads):
     """``out = sum_k weights[k] M_k^T grad``; ``weight_grads[k] += <q, M_k^T grad>``.
 
     ``q`` is the input of the forward messages. A blurred term is ``b**2 * Up o M o Mean``,
-    whose adjoint is ``b**2 * Mean^T o M^T o Up^T``.
+    whose adjoint is ``b**2 * Mean^T o M^T o Up^T`` (``Up`` the term's upsampling).
     """
     xp, module = field.xp, field.module
     out[...] = 0
     single = xp.empty_like(grad)
-    pooled = {}
+    pooled, coarse_grads = {}, {}
     for index, (term, weight) in enumerate(zip(field.terms, weights)):
         if term.blur == 1:
             single[...] = 0
@@ -167,9 +255,11 @@ def pairwise_adjoint(field, grad, q, weights, out, weight_grads):
             if term.blur not in pooled:
                 pooled[term.blur] = xp.ascontiguousarray(block_mean(xp, q, term.blur))
             coarse_q = pooled[term.blur]
-            coarse_grad = xp.ascontiguousarray(
-                upsample_adjoint(xp, grad, coarse_q.shape[2:], term.blur)
-            )
+            key = (term.blur, term.group)
+            if key not in coarse_grads:
+                coarse_grads[key] = xp.ascontiguousarray(upsample_add_adjoint(
+                    xp, grad, *_upsampling(field, term), coarse_q.shape[2:]))
+            coarse_grad = coarse_grads[key]
             coarse = xp.zeros_like(coarse_grad)
             module.crf_add_adjoint(coarse_grad, coarse_q, term.guide, term.spatial,
                                    term.dilation, float(term.blur**2), coarse)
@@ -184,25 +274,29 @@ def _step_terms(xp, terms):
     """The full-resolution terms as ``crf_step`` takes them: ``(guide, step_terms)``.
 
     ``guide`` stacks the features of every term that has some along axis 1 (``None`` when none
-    has), once per call rather than once per step; each step term is ``(weight, spatial,
-    dilation, features)`` with ``features`` the ``(start, stop)`` range of its features in
-    ``guide`` or ``None``. Terms of weight 0 are left out.
+    has), once per call rather than once per step, each feature array once (terms that share
+    one, such as appearance terms of one colour bandwidth, share its range); each step term is
+    ``(weight, spatial, dilation, features)`` with ``features`` the ``(start, stop)`` range of
+    its features in ``guide`` or ``None``. Terms of weight 0 are left out.
     """
     full = [t for t in terms if t.blur == 1 and t.weight != 0]
-    guides = [t.guide for t in full if t.guide is not None]
-    if not guides:
-        guide = None
-    elif len(guides) == 1:
-        guide = guides[0]
-    else:
-        guide = xp.ascontiguousarray(xp.concatenate(guides, axis=1))
-    step_terms, start = [], 0
+    ranges, parts, start = {}, [], 0
     for term in full:
-        features = None
-        if term.guide is not None:
-            features = (start, start + term.guide.shape[1])
-            start = features[1]
-        step_terms.append((term.weight, term.spatial, term.dilation, features))
+        if term.guide is not None and id(term.guide) not in ranges:
+            ranges[id(term.guide)] = (start, start + term.guide.shape[1])
+            start += term.guide.shape[1]
+            parts.append(term.guide)
+    if not parts:
+        guide = None
+    elif len(parts) == 1:
+        guide = parts[0]
+    else:
+        guide = xp.ascontiguousarray(xp.concatenate(parts, axis=1))
+    step_terms = [
+        (term.weight, term.spatial, term.dilation,
+         None if term.guide is None else ranges[id(term.guide)])
+        for term in full
+    ]
     return guide, tuple(step_terms)
 
 

@@ -32,9 +32,11 @@ def oracle_block_mean(array, factor):
     return out
 
 
-def oracle_upsample(array, shape, factor):
+def oracle_upsample(array, shape, factor, features=None, coarse_features=None):
     """Bilinear interpolation; full-resolution pixel y sits at coarse coordinate
-    (y + 0.5) / factor - 0.5, clamped to the coarse grid."""
+    (y + 0.5) / factor - 0.5, clamped to the coarse grid. With features (joint-bilateral
+    upsampling), each of the four cells' bilinear weight is multiplied by
+    exp(-|f_pixel - f_cell|^2 / 2) + 1e-3 and the four are normalized to sum to 1."""
     low_h, low_w = array.shape[-2:]
     out = np.zeros((*array.shape[:-2], *shape))
     for y in range(shape[0]):
@@ -45,10 +47,17 @@ def oracle_upsample(array, shape, factor):
             cx = min(max((x + 0.5) / factor - 0.5, 0.0), low_w - 1)
             x0 = int(math.floor(cx))
             x1, wx = min(x0 + 1, low_w - 1), cx - math.floor(cx)
-            out[..., y, x] = (
-                (1 - wy) * (1 - wx) * array[..., y0, x0] + (1 - wy) * wx * array[..., y0, x1]
-                + wy * (1 - wx) * array[..., y1, x0] + wy * wx * array[..., y1, x1]
-            )
+            cells = [((1 - wy) * (1 - wx), y0, x0), ((1 - wy) * wx, y0, x1),
+                     (wy * (1 - wx), y1, x0), (wy * wx, y1, x1)]
+            if features is not None:
+                cells = [
+                    (w * (math.exp(-0.5 * float(np.sum(
+                        (features[:, y, x] - coarse_features[:, cy_, cx_]) ** 2))) + 1e-3),
+                     cy_, cx_)
+                    for w, cy_, cx_ in cells
+                ]
+            total = sum(w for w, _, _ in cells)
+            out[..., y, x] = sum(w / total * array[..., cy_, cx_] for w, cy_, cx_ in cells)
     return out
 
 
@@ -109,7 +118,7 @@ def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=
                 coarse_f = None if features is None else oracle_block_mean(features, b)
                 sigma = None if term.sigma_spatial is None else term.sigma_spatial / b
                 coarse = oracle_message(coarse_q, coarse_f, kernel_size, dilation, sigma)
-                message = b * b * oracle_upsample(coarse, (height, width), b)
+                message = b * b * oracle_upsample(coarse, (height, width), b, features, coarse_f)
             pairwise += term.weight * message
         logits = unary_weight * unary - np.einsum("ab,bhw->ahw", mu, pairwise)
         q = oracle_softmax(logits)
@@ -165,6 +174,31 @@ def test_matches_oracle(path, terms, num_steps, dtype, rng, assert_close):
     # Property: marginals are distributions, and the pairwise terms changed the unary's softmax.
     np.testing.assert_allclose(result.sum(axis=0), 1.0, rtol=1e-5 if dtype == np.float32 else 1e-12)
     assert np.abs(result - oracle_softmax(unary.astype(np.float64))).max() > 1e-3
+
+
+def test_guided_upsampling_weights():
+    """Blurred terms' upsampling: with a flat image it is bilinear interpolation; at a vertical
+    edge a pixel takes almost all of its message from the cells on its own side."""
+    from pacarray import _mean_field
+
+    rng = np.random.default_rng(2)
+    coarse = rng.random((1, 2, 3, 4))
+    flat = np.full((1, 3, 12, 16), 0.7)
+    weights = _mean_field.upsample_weights(np, flat, _mean_field.block_mean(np, flat, 4), 4,
+                                           (1, 12, 16), np.dtype(np.float64))
+    guided = _mean_field.upsample_add(np, coarse, *weights, np.zeros((1, 2, 12, 16)))
+    np.testing.assert_allclose(guided, oracle_upsample(coarse, (12, 16), 4), rtol=1e-12)
+
+    edge = np.zeros((1, 1, 12, 16))
+    edge[..., 6:] = 10.0  # unit bandwidth: the two sides are far apart
+    weights, rows, cols = _mean_field.upsample_weights(
+        np, edge, _mean_field.block_mean(np, edge, 4), 4, (1, 12, 16), np.dtype(np.float64))
+    # Column 5 (dark) lies between cells 0 (dark) and 1 (mixed, mean 5), column 6 (bright)
+    # between cells 1 and 2 (bright); bilinear would give the mixed cell 7/8 of each.
+    assert (cols[0, 5], cols[1, 5], cols[0, 6], cols[1, 6]) == (0, 1, 1, 2)
+    left = weights[0, 0, :, 5] + weights[0, 2, :, 5]
+    right = weights[0, 1, :, 6] + weights[0, 3, :, 6]
+    assert left.min() > 0.99 and right.min() > 0.99, (left, right)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pacarray.benchmarks import crf as protocol
-from pacarray.crf import DEFAULT_PAIRWISE, pac_crf
+from pacarray.crf import DEFAULT_PAIRWISE, FAST_PAIRWISE, pac_crf
 
 from test_crf import oracle_crf
 
@@ -35,6 +35,17 @@ def test_default_terms_match_the_oracle(dtype, assert_close):
     unary = rng.normal(0.0, 1.5, (3, 24, 60)).astype(dtype)
     expected, _ = oracle_crf(unary, image.transpose(2, 0, 1), DEFAULT_PAIRWISE, 2)
     assert_close(pac_crf(unary, image, num_steps=2), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_terms_match_the_oracle(dtype, assert_close):
+    """FAST_PAIRWISE (3x3, 1x3 and 3x1 windows) against the float64 oracle on a 24 x 60 crop:
+    the dilation-48 crosses reach inside horizontally only."""
+    rng = np.random.default_rng(6)
+    image = _sample(4)[40:64, 20:80].astype(dtype)
+    unary = rng.normal(0.0, 1.5, (3, 24, 60)).astype(dtype)
+    expected, _ = oracle_crf(unary, image.transpose(2, 0, 1), FAST_PAIRWISE, 2)
+    assert_close(pac_crf(unary, image, num_steps=2, pairwise=FAST_PAIRWISE), expected, dtype)
 
 
 def test_kmeans_and_degradation_protocol():

@@ -212,6 +212,21 @@ def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
     return new_q, (logits if want_logits else None)
 
 
+def crf_block_mean(q, factor):
+    """Block means of ``(N, L, H, W)`` marginals over ``factor x factor`` blocks, a new
+    ``(N, L, ceil(H / factor), ceil(W / factor))`` array (``pacarray._mean_field.block_mean``)."""
+    batch, labels, height, width = q.shape
+    out = np.empty((batch, labels, -(-height // factor), -(-width // factor)), q.dtype)
+    _crf_kernels.block_mean(q, int(factor), out)
+    return out
+
+
+def crf_upsample_add(coarse, weights, rows, cols, out):
+    """``out +=`` the upsampling of ``coarse`` with the weights and indices of
+    ``pacarray._mean_field.upsample_weights``."""
+    _crf_kernels.upsample_add(coarse, weights, rows, cols, out)
+
+
 def crf_softmax(logits):
     """Softmax over the labels (axis 1) of ``(N, L, H, W)`` logits, in a new array."""
     # An update without pairwise terms is exactly the softmax of its unary; reusing the step
@@ -225,7 +240,7 @@ def crf_softmax(logits):
 _ENTRY_POINTS = (
     "materialize_kernel", "pool", "conv", "kernel_backward", "pool_backward", "conv_backward",
     "bilateral", "joint_upsample", "crf_add_messages", "crf_add_adjoint", "crf_step",
-    "crf_softmax", "crf_prepare",
+    "crf_softmax", "crf_prepare", "crf_block_mean", "crf_upsample_add",
 )
 if _threads.configure():
     for _name in _ENTRY_POINTS:

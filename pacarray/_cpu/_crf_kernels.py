@@ -303,3 +303,58 @@ def mean_field_step_cached(unary, q, cache, tap_rows, tap_offsets, actives, extr
         _row_messages_all(q, n, kernel, rows, offsets, active, pairwise)
         _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_compatibility,
                     q_out, logits_out, write_logits, logits, peak, acc)
+
+
+# --------------------------------------------------------------------------------------------
+# Grid changes of the blurred terms (pacarray._mean_field.block_mean and upsample_add)
+
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def block_mean(q, factor, out):
+    """``out[n, l]`` = means of ``q[n, l]`` over ``factor x factor`` blocks (partial blocks at
+    the bottom and right: the mean of the pixels they hold), one coarse row per task: the
+    block's rows are summed over whole rows first (vectorized), then within each block."""
+    batch, labels, height, width = q.shape
+    low_h, low_w = out.shape[2], out.shape[3]
+    for job in prange(batch * labels * low_h):
+        n = job // (labels * low_h)
+        label = (job // low_h) % labels
+        cy = job % low_h
+        top = cy * factor
+        bottom = min(height, top + factor)
+        rows = np.empty(width, q.dtype)
+        rows[:] = q[n, label, top]
+        for y in range(top + 1, bottom):
+            source = q[n, label, y]
+            for x in range(width):
+                rows[x] += source[x]
+        target = out[n, label, cy]
+        for cx in range(low_w):
+            left = cx * factor
+            right = min(width, left + factor)
+            total = rows[left]
+            for x in range(left + 1, right):
+                total += rows[x]
+            target[cx] = total / ((bottom - top) * (right - left))
+
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def upsample_add(coarse, weights, rows, cols, out):
+    """``out[n, l, y, x] += sum_k weights[n, k, y, x] coarse[n, l, rows[k // 2, y],
+    cols[k % 2, x]]``: the (joint-bilateral) upsampling of the blurred terms, one output row
+    per task, every label of the row against the same four weight rows."""
+    batch, labels, height, width = out.shape
+    for job in prange(batch * height):
+        n = job // height
+        y = job % height
+        top, bottom = rows[0, y], rows[1, y]
+        left, right = cols[0], cols[1]
+        w00, w01 = weights[n, 0, y], weights[n, 1, y]
+        w10, w11 = weights[n, 2, y], weights[n, 3, y]
+        for label in range(labels):
+            upper = coarse[n, label, top]
+            lower = coarse[n, label, bottom]
+            target = out[n, label, y]
+            for x in range(width):
+                target[x] += (w00[x] * upper[left[x]] + w01[x] * upper[right[x]]
+                              + w10[x] * lower[left[x]] + w11[x] * lower[right[x]])

@@ -11,9 +11,10 @@
   ``pydensecrf2`` package; its customary parameters: Gaussian sxy 3 compat 3, bilateral sxy 80
   srgb 13 compat 10), which runs on one thread; pacarray runs on 2. Target (issue #18): 10x
   faster.
+* B-crf-512-fast: the same with :data:`pacarray.crf.FAST_PAIRWISE` (16 taps instead of 56).
 * B-crf-quality: the IoU protocol of the segmentation guide on the tuning photographs: mean
-  IoU gain of the default PAC-CRF and of pydensecrf over degraded unaries (printed as notes);
-  the timed call is one PAC-CRF refinement.
+  IoU gain of the default PAC-CRF, of :data:`~pacarray.crf.FAST_PAIRWISE` and of pydensecrf
+  over degraded unaries (printed as notes); the timed call is one PAC-CRF refinement.
 
 The quality protocol (:func:`quality_cases`, :func:`quality_table`) is also what
 ``docs/guide/segmentation.md`` reports, for the held-out photographs.
@@ -171,19 +172,22 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=0))
 
 
-def build_crf_512(context: Context) -> Case:
-    from ..crf import DEFAULT_PAIRWISE, pac_crf
+def build_crf_512(context: Context, fast: bool = False) -> Case:
+    from ..crf import DEFAULT_PAIRWISE, FAST_PAIRWISE, pac_crf
 
     size = 32 if context.quick else 512
     rng = context.rng()
     unary = _log_softmax(rng.normal(0.0, 2.0, (LABELS, size, size))).astype(np.float32)
     image = _photograph(size)
     unary_dev, image_dev = context.asarray(unary), context.asarray(image)
+    terms = FAST_PAIRWISE if fast else DEFAULT_PAIRWISE
+    note = (f"FAST_PAIRWISE ({len(terms)} appearance terms, 16 taps)" if fast
+            else _terms_note(terms))
     case = Case(
-        call=lambda: pac_crf(unary_dev, image_dev, num_steps=STEPS),
+        call=lambda: pac_crf(unary_dev, image_dev, num_steps=STEPS, pairwise=terms),
         label="pac_crf (5 steps, 2 threads)",
         memory_target_mb=8 * unary.nbytes / 1e6,
-        notes=[_terms_note(DEFAULT_PAIRWISE)],
+        notes=[note],
     )
     densecrf = densecrf_module(context)
     if densecrf is None or context.device != "cpu":
@@ -198,6 +202,10 @@ def build_crf_512(context: Context) -> Case:
     case.notes.append("pydensecrf runs on one thread (it has no threading), pacarray on 2; "
                       "target (issue #18): pacarray <= 1/10 of its time")
     return case
+
+
+def build_crf_512_fast(context: Context) -> Case:
+    return build_crf_512(context, fast=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +350,7 @@ def format_quality_table(table) -> list[str]:
 
 
 def build_crf_quality(context: Context) -> Case:
-    from ..crf import pac_crf
+    from ..crf import FAST_PAIRWISE, pac_crf
 
     densecrf = densecrf_module(context)
     if context.quick:
@@ -360,6 +368,8 @@ def build_crf_quality(context: Context) -> Case:
              f"{QUALITY_LABELS}, unaries {QUALITY_DEGRADATIONS} (factor, noise), "
              f"{STEPS} steps); gain = IoU after - IoU before"]
     notes += format_quality_table(table)
+    _, _, before, _, fast = quality_table(cases, None, FAST_PAIRWISE)[-1]
+    notes.append(f"FAST_PAIRWISE (16 taps): PAC-CRF {fast:.3f} ({fast - before:+.3f})")
     if densecrf is None:
         notes.append(DENSECRF_MISSING)
     first = cases[0]
@@ -376,6 +386,8 @@ WORKLOADS = [
              build_crf, devices=("cpu", "gpu")),
     Workload("B-crf-512", "pac_crf 21 labels, 512x512, 5 steps vs pydensecrf",
              build_crf_512),
+    Workload("B-crf-512-fast", "pac_crf with FAST_PAIRWISE, 21 labels, 512x512, 5 steps vs "
+             "pydensecrf", build_crf_512_fast),
     Workload("B-crf-quality", "IoU gain of pac_crf and pydensecrf on the tuning photographs",
              build_crf_quality),
 ]
