@@ -16,8 +16,8 @@ to the CRF entry points of the backend module that the front end picked (``docs/
   ``terms`` (the CPU backend computes the terms' weights there once, when they fit its memory
   budget, rather than at every step; the generic implementation returns ``terms``).
 
-Two optional entry points make the blurred terms' grid changes fast; a backend without them
-gets the array-namespace versions of this module (same results):
+The blurred terms change grids through two more entry points (the generic ones are this
+module's array-namespace functions):
 
 * ``crf_block_mean(q, factor)``: :func:`block_mean` of ``(N, L, H, W)`` marginals;
 * ``crf_upsample_add(coarse, weights, rows, cols, out)``: :func:`upsample_add`.
@@ -188,20 +188,13 @@ def _upsampling(field, term):
 
 
 def _pool(field, q, factor):
-    """Block means of the marginals, with the backend's kernel when it has one."""
-    pool = getattr(field.module, "crf_block_mean", None)
-    if pool is not None:
-        return pool(q, factor)
-    return field.xp.ascontiguousarray(block_mean(field.xp, q, factor))
+    """Block means of the marginals (the backend's ``crf_block_mean``)."""
+    return field.module.crf_block_mean(q, factor)
 
 
 def _upsample_add(field, coarse, upsampling, out):
-    """:func:`upsample_add`, with the backend's kernel when it has one."""
-    add = getattr(field.module, "crf_upsample_add", None)
-    if add is not None:
-        add(coarse, *upsampling, out)
-    else:
-        upsample_add(field.xp, coarse, *upsampling, out)
+    """:func:`upsample_add` (the backend's ``crf_upsample_add``)."""
+    field.module.crf_upsample_add(coarse, *upsampling, out)
 
 
 # --------------------------------------------------------------------------------------------

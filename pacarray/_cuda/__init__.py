@@ -388,7 +388,9 @@ def _conv_backward(runtime, grad_y, x, weight_matrix, spec, geometry, k_stride, 
 from .._generic.crf import (  # noqa: E402, F401
     crf_add_adjoint,
     crf_add_messages,
+    crf_block_mean,
     crf_prepare,
     crf_softmax,
     crf_step,
+    crf_upsample_add,
 )

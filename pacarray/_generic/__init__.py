@@ -12,12 +12,21 @@ from __future__ import annotations
 import types
 
 from .filters import bilateral, joint_upsample
-from .crf import crf_add_adjoint, crf_add_messages, crf_prepare, crf_softmax, crf_step
+from .crf import (
+    crf_add_adjoint,
+    crf_add_messages,
+    crf_block_mean,
+    crf_prepare,
+    crf_softmax,
+    crf_step,
+    crf_upsample_add,
+)
 
 #: The specialised entry points every backend module provides.
 SPECIALISED = (
     "bilateral", "joint_upsample",
     "crf_add_messages", "crf_add_adjoint", "crf_step", "crf_softmax", "crf_prepare",
+    "crf_block_mean", "crf_upsample_add",
 )
 
 def over(module):
@@ -28,6 +37,6 @@ def over(module):
 
 
 __all__ = [
-    "SPECIALISED", "bilateral", "crf_add_adjoint", "crf_add_messages", "crf_prepare", "crf_softmax",
-    "crf_step", "joint_upsample", "over",
+    "SPECIALISED", "bilateral", "crf_add_adjoint", "crf_add_messages", "crf_block_mean",
+    "crf_prepare", "crf_softmax", "crf_step", "crf_upsample_add", "joint_upsample", "over",
 ]

@@ -43,6 +43,23 @@ def crf_prepare(unary, guide, terms):
     return terms
 
 
+def crf_block_mean(q, factor):
+    """Block means of ``(N, L, H, W)`` marginals over ``factor x factor`` blocks (partial blocks:
+    their pixels), a new C-contiguous ``(N, L, ceil(H / factor), ceil(W / factor))`` array."""
+    from .._mean_field import block_mean
+
+    xp = namespace_of(q)
+    return xp.ascontiguousarray(block_mean(xp, q, factor))
+
+
+def crf_upsample_add(coarse, weights, rows, cols, out):
+    """``out +=`` the guided upsampling of ``coarse`` with the weights and indices of
+    ``pacarray._mean_field.upsample_weights``."""
+    from .._mean_field import upsample_add
+
+    upsample_add(namespace_of(coarse), coarse, weights, rows, cols, out)
+
+
 def crf_softmax(logits):
     """Softmax over the labels (axis 1) of ``(N, L, H, W)`` logits, in a new array."""
     xp = namespace_of(logits)
