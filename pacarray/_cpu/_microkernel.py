@@ -11,6 +11,10 @@ half of the FMA peak. The tile is therefore written directly in LLVM IR, as a Nu
 ``llvm.fmuladd`` is a multiply-add that LLVM fuses where the CPU has FMA (the ``contract``
 fast-math flag the other kernels use); each output sums its ``count`` products in order,
 whatever the thread count, so results are the same run to run.
+
+Numba's on-disk cache keys a kernel on its own source file only: after editing this module,
+clear the cache (``NUMBA_CACHE_DIR``, or the ``__pycache__`` folders) so that ``conv_rows`` is
+compiled again with the new tiles.
 """
 
 from __future__ import annotations
