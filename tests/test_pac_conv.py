@@ -9,6 +9,7 @@ here for ``OP`` (see ``_op_cases.py``).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from scipy import ndimage, signal
@@ -41,7 +42,7 @@ from _tiers import tiered
 from pacarray import pac_conv
 from pacarray.gradients import pac_conv_vjp
 from pacarray.testing import check_gradients, dot_product_test
-from reference import ref_conv
+from reference import ref_conv, ref_kernel
 
 # The tests this op shares with others: pytest collects them here and runs them for OP.
 from _gradient_cases import (  # noqa: F401
@@ -115,6 +116,38 @@ def test_pac_conv(index, assert_close):
         via_kernel = pacarray.pac_conv(prep.x, prep.weight, prep.bias,
                                        **_explicit_kwargs(prep, K))
         assert_close(via_kernel, fused.astype(np.float64), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_tiles_and_panel_chunks_match_the_oracle(rng, assert_close, dtype):
+    """The forward's register tiles: every remainder of output channels past the full tiles
+    (1 to 6 of them over 7 channels), rows narrower and wider than one tile of pixels, and a
+    reduction (C*T = 2079 rows) longer than one panel of 16-pixel rows, so that the
+    accumulators carry over panel chunks."""
+    for out_channels, channels, shape in [(7, 2, (5, 21)), (3, 2, (4, 3)), (13, 231, (4, 5))]:
+        x = rng.standard_normal((1, channels, *shape)).astype(dtype)
+        guide = rng.random((1, 2, *shape)).astype(dtype)
+        K, _ = ref_kernel(guide, 3, padding=1)
+        for count in range(1, out_channels + 1):
+            weight = rng.standard_normal((count, channels, 3, 3)).astype(dtype)
+            assert_close(pac_conv(x, weight, guide=guide, padding=1), ref_conv(x, K, weight,
+                                                                                padding=1),
+                         dtype)
+
+
+def test_forward_is_bit_identical_run_to_run_and_across_thread_counts(rng):
+    """Each output sums its products in a fixed order, whatever the thread count."""
+    x = rng.standard_normal((2, 5, 19, 37)).astype(np.float32)
+    weight = rng.standard_normal((11, 5, 3, 3)).astype(np.float32)
+    guide = rng.random((2, 3, 19, 37)).astype(np.float32)
+    first = pac_conv(x, weight, guide=guide, padding=1).tobytes()
+    assert pac_conv(x, weight, guide=guide, padding=1).tobytes() == first
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert pac_conv(x, weight, guide=guide, padding=1).tobytes() == first
+    finally:
+        numba.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

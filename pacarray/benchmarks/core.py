@@ -53,6 +53,13 @@ def unfold_pac(torch, x, guide, weight, kernel_size: int, *, stride: int = 1, pa
     return torch.einsum("ncahw,oca->nohw", weighted, weight.reshape(weight.shape[0], c, taps))
 
 
+def _conv_flops(out_channels: int, channels: int, taps: int, pixels: int) -> float:
+    """Useful flops of a PAC convolution: ``C_out * C * T`` multiply-adds per output pixel (2
+    flops each, what ``F.conv2d`` does) plus the ``C * T`` products ``K * x``. Evaluating K
+    itself (distances, exponentials) is not counted."""
+    return float((2 * out_channels + 1) * channels * taps * pixels)
+
+
 def _guide(context: Context, channels: int, size: int) -> np.ndarray:
     # Features whose differences are of order one, as for a colour image divided by its range
     # bandwidth: kernel values spread over (0, 1] rather than all 1 or all underflowing.
@@ -82,6 +89,7 @@ def _conv_case(context: Context, channels: int, size: int, kernel_size: int,
                                        padding=padding),
         label="pac_conv (fused K)",
         memory_target_mb=memory_target_mb,
+        flops=_conv_flops(channels, channels, kernel_size**2, size * size),
     )
     torch = context.torch()
     if torch is None:
@@ -130,6 +138,9 @@ def build_pool(context: Context) -> Case:
         call=lambda: pacarray.pac_pool(x_dev, kernel_size, guide=guide_dev, family=family,
                                        stride=stride, padding=padding, normalize="kernel"),
         label="pac_pool (fused K)",
+        # a multiply-add K * x per tap, channel and output pixel (stride 2: (size / 2)^2)
+        flops=float(2 * channels * kernel_size**2 * ((size + 2 * padding - kernel_size)
+                                                      // stride + 1) ** 2),
     )
     torch = context.torch()
     if torch is None:
@@ -179,6 +190,7 @@ def build_conv3d(context: Context) -> Case:
         call=lambda: pacarray.pac_conv(x_dev, weight_dev, guide=guide_dev, family=family,
                                        padding=padding),
         label="pac_conv 3-D (fused K)",
+        flops=_conv_flops(x.shape[1], x.shape[1], weight.shape[2] ** 3, x[0, 0].size),
     )
     torch = context.torch()
     if torch is None:
