@@ -315,3 +315,58 @@ def test_mixed_precision_follows_the_forward_dtype(rng):
     assert grads.x.dtype == np.float64 and grads.weight.dtype == np.float64
     grads = pac_conv_vjp(np.ones((1, 2, 6, 6)), x, w.astype(np.float32), padding=1)
     assert grads.x.dtype == np.float32                 # grad_output follows the forward
+
+
+_WIDE_TILES = """
+import sys
+import llvmlite.binding as binding
+import numba
+numba.njit(lambda a: a + 1)(1)        # Numba's code generator made for the real CPU first
+host = binding.get_host_cpu_features
+
+
+def reports_avx512():                 # then pacarray's tile width sees AVX-512
+    features = host()
+    features["avx512f"] = True
+    return features
+
+
+binding.get_host_cpu_features = reports_avx512
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from reference import ref_conv, ref_kernel
+import pacarray
+from pacarray._cpu import _microkernel
+assert _microkernel.VECTOR_BYTES == 64 and _microkernel.tile_width(4) == 32
+rng = np.random.default_rng(5)
+worst = 0.0
+for out_channels, channels, shape in [(7, 2, (5, 71)), (3, 2, (4, 3)), (13, 231, (4, 37))]:
+    x = rng.standard_normal((1, channels, *shape)).astype(np.float32)
+    guide = rng.random((1, 2, *shape)).astype(np.float32)
+    K, _ = ref_kernel(guide, 3, padding=1)
+    for count in (1, 5, 6, out_channels):
+        weight = rng.standard_normal((count, channels, 3, 3)).astype(np.float32)
+        want = ref_conv(x, K, weight, padding=1)
+        got = pacarray.pac_conv(x, weight, guide=guide, padding=1)
+        worst = max(worst, float(np.abs(got - want).max() / max(1.0, np.abs(want).max())))
+print(worst)
+"""
+
+
+@pytest.mark.slow
+def test_forward_tiles_of_avx512_width_match_the_oracle(tmp_path):
+    """The tile width follows the host's widest vectors (pacarray/_cpu/_microkernel.py). A host
+    that reports AVX-512 gets 64-byte vectors: forced here in a fresh process (own Numba cache,
+    which is keyed by the host CPU, not by this width), LLVM splits them into the vectors this
+    CPU has, so the tile arithmetic of AVX-512 machines is checked on any x86 machine."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    done = subprocess.run(
+        [sys.executable, "-c", _WIDE_TILES, str(Path(__file__).resolve().parent)],
+        capture_output=True, text=True, env=environment, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
