@@ -909,12 +909,12 @@ def color_position_features(*args, **kwargs):
 # PAC-CRF
 
 
-def _crf_reach(term):
-    """How far (per axis, in pixels) one mean-field update reads for this term: the dilated
-    window, and for a blurred term the window on the coarse grid plus the block means and the
-    bilinear interpolation around it."""
-    size = as_tuple(term.kernel_size, "kernel_size")
-    dilation = as_tuple(term.dilation, "dilation")
+def _crf_reach(term, rank=2):
+    """How far (per axis of ``rank``, in pixels) one mean-field update reads for this term:
+    the dilated window, and for a blurred term the window on the coarse grid plus the block
+    means and the interpolation around it."""
+    size = as_tuple(term.kernel_size, "kernel_size", rank)
+    dilation = as_tuple(term.dilation, "dilation", rank)
     reach = []
     for k, d in zip(size, dilation):
         half = d * (k - 1) // 2
@@ -941,13 +941,15 @@ class _CRFCall(_Call):
         return self.function(pairwise=tuple(terms), **keywords)
 
 
-def _crf_image_axes(image, channel_axis, batched):
-    """Spatial axes of the CRF's image: ``(H, W)``, ``(H, W, C)`` with ``channel_axis``, with a
+def _crf_image_axes(image, channel_axis, batched, rank=2):
+    """Spatial axes of the CRF's image: ``rank`` spatial axes, plus a channel axis with
+    ``channel_axis`` (``(H, W)``, ``(H, W, C)``; ``(D, H, W, C)`` for a volume), with a
     leading batch axis when the unary has one."""
-    ndim = (2 if channel_axis is None else 3) + int(batched)
+    ndim = rank + (0 if channel_axis is None else 1) + int(batched)
     if image.ndim != ndim:
+        spatial = "(H, W)" if rank == 2 else f"{rank} spatial axes"
         raise ValueError(
-            f"image must be {'(H, W)' if channel_axis is None else '(H, W, C) with channel_axis'}"
+            f"image must be {spatial}{'' if channel_axis is None else ' and channels'}"
             f"{' with a leading batch axis' if batched else ''} ({ndim}-D) to match the "
             f"{'batched ' if batched else ''}unary, got shape {tuple(image.shape)}"
         )
@@ -968,27 +970,26 @@ def pac_crf(*args, **kwargs):
 
     arguments = _arguments(crf.pac_crf, args, kwargs)
     unary, image = arguments["unary"], arguments["image"]
-    if arguments.get("spatial_ndim", 2) != 2:
-        # The CRF's blocks and halos are planned for images; a volume under Dask is not yet.
-        raise NotImplementedError(
-            f"pac_crf on Dask arrays supports spatial_ndim=2 only, got "
-            f"spatial_ndim={arguments['spatial_ndim']!r}: compute the volume first "
-            "(unary.compute()) to run it in memory"
-        )
+    rank = arguments["spatial_ndim"]
+    _args.require_int(rank, "spatial_ndim")
+    if rank not in (1, 2, 3):
+        raise ValueError(f"spatial_ndim must be 1, 2 or 3, got {rank!r}")
+    rank = int(rank)
     terms = crf._check_pairwise(arguments["pairwise"])
     feature_terms = tuple(i for i, t in enumerate(terms) if _is_dask(t.features))
     pixels = {"unary": unary, "image": image}
     pixels.update({f"pairwise[{i}].features": t.features for i, t in enumerate(terms)
                    if not isinstance(t.features, str)})
     _check_arguments(pixels, {"compatibility": arguments["compatibility"]})
-    layout = crf._unary_layout(tuple(unary.shape), arguments["label_axis"])
+    layout = crf._unary_layout(tuple(unary.shape), arguments["label_axis"], rank)
     num_steps = arguments["num_steps"]
     _args.require_int(num_steps, "num_steps", minimum=0)
     batched = layout.batched
     spatial = tuple(a for a in range(unary.ndim)
                     if a != layout.label_axis and not (batched and a == 0))
     align = math.lcm(*(int(t.blur) for t in terms)) if terms else 1
-    reach = [max([0, *(r[axis] for r in map(_crf_reach, terms))]) for axis in range(2)]
+    reaches = [_crf_reach(t, rank) for t in terms]
+    reach = [max([0, *(r[axis] for r in reaches)]) for axis in range(rank)]
     # ``num_steps`` updates, each reading ``reach`` further; whole blur blocks.
     depths = [-(-int(num_steps) * r // align) * align for r in reach]
     fresh = _fresh()
@@ -997,14 +998,14 @@ def pac_crf(*args, **kwargs):
     names = ("unary",)
     if image is not None:
         operands.append(_Operand("image", image, _letters(
-            image.ndim, _crf_image_axes(image, arguments["channel_axis"], batched), batch,
-            fresh)))
+            image.ndim, _crf_image_axes(image, arguments["channel_axis"], batched, rank),
+            batch, fresh)))
         names += ("image",)
     for number in feature_terms:
         features = terms[number].features
         operands.append(_Operand(f"pairwise[{number}].features", features, _letters(
-            features.ndim, (features.ndim - 2, features.ndim - 1),
-            0 if features.ndim == 4 else None, fresh)))
+            features.ndim, tuple(range(features.ndim - rank, features.ndim)),
+            0 if features.ndim == rank + 2 else None, fresh)))
     # The task keeps the terms without their Dask features (each block gets its own piece).
     kept = tuple(dataclasses.replace(t, features="smoothness") if i in feature_terms else t
                  for i, t in enumerate(terms))

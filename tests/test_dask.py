@@ -725,8 +725,33 @@ def test_cupy_chunks_stay_on_the_device():
     assert float(abs(value - expected).max()) <= 1e-6
 
 
-def test_crf_volume_under_dask_is_rejected_by_name():
-    unary = da.from_array(np.zeros((2, 3, 4, 5), np.float32), chunks=(2, 3, 2, 5))
-    image = np.zeros((3, 4, 5), np.float32)
-    with pytest.raises(NotImplementedError, match="spatial_ndim=3"):
-        pacarray.pac_crf(unary, da.from_array(image), spatial_ndim=3)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_crf_volume_and_signal_under_dask_equal_in_memory(dtype):
+    """``pac_crf(..., spatial_ndim=3)`` on a volume cut at odd offsets along all three axes
+    (anisotropic terms: a depth window of 1 tap and a dilated one; a user feature volume), and
+    ``spatial_ndim=1`` on a signal: the halo is ``num_steps`` times each axis's own reach."""
+    rng = np.random.default_rng(31)
+    unary = rng.standard_normal((3, 9, 13, 11)).astype(dtype)
+    image = rng.random((9, 13, 11, 2)).astype(dtype)
+    depth = rng.random((1, 9, 13, 11)).astype(dtype)
+    terms = [PairwiseTerm(weight=1.2, kernel_size=3, sigma_spatial=2.0, sigma_color=0.3),
+             PairwiseTerm(weight=0.7, kernel_size=(1, 3, 5), dilation=(1, 1, 2),
+                          features="smoothness"),
+             PairwiseTerm(weight=0.5, kernel_size=3, dilation=(2, 1, 1), features=depth)]
+    options = dict(num_steps=2, output="log", spatial_ndim=3, channel_axis=-1)
+    expected = pacarray.pac_crf(unary, image, pairwise=terms, **options)
+    lazy_terms = terms[:2] + [dataclasses.replace(terms[2],
+                                                  features=_lazy(depth, (1, 2, 3), (4, 6, 5)))]
+    result = pacarray.pac_crf(_lazy(unary, (1, 2, 3), (4, 7, 5)),
+                              _lazy(image, (0, 1, 2), (5, 6, 4)), pairwise=lazy_terms,
+                              **options)
+    _assert_equal_to_memory(result, expected)
+
+    signal = rng.random((2, 97)).astype(dtype)
+    labels = rng.standard_normal((4, 97)).astype(dtype)
+    term = PairwiseTerm(weight=1.0, kernel_size=5, dilation=3, sigma_spatial=4.0,
+                        sigma_color=0.2)
+    options = dict(pairwise=term, num_steps=3, spatial_ndim=1, channel_axis=0)
+    _assert_equal_to_memory(
+        pacarray.pac_crf(_lazy(labels, (1,), (13,)), _lazy(signal, (1,), (21,)), **options),
+        pacarray.pac_crf(labels, signal, **options))
