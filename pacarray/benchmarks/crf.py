@@ -114,6 +114,10 @@ def build_crf(context: Context) -> Case:
         memory_target_mb=8 * unary.nbytes / 1e6,
         notes=[_terms_note(terms) + "; target <= 60 ms median (issue #6); memory target: 8 x "
                "the unary's size (O(labels x pixels))"],
+        # Five softmax steps amplify float32 rounding where labels nearly tie: the two
+        # float32 results differ by up to ~5e-3 at 256 x 256, while in float64 they agree to
+        # 3e-12 (and tests/test_crf.py checks pac_crf against a float64 oracle to 1e-10).
+        tolerance=1e-2,
     )
     torch = context.torch()
     if torch is None:
