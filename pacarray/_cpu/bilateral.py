@@ -130,21 +130,91 @@ def _pair_both(acc, slot, target_slot, a_s, a_t, weights, values, row, row_targe
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _pair_both_single(acc, slot, target_slot, a_s, a_t, values, guide, row, row_target, b_s,
-                      b_t, n, log_weight, range_coef):
-    """:func:`_pair_both` for one value and one guide channel, with the weights computed in the
-    same loop (no store and reload of the weights): the gray image and volume."""
-    for i in range(n):
-        s = np.uintp(b_s + i)
-        t = np.uintp(b_t + i)
-        diff = guide[0, row_target, t] - guide[0, row, s]
-        w = exp_nonpositive(log_weight - range_coef * (diff * diff))
-        x_s = np.uintp(a_s + i)
-        x_t = np.uintp(a_t + i)
-        acc[slot, 0, x_s] += w
-        acc[slot, 1, x_s] += w * values[0, row_target, t]
-        acc[target_slot, 0, x_t] += w
-        acc[target_slot, 1, x_t] += w * values[0, row, s]
+def _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x, acc_pad, pair_dx,
+                  pair_log_weight, tap_x0, tap_n, k0, k1, range_coef):
+    """:func:`_pair_both` for a one-channel image that is its own guide and the taps
+    k0 <= k < k1 (which share their row offset: the same two rows), the weights computed in the
+    same loop (no store and reload). Tap k pairs image columns tap_x0[k] ..
+    tap_x0[k] + tap_n[k] - 1 with their neighbours pair_dx[k] to the right. One buffer for
+    values and guide: each pixel is loaded once."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        b_s = tap_x0[k] + pad_x
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            v_s = values[0, row, np.uintp(b_s + i)]
+            v_t = values[0, row_target, np.uintp(b_s + dx + i)]
+            diff = v_t - v_s
+            w = exp_nonpositive(log_weight - range_coef * (diff * diff))
+            x_s = np.uintp(a_s + i)
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_s] += w
+            acc[slot, 1, x_s] += w * v_t
+            acc[target_slot, 0, x_t] += w
+            acc[target_slot, 1, x_t] += w * v_s
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx, pair_log_weight,
+                           tap_x0, tap_n, k0, k1, range_coef, weights):
+    """:func:`_pairs_single` for taps within the row (dz == dy == 0): both ends accumulate into
+    row ``slot``, the lower ends first and then, from the stored weights, the upper ends (the
+    order of the 2-D and 1-D filters' sums)."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        b_s = tap_x0[k] + pad_x
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            v_t = values[0, row, np.uintp(b_s + dx + i)]
+            diff = v_t - values[0, row, np.uintp(b_s + i)]
+            w = exp_nonpositive(log_weight - range_coef * (diff * diff))
+            weights[i] = w
+            x_s = np.uintp(a_s + i)
+            acc[slot, 0, x_s] += w
+            acc[slot, 1, x_s] += w * v_t
+        for i in range(n):
+            w = weights[i]
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_t] += w
+            acc[slot, 1, x_t] += w * values[0, row, np.uintp(b_s + i)]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single_two_rows(acc, slot, target_slot, target_slot_2, values, row, row_target,
+                           row_target_2, pad_x, acc_pad, pair_dx, pair_log_weight, tap_x0,
+                           tap_n, k0, k1, k0_2, range_coef):
+    """:func:`_pairs_single` for two groups of taps at once: taps k0 <= k < k1 into the rows
+    ``row_target`` / ``target_slot``, taps k0_2 + k - k0 (same dx, same columns) into
+    ``row_target_2`` / ``target_slot_2``. The source pixel is loaded once and its accumulators
+    updated once for both (half the read-modify-writes of the source end, most of them
+    misaligned). Volumes only: the sum of the source end is in another order."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        log_weight_2 = pair_log_weight[k0_2 + k - k0]
+        b_s = tap_x0[k] + pad_x
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            v_s = values[0, row, np.uintp(b_s + i)]
+            v_t = values[0, row_target, np.uintp(b_s + dx + i)]
+            v_t2 = values[0, row_target_2, np.uintp(b_s + dx + i)]
+            diff = v_t - v_s
+            diff_2 = v_t2 - v_s
+            w = exp_nonpositive(log_weight - range_coef * (diff * diff))
+            w_2 = exp_nonpositive(log_weight_2 - range_coef * (diff_2 * diff_2))
+            x_s = np.uintp(a_s + i)
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_s] += w + w_2
+            acc[slot, 1, x_s] += w * v_t + w_2 * v_t2
+            acc[target_slot, 0, x_t] += w
+            acc[target_slot, 1, x_t] += w * v_s
+            acc[target_slot_2, 0, x_t] += w_2
+            acc[target_slot_2, 1, x_t] += w_2 * v_s
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -181,9 +251,9 @@ def _fill_slice(image, buffer, row0, rows, z, top, pad_x, mode, cval):
 
 
 #: Volumes round the length of their runs up to a multiple of this (and pad the work buffers by
-#: as many columns), so that no run ends in a scalar remainder loop: at most 4 x 8 float32 lanes
-#: of LLVM's vectorized and interleaved loops.
-RUN_QUANTUM = 32
+#: as many columns), so that no run ends in a scalar remainder loop (the vectorized loops
+#: take 8 float32 lanes at a time).
+RUN_QUANTUM = 8
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
@@ -235,7 +305,45 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     extend = by_slices and mode != MODE_EXCLUDE
     acc_pad = pad_x if extend else 0
     slack = RUN_QUANTUM if extend else 0
-    single = n_values == 1 and n_guides == 1
+    # A one-channel image that is its own guide: one fused pass per run.
+    single = n_values == 1 and same_guide
+    # The columns x0 <= x < x0 + n that each pair tap runs over (n <= 0: none).
+    n_pairs = pair_dx.shape[0]
+    tap_x0 = np.empty(n_pairs, dtype=np.int64)
+    tap_n = np.empty(n_pairs, dtype=np.int64)
+    for t in range(n_pairs):
+        dx = pair_dx[t]
+        if extend:
+            tap_x0[t] = max(-pad_x, -pad_x - dx)
+            n = min(width + pad_x, width + pad_x - dx) - tap_x0[t]
+            tap_n[t] = -(-n // RUN_QUANTUM) * RUN_QUANTUM if n > 0 else 0
+        else:
+            tap_x0[t] = max(0, -dx)
+            tap_n[t] = max(0, min(width, width - dx) - tap_x0[t])
+    # The pair taps in groups with the same (dz, dy), consecutive in C order: each group pairs
+    # the same two rows. pairable[g]: volumes, one channel, and group g + 1 is the next row down
+    # (dy + 1) with the same dx list, so both groups can share one pass.
+    group_start = np.empty(n_pairs + 1, dtype=np.int64)
+    n_groups = 0
+    for t in range(n_pairs):
+        if t == 0 or pair_dz[t] != pair_dz[t - 1] or pair_dy[t] != pair_dy[t - 1]:
+            group_start[n_groups] = t
+            n_groups += 1
+    group_start[n_groups] = n_pairs
+    pairable = np.zeros(max(n_groups, 1), dtype=np.bool_)
+    if extend and single:
+        for g in range(n_groups - 1):
+            first = group_start[g]
+            second = group_start[g + 1]
+            size = second - first
+            pairable[g] = (
+                size == group_start[g + 2] - second
+                and (pair_dz[first] > 0 or pair_dy[first] > 0)
+                and pair_dz[second] == pair_dz[first] and pair_dy[second] == pair_dy[first] + 1
+            )
+            for k in range(size):
+                if pair_dx[first + k] != pair_dx[second + k]:
+                    pairable[g] = False
     for band in prange(n_bands):
         b0 = band * band_size
         b1 = min(extent, b0 + band_size)
@@ -246,7 +354,9 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
         y_start = max(0, top)
         per_slice = y1 - y_start
         n_slots = pad_z * per_slice + pad_y + 1
-        buffer_width = width + 2 * pad_x + slack
+        # Rows of whole 64-byte lines (with Numba's 32-byte aligned allocations, a run that
+        # starts at column 0 makes aligned vector accesses).
+        buffer_width = -(-(width + 2 * pad_x + slack) // 16) * 16
         # zeros: the slack columns must hold finite numbers (they feed only unread columns).
         values = np.zeros((n_values, n_zslots * rows, buffer_width), dtype=dtype)
         if same_guide:
@@ -258,7 +368,8 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
             _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
             if not same_guide:
                 _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
-        acc = np.zeros((n_slots, n_values + 1, width + 2 * acc_pad + slack), dtype=dtype)
+        acc_width = -(-(width + 2 * acc_pad + slack) // 16) * 16
+        acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
         weights = np.empty(buffer_width, dtype=dtype)
         dist = np.empty(buffer_width, dtype=dtype)
         for z in range(z_start, z1):
@@ -273,11 +384,16 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
                 rank = (z - z_start) * per_slice + y - y_start
                 slot = rank % n_slots
                 in_band = z >= z0 and y >= y0
-                # Pairs of voxels inside the volume, each computed once for both ends.
-                for t in range(pair_dy.shape[0]):
-                    dz = pair_dz[t]
-                    dy = pair_dy[t]
-                    dx = pair_dx[t]
+                # Pairs of voxels inside the volume, each computed once for both ends, in groups
+                # of taps with the same (dz, dy): the same two rows.
+                g = 0
+                while g < n_groups:
+                    group = group_start[g]
+                    group_end = group_start[g + 1]
+                    pair_with_next = pairable[g]
+                    g += 1
+                    dz = pair_dz[group]
+                    dy = pair_dy[group]
                     z_target = z + dz
                     y_target = y + dy
                     if z_target >= depth or not 0 <= y_target < height:
@@ -285,39 +401,45 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
                     to_target = z0 <= z_target < z1 and y0 <= y_target < y1
                     if not (in_band or to_target):
                         continue
-                    if extend:
-                        x0 = max(-pad_x, -pad_x - dx)
-                        n = min(width + pad_x, width + pad_x - dx) - x0
-                    else:
-                        x0 = max(0, -dx)
-                        n = min(width, width - dx) - x0
-                    if n <= 0:
-                        continue
-                    if extend:
-                        n = -(-n // RUN_QUANTUM) * RUN_QUANTUM
                     row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
                     target_slot = (rank + dz * per_slice + dy) % n_slots
-                    b_s = x0 + pad_x
-                    a_s = x0 + acc_pad
-                    log_weight = pair_log_weight[t]
                     # Both ends in one pass, unless they share an accumulator row (dz == dy == 0;
                     # then the lower end first, the order of the 2-D filter's sums).
                     both = in_band and to_target and target_slot != slot
                     if both and single:
-                        _pair_both_single(acc, slot, target_slot, a_s, a_s + dx, values, guide,
-                                          row, row_target, b_s, b_s + dx, n, log_weight,
-                                          range_coef)
+                        if (pair_with_next and y_target + 1 < height
+                                and z0 <= z_target < z1 and y0 <= y_target + 1 < y1):
+                            _pairs_single_two_rows(
+                                acc, slot, target_slot, (target_slot + 1) % n_slots, values, row,
+                                row_target, row_target + 1, pad_x, acc_pad, pair_dx,
+                                pair_log_weight, tap_x0, tap_n, group, group_end, group_end,
+                                range_coef)
+                            g += 1
+                            continue
+                        _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x,
+                                      acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
+                                      group_end, range_coef)
                         continue
-                    _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
-                    _weights(dist, n, log_weight, range_coef, l1, weights)
-                    if both:
-                        _pair_both(acc, slot, target_slot, a_s, a_s + dx, weights, values, row,
-                                   row_target, b_s, b_s + dx, n)
+                    if single and in_band and to_target:
+                        _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx,
+                                               pair_log_weight, tap_x0, tap_n, group, group_end,
+                                               range_coef, weights)
                         continue
-                    if in_band:
-                        _accumulate(acc, slot, a_s, weights, values, row_target, b_s + dx, n)
-                    if to_target:
-                        _accumulate(acc, target_slot, a_s + dx, weights, values, row, b_s, n)
+                    for k in range(group, group_end):
+                        n = tap_n[k]
+                        dx = pair_dx[k]
+                        b_s = tap_x0[k] + pad_x
+                        a_s = tap_x0[k] + acc_pad
+                        _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
+                        _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
+                        if both:
+                            _pair_both(acc, slot, target_slot, a_s, a_s + dx, weights, values,
+                                       row, row_target, b_s, b_s + dx, n)
+                            continue
+                        if in_band:
+                            _accumulate(acc, slot, a_s, weights, values, row_target, b_s + dx, n)
+                        if to_target:
+                            _accumulate(acc, target_slot, a_s + dx, weights, values, row, b_s, n)
                 if not in_band:
                     continue
                 # One-sided taps, whose neighbour is outside the volume (read from the padding).
@@ -358,15 +480,19 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
                                    0, dx, x0, pad_x, 0, log_weight, range_coef, l1)
                         _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
                                    x1, dx, width - x1, pad_x, 0, log_weight, range_coef, l1)
+                # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite; then
+                # the normalization. Channel after channel, the loops over columns innermost.
                 for x in range(width):
-                    # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite.
-                    w = dtype.type(1.0)
-                    for c in range(n_guides):
-                        w += 0 * guide[c, row, pad_x + x]
-                    inverse = 1 / (acc[slot, 0, acc_pad + x] + w)
-                    for c in range(n_values):
-                        value = ((acc[slot, 1 + c, acc_pad + x] + w * values[c, row, pad_x + x])
-                                 * inverse)
+                    weights[x] = 1
+                for c in range(n_guides):
+                    for x in range(width):
+                        weights[x] += 0 * guide[c, row, np.uintp(pad_x + x)]
+                for x in range(width):
+                    dist[x] = 1 / (acc[slot, 0, np.uintp(acc_pad + x)] + weights[x])
+                for c in range(n_values):
+                    for x in range(width):
+                        value = ((acc[slot, 1 + c, np.uintp(acc_pad + x)]
+                                  + weights[x] * values[c, row, np.uintp(pad_x + x)]) * dist[x])
                         if channels_last:
                             out[z, y, x, c] = value
                         else:
