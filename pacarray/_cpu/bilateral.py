@@ -256,6 +256,179 @@ def _fill_slice(image, buffer, row0, rows, z, top, pad_x, mode, cval):
 RUN_QUANTUM = 8
 
 
+@njit(cache=True, fastmath=_FASTMATH)
+def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_guide, out,
+                 channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight, side_dz, side_dy,
+                 side_dx, side_log_weight, range_coef, cval, l1, mode, pads, extend, single,
+                 tap_x0, tap_n, group_start, pairable):
+    """Band ``band`` of :func:`bilateral_planes` (its arguments and the values it derives from
+    them), in a function of its own: the parallel loop's body stays small, and so does the
+    compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x); group_start: the
+    first tap of each group, then the number of pair taps. (Arrays rather than scalars, whose
+    literal values would make the typing compile more specializations.)"""
+    pad_z, pad_y, pad_x = pads[0], pads[1], pads[2]
+    acc_pad = pad_x if extend else 0
+    slack = RUN_QUANTUM if extend else 0
+    n_groups = group_start.shape[0] - 1
+    n_values, depth, height, width = image.shape
+    n_guides = guide_image.shape[0]
+    dtype = image.dtype
+    n_zslots = 2 * pad_z + 1
+    b0 = band * band_size
+    b1 = min(extent, b0 + band_size)
+    z0, z1, y0, y1 = (b0, b1, 0, height) if by_slices else (0, 1, b0, b1)
+    top = y0 - pad_y
+    rows = y1 - y0 + 2 * pad_y
+    z_start = max(0, z0 - pad_z)
+    y_start = max(0, top)
+    per_slice = y1 - y_start
+    n_slots = pad_z * per_slice + pad_y + 1
+    # Rows of whole 64-byte lines (with Numba's 32-byte aligned allocations, a run that
+    # starts at column 0 makes aligned vector accesses).
+    buffer_width = -(-(width + 2 * pad_x + slack) // 16) * 16
+    # zeros: the slack columns must hold finite numbers (they feed only unread columns).
+    values = np.zeros((n_values, n_zslots * rows, buffer_width), dtype=dtype)
+    if same_guide:
+        guide = values
+    else:
+        guide = np.zeros((n_guides, n_zslots * rows, buffer_width), dtype=dtype)
+    for s in range(z_start - pad_z, z_start + pad_z):
+        row0 = ((s - z_start + pad_z) % n_zslots) * rows
+        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        if not same_guide:
+            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
+    acc_width = -(-(width + 2 * acc_pad + slack) // 16) * 16
+    acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
+    weights = np.empty(buffer_width, dtype=dtype)
+    dist = np.empty(buffer_width, dtype=dtype)
+    for z in range(z_start, z1):
+        s = z + pad_z
+        row0 = ((s - z_start + pad_z) % n_zslots) * rows
+        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        if not same_guide:
+            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
+        slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
+        for y in range(y_start, y1):
+            row = slice_row + y
+            rank = (z - z_start) * per_slice + y - y_start
+            slot = rank % n_slots
+            in_band = z >= z0 and y >= y0
+            # Pairs of voxels inside the volume, each computed once for both ends, in groups
+            # of taps with the same (dz, dy): the same two rows.
+            g = 0
+            while g < n_groups:
+                group = group_start[g]
+                group_end = group_start[g + 1]
+                pair_with_next = pairable[g]
+                g += 1
+                dz = pair_dz[group]
+                dy = pair_dy[group]
+                z_target = z + dz
+                y_target = y + dy
+                if z_target >= depth or not 0 <= y_target < height:
+                    continue
+                to_target = z0 <= z_target < z1 and y0 <= y_target < y1
+                if not (in_band or to_target):
+                    continue
+                row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
+                target_slot = (rank + dz * per_slice + dy) % n_slots
+                # Both ends in one pass, unless they share an accumulator row (dz == dy == 0;
+                # then the lower end first, the order of the 2-D filter's sums).
+                both = in_band and to_target and target_slot != slot
+                if both and single:
+                    if (pair_with_next and y_target + 1 < height
+                            and z0 <= z_target < z1 and y0 <= y_target + 1 < y1):
+                        _pairs_single_two_rows(
+                            acc, slot, target_slot, (target_slot + 1) % n_slots, values, row,
+                            row_target, row_target + 1, pad_x, acc_pad, pair_dx,
+                            pair_log_weight, tap_x0, tap_n, group, group_end, group_end,
+                            range_coef)
+                        g += 1
+                        continue
+                    _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x,
+                                  acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
+                                  group_end, range_coef)
+                    continue
+                if single and in_band and to_target:
+                    _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx,
+                                           pair_log_weight, tap_x0, tap_n, group, group_end,
+                                           range_coef, weights)
+                    continue
+                for k in range(group, group_end):
+                    n = tap_n[k]
+                    dx = pair_dx[k]
+                    b_s = tap_x0[k] + pad_x
+                    a_s = tap_x0[k] + acc_pad
+                    _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
+                    _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
+                    if both:
+                        _pair_both(acc, slot, target_slot, a_s, a_s + dx, weights, values,
+                                   row, row_target, b_s, b_s + dx, n)
+                        continue
+                    if in_band:
+                        _accumulate(acc, slot, a_s, weights, values, row_target, b_s + dx, n)
+                    if to_target:
+                        _accumulate(acc, target_slot, a_s + dx, weights, values, row, b_s, n)
+            if not in_band:
+                continue
+            # One-sided taps, whose neighbour is outside the volume (read from the padding).
+            if extend:
+                # Only the taps whose neighbour row is outside: full rows.
+                if pad_z <= z < depth - pad_z and pad_y <= y < height - pad_y:
+                    pass
+                else:
+                    n = -(-width // RUN_QUANTUM) * RUN_QUANTUM
+                    for t in range(side_dy.shape[0]):
+                        z_neighbour = z + side_dz[t]
+                        y_neighbour = y + side_dy[t]
+                        if 0 <= z_neighbour < depth and 0 <= y_neighbour < height:
+                            continue
+                        row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                         + y_neighbour - top)
+                        _one_sided(values, guide, acc, dist, weights, slot, row,
+                                   row_neighbour, 0, side_dx[t], n, pad_x, acc_pad,
+                                   side_log_weight[t], range_coef, l1)
+            elif mode != MODE_EXCLUDE:
+                for t in range(side_dy.shape[0]):
+                    dz = side_dz[t]
+                    dy = side_dy[t]
+                    dx = side_dx[t]
+                    log_weight = side_log_weight[t]
+                    z_neighbour = z + dz
+                    y_neighbour = y + dy
+                    row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                     + y_neighbour - top)
+                    x0 = min(max(0, -dx), width)
+                    x1 = max(min(width, width - dx), x0)
+                    if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
+                        _one_sided(values, guide, acc, dist, weights, slot, row,
+                                   row_neighbour, 0, dx, width, pad_x, 0, log_weight,
+                                   range_coef, l1)
+                        continue
+                    _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
+                               0, dx, x0, pad_x, 0, log_weight, range_coef, l1)
+                    _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
+                               x1, dx, width - x1, pad_x, 0, log_weight, range_coef, l1)
+            # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite; then
+            # the normalization. Channel after channel, the loops over columns innermost.
+            for x in range(width):
+                weights[x] = 1
+            for c in range(n_guides):
+                for x in range(width):
+                    weights[x] += 0 * guide[c, row, np.uintp(pad_x + x)]
+            for x in range(width):
+                dist[x] = 1 / (acc[slot, 0, np.uintp(acc_pad + x)] + weights[x])
+            for c in range(n_values):
+                for x in range(width):
+                    value = ((acc[slot, 1 + c, np.uintp(acc_pad + x)]
+                              + weights[x] * values[c, row, np.uintp(pad_x + x)]) * dist[x])
+                    if channels_last:
+                        out[z, y, x, c] = value
+                    else:
+                        out[c, z, y, x] = value
+            acc[slot] = 0
+
+
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz, pair_dy,
                      pair_dx, pair_log_weight, side_dz, side_dy, side_dx, side_log_weight,
@@ -280,8 +453,6 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     filter row for row (same arithmetic in the same order).
     """
     n_values, depth, height, width = image.shape
-    n_guides = guide_image.shape[0]
-    dtype = image.dtype
     range_coef = params[0]
     cval = params[1]
     pad_z = 0
@@ -295,7 +466,6 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     by_slices = depth > 1
     extent = depth if by_slices else height
     n_bands = (extent + band_size - 1) // band_size
-    n_zslots = 2 * pad_z + 1
     # Volumes run the pairs across the left and right padding too (their far end there is
     # dropped): no one-sided runs of a few voxels per tap and row at the x edges, whose calls
     # would cost more than the row's work in 3-D (hundreds of taps, short rows). Their runs are
@@ -303,8 +473,6 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     # accumulators that no result reads. Images keep exact one-sided runs (the summation order
     # of the 2-D filter is part of its results).
     extend = by_slices and mode != MODE_EXCLUDE
-    acc_pad = pad_x if extend else 0
-    slack = RUN_QUANTUM if extend else 0
     # A one-channel image that is its own guide: one fused pass per run.
     single = n_values == 1 and same_guide
     # The columns x0 <= x < x0 + n that each pair tap runs over (n <= 0: none).
@@ -344,160 +512,16 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
             for k in range(size):
                 if pair_dx[first + k] != pair_dx[second + k]:
                     pairable[g] = False
+    pads = np.empty(3, dtype=np.int64)
+    pads[0] = pad_z
+    pads[1] = pad_y
+    pads[2] = pad_x
+    groups = group_start[:n_groups + 1]
     for band in prange(n_bands):
-        b0 = band * band_size
-        b1 = min(extent, b0 + band_size)
-        z0, z1, y0, y1 = (b0, b1, 0, height) if by_slices else (0, 1, b0, b1)
-        top = y0 - pad_y
-        rows = y1 - y0 + 2 * pad_y
-        z_start = max(0, z0 - pad_z)
-        y_start = max(0, top)
-        per_slice = y1 - y_start
-        n_slots = pad_z * per_slice + pad_y + 1
-        # Rows of whole 64-byte lines (with Numba's 32-byte aligned allocations, a run that
-        # starts at column 0 makes aligned vector accesses).
-        buffer_width = -(-(width + 2 * pad_x + slack) // 16) * 16
-        # zeros: the slack columns must hold finite numbers (they feed only unread columns).
-        values = np.zeros((n_values, n_zslots * rows, buffer_width), dtype=dtype)
-        if same_guide:
-            guide = values
-        else:
-            guide = np.zeros((n_guides, n_zslots * rows, buffer_width), dtype=dtype)
-        for s in range(z_start - pad_z, z_start + pad_z):
-            row0 = ((s - z_start + pad_z) % n_zslots) * rows
-            _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
-            if not same_guide:
-                _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
-        acc_width = -(-(width + 2 * acc_pad + slack) // 16) * 16
-        acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
-        weights = np.empty(buffer_width, dtype=dtype)
-        dist = np.empty(buffer_width, dtype=dtype)
-        for z in range(z_start, z1):
-            s = z + pad_z
-            row0 = ((s - z_start + pad_z) % n_zslots) * rows
-            _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
-            if not same_guide:
-                _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
-            slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
-            for y in range(y_start, y1):
-                row = slice_row + y
-                rank = (z - z_start) * per_slice + y - y_start
-                slot = rank % n_slots
-                in_band = z >= z0 and y >= y0
-                # Pairs of voxels inside the volume, each computed once for both ends, in groups
-                # of taps with the same (dz, dy): the same two rows.
-                g = 0
-                while g < n_groups:
-                    group = group_start[g]
-                    group_end = group_start[g + 1]
-                    pair_with_next = pairable[g]
-                    g += 1
-                    dz = pair_dz[group]
-                    dy = pair_dy[group]
-                    z_target = z + dz
-                    y_target = y + dy
-                    if z_target >= depth or not 0 <= y_target < height:
-                        continue
-                    to_target = z0 <= z_target < z1 and y0 <= y_target < y1
-                    if not (in_band or to_target):
-                        continue
-                    row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
-                    target_slot = (rank + dz * per_slice + dy) % n_slots
-                    # Both ends in one pass, unless they share an accumulator row (dz == dy == 0;
-                    # then the lower end first, the order of the 2-D filter's sums).
-                    both = in_band and to_target and target_slot != slot
-                    if both and single:
-                        if (pair_with_next and y_target + 1 < height
-                                and z0 <= z_target < z1 and y0 <= y_target + 1 < y1):
-                            _pairs_single_two_rows(
-                                acc, slot, target_slot, (target_slot + 1) % n_slots, values, row,
-                                row_target, row_target + 1, pad_x, acc_pad, pair_dx,
-                                pair_log_weight, tap_x0, tap_n, group, group_end, group_end,
-                                range_coef)
-                            g += 1
-                            continue
-                        _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x,
-                                      acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
-                                      group_end, range_coef)
-                        continue
-                    if single and in_band and to_target:
-                        _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx,
-                                               pair_log_weight, tap_x0, tap_n, group, group_end,
-                                               range_coef, weights)
-                        continue
-                    for k in range(group, group_end):
-                        n = tap_n[k]
-                        dx = pair_dx[k]
-                        b_s = tap_x0[k] + pad_x
-                        a_s = tap_x0[k] + acc_pad
-                        _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
-                        _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
-                        if both:
-                            _pair_both(acc, slot, target_slot, a_s, a_s + dx, weights, values,
-                                       row, row_target, b_s, b_s + dx, n)
-                            continue
-                        if in_band:
-                            _accumulate(acc, slot, a_s, weights, values, row_target, b_s + dx, n)
-                        if to_target:
-                            _accumulate(acc, target_slot, a_s + dx, weights, values, row, b_s, n)
-                if not in_band:
-                    continue
-                # One-sided taps, whose neighbour is outside the volume (read from the padding).
-                if extend:
-                    # Only the taps whose neighbour row is outside: full rows.
-                    if pad_z <= z < depth - pad_z and pad_y <= y < height - pad_y:
-                        pass
-                    else:
-                        n = -(-width // RUN_QUANTUM) * RUN_QUANTUM
-                        for t in range(side_dy.shape[0]):
-                            z_neighbour = z + side_dz[t]
-                            y_neighbour = y + side_dy[t]
-                            if 0 <= z_neighbour < depth and 0 <= y_neighbour < height:
-                                continue
-                            row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
-                                             + y_neighbour - top)
-                            _one_sided(values, guide, acc, dist, weights, slot, row,
-                                       row_neighbour, 0, side_dx[t], n, pad_x, acc_pad,
-                                       side_log_weight[t], range_coef, l1)
-                elif mode != MODE_EXCLUDE:
-                    for t in range(side_dy.shape[0]):
-                        dz = side_dz[t]
-                        dy = side_dy[t]
-                        dx = side_dx[t]
-                        log_weight = side_log_weight[t]
-                        z_neighbour = z + dz
-                        y_neighbour = y + dy
-                        row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
-                                         + y_neighbour - top)
-                        x0 = min(max(0, -dx), width)
-                        x1 = max(min(width, width - dx), x0)
-                        if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
-                            _one_sided(values, guide, acc, dist, weights, slot, row,
-                                       row_neighbour, 0, dx, width, pad_x, 0, log_weight,
-                                       range_coef, l1)
-                            continue
-                        _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
-                                   0, dx, x0, pad_x, 0, log_weight, range_coef, l1)
-                        _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
-                                   x1, dx, width - x1, pad_x, 0, log_weight, range_coef, l1)
-                # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite; then
-                # the normalization. Channel after channel, the loops over columns innermost.
-                for x in range(width):
-                    weights[x] = 1
-                for c in range(n_guides):
-                    for x in range(width):
-                        weights[x] += 0 * guide[c, row, np.uintp(pad_x + x)]
-                for x in range(width):
-                    dist[x] = 1 / (acc[slot, 0, np.uintp(acc_pad + x)] + weights[x])
-                for c in range(n_values):
-                    for x in range(width):
-                        value = ((acc[slot, 1 + c, np.uintp(acc_pad + x)]
-                                  + weights[x] * values[c, row, np.uintp(pad_x + x)]) * dist[x])
-                        if channels_last:
-                            out[z, y, x, c] = value
-                        else:
-                            out[c, z, y, x] = value
-                acc[slot] = 0
+        _filter_band(np.int64(band), band_size, extent, by_slices, image, guide_image,
+                     same_guide, out, channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight,
+                     side_dz, side_dy, side_dx, side_log_weight, range_coef, cval, l1, mode, pads,
+                     extend, single, tap_x0, tap_n, groups, pairable)
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
