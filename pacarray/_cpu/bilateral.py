@@ -17,8 +17,15 @@ time against OpenCV, so it is organised for speed:
   columns innermost and vectorized whatever the count, a run of pairs goes in passes over the
   row: the guide distances summed channel after channel into a row buffer, one pass of
   exponentials, then the weighted values channel after channel into both ends' accumulator
-  rows. One value and one guide channel (gray images and volumes) take a single fused pass.
-  Column indices are unsigned so that Numba emits no negative-index wraparound selects.
+  rows. A one-channel image that is its own guide (gray images, volumes, signals) takes a
+  single fused pass from one buffer. Column indices are unsigned so that Numba emits no
+  negative-index wraparound selects.
+* The pair taps go in groups of equal (dz, dy), which pair the same two rows. In volumes two
+  groups (dz, dy) and (dz, dy + 1) with the same columns share one pass (the source voxel and
+  its accumulators are read and written once for two pairs), runs are rounded up to whole
+  vectors (into slack columns that no result reads), and buffer rows are whole cache lines:
+  on the 2-core AVX2 machine of 2026-12-03 the 3-D loop is bound by its loads and stores, a
+  misaligned row cost about 35% and the shared pass about 10% (see docs/design.md §4).
 * The spatial and the range weight share one exponential, ``exp(log G[tap] - c * d2)``, evaluated
   by the branch-free polynomial of :mod:`pacarray._cpu._exp` (Numba's ``np.exp`` runs scalar
   without Intel SVML); it is exactly 0 below -69 (float32) or -600 (float64), the thresholds
