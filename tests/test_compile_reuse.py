@@ -75,7 +75,7 @@ def test_paired_patch_row_order_is_a_permutation_matching_the_kernels():
 def test_bilateral_compiles_once_for_every_layout_of_the_image():
     # The planes of a channels-last, Fortran-ordered, negative-stride or read-only image reach
     # the kernel with different Numba types; pacarray._cpu._layouts calls one general-layout
-    # specialization for all of them (one per dtype and channel count), with the same result.
+    # specialization for all of them (one per dtype), with the same result.
     import importlib
 
     kernels = importlib.import_module("pacarray._cpu.bilateral")
