@@ -75,7 +75,7 @@ def test_paired_patch_row_order_is_a_permutation_matching_the_kernels():
 def test_bilateral_compiles_once_for_every_layout_of_the_image():
     # The planes of a channels-last, Fortran-ordered, negative-stride or read-only image reach
     # the kernel with different Numba types; pacarray._cpu._layouts calls one general-layout
-    # specialization for all of them (one per dtype and channel count), with the same result.
+    # specialization for all of them (one per dtype), with the same result.
     import importlib
 
     kernels = importlib.import_module("pacarray._cpu.bilateral")
@@ -97,3 +97,60 @@ def test_bilateral_compiles_once_for_every_layout_of_the_image():
             result = result.transpose(1, 2, 0)
         np.testing.assert_array_equal(result, expected, err_msg=name)
     assert len(kernels.bilateral_planes.overloads) == count
+
+
+def _float32_overloads(kernel):
+    return sum(1 for signature in kernel.overloads if str(signature[0].dtype) == "float32")
+
+
+def test_bilateral_compiles_once_per_dtype_for_every_channel_count():
+    # The channel counts are runtime values of the kernels (docs/design.md §3): images and
+    # volumes, channels first or last, 1 to 8 value and guide channels all run one float32
+    # specialization, with the generic pac_pool path's results.
+    import importlib
+
+    from pacarray._dispatch import generic_kernels
+
+    kernels = importlib.import_module("pacarray._cpu.bilateral")
+    rng = np.random.default_rng(6)
+    options = dict(sigma_spatial=1.0, sigma_color=0.5, radius=1)
+    calls = []
+    for channels in (1, 2, 3, 4, 5, 8):
+        # (image, channel_axis, guide): a channels-last image and a channels-first volume
+        calls.append((rng.random((6, 7, channels)), -1, None))
+        calls.append((rng.random((channels, 4, 5, 6)), 0, None))
+    for channels, guides in ((1, 3), (3, 1), (2, 8), (5, 3)):
+        calls.append((rng.random((channels, 6, 7)), 0, rng.random((guides, 6, 7))))
+    calls.append((rng.random((4, 5, 6, 3)), -1, rng.random((4, 5, 6, 8))))
+    calls.append((rng.random((6, 7)), None, rng.random((6, 7, 3))))
+    calls.append((rng.random((4, 5, 6)), None, None))
+    for image, axis, guide in calls:
+        image = image.astype(np.float32)
+        guide = None if guide is None else guide.astype(np.float32)
+        out = pacarray.bilateral_filter(image, channel_axis=axis, guide=guide, **options)
+        with generic_kernels():
+            expected = pacarray.bilateral_filter(image, channel_axis=axis, guide=guide, **options)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5,
+                                   err_msg=f"{image.shape} {axis} {guide is not None}")
+    assert _float32_overloads(kernels.bilateral_planes) == 1
+
+
+def test_joint_upsample_compiles_once_per_dtype_for_every_channel_count():
+    import importlib
+
+    from pacarray._dispatch import generic_kernels
+
+    kernels = importlib.import_module("pacarray._cpu.bilateral")
+    rng = np.random.default_rng(7)
+    for channels, guides, axis in ((1, 1, None), (3, 3, -1), (2, 5, 0)):
+        low_shape = (3, 4) if axis is None else (3, 4, channels) if axis == -1 else (channels, 3, 4)
+        guide_shape = (9, 11) if guides == 1 else (9, 11, guides) if axis in (-1, None) \
+            else (guides, 9, 11)
+        low = rng.random(low_shape).astype(np.float32)
+        guide = rng.random(guide_shape).astype(np.float32)
+        options = dict(sigma_spatial=1.0, sigma_color=0.4, channel_axis=axis)
+        out = pacarray.joint_bilateral_upsample(low, guide, **options)
+        with generic_kernels():
+            expected = pacarray.joint_bilateral_upsample(low, guide, **options)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5, err_msg=str(low_shape))
+    assert _float32_overloads(kernels.joint_upsample_rows) == 1

@@ -102,7 +102,7 @@ def test_joint_bilateral_guide_with_other_channel_count(guide_channels, color_di
 
 
 def test_bilateral_more_channels_than_one_kernel_call(rng):
-    # 6 value channels are processed in two groups of planes; the guide is the whole image.
+    # 6 value channels (more than the 4 planes per call of earlier kernels) guided by themselves.
     image = rng.random((6, 7, 8)).astype(np.float32)
     out = bilateral_filter(image, sigma_spatial=1.0, sigma_color=0.8, radius=1, channel_axis=0)
     expected = naive_bilateral(image, image, 1.0, 0.8, 1)

@@ -2,8 +2,8 @@
 
 Each takes the validated problem from :mod:`pacarray._bilateral` and returns the result in the
 caller's layout (channels-last images are written in place by the kernels, without a transpose).
-The kernels hold at most ``MAX_GUIDE_PLANES`` guide channels; beyond that, the generic
-implementation on the fused ``pac_pool`` runs instead.
+The channels reach the kernels as one strided array each (views of the caller's arrays where the
+front end made no copy), so any channel count and layout runs one specialization per dtype.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ SIGNAL_ROW = 1 << 16
 
 def bilateral(problem):
     """The bilateral filter of a :class:`pacarray._bilateral.BilateralProblem`."""
-    if problem.guide_channels > kernels.MAX_GUIDE_PLANES:
-        return generic.bilateral(problem)
     planar = problem.planar
     channels, spatial = planar.shape[0], planar.shape[1:]
     dtype = planar.dtype
@@ -69,17 +67,14 @@ def _run_volume(problem, planar, guide_planar, offsets, log_weight, out, channel
     else:
         band = max(1, min(max(64, 8 * problem.radius[-2 if problem.ndim > 1 else 0]),
                           -(-height // threads)))
-    same_guide = guide_planar is None and channels <= kernels.MAX_VALUE_PLANES
-    guide_planes = tuple(planar if guide_planar is None else guide_planar)
-    for start in range(0, channels, kernels.MAX_VALUE_PLANES):
-        value_planes = tuple(planar[start:start + kernels.MAX_VALUE_PLANES])
-        # One specialization per dtype and channel counts, whatever the caller's layout.
-        call_any_layout(
-            kernels.bilateral_planes,
-            value_planes, value_planes if same_guide else guide_planes, same_guide, out,
-            channels_last, start, *pair, *side, params, problem.color_distance == "l1",
-            kernels.MODE_CODES[problem.mode], band,
-        )
+    same_guide = guide_planar is None
+    # One specialization per dtype, whatever the channel counts and the caller's layout.
+    call_any_layout(
+        kernels.bilateral_planes,
+        planar, planar if same_guide else guide_planar, same_guide, out, channels_last,
+        *pair, *side, params, problem.color_distance == "l1", kernels.MODE_CODES[problem.mode],
+        band, read_only=(0, 1),
+    )
 
 
 def _signal_rows(problem, offsets, log_weight, out, channels_last):
@@ -118,7 +113,7 @@ def _signal_rows(problem, offsets, log_weight, out, channels_last):
 
 def joint_upsample(problem):
     """Joint bilateral upsampling of a :class:`pacarray._bilateral.UpsampleProblem`."""
-    if problem.guide_planar.shape[0] > kernels.MAX_GUIDE_PLANES or problem.low_planar.ndim != 3:
+    if problem.low_planar.ndim != 3:
         return generic.joint_upsample(problem)
     low_planar, guide_planar, factors = problem.low_planar, problem.guide_planar, problem.factors
     rows, cols = problem.rows, problem.cols
@@ -133,16 +128,15 @@ def joint_upsample(problem):
                    dtype=dtype)
     low_expanded = np.ascontiguousarray(low_planar[:, :, expanded])
     guide_expanded = np.ascontiguousarray(problem.guide_samples[:, :, expanded])
-    for start in range(0, channels, kernels.MAX_VALUE_PLANES):
-        call_any_layout(
-            kernels.joint_upsample_rows,
-            tuple(low_expanded[start:start + kernels.MAX_VALUE_PLANES]), guide_expanded,
-            tuple(guide_planar), out, channels_last, start,
-            nearest_sample(np.arange(height), factors[0]), factor_x, pad_x,
-            rows[1].astype(dtype), cols[1].astype(dtype), cols[2], cols[3],
-            np.array([problem.range_coef], dtype=dtype),
-            keep=(0, 1),  # contiguous copies made above, read in the inner loop
-        )
+    call_any_layout(
+        kernels.joint_upsample_rows,
+        low_expanded, guide_expanded, guide_planar, out, channels_last,
+        nearest_sample(np.arange(height), factors[0]), factor_x, pad_x,
+        rows[1].astype(dtype), cols[1].astype(dtype), cols[2], cols[3],
+        np.array([problem.range_coef], dtype=dtype),
+        keep=(0, 1),  # contiguous copies made above, read in the inner loop
+        read_only=(2,),
+    )
     if channels_last:
         return out
     return _args.channels_back(np, out, problem.channel_axis)

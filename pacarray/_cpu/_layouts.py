@@ -8,6 +8,8 @@ would otherwise compile once per layout the caller happens to pass: 10-20 s each
 cause of most of the compilation in the test suite. :func:`call_any_layout` compiles the kernel
 for the general layout ``'A'`` instead (arrays inside tuples typed read-only too) and calls that
 one machine-code entry point for every layout: a C-contiguous array is a valid ``'A'`` array.
+The arrays a kernel only reads are typed read-only as well (whether the caller's array is
+writeable is one more bit of its Numba type), named by position or passed inside tuples.
 It is meant for kernels that only copy from the caller's arrays into their own work buffers,
 where the general layout costs nothing measurable.
 """
@@ -37,7 +39,7 @@ def _general(numba_type, read_only: bool = False):
     return numba_type
 
 
-def call_any_layout(kernel, *args, keep=()):
+def call_any_layout(kernel, *args, keep=(), read_only=()):
     """``kernel(*args)`` through the specialization for general-layout arrays.
 
     Parameters
@@ -50,9 +52,28 @@ def call_any_layout(kernel, *args, keep=()):
         Positions whose type is kept as NumPy gives it (arrays the caller always allocates
         C-contiguous and reads in inner loops, where the general layout's stride arithmetic
         would cost).
+    read_only : collection of int
+        Positions of arrays the kernel never writes, typed read-only whatever the caller's
+        array flags (so that a writeable and a read-only input share one specialization).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numba import njit
+    >>> @njit
+    ... def total(a):
+    ...     return a.sum()
+    >>> image = np.arange(6.0).reshape(2, 3)
+    >>> float(call_any_layout(total, image.T, read_only=(0,)))
+    15.0
+    >>> float(call_any_layout(total, image, read_only=(0,)))  # same specialization
+    15.0
+    >>> len(total.overloads)
+    1
     """
     signature = tuple(
-        numba.typeof(arg) if index in keep else _general(numba.typeof(arg))
+        numba.typeof(arg) if index in keep
+        else _general(numba.typeof(arg), read_only=index in read_only)
         for index, arg in enumerate(args)
     )
     key = (kernel, signature)

@@ -12,9 +12,20 @@ time against OpenCV, so it is organised for speed:
   filled by the border mode: the input may have any layout (channels last, say), no padded or
   planar copy of the whole image is made, and every loop over columns is a contiguous run.
   Taps whose neighbour lies outside the image are one-sided: only the centre pixel accumulates.
-* Channels come as tuples of 2-D planes, so their count is a compile-time constant, the channel
-  loops unroll, and the loop over columns is the innermost loop and vectorizes. Column indices
-  are unsigned so that Numba emits no negative-index wraparound selects.
+* The channel counts are runtime values (the channels come as one strided array each), so each
+  kernel compiles once per dtype for every channel count and layout. To keep the loop over
+  columns innermost and vectorized whatever the count, a run of pairs goes in passes over the
+  row: the guide distances summed channel after channel into a row buffer, one pass of
+  exponentials, then the weighted values channel after channel into both ends' accumulator
+  rows. A one-channel image that is its own guide (gray images, volumes, signals) takes a
+  single fused pass from one buffer. Column indices are unsigned so that Numba emits no
+  negative-index wraparound selects.
+* The pair taps go in groups of equal (dz, dy), which pair the same two rows. In volumes two
+  groups (dz, dy) and (dz, dy + 1) with the same columns share one pass (the source voxel and
+  its accumulators are read and written once for two pairs), runs are rounded up to whole
+  vectors (into slack columns that no result reads), and buffer rows are whole cache lines:
+  on the 2-core AVX2 machine of 2026-12-03 the 3-D loop is bound by its loads and stores, a
+  misaligned row cost about 35% and the shared pass about 10% (see docs/design.md §4).
 * The spatial and the range weight share one exponential, ``exp(log G[tap] - c * d2)``, evaluated
   by the branch-free polynomial of :mod:`pacarray._cpu._exp` (Numba's ``np.exp`` runs scalar
   without Intel SVML); it is exactly 0 below -69 (float32) or -600 (float64), the thresholds
@@ -46,11 +57,6 @@ MODE_CODES = {
     "exclude": MODE_EXCLUDE,
 }
 
-# Most guide channels the unrolled kernel is compiled for; the value channels are processed in
-# groups of at most MAX_VALUE_PLANES by the caller.
-MAX_GUIDE_PLANES = 8
-MAX_VALUE_PLANES = 4
-
 # Only the contraction of multiply-add into FMA: no assumptions about NaN or Inf.
 _FASTMATH = {"contract"}
 
@@ -78,78 +84,371 @@ def _map_index(i, n, mode):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _run(value_planes, guide_planes, values, guide, acc, slot, row, row_neighbour, x0, dx, n,
-         pad, acc_pad, log_weight, range_coef, l1, accumulate, weights):
-    """Weights of pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in
-    buffer rows and image columns (buffer column = image column + pad, accumulator column =
-    image column + acc_pad); stored in ``weights[:n]`` and, if ``accumulate``, added to
-    ``acc[slot]``. The plane tuples only carry the channel counts as compile-time constants."""
-    zero = weights.dtype.type(0.0)
+def _distances(guide, row, row_neighbour, b_s, b_n, n, l1, dist):
+    """``dist[i]`` = sum over the guide channels of the squared (``l1``: absolute) difference of
+    buffer pixels (row_neighbour, b_n + i) and (row, b_s + i), for i < n. Channel after channel,
+    so that the loop over columns is the inner one whatever the channel count."""
     for i in range(n):
-        xs = np.uintp(x0 + acc_pad + i)
-        bs = np.uintp(x0 + pad + i)
-        bn = np.uintp(x0 + pad + dx + i)
-        d = zero
-        for c in range(len(guide_planes)):
-            diff = guide[c, row_neighbour, bn] - guide[c, row, bs]
-            d += abs(diff) if l1 else diff * diff
-        if l1:
-            d = d * d
-        w = exp_nonpositive(log_weight - range_coef * d)
-        weights[i] = w
-        if accumulate:
-            acc[slot, 0, xs] += w
-            for c in range(len(value_planes)):
-                acc[slot, 1 + c, xs] += w * values[c, row_neighbour, bn]
+        diff = guide[0, row_neighbour, np.uintp(b_n + i)] - guide[0, row, np.uintp(b_s + i)]
+        dist[i] = abs(diff) if l1 else diff * diff
+    for c in range(1, guide.shape[0]):
+        for i in range(n):
+            diff = guide[c, row_neighbour, np.uintp(b_n + i)] - guide[c, row, np.uintp(b_s + i)]
+            dist[i] += abs(diff) if l1 else diff * diff
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _scatter(value_planes, values, acc, slot, row, x0, dx, n, pad, acc_pad, weights):
-    """The other end of the pairs of ``_run``: pixel (row, x0 + i) into image column
-    x0 + dx + i of ``acc[slot]``."""
+def _weights(dist, n, log_weight, range_coef, l1, weights):
+    """``weights[i] = exp(log_weight - range_coef * d2)`` with d2 = ``dist[i]`` (``l1``: its
+    square), for i < n."""
     for i in range(n):
-        bs = np.uintp(x0 + pad + i)
-        xt = np.uintp(x0 + dx + acc_pad + i)
+        d = dist[i]
+        if l1:
+            d = d * d
+        weights[i] = exp_nonpositive(log_weight - range_coef * d)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _accumulate(acc, slot, a0, weights, values, row, b0, n):
+    """Row ``slot`` of the accumulators gets, at column a0 + i (i < n), the weight ``weights[i]``
+    and the weighted values of buffer pixel (row, b0 + i)."""
+    for i in range(n):
+        acc[slot, 0, np.uintp(a0 + i)] += weights[i]
+    for c in range(values.shape[0]):
+        for i in range(n):
+            acc[slot, 1 + c, np.uintp(a0 + i)] += weights[i] * values[c, row, np.uintp(b0 + i)]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _pair_both(acc, slot, target_slot, a_s, a_t, weights, values, row, row_target, b_s, b_t,
+               n):
+    """Both ends of the pairs of weights ``weights[:n]`` (accumulator rows ``slot`` !=
+    ``target_slot``): pixel (row, b_s + i) gets pixel (row_target, b_t + i), at accumulator
+    column a_s + i, and the other way round at a_t + i."""
+    for i in range(n):
         w = weights[i]
-        acc[slot, 0, xt] += w
-        for c in range(len(value_planes)):
-            acc[slot, 1 + c, xt] += w * values[c, row, bs]
+        acc[slot, 0, np.uintp(a_s + i)] += w
+        acc[target_slot, 0, np.uintp(a_t + i)] += w
+    for c in range(values.shape[0]):
+        for i in range(n):
+            w = weights[i]
+            acc[slot, 1 + c, np.uintp(a_s + i)] += w * values[c, row_target, np.uintp(b_t + i)]
+            acc[target_slot, 1 + c, np.uintp(a_t + i)] += w * values[c, row, np.uintp(b_s + i)]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x, acc_pad, pair_dx,
+                  pair_log_weight, tap_x0, tap_n, k0, k1, range_coef):
+    """:func:`_pair_both` for a one-channel image that is its own guide and the taps
+    k0 <= k < k1 (which share their row offset: the same two rows), the weights computed in the
+    same loop (no store and reload). Tap k pairs image columns tap_x0[k] ..
+    tap_x0[k] + tap_n[k] - 1 with their neighbours pair_dx[k] to the right. One buffer for
+    values and guide: each pixel is loaded once."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        b_s = tap_x0[k] + pad_x
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            v_s = values[0, row, np.uintp(b_s + i)]
+            v_t = values[0, row_target, np.uintp(b_s + dx + i)]
+            diff = v_t - v_s
+            w = exp_nonpositive(log_weight - range_coef * (diff * diff))
+            x_s = np.uintp(a_s + i)
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_s] += w
+            acc[slot, 1, x_s] += w * v_t
+            acc[target_slot, 0, x_t] += w
+            acc[target_slot, 1, x_t] += w * v_s
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx, pair_log_weight,
+                           tap_x0, tap_n, k0, k1, range_coef, weights):
+    """:func:`_pairs_single` for taps within the row (dz == dy == 0): both ends accumulate into
+    row ``slot``, the lower ends first and then, from the stored weights, the upper ends (the
+    order of the 2-D and 1-D filters' sums)."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        b_s = tap_x0[k] + pad_x
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            v_t = values[0, row, np.uintp(b_s + dx + i)]
+            diff = v_t - values[0, row, np.uintp(b_s + i)]
+            w = exp_nonpositive(log_weight - range_coef * (diff * diff))
+            weights[i] = w
+            x_s = np.uintp(a_s + i)
+            acc[slot, 0, x_s] += w
+            acc[slot, 1, x_s] += w * v_t
+        for i in range(n):
+            w = weights[i]
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_t] += w
+            acc[slot, 1, x_t] += w * values[0, row, np.uintp(b_s + i)]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single_two_rows(acc, slot, target_slot, target_slot_2, values, row, row_target,
+                           row_target_2, pad_x, acc_pad, pair_dx, pair_log_weight, tap_x0,
+                           tap_n, k0, k1, k0_2, range_coef):
+    """:func:`_pairs_single` for two groups of taps at once: taps k0 <= k < k1 into the rows
+    ``row_target`` / ``target_slot``, taps k0_2 + k - k0 (same dx, same columns) into
+    ``row_target_2`` / ``target_slot_2``. The source pixel is loaded once and its accumulators
+    updated once for both (half the read-modify-writes of the source end, most of them
+    misaligned). Volumes only: the sum of the source end is in another order."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        log_weight_2 = pair_log_weight[k0_2 + k - k0]
+        b_s = tap_x0[k] + pad_x
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            v_s = values[0, row, np.uintp(b_s + i)]
+            v_t = values[0, row_target, np.uintp(b_s + dx + i)]
+            v_t2 = values[0, row_target_2, np.uintp(b_s + dx + i)]
+            diff = v_t - v_s
+            diff_2 = v_t2 - v_s
+            w = exp_nonpositive(log_weight - range_coef * (diff * diff))
+            w_2 = exp_nonpositive(log_weight_2 - range_coef * (diff_2 * diff_2))
+            x_s = np.uintp(a_s + i)
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_s] += w + w_2
+            acc[slot, 1, x_s] += w * v_t + w_2 * v_t2
+            acc[target_slot, 0, x_t] += w
+            acc[target_slot, 1, x_t] += w * v_s
+            acc[target_slot_2, 0, x_t] += w_2
+            acc[target_slot_2, 1, x_t] += w_2 * v_s
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour, x0, dx, n, pad,
+               acc_pad, log_weight, range_coef, l1):
+    """Pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in buffer rows
+    and image columns (buffer column = image column + pad, accumulator column = image column +
+    acc_pad), added to accumulator row ``slot`` only."""
+    b_s = x0 + pad
+    _distances(guide, row, row_neighbour, b_s, b_s + dx, n, l1, dist)
+    _weights(dist, n, log_weight, range_coef, l1, weights)
+    _accumulate(acc, slot, x0 + acc_pad, weights, values, row_neighbour, b_s + dx, n)
 
 
 @njit(cache=True)
-def _fill_slice(planes, buffer, row0, rows, z, top, pad_x, mode, cval):
+def _fill_slice(image, buffer, row0, rows, z, top, pad_x, mode, cval):
     """Buffer (c, row0 + j, pad_x + x) <- image (c, z, top + j, x) for j < rows; slices, rows and
     columns outside the image mapped by the border mode ("constant": cval; "exclude": never
-    read, left as cval)."""
-    depth, height, width = planes[0].shape
+    read, left as cval). Columns of the buffer past width + 2 pad_x are left as they are."""
+    channels, depth, height, width = image.shape
     z_image = _map_index(z, depth, mode)
     for j in range(rows):
         y = _map_index(top + j, height, mode) if z_image >= 0 else -1
-        for c in range(len(planes)):
+        for c in range(channels):
             if y < 0:
-                buffer[c, row0 + j, :] = cval
+                buffer[c, row0 + j, :width + 2 * pad_x] = cval
                 continue
-            buffer[c, row0 + j, pad_x:pad_x + width] = planes[c][z_image, y, :]
+            buffer[c, row0 + j, pad_x:pad_x + width] = image[c, z_image, y, :]
             for b in range(pad_x):
                 for x_buffer, x in ((b, b - pad_x), (pad_x + width + b, width + b)):
                     x_image = _map_index(x, width, mode)
                     buffer[c, row0 + j, x_buffer] = (
-                        planes[c][z_image, y, x_image] if x_image >= 0 else cval)
+                        image[c, z_image, y, x_image] if x_image >= 0 else cval)
+
+
+#: Volumes round the length of their runs up to a multiple of this (and pad the work buffers by
+#: as many columns), so that no run ends in a scalar remainder loop (the vectorized loops
+#: take 8 float32 lanes at a time).
+RUN_QUANTUM = 8
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_guide, out,
+                 channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight, side_dz, side_dy,
+                 side_dx, side_log_weight, range_coef, cval, l1, mode, pads, extend, single,
+                 tap_x0, tap_n, group_start, pairable):
+    """Band ``band`` of :func:`bilateral_planes` (its arguments and the values it derives from
+    them), in a function of its own: the parallel loop's body stays small, and so does the
+    compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x); group_start: the
+    first tap of each group, then the number of pair taps. (Arrays rather than scalars, whose
+    literal values would make the typing compile more specializations.)"""
+    pad_z, pad_y, pad_x = pads[0], pads[1], pads[2]
+    acc_pad = pad_x if extend else 0
+    slack = RUN_QUANTUM if extend else 0
+    n_groups = group_start.shape[0] - 1
+    n_values, depth, height, width = image.shape
+    n_guides = guide_image.shape[0]
+    dtype = image.dtype
+    n_zslots = 2 * pad_z + 1
+    b0 = band * band_size
+    b1 = min(extent, b0 + band_size)
+    z0, z1, y0, y1 = (b0, b1, 0, height) if by_slices else (0, 1, b0, b1)
+    top = y0 - pad_y
+    rows = y1 - y0 + 2 * pad_y
+    z_start = max(0, z0 - pad_z)
+    y_start = max(0, top)
+    per_slice = y1 - y_start
+    n_slots = pad_z * per_slice + pad_y + 1
+    # Rows of whole 64-byte lines (with Numba's 32-byte aligned allocations, a run that
+    # starts at column 0 makes aligned vector accesses).
+    buffer_width = -(-(width + 2 * pad_x + slack) // 16) * 16
+    # zeros: the slack columns must hold finite numbers (they feed only unread columns).
+    values = np.zeros((n_values, n_zslots * rows, buffer_width), dtype=dtype)
+    if same_guide:
+        guide = values
+    else:
+        guide = np.zeros((n_guides, n_zslots * rows, buffer_width), dtype=dtype)
+    for s in range(z_start - pad_z, z_start + pad_z):
+        row0 = ((s - z_start + pad_z) % n_zslots) * rows
+        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        if not same_guide:
+            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
+    acc_width = -(-(width + 2 * acc_pad + slack) // 16) * 16
+    acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
+    weights = np.empty(buffer_width, dtype=dtype)
+    dist = np.empty(buffer_width, dtype=dtype)
+    for z in range(z_start, z1):
+        s = z + pad_z
+        row0 = ((s - z_start + pad_z) % n_zslots) * rows
+        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        if not same_guide:
+            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
+        slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
+        for y in range(y_start, y1):
+            row = slice_row + y
+            rank = (z - z_start) * per_slice + y - y_start
+            slot = rank % n_slots
+            in_band = z >= z0 and y >= y0
+            # Pairs of voxels inside the volume, each computed once for both ends, in groups
+            # of taps with the same (dz, dy): the same two rows.
+            g = 0
+            while g < n_groups:
+                group = group_start[g]
+                group_end = group_start[g + 1]
+                pair_with_next = pairable[g]
+                g += 1
+                dz = pair_dz[group]
+                dy = pair_dy[group]
+                z_target = z + dz
+                y_target = y + dy
+                if z_target >= depth or not 0 <= y_target < height:
+                    continue
+                to_target = z0 <= z_target < z1 and y0 <= y_target < y1
+                if not (in_band or to_target):
+                    continue
+                row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
+                target_slot = (rank + dz * per_slice + dy) % n_slots
+                # Both ends in one pass, unless they share an accumulator row (dz == dy == 0;
+                # then the lower end first, the order of the 2-D filter's sums).
+                both = in_band and to_target and target_slot != slot
+                if both and single:
+                    if (pair_with_next and y_target + 1 < height
+                            and z0 <= z_target < z1 and y0 <= y_target + 1 < y1):
+                        _pairs_single_two_rows(
+                            acc, slot, target_slot, (target_slot + 1) % n_slots, values, row,
+                            row_target, row_target + 1, pad_x, acc_pad, pair_dx,
+                            pair_log_weight, tap_x0, tap_n, group, group_end, group_end,
+                            range_coef)
+                        g += 1
+                        continue
+                    _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x,
+                                  acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
+                                  group_end, range_coef)
+                    continue
+                if single and in_band and to_target:
+                    _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx,
+                                           pair_log_weight, tap_x0, tap_n, group, group_end,
+                                           range_coef, weights)
+                    continue
+                for k in range(group, group_end):
+                    n = tap_n[k]
+                    dx = pair_dx[k]
+                    b_s = tap_x0[k] + pad_x
+                    a_s = tap_x0[k] + acc_pad
+                    _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
+                    _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
+                    if both:
+                        _pair_both(acc, slot, target_slot, a_s, a_s + dx, weights, values,
+                                   row, row_target, b_s, b_s + dx, n)
+                        continue
+                    if in_band:
+                        _accumulate(acc, slot, a_s, weights, values, row_target, b_s + dx, n)
+                    if to_target:
+                        _accumulate(acc, target_slot, a_s + dx, weights, values, row, b_s, n)
+            if not in_band:
+                continue
+            # One-sided taps, whose neighbour is outside the volume (read from the padding).
+            if extend:
+                # Only the taps whose neighbour row is outside: full rows.
+                if pad_z <= z < depth - pad_z and pad_y <= y < height - pad_y:
+                    pass
+                else:
+                    n = -(-width // RUN_QUANTUM) * RUN_QUANTUM
+                    for t in range(side_dy.shape[0]):
+                        z_neighbour = z + side_dz[t]
+                        y_neighbour = y + side_dy[t]
+                        if 0 <= z_neighbour < depth and 0 <= y_neighbour < height:
+                            continue
+                        row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                         + y_neighbour - top)
+                        _one_sided(values, guide, acc, dist, weights, slot, row,
+                                   row_neighbour, 0, side_dx[t], n, pad_x, acc_pad,
+                                   side_log_weight[t], range_coef, l1)
+            elif mode != MODE_EXCLUDE:
+                for t in range(side_dy.shape[0]):
+                    dz = side_dz[t]
+                    dy = side_dy[t]
+                    dx = side_dx[t]
+                    log_weight = side_log_weight[t]
+                    z_neighbour = z + dz
+                    y_neighbour = y + dy
+                    row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
+                                     + y_neighbour - top)
+                    x0 = min(max(0, -dx), width)
+                    x1 = max(min(width, width - dx), x0)
+                    if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
+                        _one_sided(values, guide, acc, dist, weights, slot, row,
+                                   row_neighbour, 0, dx, width, pad_x, 0, log_weight,
+                                   range_coef, l1)
+                        continue
+                    _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
+                               0, dx, x0, pad_x, 0, log_weight, range_coef, l1)
+                    _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
+                               x1, dx, width - x1, pad_x, 0, log_weight, range_coef, l1)
+            # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite; then
+            # the normalization. Channel after channel, the loops over columns innermost.
+            for x in range(width):
+                weights[x] = 1
+            for c in range(n_guides):
+                for x in range(width):
+                    weights[x] += 0 * guide[c, row, np.uintp(pad_x + x)]
+            for x in range(width):
+                dist[x] = 1 / (acc[slot, 0, np.uintp(acc_pad + x)] + weights[x])
+            for c in range(n_values):
+                for x in range(width):
+                    value = ((acc[slot, 1 + c, np.uintp(acc_pad + x)]
+                              + weights[x] * values[c, row, np.uintp(pad_x + x)]) * dist[x])
+                    if channels_last:
+                        out[z, y, x, c] = value
+                    else:
+                        out[c, z, y, x] = value
+            acc[slot] = 0
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last, out_offset,
-                     pair_dz, pair_dy, pair_dx, pair_log_weight, side_dz, side_dy, side_dx,
-                     side_log_weight, params, l1, mode, band_size):
-    """Bilateral filter of one volume given as planes (an image is a volume of depth 1).
+def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz, pair_dy,
+                     pair_dx, pair_log_weight, side_dz, side_dy, side_dx, side_log_weight,
+                     params, l1, mode, band_size):
+    """Bilateral filter of one volume given as channels (an image is a volume of depth 1).
 
-    value_planes: tuple of C (D, H, W) planes; guide_planes: tuple of G (D, H, W) planes of the
-    same dtype; any strides. same_guide: the guide is ``value_planes`` (then read once).
-    out: (D, H, W, C_out) if ``channels_last`` else (C_out, D, H, W); value channel c goes to
-    output channel out_offset + c. pair_*: the taps (dz, dy, dx) after the centre in C order
-    (dz > 0, or dz == 0 and dy > 0, or dz == dy == 0 and dx > 0) and their log spatial weights
-    (finite, <= 0); side_*: all taps but the centre. The centre tap has weight 1.
-    params: [range_coef, cval] in the planes' dtype; the range weight is
+    image: (C, D, H, W), any strides, C >= 1; guide_image: (G, D, H, W) of the same dtype, any
+    strides; ``same_guide``: the guide is ``image`` (pass ``image`` for both; it is read once).
+    The channel counts are runtime values: one compiled specialization per dtype serves them all.
+    out: (D, H, W, C) if ``channels_last`` else (C, D, H, W). pair_*: the taps (dz, dy, dx) after
+    the centre in C order (dz > 0, or dz == 0 and dy > 0, or dz == dy == 0 and dx > 0) and their
+    log spatial weights (finite, <= 0); side_*: all taps but the centre. The centre tap has
+    weight 1. params: [range_coef, cval] in the image's dtype; the range weight is
     exp(-range_coef * d2). l1: d2 is (sum over guide channels of |differences|)^2 instead of
     the sum of squares. mode: a MODE_* code. band_size: rows (D == 1) or slices (D > 1) per
     parallel task.
@@ -160,9 +459,7 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
     workspace per task is O(pad_z * H * W), whatever the depth. For D == 1 this is the 2-D
     filter row for row (same arithmetic in the same order).
     """
-    depth, height, width = value_planes[0].shape
-    n_values = len(value_planes)
-    dtype = value_planes[0].dtype
+    n_values, depth, height, width = image.shape
     range_coef = params[0]
     cval = params[1]
     pad_z = 0
@@ -176,144 +473,75 @@ def bilateral_planes(value_planes, guide_planes, same_guide, out, channels_last,
     by_slices = depth > 1
     extent = depth if by_slices else height
     n_bands = (extent + band_size - 1) // band_size
-    n_zslots = 2 * pad_z + 1
     # Volumes run the pairs across the left and right padding too (their far end there is
     # dropped): no one-sided runs of a few voxels per tap and row at the x edges, whose calls
-    # would cost more than the row's work in 3-D (hundreds of taps, short rows). Images keep the
-    # one-sided runs (the summation order of the 2-D filter is part of its results).
+    # would cost more than the row's work in 3-D (hundreds of taps, short rows). Their runs are
+    # also rounded up to RUN_QUANTUM voxels, into RUN_QUANTUM more columns of buffer and
+    # accumulators that no result reads. Images keep exact one-sided runs (the summation order
+    # of the 2-D filter is part of its results).
     extend = by_slices and mode != MODE_EXCLUDE
-    acc_pad = pad_x if extend else 0
-    for band in prange(n_bands):
-        b0 = band * band_size
-        b1 = min(extent, b0 + band_size)
-        z0, z1, y0, y1 = (b0, b1, 0, height) if by_slices else (0, 1, b0, b1)
-        top = y0 - pad_y
-        rows = y1 - y0 + 2 * pad_y
-        z_start = max(0, z0 - pad_z)
-        y_start = max(0, top)
-        per_slice = y1 - y_start
-        n_slots = pad_z * per_slice + pad_y + 1
-        shape = (n_values, n_zslots * rows, width + 2 * pad_x)
-        values = np.empty(shape, dtype=dtype)
-        if same_guide:
-            guide = values
+    # A one-channel image that is its own guide: one fused pass per run.
+    single = n_values == 1 and same_guide
+    # The columns x0 <= x < x0 + n that each pair tap runs over (n <= 0: none).
+    n_pairs = pair_dx.shape[0]
+    tap_x0 = np.empty(n_pairs, dtype=np.int64)
+    tap_n = np.empty(n_pairs, dtype=np.int64)
+    for t in range(n_pairs):
+        dx = pair_dx[t]
+        if extend:
+            tap_x0[t] = max(-pad_x, -pad_x - dx)
+            n = min(width + pad_x, width + pad_x - dx) - tap_x0[t]
+            tap_n[t] = -(-n // RUN_QUANTUM) * RUN_QUANTUM if n > 0 else 0
         else:
-            guide = np.empty((len(guide_planes),) + shape[1:], dtype=dtype)
-        for s in range(z_start - pad_z, z_start + pad_z):
-            row0 = ((s - z_start + pad_z) % n_zslots) * rows
-            _fill_slice(value_planes, values, row0, rows, s, top, pad_x, mode, cval)
-            if not same_guide:
-                _fill_slice(guide_planes, guide, row0, rows, s, top, pad_x, mode, cval)
-        acc = np.zeros((n_slots, n_values + 1, width + 2 * acc_pad), dtype=dtype)
-        weights = np.empty(width, dtype=dtype)
-        for z in range(z_start, z1):
-            s = z + pad_z
-            row0 = ((s - z_start + pad_z) % n_zslots) * rows
-            _fill_slice(value_planes, values, row0, rows, s, top, pad_x, mode, cval)
-            if not same_guide:
-                _fill_slice(guide_planes, guide, row0, rows, s, top, pad_x, mode, cval)
-            slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
-            for y in range(y_start, y1):
-                row = slice_row + y
-                rank = (z - z_start) * per_slice + y - y_start
-                slot = rank % n_slots
-                in_band = z >= z0 and y >= y0
-                # Pairs of voxels inside the volume, each computed once for both ends.
-                for t in range(pair_dy.shape[0]):
-                    dz = pair_dz[t]
-                    dy = pair_dy[t]
-                    dx = pair_dx[t]
-                    z_target = z + dz
-                    y_target = y + dy
-                    if z_target >= depth or not 0 <= y_target < height:
-                        continue
-                    to_target = z0 <= z_target < z1 and y0 <= y_target < y1
-                    if not (in_band or to_target):
-                        continue
-                    if extend:
-                        x0 = max(-pad_x, -pad_x - dx)
-                        n = min(width + pad_x, width + pad_x - dx) - x0
-                    else:
-                        x0 = max(0, -dx)
-                        n = min(width, width - dx) - x0
-                    if n <= 0:
-                        continue
-                    row_target = ((z_target - z_start + pad_z) % n_zslots) * rows + y_target - top
-                    _run(value_planes, guide_planes, values, guide, acc, slot, row, row_target,
-                         x0, dx, n, pad_x, acc_pad, pair_log_weight[t], range_coef, l1, in_band,
-                         weights)
-                    if to_target:
-                        _scatter(value_planes, values, acc,
-                                 (rank + dz * per_slice + dy) % n_slots, row, x0, dx, n, pad_x,
-                                 acc_pad, weights)
-                if not in_band:
-                    continue
-                # One-sided taps, whose neighbour is outside the volume (read from the padding).
-                if extend:
-                    # Only the taps whose neighbour row is outside: full rows.
-                    if pad_z <= z < depth - pad_z and pad_y <= y < height - pad_y:
-                        pass
-                    else:
-                        for t in range(side_dy.shape[0]):
-                            z_neighbour = z + side_dz[t]
-                            y_neighbour = y + side_dy[t]
-                            if 0 <= z_neighbour < depth and 0 <= y_neighbour < height:
-                                continue
-                            row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
-                                             + y_neighbour - top)
-                            _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                                 row_neighbour, 0, side_dx[t], width, pad_x, acc_pad,
-                                 side_log_weight[t], range_coef, l1, True, weights)
-                elif mode != MODE_EXCLUDE:
-                    for t in range(side_dy.shape[0]):
-                        dz = side_dz[t]
-                        dy = side_dy[t]
-                        dx = side_dx[t]
-                        log_weight = side_log_weight[t]
-                        z_neighbour = z + dz
-                        y_neighbour = y + dy
-                        row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
-                                         + y_neighbour - top)
-                        x0 = min(max(0, -dx), width)
-                        x1 = max(min(width, width - dx), x0)
-                        if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
-                            _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                                 row_neighbour, 0, dx, width, pad_x, 0, log_weight, range_coef,
-                                 l1, True, weights)
-                            continue
-                        _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                             row_neighbour, 0, dx, x0, pad_x, 0, log_weight, range_coef, l1,
-                             True, weights)
-                        _run(value_planes, guide_planes, values, guide, acc, slot, row,
-                             row_neighbour, x1, dx, width - x1, pad_x, 0, log_weight,
-                             range_coef, l1, True, weights)
-                for x in range(width):
-                    # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite.
-                    w = dtype.type(1.0)
-                    for c in range(len(guide_planes)):
-                        w += 0 * guide[c, row, pad_x + x]
-                    inverse = 1 / (acc[slot, 0, acc_pad + x] + w)
-                    for c in range(n_values):
-                        value = ((acc[slot, 1 + c, acc_pad + x] + w * values[c, row, pad_x + x])
-                                 * inverse)
-                        if channels_last:
-                            out[z, y, x, out_offset + c] = value
-                        else:
-                            out[out_offset + c, z, y, x] = value
-                acc[slot] = 0
+            tap_x0[t] = max(0, -dx)
+            tap_n[t] = max(0, min(width, width - dx) - tap_x0[t])
+    # The pair taps in groups with the same (dz, dy), consecutive in C order: each group pairs
+    # the same two rows. pairable[g]: volumes, one channel, and group g + 1 is the next row down
+    # (dy + 1) with the same dx list, so both groups can share one pass.
+    group_start = np.empty(n_pairs + 1, dtype=np.int64)
+    n_groups = 0
+    for t in range(n_pairs):
+        if t == 0 or pair_dz[t] != pair_dz[t - 1] or pair_dy[t] != pair_dy[t - 1]:
+            group_start[n_groups] = t
+            n_groups += 1
+    group_start[n_groups] = n_pairs
+    pairable = np.zeros(max(n_groups, 1), dtype=np.bool_)
+    if extend and single:
+        for g in range(n_groups - 1):
+            first = group_start[g]
+            second = group_start[g + 1]
+            size = second - first
+            pairable[g] = (
+                size == group_start[g + 2] - second
+                and (pair_dz[first] > 0 or pair_dy[first] > 0)
+                and pair_dz[second] == pair_dz[first] and pair_dy[second] == pair_dy[first] + 1
+            )
+            for k in range(size):
+                if pair_dx[first + k] != pair_dx[second + k]:
+                    pairable[g] = False
+    pads = np.empty(3, dtype=np.int64)
+    pads[0] = pad_z
+    pads[1] = pad_y
+    pads[2] = pad_x
+    groups = group_start[:n_groups + 1]
+    for band in prange(n_bands):
+        _filter_band(np.int64(band), band_size, extent, by_slices, image, guide_image,
+                     same_guide, out, channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight,
+                     side_dz, side_dy, side_dx, side_log_weight, range_coef, cval, l1, mode, pads,
+                     extend, single, tap_x0, tap_n, groups, pairable)
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channels_last,
-                        out_offset, nearest_row, factor_x, pad_x, row_log_weight,
-                        column_log_weight, column_start, column_stop, params):
+def joint_upsample_rows(low_expanded, guide_expanded, guide_image, out, channels_last,
+                        nearest_row, factor_x, pad_x, row_log_weight, column_log_weight,
+                        column_start, column_stop, params):
     """Joint bilateral upsampling, one output row per task.
 
-    low_expanded: tuple of C (h, W + 2 * pad_x) planes, column pad_x + u holds sample
-    (2u + 1) // (2 factor_x) of each low-resolution row (the sample nearest to output column u),
-    written to output channel out_offset + c; guide_expanded:
-    (G, h, same) the guide read at the samples' positions, expanded alike; guide_planes: tuple of
-    G (H, W) planes of the high-resolution guide (any strides). out: (H, W, C) if
+    low_expanded: (C, h, W + 2 * pad_x), C-contiguous; column pad_x + u holds sample
+    (2u + 1) // (2 factor_x) of each low-resolution row (the sample nearest to output column u);
+    guide_expanded: (G, h, same), C-contiguous, the guide read at the samples' positions,
+    expanded alike; guide_image: (G, H, W) the high-resolution guide, any strides. The channel
+    counts C and G are runtime values (one specialization per dtype). out: (H, W, C) if
     ``channels_last`` else (C, H, W). Tap t (of T = 2r + 1) reads sample row
     nearest_row[y] + t - r with log spatial weight row_log_weight[t, y] (-inf: no such sample),
     and sample column nearest(x) + t - r with column_log_weight[t, x], for the output columns
@@ -321,18 +549,19 @@ def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channel
     Where every weight of a pixel underflows, the weights are recomputed relative to the largest
     one, so that the result is the limit of the exact formula instead of 0/0.
     """
-    n_values = len(low_expanded)
-    height, width = guide_planes[0].shape
+    n_values = low_expanded.shape[0]
+    n_guides, height, width = guide_image.shape
     n_taps = row_log_weight.shape[0]
     half = (n_taps - 1) // 2
     range_coef = params[0]
     dtype = guide_expanded.dtype
-    zero = dtype.type(0.0)
     for y in prange(height):
         acc = np.zeros((n_values + 1, width), dtype=dtype)
-        centre = np.empty((len(guide_planes), width), dtype=dtype)
-        for c in range(len(guide_planes)):
-            centre[c, :] = guide_planes[c][y, :]
+        centre = np.empty((n_guides, width), dtype=dtype)
+        for c in range(n_guides):
+            centre[c, :] = guide_image[c, y, :]
+        dist = np.empty(width, dtype=dtype)
+        weights = np.empty(width, dtype=dtype)
         for ti in range(n_taps):
             log_weight_y = row_log_weight[ti, y]
             if log_weight_y == -np.inf:
@@ -340,19 +569,27 @@ def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channel
             i = nearest_row[y] + ti - half
             for tj in range(n_taps):
                 x0 = column_start[tj]
+                x1 = column_stop[tj]
                 offset = pad_x + (tj - half) * factor_x
-                # Unsigned indices into C-contiguous arrays: contiguous, vectorizable accesses.
-                for x in range(x0, column_stop[tj]):
+                # Channel after channel, the loop over columns innermost (it vectorizes);
+                # unsigned indices into C-contiguous arrays: no wraparound selects.
+                for x in range(x0, x1):
+                    diff = guide_expanded[0, i, np.uintp(x + offset)] - centre[0, np.uintp(x)]
+                    dist[np.uintp(x)] = diff * diff
+                for c in range(1, n_guides):
+                    for x in range(x0, x1):
+                        diff = guide_expanded[c, i, np.uintp(x + offset)] - centre[c, np.uintp(x)]
+                        dist[np.uintp(x)] += diff * diff
+                for x in range(x0, x1):
                     xs = np.uintp(x)
-                    xn = np.uintp(x + offset)
-                    d = zero
-                    for c in range(len(guide_planes)):
-                        diff = guide_expanded[c, i, xn] - centre[c, xs]
-                        d += diff * diff
-                    w = exp_nonpositive(log_weight_y + column_log_weight[tj, xs] - range_coef * d)
+                    w = exp_nonpositive(log_weight_y + column_log_weight[tj, xs]
+                                        - range_coef * dist[xs])
+                    weights[xs] = w
                     acc[0, xs] += w
-                    for c in range(n_values):
-                        acc[1 + c, xs] += w * low_expanded[c][i, xn]
+                for c in range(n_values):
+                    for x in range(x0, x1):
+                        xs = np.uintp(x)
+                        acc[1 + c, xs] += weights[xs] * low_expanded[c, i, np.uintp(x + offset)]
         for x in range(width):
             total = acc[0, x]
             if total == 0:
@@ -363,9 +600,9 @@ def joint_upsample_rows(low_expanded, guide_expanded, guide_planes, out, channel
             inverse = 1 / total
             for c in range(n_values):
                 if channels_last:
-                    out[y, x, out_offset + c] = acc[1 + c, x] * inverse
+                    out[y, x, c] = acc[1 + c, x] * inverse
                 else:
-                    out[out_offset + c, y, x] = acc[1 + c, x] * inverse
+                    out[c, y, x] = acc[1 + c, x] * inverse
 
 
 @njit(cache=True)
@@ -395,5 +632,5 @@ def _rescaled_pixel(low_expanded, guide_expanded, centre, acc, y, x, nearest_row
                     continue
                 w = np.exp(argument - largest)
                 acc[0, x] += w
-                for c in range(len(low_expanded)):
-                    acc[1 + c, x] += w * low_expanded[c][i, xn]
+                for c in range(low_expanded.shape[0]):
+                    acc[1 + c, x] += w * low_expanded[c, i, xn]
