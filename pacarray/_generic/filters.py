@@ -15,8 +15,7 @@ def bilateral(problem):
     ``pac_pool``, in the image's layout."""
     if problem.color_distance == "l1" and problem.guide_channels > 1:
         raise NotImplementedError(
-            "color_distance='l1' with a multichannel guide needs the NumPy kernel (at most "
-            "8 guide channels); got a "
+            "color_distance='l1' with a multichannel guide needs the NumPy kernel; got a "
             f"{type(problem.planar).__module__} array with {problem.guide_channels} guide "
             "channels. Use color_distance='l2'."
         )
