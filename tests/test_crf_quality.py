@@ -3,19 +3,14 @@ guide on a small photograph, and the weight-fitting example docs/examples/fit_cr
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pacarray.benchmarks import crf as protocol
 from pacarray.crf import DEFAULT_PAIRWISE, FAST_PAIRWISE, pac_crf
 
+from _examples import example_module
 from test_crf import oracle_crf
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "fit_crf_weights.py"
 
 
 def _sample(factor):
@@ -67,14 +62,8 @@ def test_kmeans_and_degradation_protocol():
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("fit_crf_weights_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file loads
-    try:
-        spec.loader.exec_module(module)
+    with example_module("fit_crf_weights.py") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_fitting_the_weights_improves_held_out_iou(example):

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "fit_pac_layer.py"
+from _examples import example_module
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("fit_pac_layer_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file loads
-    try:
-        spec.loader.exec_module(module)
+    with example_module("fit_pac_layer.py") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def _photo_crop():

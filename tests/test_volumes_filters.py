@@ -16,6 +16,7 @@ from pacarray.filters import bilateral_filter, joint_bilateral_upsample, normali
 from pacarray.filters_grad import bilateral_filter_vjp
 from pacarray.pooling import detail_preserving_pool
 
+from _examples import example_module
 from _tiers import tiered
 
 PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap"}
@@ -307,13 +308,7 @@ def test_volume_slice_example_draws_and_3d_beats_slices(tmp_path):
     which also averages across slices, is closer to the clean stack than the 2-D filter applied
     slice by slice, and both are far closer than the noisy stack."""
     pytest.importorskip("matplotlib")
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "volume_slice.py"
-    spec = importlib.util.spec_from_file_location("volume_slice_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    errors = module.main(str(tmp_path / "slice.png"))
+    with example_module("volume_slice.py") as module:
+        errors = module.main(str(tmp_path / "slice.png"))
     assert (tmp_path / "slice.png").stat().st_size > 10_000
     assert errors["3-D volume"] < errors["2-D, slice by slice"] < 0.5 * errors["noisy"]
