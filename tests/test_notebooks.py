@@ -10,6 +10,7 @@ count back, so a notebook that relies on a name or a setting of another one stil
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,17 @@ def kernel(tmp_path_factory):
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     specs = KernelSpecManager(kernel_dirs=[str(kernels)], ensure_native_kernel=False)
     manager = KernelManager(kernel_name="python3", kernel_spec_manager=specs)
-    manager.start_kernel(cwd=str(NOTEBOOKS[0].parent) if NOTEBOOKS else None)
+    # The kernel imports the pacarray these tests import. Started in notebooks/, it would
+    # otherwise find the installed copy (site-packages after `pip install .`, as in .ci/run)
+    # rather than the checkout that pytest put first on sys.path: other source files, so
+    # Numba's cache (keyed on the source path) misses and every kernel compiles again.
+    import pacarray
+
+    package_root = str(Path(pacarray.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    manager.start_kernel(cwd=str(NOTEBOOKS[0].parent) if NOTEBOOKS else None, env=env)
     try:
         yield manager
     finally:
@@ -62,6 +73,18 @@ def kernel(tmp_path_factory):
 def test_there_are_notebooks():
     names = [path.name for path in NOTEBOOKS]
     assert len(names) >= 7, names
+
+
+def test_kernel_imports_the_pacarray_under_test(kernel):
+    # Not the installed copy: the notebooks test this checkout, with the kernels the test
+    # processes compiled (tests/conftest.py) already in Numba's cache.
+    import pacarray
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells.append(nbformat.v4.new_code_cell("import pacarray; print(pacarray.__file__)"))
+    nbclient.NotebookClient(notebook, km=kernel, timeout=CELL_TIMEOUT).execute()
+    printed = "".join(output.get("text", "") for output in notebook.cells[0].outputs).strip()
+    assert Path(printed).resolve() == Path(pacarray.__file__).resolve()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
