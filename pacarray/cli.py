@@ -21,10 +21,15 @@ stacks. Pillow reads a 16-bit colour PNG as 8 bits per channel; such files are r
 hint (convert them to TIFF) instead of being silently reduced.
 
 A grayscale image is an ``(H, W)`` array and a colour image ``(H, W, C)``, channels last
-(``channel_axis=-1``); a TIFF stack of several 2-D images is refused. By default the output has
-the input's dtype: integer results are rounded and clipped to the dtype's range. ``--dtype
-float32`` (or ``float64``) keeps the floating result, which only TIFF and ``.npy`` can hold; PNG
-holds uint8 (1-4 channels) and uint16 grayscale, JPEG uint8 grayscale or RGB.
+(``channel_axis=-1``). A multi-page TIFF is a volume, ``(D, H, W)`` or ``(D, H, W, C)``: its
+pages are the slices (tifffile's page axes ``Q``, ``I``, ``Z`` or ``T``; an ImageJ ``ZCYX``
+hyperstack gets its channels moved last), and every command filters it in 3-D (docs/design.md
+§7); a volume is written as a multi-page TIFF or a 4-D/3-D ``.npy``, never as PNG or JPEG. A
+stack with two page axes (``TZYX``) is refused. A ``.npy`` file is always one 2-D image. By
+default the output has the input's dtype: integer results are rounded and clipped to the
+dtype's range. ``--dtype float32`` (or ``float64``) keeps the floating result, which only TIFF
+and ``.npy`` can hold; PNG holds uint8 (1-4 channels) and uint16 grayscale, JPEG uint8
+grayscale or RGB.
 
 Units
 -----
@@ -41,8 +46,11 @@ traceback.
 
 Progress
 --------
-Images above about 4 megapixels (or any with ``--verbose``) get a status line on stderr,
-``filtering 4096x4096x3 ... done in 1.2 s`` (width x height x channels); ``--quiet`` silences it.
+Images above about 4 megapixels (volumes above 4 million voxels), or any with ``--verbose``,
+get a status line on stderr, ``filtering 4096x4096x3 ... 25% 50% 75% 100% done in 1.2 s``
+(width x height x channels; ``filtering 256x256x40 volume ...`` for a volume of 40 slices);
+``--quiet`` silences it. The percentages come from :func:`pacarray.progress`, which computes a
+big input in blocks (when Dask is installed; ``pac_crf`` runs uncut and shows none).
 
 Importing this module is cheap: NumPy, Pillow, tifffile, Numba and CuPy are imported by the
 commands that need them, so ``pacarray --help`` stays instant.
@@ -67,6 +75,9 @@ EXTENSIONS = {
     ".jpeg": "JPEG",
     ".npy": "NPY",
 }
+
+#: tifffile's names of an axis of pages: generic (Q), image sequence (I), depth (Z), time (T).
+_PAGE_AXES = "QIZT"
 
 #: Above this many pixels a status line is printed without ``--verbose``.
 PROGRESS_PIXELS = 4_000_000
@@ -167,13 +178,21 @@ def _odd_size(text: str) -> int:
     return value
 
 
-def _factor(text: str) -> int | tuple[int, int]:
-    """``4`` or ``4,2`` / ``4x2`` (rows, columns)."""
+def _factor(text: str) -> int | tuple[int, ...]:
+    """``4``, ``4,2`` / ``4x2`` (rows, columns) or ``2,4,4`` (slices, rows, columns)."""
     parts = text.lower().replace("x", ",").split(",")
-    if len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected F or FY,FX, got {text!r}")
-    values = [_integer(part, 1, ">= 1 (F or FY,FX)") for part in parts]
-    return values[0] if len(values) == 1 else (values[0], values[1])
+    if len(parts) not in (1, 2, 3):
+        raise argparse.ArgumentTypeError(f"expected F, FY,FX or FZ,FY,FX, got {text!r}")
+    values = [_integer(part, 1, ">= 1 (F, FY,FX or FZ,FY,FX)") for part in parts]
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _spacing(text: str) -> tuple[float, ...]:
+    """``Y,X`` or ``Z,Y,X`` positive voxel sizes (``0.5x0.1x0.1`` too)."""
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected SY,SX or SZ,SY,SX, got {text!r}")
+    return tuple(_positive(part) for part in parts)
 
 
 # --------------------------------------------------------------------------- image files
@@ -200,7 +219,37 @@ def read_image(path: Path, what: str = "image"):
     Raises
     ------
     CommandFailure
-        The file is missing, unreadable or not a single 2-D image.
+        The file is missing, unreadable or not a single 2-D image (a volume included).
+    """
+    array, spatial_ndim = read_data(path, what)
+    if spatial_ndim != 2:
+        raise CommandFailure(f"{what} '{path}' is a volume of shape {array.shape}: expected a "
+                             "2-D image, (H, W) or (H, W, C)")
+    return array
+
+
+def read_data(path: Path, what: str = "image"):
+    """Read an image or a volume file into an array of its stored dtype.
+
+    Parameters
+    ----------
+    path : Path
+        A ``.png``, ``.tif``/``.tiff``, ``.jpg``/``.jpeg`` or ``.npy`` file.
+    what : str
+        Name of the file in error messages (``"IN"``, ``"guide"``...).
+
+    Returns
+    -------
+    array : ndarray
+        ``(H, W)`` or ``(H, W, C)`` for an image, ``(D, H, W)`` or ``(D, H, W, C)`` for a
+        multi-page TIFF; native byte order, bool arrays become uint8 (0 and 1).
+    spatial_ndim : int
+        2 for an image, 3 for a volume.
+
+    Raises
+    ------
+    CommandFailure
+        The file is missing, unreadable, or neither one image nor one volume.
     """
     import numpy as np
 
@@ -208,9 +257,10 @@ def read_image(path: Path, what: str = "image"):
         reason = "is a directory" if path.is_dir() else "no such file"
         raise CommandFailure(f"cannot read {what} '{path}': {reason}")
     kind = _format(path)
+    spatial_ndim = 2
     try:
         if kind == "TIFF":
-            array = _read_tiff(path)
+            array, spatial_ndim = _read_tiff(path)
         elif kind == "NPY":
             array = np.load(path, allow_pickle=False)
         else:
@@ -225,10 +275,10 @@ def read_image(path: Path, what: str = "image"):
         array = array.astype(np.uint8)
     if array.dtype.kind not in "uif":
         raise CommandFailure(f"{what} '{path}' holds {array.dtype} data, not numbers")
-    if array.ndim not in (2, 3) or array.size == 0:
+    if array.ndim not in (spatial_ndim, spatial_ndim + 1) or array.size == 0:
         raise CommandFailure(f"{what} '{path}' has shape {array.shape}: expected a 2-D image, "
-                             "(H, W) or (H, W, C)")
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
+                             "(H, W) or (H, W, C), or a multi-page TIFF volume")
+    return array.astype(array.dtype.newbyteorder("="), copy=False), spatial_ndim
 
 
 def _read_tiff(path: Path):
@@ -239,13 +289,21 @@ def _read_tiff(path: Path):
         series = tiff.series[0]
         axes = series.axes
         array = series.asarray()
+    # tifffile drops axes of length 1, so a one-page file is an image whatever its metadata.
     if axes in ("YX", "YXS"):
-        return array
+        return array, 2
     if len(axes) == 3 and axes.endswith("YX") and axes[0] in "SC":
         # Planar colour or an ImageJ channel stack: one image, channels first on disk.
-        return np.moveaxis(array, 0, -1)
+        return np.moveaxis(array, 0, -1), 2
+    if len(axes) >= 3 and axes[0] in _PAGE_AXES and axes[1:] in ("YX", "YXS"):
+        # The pages are the slices of a volume (docs/design.md §7).
+        return array, 3
+    if len(axes) == 4 and axes[0] in _PAGE_AXES and axes[1:] in ("CYX", "SYX"):
+        # An ImageJ hyperstack or planar colour pages: channels first on disk.
+        return np.moveaxis(array, 1, -1), 3
     raise CommandFailure(f"TIFF holds a stack of shape {series.shape} (axes '{axes}'); "
-                         "pacarray's commands take one 2-D image, (H, W) or (H, W, C)")
+                         "pacarray's commands take one 2-D image, (H, W) or (H, W, C), or "
+                         "one volume, (D, H, W) or (D, H, W, C)")
 
 
 def _read_pillow(path: Path):
@@ -278,17 +336,22 @@ def _refuse_16bit_colour_png(path: Path) -> None:
                              "convert it to a 16-bit TIFF first")
 
 
-def check_writable(path: Path, dtype, shape, what: str = "OUT", forced: bool = False) -> None:
+def check_writable(path: Path, dtype, shape, what: str = "OUT", forced: bool = False,
+                   spatial_ndim: int = 2) -> None:
     """Raise :class:`UsageError` when ``path``'s format cannot hold ``dtype`` and ``shape``.
 
     Called before the computation, so that a wrong output name costs nothing.
-    ``forced`` says that ``--dtype`` chose the dtype (the hint then mentions it).
+    ``forced`` says that ``--dtype`` chose the dtype (the hint then mentions it);
+    ``spatial_ndim`` is 3 for a volume, which only TIFF and ``.npy`` hold.
     """
     import numpy as np
 
     dtype = np.dtype(dtype)
     kind = _format(path)
-    channels = 1 if len(shape) == 2 else shape[-1]
+    if spatial_ndim == 3 and kind in ("PNG", "JPEG"):
+        raise UsageError(f"{what} '{path}': {kind} holds one 2-D image, not a volume of "
+                         f"{shape[0]} slices; write a .tif/.tiff (multi-page) or .npy file")
+    channels = 1 if len(shape) == spatial_ndim else shape[-1]
     if kind == "PNG":
         fits = (dtype == np.uint8 and channels <= 4) or (dtype == np.uint16 and channels == 1)
         holds = "uint8 with 1-4 channels or uint16 grayscale"
@@ -305,8 +368,11 @@ def check_writable(path: Path, dtype, shape, what: str = "OUT", forced: bool = F
                          f"channel{'s' if channels != 1 else ''}; {hint}")
 
 
-def write_image(path: Path, array, what: str = "OUT") -> None:
-    """Write ``array`` (``(H, W)`` or ``(H, W, C)``) in the format of ``path``'s extension.
+def write_image(path: Path, array, what: str = "OUT", spatial_ndim: int = 2) -> None:
+    """Write ``array`` in the format of ``path``'s extension.
+
+    ``array`` is ``(H, W)`` or ``(H, W, C)``, or with ``spatial_ndim=3`` a volume
+    ``(D, H, W)`` or ``(D, H, W, C)``, written as one TIFF page per slice.
 
     Raises
     ------
@@ -314,24 +380,25 @@ def write_image(path: Path, array, what: str = "OUT") -> None:
         The file cannot be written (missing directory, no permission, disk full).
     """
     try:
-        _write(path, array)
+        _write(path, array, spatial_ndim)
     except OSError as error:
         raise CommandFailure(f"cannot write {what} '{path}': {error.strerror or error}") from None
 
 
-def _write(path: Path, array) -> None:
+def _write(path: Path, array, spatial_ndim: int = 2) -> None:
     import numpy as np
 
     kind = _format(path)
     if kind == "NPY":
         np.save(path, array)
         return
-    if array.ndim == 3 and array.shape[-1] == 1:
+    if array.ndim == spatial_ndim + 1 and array.shape[-1] == 1:
         array = array[..., 0]
     if kind == "TIFF":
         import tifffile
 
-        if array.ndim == 2:
+        # A volume is a stack of such pages: tifffile writes one page per leading index.
+        if array.ndim == spatial_ndim:
             tifffile.imwrite(path, array, photometric="minisblack")
         else:
             # Three or four channels are RGB(A) for every viewer; others are plain samples.
@@ -363,8 +430,12 @@ def _output_dtype(arguments, input_dtype):
     return input_dtype if arguments.dtype == "input" else arguments.dtype
 
 
-def _describe(shape) -> str:
-    """``W x H x C`` as image tools print it."""
+def _describe(shape, spatial_ndim: int = 2) -> str:
+    """``W x H x C`` as image tools print it; ``W x H x D volume`` (``, C channels``)."""
+    if spatial_ndim == 3:
+        depth, height, width = shape[:3]
+        text = f"{width}x{height}x{depth} volume"
+        return text + (f", {shape[3]} channels" if len(shape) == 4 else "")
     height, width = shape[:2]
     text = f"{width}x{height}"
     return text + (f"x{shape[2]}" if len(shape) == 3 else "")
@@ -373,17 +444,48 @@ def _describe(shape) -> str:
 # --------------------------------------------------------------------------- progress
 
 class _Status:
-    """The one-line progress report on stderr."""
+    """The one-line progress report on stderr.
 
-    def __init__(self, arguments, pixels: int):
-        self.enabled = not arguments.quiet and (arguments.verbose or pixels > PROGRESS_PIXELS)
+    A big input (above ``PROGRESS_PIXELS`` pixels or voxels) is computed inside
+    :func:`pacarray.progress` when Dask is installed: cut into about 16 blocks, with the
+    line growing by ``25% 50% 75% 100%`` as they finish. The cut depends on the size alone,
+    not on ``--quiet``, so that the file written does not depend on what is printed.
+    """
+
+    def __init__(self, arguments, shape, spatial_ndim: int = 2):
+        pixels = 1
+        for size in shape[:spatial_ndim]:
+            pixels *= size
+        self.big = pixels > PROGRESS_PIXELS
+        self.enabled = not arguments.quiet and (arguments.verbose or self.big)
+        self.spatial_ndim = spatial_ndim
+        self._shown = 0
+
+    def _report(self, done: int, total: int, name: str) -> None:
+        # Quarters rather than every block: the line stays short in a log file.
+        quarter = 4 * done // max(total, 1)
+        if self.enabled and quarter > self._shown:
+            self._shown = quarter
+            print(f"{25 * quarter}% ", end="", file=sys.stderr, flush=True)
+
+    def _blocks(self):
+        import contextlib
+        import importlib.util
+
+        if not self.big or importlib.util.find_spec("dask") is None:
+            return contextlib.nullcontext()
+        from ._progress import progress
+
+        # min_size=1: the size test is ours (PROGRESS_PIXELS), made above.
+        return progress(self._report, min_size=1)
 
     def run(self, what: str, compute):
         if self.enabled:
             print(f"{what} ... ", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
-            result = compute()
+            with self._blocks():
+                result = compute()
         except BaseException:
             if self.enabled:
                 print("failed", file=sys.stderr, flush=True)
@@ -394,11 +496,21 @@ class _Status:
 
     def wrote(self, path: Path, array) -> None:
         if self.enabled:
-            print(f"wrote {path} ({_describe(array.shape)} {array.dtype})", file=sys.stderr)
+            print(f"wrote {path} ({_describe(array.shape, self.spatial_ndim)} {array.dtype})",
+                  file=sys.stderr)
 
 
-def _channel_axis(array):
-    return -1 if array.ndim == 3 else None
+def _channel_axis(array, spatial_ndim: int = 2):
+    return -1 if array.ndim == spatial_ndim + 1 else None
+
+
+def _same_kind(array, spatial_ndim: int, reference_ndim: int, what: str, reference: str):
+    """Refuse a 2-D image where the command reads a volume, and the converse."""
+    if spatial_ndim != reference_ndim:
+        kinds = {2: "a 2-D image", 3: "a volume"}
+        raise CommandFailure(f"{what} is {kinds[spatial_ndim]} of shape {array.shape} but "
+                             f"{reference} is {kinds[reference_ndim]}: give both as images or "
+                             "both as multi-page TIFF volumes")
 
 
 # --------------------------------------------------------------------------- commands
@@ -408,24 +520,38 @@ def _run_bilateral(arguments) -> int:
 
     from .filters import bilateral_filter
 
-    image = read_image(arguments.input, "IN")
-    guide = None if arguments.guide is None else read_image(arguments.guide, "guide")
+    image, spatial = read_data(arguments.input, "IN")
+    spacing = _checked_spacing(arguments.spacing, spatial)
+    guide = None
+    if arguments.guide is not None:
+        guide, guide_spatial = read_data(arguments.guide, "guide")
+        _same_kind(guide, guide_spatial, spatial, "guide", "IN")
     dtype = _output_dtype(arguments, image.dtype)
-    check_writable(arguments.output, dtype, image.shape, forced=arguments.dtype != "input")
-    status = _Status(arguments, image.shape[0] * image.shape[1])
+    check_writable(arguments.output, dtype, image.shape, forced=arguments.dtype != "input",
+                   spatial_ndim=spatial)
+    status = _Status(arguments, image.shape, spatial)
     result = status.run(
-        f"filtering {_describe(image.shape)}",
+        f"filtering {_describe(image.shape, spatial)}",
         lambda: bilateral_filter(
             image, sigma_spatial=arguments.sigma_spatial, sigma_color=arguments.sigma_color,
             radius=arguments.radius, window=arguments.window,
             color_distance=arguments.color_distance, mode=arguments.mode, cval=arguments.cval,
-            channel_axis=_channel_axis(image), guide=guide,
+            channel_axis=_channel_axis(image, spatial), guide=guide,
+            spacing=spacing,
         ),
     )
     output = to_dtype(np.asarray(result), dtype)
-    write_image(arguments.output, output)
+    write_image(arguments.output, output, spatial_ndim=spatial)
     status.wrote(arguments.output, output)
     return 0
+
+
+def _checked_spacing(spacing, spatial_ndim: int):
+    if spacing is not None and len(spacing) != spatial_ndim:
+        kind = "a volume" if spatial_ndim == 3 else "a 2-D image"
+        raise UsageError(f"--spacing has {len(spacing)} values and IN is {kind}: give "
+                         f"{spatial_ndim} values ({'SZ,SY,SX' if spatial_ndim == 3 else 'SY,SX'})")
+    return spacing
 
 
 def _run_upsample(arguments) -> int:
@@ -433,44 +559,52 @@ def _run_upsample(arguments) -> int:
 
     from .filters import joint_bilateral_upsample
 
-    low = read_image(arguments.low, "LOW")
-    guide = read_image(arguments.guide, "GUIDE")
+    low, spatial = read_data(arguments.low, "LOW")
+    guide, guide_spatial = read_data(arguments.guide, "GUIDE")
+    _same_kind(guide, guide_spatial, spatial, "GUIDE", "LOW")
+    factor = arguments.factor
+    if isinstance(factor, tuple) and len(factor) != spatial:
+        raise UsageError(f"--factor has {len(factor)} values and LOW has {spatial} spatial "
+                         f"axes: give one value or {spatial}")
     dtype = _output_dtype(arguments, low.dtype)
-    shape = guide.shape[:2] + low.shape[2:]
-    check_writable(arguments.output, dtype, shape, forced=arguments.dtype != "input")
-    status = _Status(arguments, shape[0] * shape[1])
+    shape = guide.shape[:spatial] + low.shape[spatial:]
+    check_writable(arguments.output, dtype, shape, forced=arguments.dtype != "input",
+                   spatial_ndim=spatial)
+    status = _Status(arguments, shape, spatial)
     result = status.run(
-        f"upsampling {_describe(low.shape)} to {_describe(shape)}",
+        f"upsampling {_describe(low.shape, spatial)} to {_describe(shape, spatial)}",
         lambda: joint_bilateral_upsample(
-            low, guide, factor=arguments.factor, sigma_spatial=arguments.sigma_spatial,
+            low, guide, factor=factor, sigma_spatial=arguments.sigma_spatial,
             sigma_color=arguments.sigma_color, radius=arguments.radius,
-            channel_axis=_channel_axis(low),
+            channel_axis=_channel_axis(low, spatial),
         ),
     )
     output = to_dtype(np.asarray(result), dtype)
-    write_image(arguments.output, output)
+    write_image(arguments.output, output, spatial_ndim=spatial)
     status.wrote(arguments.output, output)
     return 0
 
 
-def certainty_from_mask(mask, data_shape):
+def certainty_from_mask(mask, data_shape, spatial_ndim: int = 2):
     """Certainty in [0, 1] from a mask image: its values divided by its maximum.
 
     A 0/255 mask and a 0/1 mask both give 0/1; a graded mask keeps its gradation. A mask with
     the data's shape gives one certainty per channel; an ``(H, W)`` mask, or an ``(H, W, C)``
-    mask whose channels are all equal, one for every channel.
+    mask whose channels are all equal, one for every channel (``(D, H, W)`` and
+    ``(D, H, W, C)`` for a volume, ``spatial_ndim=3``).
     """
     import numpy as np
 
-    if mask.shape[:2] != tuple(data_shape[:2]):
+    if mask.shape[:spatial_ndim] != tuple(data_shape[:spatial_ndim]):
+        sides = "depth, height and width" if spatial_ndim == 3 else "height and width"
         raise CommandFailure(f"CERTAINTY has shape {mask.shape}, IN {tuple(data_shape)}: the "
-                             "mask must have the image's height and width")
-    if mask.ndim == 3 and mask.shape != tuple(data_shape):
+                             f"mask must have the image's {sides}")
+    if mask.ndim == spatial_ndim + 1 and mask.shape != tuple(data_shape):
         if not np.all(mask == mask[..., :1]):
+            channels = data_shape[-1] if len(data_shape) == spatial_ndim + 1 else 1
             raise CommandFailure(
-                f"CERTAINTY has {mask.shape[2]} different channels and IN "
-                f"{data_shape[2] if len(data_shape) == 3 else 1}: give an (H, W) mask or one "
-                "channel per image channel")
+                f"CERTAINTY has {mask.shape[-1]} different channels and IN {channels}: give a "
+                "mask without channels or one channel per image channel")
         mask = mask[..., 0]
     mask = mask.astype(np.float64)
     if not np.all(np.isfinite(mask)) or mask.min() < 0:
@@ -482,7 +616,7 @@ def certainty_from_mask(mask, data_shape):
     return mask / peak
 
 
-def certainty_from_value(data, value: float):
+def certainty_from_value(data, value: float, spatial_ndim: int = 2):
     """Certainty 0 where a pixel is missing: every channel equals ``value`` (any NaN for NaN)."""
     import numpy as np
 
@@ -492,7 +626,7 @@ def certainty_from_value(data, value: float):
     else:
         missing = data == value
         reduce = np.all
-    if data.ndim == 3:
+    if data.ndim == spatial_ndim + 1:
         missing = reduce(missing, axis=-1)
     if missing.all():
         raise CommandFailure(f"every pixel of IN equals the missing value {value:g}: there is "
@@ -511,18 +645,24 @@ def _run_fill(arguments) -> int:
     if (arguments.guide is None) != (arguments.sigma_color is None):
         raise UsageError("--guide and --sigma-color go together: the colour sigma is in the "
                          "guide's units")
-    data = read_image(arguments.input, "IN")
+    data, spatial = read_data(arguments.input, "IN")
+    spacing = _checked_spacing(arguments.spacing, spatial)
     if arguments.certainty is not None:
-        certainty = certainty_from_mask(read_image(arguments.certainty, "CERTAINTY"),
-                                        data.shape)
+        mask, mask_spatial = read_data(arguments.certainty, "CERTAINTY")
+        _same_kind(mask, mask_spatial, spatial, "CERTAINTY", "IN")
+        certainty = certainty_from_mask(mask, data.shape, spatial)
     else:
-        certainty = certainty_from_value(data, arguments.missing_value)
-    guide = None if arguments.guide is None else read_image(arguments.guide, "guide")
+        certainty = certainty_from_value(data, arguments.missing_value, spatial)
+    guide = None
+    if arguments.guide is not None:
+        guide, guide_spatial = read_data(arguments.guide, "guide")
+        _same_kind(guide, guide_spatial, spatial, "guide", "IN")
     dtype = _output_dtype(arguments, data.dtype)
-    check_writable(arguments.output, dtype, data.shape, forced=arguments.dtype != "input")
+    check_writable(arguments.output, dtype, data.shape, forced=arguments.dtype != "input",
+                   spatial_ndim=spatial)
     if arguments.certainty_out is not None:
         check_writable(arguments.certainty_out, _certainty_dtype(arguments.certainty_out),
-                       certainty.shape, what="--certainty-out")
+                       certainty.shape, what="--certainty-out", spatial_ndim=spatial)
     if data.dtype.kind == "f":
         # Missing samples may be NaN or Inf in float files; they carry no weight, but
         # 0 * NaN would still poison the sums.
@@ -530,23 +670,24 @@ def _run_fill(arguments) -> int:
                                          else (certainty == 0)[..., None])
         if unusable.any():
             data = np.where(unusable, data.dtype.type(0), data)
-    status = _Status(arguments, data.shape[0] * data.shape[1])
+    status = _Status(arguments, data.shape, spatial)
     filled, confidence = status.run(
-        f"filling {_describe(data.shape)}",
+        f"filling {_describe(data.shape, spatial)}",
         lambda: normalized_convolution(
             data, certainty, sigma_spatial=arguments.sigma_spatial, radius=arguments.radius,
-            guide=guide, sigma_color=arguments.sigma_color, channel_axis=_channel_axis(data),
+            guide=guide, sigma_color=arguments.sigma_color,
+            channel_axis=_channel_axis(data, spatial), spacing=spacing,
         ),
     )
     output = to_dtype(np.asarray(filled), dtype)
-    write_image(arguments.output, output)
+    write_image(arguments.output, output, spatial_ndim=spatial)
     status.wrote(arguments.output, output)
     if arguments.certainty_out is not None:
         confidence = np.asarray(confidence)
         target = _certainty_dtype(arguments.certainty_out)
         confidence = (to_dtype(confidence * 255.0, target) if target == "uint8"
                       else to_dtype(confidence, target))
-        write_image(arguments.certainty_out, confidence, "--certainty-out")
+        write_image(arguments.certainty_out, confidence, "--certainty-out", spatial)
         status.wrote(arguments.certainty_out, confidence)
     return 0
 
@@ -561,23 +702,25 @@ def _run_dpp(arguments) -> int:
 
     from .pooling import detail_preserving_pool
 
-    image = read_image(arguments.input, "IN")
+    image, spatial = read_data(arguments.input, "IN")
     dtype = _output_dtype(arguments, image.dtype)
     size, stride = arguments.size, arguments.stride or arguments.size
-    shape = tuple((n - size) // stride + 1 for n in image.shape[:2]) + image.shape[2:]
-    if min(shape[:2]) >= 1:
-        check_writable(arguments.output, dtype, shape, forced=arguments.dtype != "input")
-    status = _Status(arguments, image.shape[0] * image.shape[1])
+    shape = (tuple((n - size) // stride + 1 for n in image.shape[:spatial])
+             + image.shape[spatial:])
+    if min(shape[:spatial]) >= 1:
+        check_writable(arguments.output, dtype, shape, forced=arguments.dtype != "input",
+                       spatial_ndim=spatial)
+    status = _Status(arguments, image.shape, spatial)
     result = status.run(
-        f"pooling {_describe(image.shape)}",
+        f"pooling {_describe(image.shape, spatial)}",
         lambda: detail_preserving_pool(
             image, size, alpha=arguments.alpha, lambda_=arguments.lambda_,
             asymmetric=arguments.asymmetric, stride=arguments.stride,
-            channel_axis=_channel_axis(image),
+            channel_axis=_channel_axis(image, spatial),
         ),
     )
     output = to_dtype(np.asarray(result), dtype)
-    write_image(arguments.output, output)
+    write_image(arguments.output, output, spatial_ndim=spatial)
     status.wrote(arguments.output, output)
     return 0
 
@@ -590,27 +733,30 @@ def _run_crf(arguments) -> int:
     if _format(arguments.output) == "JPEG":
         raise UsageError(f"OUT '{arguments.output}': JPEG is lossy and would change the labels; "
                          "write a .png, .tif/.tiff or .npy file")
-    image = read_image(arguments.image, "IMAGE")
+    image, spatial = read_data(arguments.image, "IMAGE")
     if not arguments.unary.is_file():
         raise CommandFailure(f"cannot read UNARY '{arguments.unary}': no such file")
     try:
         unary = np.load(arguments.unary, allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - a damaged file can raise anything
         raise CommandFailure(f"cannot read UNARY '{arguments.unary}' as NPY: {error}") from None
-    if unary.ndim != 3 or unary.dtype.kind not in "uif":
-        raise CommandFailure(f"UNARY '{arguments.unary}' must be a numeric (L, H, W) array, "
-                             f"got {unary.dtype} of shape {unary.shape}")
+    expected = "(L, D, H, W)" if spatial == 3 else "(L, H, W)"
+    if unary.ndim != spatial + 1 or unary.dtype.kind not in "uif":
+        kind = "a volume" if spatial == 3 else "a 2-D image"
+        raise CommandFailure(f"UNARY '{arguments.unary}' must be a numeric {expected} array "
+                             f"when IMAGE is {kind}, got {unary.dtype} of shape {unary.shape}")
     labels_count = unary.shape[0]
     dtype = np.uint8 if labels_count <= 256 else np.uint16 if labels_count <= 65536 else np.uint32
-    check_writable(arguments.output, dtype, unary.shape[1:])
-    status = _Status(arguments, image.shape[0] * image.shape[1])
+    check_writable(arguments.output, dtype, unary.shape[1:], spatial_ndim=spatial)
+    status = _Status(arguments, image.shape, spatial)
     labels = status.run(
-        f"labelling {_describe(image.shape)}, {labels_count} labels",
+        f"labelling {_describe(image.shape, spatial)}, {labels_count} labels",
         lambda: pac_crf(unary, image, num_steps=arguments.steps, input=arguments.input_kind,
-                        output="labels", channel_axis=_channel_axis(image)),
+                        output="labels", channel_axis=_channel_axis(image, spatial),
+                        spatial_ndim=spatial),
     )
     output = np.asarray(labels).astype(dtype)
-    write_image(arguments.output, output)
+    write_image(arguments.output, output, spatial_ndim=spatial)
     status.wrote(arguments.output, output)
     return 0
 
@@ -742,12 +888,16 @@ examples:
   pacarray info
 
 Sigmas are in the image's own units: for uint8 images --sigma-color 25 is about 0.1 of the
-range. Formats: PNG, JPEG (Pillow), TIFF (tifffile, any dtype), .npy. Exit status: 0 done,
-1 failed (file or data), 2 usage error. Run 'pacarray COMMAND --help' for a command's options.
+range. Formats: PNG, JPEG (Pillow), TIFF (tifffile, any dtype), .npy. A multi-page TIFF is a
+volume (one slice per page), filtered in 3-D and written as a multi-page TIFF. Exit status:
+0 done, 1 failed (file or data), 2 usage error. Run 'pacarray COMMAND --help' for a command's
+options.
 """
 
 _UNITS = ("Sigmas are in the image's own units: for a uint8 image --sigma-color 25 is about 0.1 "
           "of the range (25/255); for uint16 0.1 is about 6554; float images use their values.")
+_VOLUMES = ("A multi-page TIFF is a volume (pages are slices) and is filtered in 3-D; the "
+            "output is then a multi-page TIFF or .npy.")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -772,6 +922,12 @@ class _Formatter(argparse.HelpFormatter):
 def _command(commands, name, *, help, description, epilog):
     return commands.add_parser(name, help=help, description=description, epilog=epilog,
                                formatter_class=_Formatter)
+
+
+def _add_spacing(parser) -> None:
+    parser.add_argument("--spacing", type=_spacing, metavar="SZ,SY,SX",
+                        help="physical pixel size per axis (SY,SX for an image), the unit of "
+                             "--sigma-spatial (default: 1 pixel)")
 
 
 def _add_common(parser, *, dtype: bool = True) -> None:
@@ -807,18 +963,21 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "bilateral", help="bilateral filter (joint with --guide)",
         description="Edge-preserving smoothing: each pixel becomes the mean of its neighbours "
                     "weighted by distance and by colour difference (of the guide's colours "
-                    "with --guide). pacarray.bilateral_filter. " + _UNITS,
+                    "with --guide). pacarray.bilateral_filter. " + _UNITS + " " + _VOLUMES,
         epilog="examples:\n"
                "  pacarray bilateral photo.png smooth.png --sigma-spatial 3 --sigma-color 25\n"
                "  pacarray bilateral scan.tif smooth.tif --sigma-spatial 2 --sigma-color 0.1 "
                "--dtype float32\n"
                "  pacarray bilateral depth.tif depth-smooth.tif --sigma-spatial 4 "
-               "--sigma-color 20 --guide photo.png",
+               "--sigma-color 20 --guide photo.png\n"
+               "  pacarray bilateral stack.tif stack-smooth.tif --sigma-spatial 0.3 "
+               "--sigma-color 200 --spacing 0.5,0.1,0.1",
     )
     sub.add_argument("input", metavar="IN", type=_image_path, help="image to filter")
     sub.add_argument("output", metavar="OUT", type=_image_path, help="filtered image to write")
     sub.add_argument("--sigma-spatial", type=_positive, required=True, metavar="S",
-                     help="spatial Gaussian sigma in pixels")
+                     help="spatial Gaussian sigma in pixels (in the unit of --spacing "
+                          "when given)")
     sub.add_argument("--sigma-color", type=_positive, required=True, metavar="C",
                      help="range Gaussian sigma in the image's units (the guide's with --guide)")
     sub.add_argument("--radius", type=_non_negative_int, metavar="R",
@@ -837,6 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--guide", type=_image_path, metavar="FILE",
                      help="guide image for a joint (cross) bilateral filter: same height and "
                           "width, any channels")
+    _add_spacing(sub)
     _add_common(sub)
     sub.set_defaults(handler=_run_bilateral, parser=sub)
 
@@ -845,7 +1005,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring LOW to GUIDE's resolution so that its edges follow GUIDE's (Kopf et "
                     "al.). The output has GUIDE's height and width and LOW's channels and "
                     "dtype. pacarray.joint_bilateral_upsample. --sigma-color is in GUIDE's "
-                    "units: for a uint8 guide 25 is about 0.1 of the range.",
+                    "units: for a uint8 guide 25 is about 0.1 of the range. Two multi-page "
+                    "TIFFs are a volume and its guide volume.",
         epilog="examples:\n"
                "  pacarray upsample depth-small.tif photo.png depth.tif --sigma-color 20\n"
                "  pacarray upsample mask-small.png photo.jpg mask.png --sigma-color 15 "
@@ -860,7 +1021,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--sigma-spatial", type=_positive, default=1.0, metavar="S",
                      help="spatial sigma in low-resolution pixels (default: 1)")
     sub.add_argument("--factor", type=_factor, metavar="F",
-                     help="upsampling factor, F or FY,FX (default: ceil(GUIDE size / LOW size))")
+                     help="upsampling factor, F, FY,FX or FZ,FY,FX for volumes (default: "
+                          "ceil(GUIDE size / LOW size))")
     sub.add_argument("--radius", type=_non_negative_int, metavar="R",
                      help="window radius in low-resolution pixels (default: "
                           "ceil(2 x sigma-spatial))")
@@ -874,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "others. The certainty is CERTAINTY divided by its maximum (a 0/255 or 0/1 "
                     "mask gives 0/1; one channel per image channel, or one for all), or, with "
                     "--missing-value V, 0 where every channel equals V (any channel is NaN for "
-                    "V = nan). pacarray.normalized_convolution. " + _UNITS,
+                    "V = nan). pacarray.normalized_convolution. " + _UNITS + " " + _VOLUMES,
         epilog="examples:\n"
                "  pacarray fill depth.tif valid.png filled.tif --sigma-spatial 3\n"
                "  pacarray fill depth.tif filled.tif --missing-value 0 --sigma-spatial 3 "
@@ -888,7 +1050,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "--missing-value)")
     sub.add_argument("output", metavar="OUT", type=_image_path, help="filled image to write")
     sub.add_argument("--sigma-spatial", type=_positive, required=True, metavar="S",
-                     help="spatial Gaussian sigma in pixels")
+                     help="spatial Gaussian sigma in pixels (in the unit of --spacing "
+                          "when given)")
     sub.add_argument("--missing-value", type=_number, metavar="V",
                      help="pixels equal to V in every channel are missing ('nan' allowed)")
     sub.add_argument("--radius", type=_non_negative_int, metavar="R",
@@ -900,6 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--certainty-out", type=_image_path, metavar="FILE",
                      help="also write the output certainty: float32 in [0, 1] to TIFF/.npy, "
                           "0..255 to PNG/JPEG")
+    _add_spacing(sub)
     _add_common(sub)
     sub.set_defaults(handler=_run_fill, parser=sub)
 
@@ -909,7 +1073,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "window whose weights alpha + (d^2 + eps^2)^(lambda/2) grow with a pixel's "
                     "difference d from the smoothed window centre, so that thin lines and dots "
                     "survive downscaling. d is in the image's units. "
-                    "pacarray.detail_preserving_pool.",
+                    "pacarray.detail_preserving_pool. " + _VOLUMES,
         epilog="examples:\n"
                "  pacarray dpp photo.png small.png --size 3 --alpha 1 --lambda 1\n"
                "  pacarray dpp scan.tif small.tif --size 5 --stride 4 --alpha 0.5 --lambda 2 "
@@ -938,7 +1102,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(L, H, W), are refined to follow IMAGE's edges and the label map is "
                     "written (uint8 for up to 256 labels, else uint16). Integer images are "
                     "compared on [0, 1] by their dtype's maximum; float images should lie in "
-                    "[0, 1].",
+                    "[0, 1]. With a multi-page TIFF volume as IMAGE, UNARY is (L, D, H, W) "
+                    "and the labels are a volume.",
         epilog="examples:\n"
                "  pacarray crf photo.png scores.npy labels.png\n"
                "  pacarray crf photo.png probabilities.npy labels.npy --input probabilities "
@@ -946,7 +1111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("image", metavar="IMAGE", type=_image_path, help="image the labels follow")
     sub.add_argument("unary", metavar="UNARY", type=_npy_path,
-                     help=".npy array (L, H, W) of class scores")
+                     help=".npy array (L, H, W) of class scores ((L, D, H, W) for a volume)")
     sub.add_argument("output", metavar="OUT", type=_image_path,
                      help="label map to write (.png, .tif/.tiff or .npy)")
     sub.add_argument("--steps", type=_non_negative_int, default=5, metavar="N",

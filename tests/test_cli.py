@@ -7,6 +7,7 @@ data (rounded to the file's dtype).
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -301,10 +302,10 @@ def test_data_errors_exit_1(files, tmp_path, capsys):
     damaged.write_bytes(b"not a picture")
     _error(capsys, 1, ["dpp", damaged, tmp_path / "o.png", "--size", 3, "--alpha", 1,
                        "--lambda", 1], "dpp", "cannot read IN")
-    stack = tmp_path / "stack.tif"
-    tifffile.imwrite(stack, np.zeros((5, 8, 8), np.uint8), photometric="minisblack")
-    _error(capsys, 1, ["dpp", stack, tmp_path / "o.png", "--size", 3, "--alpha", 1,
-                       "--lambda", 1], "dpp", "stack")
+    stack = tmp_path / "stack.tif"     # two page axes: neither an image nor a volume
+    tifffile.imwrite(stack, np.zeros((2, 5, 8, 8), np.uint8), photometric="minisblack")
+    _error(capsys, 1, ["dpp", stack, tmp_path / "o.tif", "--size", 3, "--alpha", 1,
+                       "--lambda", 1], "dpp", "stack of shape (2, 5, 8, 8)")
     _error(capsys, 1, ["bilateral", source, tmp_path / "no" / "o.png", "--sigma-spatial", 1,
                        "--sigma-color", 10], "bilateral", "cannot write OUT")
 
@@ -329,9 +330,144 @@ def test_status_line(files, tmp_path, capsys, monkeypatch):
     assert err.startswith("filtering 24x20x3 ... done in ") and "wrote" in err
     monkeypatch.setattr(cli, "PROGRESS_PIXELS", 100)   # "big" images get it unasked
     assert _run(*argv) == 0
-    assert capsys.readouterr().err.startswith("filtering 24x20x3 ... done in ")
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("dask") is None:
+        assert err.startswith("filtering 24x20x3 ... done in ")
+    else:   # computed in blocks by pacarray.progress, reported by quarters
+        assert err.startswith("filtering 24x20x3 ... 25% 50% 75% 100% done in "), err
+    blocked = np.asarray(Image.open(tmp_path / "o.png"))
     assert _run(*argv, "--quiet") == 0
     assert capsys.readouterr().err == ""
+    # What is printed does not change the file: --quiet cuts the same blocks.
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), blocked)
+    image = np.asarray(Image.open(source))
+    expected = pacarray.bilateral_filter(image, sigma_spatial=1, sigma_color=9, channel_axis=-1)
+    _assert_within_rounding(blocked, _rounded(expected, np.uint8))
+
+
+# --------------------------------------------------------------------------- volumes
+
+DEPTH = 4
+
+
+def _volume(dtype=np.uint16, channels=None):
+    rng = np.random.default_rng(3)
+    shape = (DEPTH, HEIGHT, WIDTH) + ((channels,) if channels else ())
+    base = np.where(np.arange(WIDTH) < WIDTH // 2, 0.25, 0.75).reshape(1, 1, WIDTH)
+    if channels:
+        base = base[..., None]
+    values = np.clip(base + rng.normal(0, 0.05, shape), 0, 1)
+    if np.dtype(dtype).kind == "u":
+        return np.rint(values * np.iinfo(dtype).max).astype(dtype)
+    return values.astype(dtype)
+
+
+def test_bilateral_multipage_uint16_tiff_is_a_volume(tmp_path, capsys):
+    volume = _volume()
+    source, out = tmp_path / "stack.tif", tmp_path / "smooth.tif"
+    tifffile.imwrite(source, volume, photometric="minisblack")
+    assert _run("bilateral", source, out, "--sigma-spatial", 1, "--sigma-color", 4000,
+                "--spacing", "2,1,1", "--verbose") == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"filtering {WIDTH}x{HEIGHT}x{DEPTH} volume ... done in ")
+    with tifffile.TiffFile(out) as tiff:       # one page per slice, as it came in
+        assert len(tiff.pages) == DEPTH
+    expected = pacarray.bilateral_filter(volume, sigma_spatial=1, sigma_color=4000,
+                                         spacing=(2, 1, 1))
+    _assert_within_rounding(tifffile.imread(out), _rounded(expected, np.uint16))
+    # A 2-D filter slice by slice would differ: the depth taps count.
+    flat = np.stack([pacarray.bilateral_filter(plane, sigma_spatial=1, sigma_color=4000)
+                     for plane in volume])
+    assert np.abs(_rounded(flat, np.uint16).astype(int) - tifffile.imread(out)).max() > 1
+
+
+@pytest.mark.slow
+def test_every_filter_command_on_a_float_volume(tmp_path):
+    volume = _volume(np.float32)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, volume, imagej=True, metadata={"axes": "ZYX"})
+    mask = np.ones(volume.shape, np.uint8)
+    mask[1:3, 5:9, 4:10] = 0
+    tifffile.imwrite(tmp_path / "mask.tif", mask * 255, photometric="minisblack")
+    low = volume[::2, ::2, ::2].copy()
+    tifffile.imwrite(tmp_path / "low.tif", low, photometric="minisblack")
+    unary = np.random.default_rng(1).standard_normal((2,) + volume.shape)
+    np.save(tmp_path / "unary.npy", unary)
+
+    assert _run("fill", source, tmp_path / "mask.tif", tmp_path / "filled.tif",
+                "--sigma-spatial", 1.5, "--certainty-out", tmp_path / "c.npy") == 0
+    filled, certainty = pacarray.normalized_convolution(volume, mask.astype(np.float64),
+                                                        sigma_spatial=1.5)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "filled.tif"), filled, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "c.npy"), certainty, rtol=1e-5, atol=1e-6)
+
+    assert _run("dpp", source, tmp_path / "pooled.tif", "--size", 3, "--stride", 2,
+                "--alpha", 0.5, "--lambda", 2) == 0
+    pooled = pacarray.detail_preserving_pool(volume, 3, alpha=0.5, lambda_=2.0, stride=2)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "pooled.tif"), pooled, rtol=1e-5,
+                               atol=1e-6)
+
+    assert _run("upsample", tmp_path / "low.tif", source, tmp_path / "up.tif",
+                "--sigma-color", 0.2, "--factor", "2,2,2") == 0
+    up = pacarray.joint_bilateral_upsample(low, volume, factor=2, sigma_color=0.2)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "up.tif"), up, rtol=1e-5, atol=1e-6)
+
+    assert _run("crf", source, tmp_path / "unary.npy", tmp_path / "labels.tif",
+                "--steps", 2) == 0
+    labels = pacarray.pac_crf(unary, volume, num_steps=2, output="labels", channel_axis=None,
+                              spatial_ndim=3)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), labels)
+
+
+@pytest.mark.parametrize("layout", ["QYX", "QYXS", "ImageJ ZYX", "ImageJ ZCYX"])
+def test_multipage_tiff_layouts_read_as_volumes(tmp_path, layout):
+    path = tmp_path / "stack.tif"
+    if layout == "QYX":
+        volume = _volume()
+        tifffile.imwrite(path, volume, photometric="minisblack")
+    elif layout == "QYXS":
+        volume = _volume(np.uint8, channels=3)
+        tifffile.imwrite(path, volume, photometric="rgb")
+    elif layout == "ImageJ ZYX":
+        volume = _volume(np.float32)
+        tifffile.imwrite(path, volume, imagej=True, metadata={"axes": "ZYX"})
+    else:
+        volume = _volume(np.uint16, channels=2)
+        tifffile.imwrite(path, np.moveaxis(volume, -1, 1), imagej=True,
+                         metadata={"axes": "ZCYX"})
+    array, spatial_ndim = cli.read_data(path)
+    assert spatial_ndim == 3
+    np.testing.assert_array_equal(array, volume)
+    out = tmp_path / "copy.tif"
+    cli.check_writable(out, array.dtype, array.shape, spatial_ndim=3)
+    cli.write_image(out, array, spatial_ndim=3)
+    back, back_ndim = cli.read_data(out)
+    assert back_ndim == 3 and back.dtype == volume.dtype
+    np.testing.assert_array_equal(back, volume)
+    with pytest.raises(cli.CommandFailure, match="is a volume of shape"):
+        cli.read_image(path)
+
+
+def test_volume_errors(files, tmp_path, capsys):
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, _volume(), photometric="minisblack")
+    image, _ = files("gray16.tif")
+    common = ["--sigma-spatial", 1, "--sigma-color", 10]
+    _error(capsys, 2, ["bilateral", source, tmp_path / "o.png", *common], "bilateral",
+           "PNG holds one 2-D image, not a volume of 4 slices")
+    _error(capsys, 2, ["bilateral", source, tmp_path / "o.tif", *common, "--spacing", "1,1"],
+           "bilateral", "--spacing has 2 values and IN is a volume")
+    _error(capsys, 1, ["bilateral", source, tmp_path / "o.tif", *common, "--guide", image],
+           "bilateral", "guide is a 2-D image of shape (20, 24) but IN is a volume")
+    _error(capsys, 2, ["upsample", source, source, tmp_path / "o.tif", "--sigma-color", 1,
+                       "--factor", "2,2"], "upsample", "--factor has 2 values")
+    np.save(tmp_path / "unary.npy", np.zeros((2, HEIGHT, WIDTH)))
+    _error(capsys, 1, ["crf", source, tmp_path / "unary.npy", tmp_path / "o.tif"], "crf",
+           "(L, D, H, W)")
+    _error(capsys, 2, ["bilateral", source, tmp_path / "o.tif", "--sigma-spatial", 1,
+                       "--sigma-color", 10, "--spacing", "1,0,1"], "bilateral",
+           "must be a positive number")
 
 
 # --------------------------------------------------------------------------- image files
