@@ -16,6 +16,11 @@ How one output block is computed, per spatial axis:
 * Each block carries a halo (``dask.array.overlap.overlap`` with ``boundary="none"``) as wide as
   the receptive field: the dilated kernel radius plus the smoothing of the centre feature, the
   bilateral radius, ``num_steps`` times the largest reach of the CRF's terms (blur included).
+  An argument that is ``dask.array.from_array`` of an array-like reading any region (Zarr,
+  HDF5, a memory map, a lazy generator; see ``_source``) skips that step: each task reads its
+  block with its halo from the array-like in one piece. That saves overlap's slicing and
+  concatenation tasks and copies, and no block waits in a worker's memory for its neighbours'
+  tasks, so a worker holds a few blocks at a time instead of rows of them.
 * The public function runs in memory on the block with its halo and the caller's options, and
   the halo's outputs are cut away. At the image's true edges a block has no halo, so the
   function's own border rule applies there exactly as in the in-memory call; next to an interior
@@ -388,6 +393,46 @@ def _embed(block, axes, have, want):
     return out
 
 
+def _source(array, operand, batch):
+    """``(source, getter keywords)`` when ``array`` is ``dask.array.from_array`` of an array-like
+    that reads any region itself (a Zarr or HDF5 dataset, a memory map, a lazy generator) and
+    nothing else, so that a task can read its block with its halo in one piece; ``source`` is a
+    ``Delayed`` of the graph's one copy of the array-like. ``None`` otherwise (the halo then
+    comes from ``dask.array.overlap``), and for a batch axis cut into several chunks (the task
+    does not know its batch block)."""
+    if "n" in operand.index and batch is not None and len(batch) > 1:
+        return None
+    from dask.array.core import getter
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph = array.__dask_graph__()
+    layers = getattr(graph, "layers", None)
+    original = "original-" + array.name
+    if not isinstance(layers, dict) or set(layers) != {array.name, original}:
+        return None
+    task = getattr(layers[array.name], "task", None)
+    if getattr(task, "func", None) is not getter or len(layers[original]) != 1:
+        return None
+    value = layers[original].get(original)
+    if tuple(getattr(value, "shape", ())) != tuple(array.shape):
+        return None
+    keywords = dict(getattr(task, "kwargs", {}) or {})
+    return Delayed(original, HighLevelGraph({original: layers[original]}, {original: set()})), \
+        keywords
+
+
+def _read(source, keywords, spatial, have):
+    """The region ``have`` (global ``[start, stop)`` per spatial axis at positions ``spatial``)
+    of the array-like ``source``, every other axis whole, read as ``from_array`` reads."""
+    from dask.array.core import getter
+
+    region = [slice(None)] * len(source.shape)
+    for axis, (start, stop) in zip(spatial, have):
+        region[axis] = slice(start, stop)
+    return getter(source, tuple(region), **keywords)
+
+
 @dataclass(frozen=True)
 class _Task:
     """One output block: the operands' blocks with their halos -> the in-memory call -> the
@@ -400,6 +445,9 @@ class _Task:
     regions: tuple  # per operand, per spatial axis, per block: (start, stop)
     outputs: tuple  # per spatial axis, per block: (start, stop) on the output grid
     out_axes: tuple  # positions of the result's spatial axes
+    # per operand: None (its block with its halo comes from the graph) or the keywords of
+    # ``dask.array.core.getter`` (it comes as its source, read here; see ``_source``)
+    readers: tuple = ()
 
     def __call__(self, *blocks):
         # One block-number array per spatial axis, then the operands' blocks.
@@ -412,6 +460,9 @@ class _Task:
         arrays = []
         for number, block in enumerate(blocks):
             have = tuple(self.regions[number][axis][index[axis]] for axis in range(rank))
+            reader = self.readers[number] if self.readers else None
+            if reader is not None:
+                block = _read(block, reader, self.spatial[number], have)
             want = have if self.grids[number] == "in" else windows
             arrays.append(_embed(block, self.spatial[number], have, want))
         result = self.call(arrays, tuple(w[0] for w in windows))
@@ -435,7 +486,7 @@ def _lazy(call, operands, rules, out_index, dtype, new_axes=None, periodic=False
                   for letter, rule in zip(letters, rules))
     grids = tuple(rule.grids(e) for rule, e in zip(rules, edges))
     batch = data.array.chunks[data.index.index("n")] if "n" in data.index else None
-    arrays, regions = [], []
+    arrays, regions, readers = [], [], []
     for op in operands:
         chunks, depth, boundary, own = {}, {}, {}, []
         for axis, letter in enumerate(op.index):
@@ -454,12 +505,20 @@ def _lazy(call, operands, rules, out_index, dtype, new_axes=None, periodic=False
                 depth[position] = halo if not periodic else halo[0]
                 boundary[position] = "periodic" if periodic else "none"
             own.append(_regions(bounds, halo, periodic and not single))
+        regions.append(tuple(own))
+        source = _source(op.array, op, batch) if depth and not periodic else None
+        if source is not None:
+            # Each task reads its own block with its halo from the source: no halo tasks, no
+            # concatenation, and no block held for its neighbours (docs/design.md §6).
+            arrays.append(source[0])
+            readers.append(source[1])
+            continue
+        readers.append(None)
         array = op.array.rechunk(chunks)
         if depth:
             array = da.overlap.overlap(array, depth=depth, boundary=boundary,
                                        allow_rechunk=False)
         arrays.append(array)
-        regions.append(tuple(own))
     outputs = tuple(
         tuple((g["out"][j], g["out"][j + 1]) for j in range(len(g["out"]) - 1)) for g in grids
     )
@@ -467,15 +526,23 @@ def _lazy(call, operands, rules, out_index, dtype, new_axes=None, periodic=False
         call=call, rules=tuple(rules), grids=tuple(op.grid for op in operands),
         spatial=tuple(op.spatial for op in operands), regions=tuple(regions), outputs=outputs,
         out_axes=tuple(out_index.index(letter) for letter in letters),
+        readers=tuple(readers) if any(r is not None for r in readers) else (),
     )
     arguments = []
     for letter, e in zip(letters, edges):
         arguments += [da.from_array(np.arange(len(e) - 1), chunks=1), letter]
-    for array, op in zip(arrays, operands):
-        arguments += [array, op.index]
+    for array, op, reader in zip(arrays, operands, readers):
+        arguments += [array, None if reader is not None else op.index]
     out_chunks = {letter: tuple(np.diff(g["out"]).tolist()) for letter, g in zip(letters, grids)}
+    new_axes = dict(new_axes or {})
+    indexed = set(letters).union(*(op.index for op, r in zip(operands, readers) if r is None))
+    for op, reader in zip(operands, readers):
+        if reader is not None:  # its whole (and single-chunk batch) axes, now unindexed
+            new_axes.update({letter: int(op.array.shape[axis])
+                             for axis, letter in enumerate(op.index)
+                             if letter in out_index and letter not in indexed})
     return da.blockwise(
-        task, out_index, *arguments, new_axes=new_axes or {}, adjust_chunks=out_chunks,
+        task, out_index, *arguments, new_axes=new_axes, adjust_chunks=out_chunks,
         align_arrays=False, concatenate=True, dtype=dtype,
         meta=_meta(operands, len(out_index), dtype), token=f"pacarray-{call.name}",
     )

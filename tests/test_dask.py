@@ -437,6 +437,62 @@ def test_crf_blocks_hold_whole_blur_cells():
     _assert_equal_to_memory(lazy, pacarray.pac_crf(unary, image, pairwise=term, num_steps=1))
 
 
+class _Source:
+    """An array-like that reads any region (as a Zarr or HDF5 dataset does), recording the
+    regions read; ``dask.array.from_array`` of it is a region-readable Dask array."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+        self.reads = []
+
+    def __getitem__(self, key):
+        self.reads.append(tuple((k.start, k.stop) for k in key))
+        return self.array[key]
+
+
+def test_region_readable_sources_read_each_block_with_its_halo_once():
+    rng = np.random.default_rng(14)
+    image, guide = rng.random((H, W, 3), dtype=np.float32), rng.random((H, W))
+    source, guide_source = _Source(image), _Source(guide)
+    keywords = dict(sigma_spatial=1.0, sigma_color=0.2, channel_axis=-1)  # radius 3
+    lazy = pacarray.bilateral_filter(da.from_array(source, chunks=(16, 20, 3)),
+                                     guide=da.from_array(guide_source, chunks=(10, 30)),
+                                     **keywords)
+    layers = lazy.__dask_graph__().layers
+    assert not any(name.startswith(("overlap", "rechunk")) for name in layers), list(layers)
+    source.reads.clear()  # from_array's own empty read for the metadata
+    guide_source.reads.clear()
+    _assert_equal_to_memory(lazy, pacarray.bilateral_filter(image, guide=guide, **keywords))
+    # One read per block (rows 16 + 16 + 5, columns 20 + 21: the guide's chunks do not
+    # matter), each reaching the radius (3) past the block's interior edges.
+    rows, cols = ((0, 19), (13, 35), (29, 37)), ((0, 23), (17, 41))
+    assert sorted(source.reads) == sorted((r, c, (None, None)) for r in rows for c in cols)
+    assert len(guide_source.reads) == 6
+    # The general path (overlap) for the same call on an in-memory array: the same values.
+    general = pacarray.bilateral_filter(da.from_array(image, chunks=(16, 20, 3)),
+                                        guide=da.from_array(guide, chunks=(10, 30)), **keywords)
+    assert any(name.startswith("overlap") for name in general.__dask_graph__().layers)
+    np.testing.assert_array_equal(general.compute(scheduler="synchronous"),
+                                  lazy.compute(scheduler="synchronous"))
+
+
+def test_region_readable_sources_on_other_grids_and_a_batch_axis():
+    rng = np.random.default_rng(15)
+    low, high = rng.random((12, 10)), rng.random((48, 40))
+    lazy = pacarray.joint_bilateral_upsample(
+        da.from_array(_Source(low), chunks=(5, 5)), da.from_array(_Source(high), chunks=16),
+        factor=4, sigma_color=0.1, radius=1)
+    _assert_equal_to_memory(lazy, pacarray.joint_bilateral_upsample(
+        low, high, factor=4, sigma_color=0.1, radius=1))
+    x, weight = rng.random((2, 2, 20, 18)), rng.random((3, 2, 3, 3))
+    for batch in (2, 1):  # one batch chunk reads regions; two take the general path
+        lazy = pacarray.pac_conv(da.from_array(_Source(x), chunks=(batch, 2, 8, 7)), weight,
+                                 guide=da.from_array(_Source(x), chunks=(batch, 2, 8, 7)),
+                                 padding=1, stride=2)
+        _assert_equal_to_memory(lazy, pacarray.pac_conv(x, weight, guide=x, padding=1,
+                                                        stride=2))
+
+
 def test_chunks_smaller_than_the_halo_are_merged():
     image = _lazy(np.random.default_rng(2).random((40, 40)), (0, 1), (3, 40))
     out = pacarray.bilateral_filter(image, sigma_spatial=2.0, sigma_color=0.1)  # radius 6
@@ -695,11 +751,15 @@ def test_local_cluster_of_two_worker_processes():
                                              **keywords)
         convolved = pacarray.pac_conv(da.from_array(x, chunks=(1, 3, 48, 40)), weight,
                                       guide=da.from_array(x, chunks=(1, 3, 32, 32)), padding=1)
-        values = client.gather(client.compute([filtered, convolved]))
+        # Tasks that read their own halo from a region-readable source on the workers.
+        read = pacarray.bilateral_filter(da.from_array(_Source(image), chunks=(32, 40, 3)),
+                                         **keywords)
+        values = client.gather(client.compute([filtered, convolved, read]))
         workers = client.run(lambda: __import__("os").getpid())
     assert len(set(workers.values())) == 2
     expected = [pacarray.bilateral_filter(image, **keywords),
-                pacarray.pac_conv(x, weight, guide=x, padding=1)]
+                pacarray.pac_conv(x, weight, guide=x, padding=1),
+                pacarray.bilateral_filter(image, **keywords)]
     for value, reference in zip(values, expected):
         assert value.dtype == reference.dtype
         assert np.max(np.abs(value - reference)) <= 1e-6 * np.max(np.abs(reference))

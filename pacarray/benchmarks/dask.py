@@ -1,11 +1,22 @@
 """Dask workload: the bilateral filter on an image that is never held in memory.
 
-* B-dask: a 16384 x 16384 float32 RGB image built lazily (``dask.array.random`` with a seed,
-  chunks of 1024 x 1024 x 3), :func:`pacarray.bilateral_filter` with radius 4 (sigma_spatial
-  3, sigma_color 0.1, disk, L1, mode "mirror": exactly OpenCV's filter), computed on a
-  ``dask.distributed.LocalCluster`` of 2 single-threaded worker processes with one Numba thread
-  each. The timed call computes the sum of every output block, so the 3 GiB result never
-  travels to the client; both peers produce the same sums.
+* B-dask: a 16384 x 16384 float32 RGB image built lazily, chunks of 1024 x 1024 x 3,
+  :func:`pacarray.bilateral_filter` with radius 4 (sigma_spatial 3, sigma_color 0.1, disk, L1,
+  mode "mirror": exactly OpenCV's filter), computed on a ``dask.distributed.LocalCluster`` of 2
+  single-threaded worker processes with one Numba thread each. The timed call computes the sum
+  of every output block, so the 3 GiB result never travels to the client; both peers produce
+  the same sums.
+
+  The image is ``dask.array.from_array`` of :class:`LazyImage`, an array-like that computes
+  any region it is asked for (uniform values from a hash of each element's index, about 9 ms
+  of CPU per megapixel, the cost of ``numpy.random``) and stores nothing: it stands for a Zarr
+  or HDF5 store, which Dask also reads through ``from_array``, and both peers get the same
+  Dask array. pacarray's tasks read their block with its halo from it in one piece
+  (``pacarray._dask._source``); ``map_overlap`` reads the blocks and assembles the halos from
+  the neighbours, as Dask does for any array. Until 2026-12-03 the image was
+  ``dask.array.random`` (no region reads), on which pacarray takes the same ``overlap`` path as
+  the OpenCV peer: then pacarray's workers held rows of blocks (650-760 MiB each) and spent 70
+  ms of CPU per megapixel more than the in-memory call (``docs/guide/dask.md``).
 
 Peers, measured in the same run:
 
@@ -19,8 +30,10 @@ Peers, measured in the same run:
 
 The notes report both throughputs in megapixels per second, the scheduler overhead (Dask time
 over 16 in-memory tiles: 1 means none) and each worker's peak extra resident memory during the
-call (``VmHWM - VmRSS`` before it, read on the workers; one chunk is 12 MiB), all from the
-calls' own timings, which include the harness's warm-up and untimed opening runs.
+call (``VmHWM - VmRSS`` before it, read on the workers; one chunk is 12 MiB; the workers'
+glibc returns blocks of 4 MiB and more to the system when freed, so the mark counts live
+blocks), all from the calls' own timings, which include the harness's warm-up and untimed
+opening runs.
 
 ``--quick`` runs 96 x 96 pixels in chunks of 32 on Dask's threaded scheduler, without a
 cluster (the smoke test builds every workload inside the test process).
@@ -35,13 +48,73 @@ import time
 
 import numpy as np
 
-from ._harness import MEMORY_MMAP_THRESHOLD, THREADS, Case, Context, Peer, Workload
+from ._harness import THREADS, Case, Context, Peer, Workload
 
 RADIUS, SIGMA_SPATIAL, SIGMA_COLOR = 4, 3.0, 0.1
 KEYWORDS = dict(sigma_spatial=SIGMA_SPATIAL, sigma_color=SIGMA_COLOR, radius=RADIUS,
                 window="disk", color_distance="l1", mode="mirror", channel_axis=-1)
 SIZE, CHUNK, TILE, WORKERS = 16384, 1024, 4096, 2
+WORKER_MMAP_THRESHOLD = 4 << 20
 QUICK_SIZE, QUICK_CHUNK, QUICK_TILE = 96, 32, 32
+
+
+_MIX1, _MIX2, _LOW32 = np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35), np.uint64(0xFFFFFFFF)
+
+
+def _hash_fill(out, row0, col0, width, seed):
+    """``out[i, j, c]`` = a uniform float32 in [0, 1) from a 32-bit hash (MurmurHash3's
+    finalizer) of the element's flat index ``((row0 + i) * width + col0 + j) * C + c`` plus
+    ``seed``: the same value whichever region holds the element. The arithmetic is in uint64
+    with the low 32 bits kept, because Numba widens uint32 arithmetic."""
+    rows, cols, channels = out.shape
+    scale = np.float32(1.0 / (1 << 24))
+    for i in range(rows):
+        for j in range(cols):
+            base = np.uint64(((row0 + i) * width + col0 + j) * channels)
+            for c in range(channels):
+                h = (base + np.uint64(c) + seed) & _LOW32
+                h ^= h >> np.uint64(16)
+                h = (h * _MIX1) & _LOW32
+                h ^= h >> np.uint64(13)
+                h = (h * _MIX2) & _LOW32
+                h ^= h >> np.uint64(16)
+                out[i, j, c] = np.float32(h >> np.uint64(8)) * scale
+
+
+_compiled_fill = None
+
+
+class LazyImage:
+    """A ``(H, W, C)`` float32 array-like whose values are computed on each read, never stored:
+    uniform in [0, 1), a hash of each element's index and ``seed`` (so any region reads the same
+    values as the whole). ``dask.array.from_array`` reads it like a Zarr or HDF5 dataset."""
+
+    def __init__(self, shape, seed=0):
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+        self.seed = int(seed)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        bounds = []
+        for axis, (item, size) in enumerate(zip(key, self.shape)):
+            if not isinstance(item, slice):
+                raise TypeError(f"LazyImage reads slices only, got {item!r} on axis {axis}")
+            start, stop, step = item.indices(size)
+            if step != 1:
+                raise ValueError(f"LazyImage reads slices of step 1, got {item!r}")
+            bounds.append((start, max(start, stop)))
+        (r0, r1), (c0, c1), (k0, k1) = bounds
+        out = np.empty((r1 - r0, c1 - c0, self.shape[2]), dtype=np.float32)
+        global _compiled_fill
+        if _compiled_fill is None:
+            import numba
+
+            _compiled_fill = numba.njit(cache=True, nogil=True)(_hash_fill)
+        _compiled_fill(out, r0, c0, self.shape[1], np.uint64(self.seed))
+        return out[:, :, k0:k1] if (k0, k1) != (0, self.shape[2]) else out
 
 
 def _block_sum(block):
@@ -103,9 +176,12 @@ def _cluster():
         return None
     environment = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    # As in the harness's memory children: glibc serves large blocks with mmap and gives freed
-    # memory back, so the workers' high-water mark shows live data, not the allocator's cache.
-    environment.update({name: str(MEMORY_MMAP_THRESHOLD) for name in (
+    # glibc serves blocks of 4 MiB and more with mmap and gives them back when freed, so the
+    # workers' high-water mark shows live chunks (12 MiB), not the allocator's cache. The
+    # harness's memory children use 64 KiB; here that would also send the kernels' small
+    # per-band workspaces through mmap and page faults, which cost 15-25 ms of CPU per
+    # megapixel (measured at 1 Numba thread) that the in-memory peer does not pay.
+    environment.update({name: str(WORKER_MMAP_THRESHOLD) for name in (
         "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
     cluster = distributed.LocalCluster(
         n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -203,8 +279,7 @@ def _build(context: Context) -> Case:
                     label=f"bilateral_filter RGB {tile}x{tile} in memory (Dask missing)",
                     notes=["Dask not installed (pip install 'pacarray[dask]'): only the "
                            "in-memory tile was timed"])
-    image = da.random.default_rng(context.seed).random(
-        (size, size, 3), dtype=np.float32, chunks=(chunk, chunk, 3))
+    image = da.from_array(LazyImage((size, size, 3), context.seed), chunks=(chunk, chunk, 3))
     client = None if context.quick else _cluster()
     notes = [f"{size}x{size} RGB float32 built lazily, chunks {chunk}x{chunk}x3, radius "
              f"{RADIUS}; the call computes one sum per output block"]
@@ -220,7 +295,7 @@ def _build(context: Context) -> Case:
         def compute(lazy):
             return client.compute(lazy).result()
     sums = _block_sums(bilateral_filter(image, **KEYWORDS))
-    tile_image = image[:tile, :tile].compute(scheduler="threads")
+    tile_image = image[:tile, :tile].compute(scheduler="sync")
     recorder = _Recorder(notes, size * size, tile * tile, client)
     case = Case(
         call=recorder.timed("pacarray", lambda: compute(sums), client is not None),
