@@ -30,7 +30,7 @@ time against OpenCV, so it is organised for speed:
   ``2**(log2 G[tap] - c * d2)`` with ``c = log2(e) / (2 sigma_color**2)`` (the front end scales
   the log weights and the coefficient), evaluated by the branch-free polynomial of
   :func:`pacarray._cpu._exp.exp2_nonpositive` (Numba's ``np.exp`` runs scalar without Intel
-  SVML). Base 2 spares the ``ln 2`` reduction: in float32 12 vector operations per weight
+  SVML). Base 2 spares the ``ln 2`` reduction: in float32 13 vector operations per weight
   instead of 16, about 18% of the 3-D filter's time on the machine of 2026-12-03. It is exactly
   0 where ``exp`` of the natural-log argument is below -69 (float32) or -600 (float64), the
   thresholds below which the front end drops spatial taps.
