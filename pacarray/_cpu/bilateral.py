@@ -31,7 +31,7 @@ time against OpenCV, so it is organised for speed:
   the log weights and the coefficient), evaluated by the branch-free polynomial of
   :func:`pacarray._cpu._exp.exp2_nonpositive` (Numba's ``np.exp`` runs scalar without Intel
   SVML). Base 2 spares the ``ln 2`` reduction: in float32 13 vector operations per weight
-  instead of 16, about 18% of the 3-D filter's time on the machine of 2026-12-03. It is exactly
+  instead of 16, about 20% of the 3-D filter's time on the machine of 2026-12-03. It is exactly
   0 where ``exp`` of the natural-log argument is below -69 (float32) or -600 (float64), the
   thresholds below which the front end drops spatial taps.
 
