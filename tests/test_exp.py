@@ -9,7 +9,14 @@ import pytest
 from numba import njit
 
 from pacarray._cpu import _exp
-from pacarray._cpu._exp import FLUSH_BELOW_FLOAT32, FLUSH_BELOW_FLOAT64, exp_nonpositive
+from pacarray._cpu._exp import (
+    FLUSH2_BELOW_FLOAT32,
+    FLUSH2_BELOW_FLOAT64,
+    FLUSH_BELOW_FLOAT32,
+    FLUSH_BELOW_FLOAT64,
+    exp2_nonpositive,
+    exp_nonpositive,
+)
 
 
 @njit(cache=True)
@@ -165,3 +172,79 @@ def test_vectorized_without_scalar_conversions():
 def test_rejects_an_unknown_precision():
     with pytest.raises(TypeError, match="precision"):
         _exp._result_is_float32(object())
+
+
+# The base-2 exponential of the bilateral kernels.
+
+@njit(cache=True)
+def _apply2(t, out):
+    for j in range(t.shape[0]):
+        out[j] = exp2_nonpositive(t[j])
+
+
+@njit(cache=True, fastmath=True)
+def _apply2_fast_caller(t, out):
+    for j in range(t.shape[0]):
+        out[j] = exp2_nonpositive(t[j])
+
+
+def _relative_error2(values, t, per_unit=False):
+    """Largest relative error against 2**t; ``per_unit``: divided by max(1, |t|) (the float64
+    path rounds t * ln 2, an error proportional to |t|)."""
+    exact = np.exp2(t.astype(np.longdouble))
+    error = np.abs((values.astype(np.longdouble) - exact) / exact)
+    return float(np.max(error / np.maximum(np.abs(t), 1) if per_unit else error))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lower", "bound"),
+    [(np.float32, FLUSH2_BELOW_FLOAT32, 2.3e-7), (np.float64, FLUSH2_BELOW_FLOAT64, 9.5e-15)],
+)
+def test_exp2_relative_error_down_to_the_threshold(dtype, lower, bound):
+    t = _grid(dtype, lower)
+    values = _compiled(_apply2, t)
+    assert values.dtype == dtype
+    error = _relative_error2(values, t, per_unit=dtype == np.float64)
+    assert error < bound
+    if dtype == np.float32:
+        assert error > 1e-7  # truly float32 arithmetic (degree 5), not a float64 detour
+    assert values[t == 0][0] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp2_flushes_the_same_weights_as_exp(dtype):
+    """Exactly 0 below threshold / ln 2, and the thresholds are exp's divided by ln 2, so that
+    the taps the front end keeps keep a nonzero weight in base 2 too."""
+    lower = FLUSH2_BELOW_FLOAT32 if dtype == np.float32 else FLUSH2_BELOW_FLOAT64
+    natural = FLUSH_BELOW_FLOAT32 if dtype == np.float32 else FLUSH_BELOW_FLOAT64
+    assert abs(lower * np.log(2.0) - natural) < 1e-5
+    below = np.array([np.nextafter(dtype(lower), dtype(-np.inf)), lower - 0.5, lower - 50.0,
+                      -1e30, -np.inf], dtype)
+    np.testing.assert_array_equal(_compiled(_apply2, below), 0.0)
+    at = _compiled(_apply2, np.array([lower], dtype))[0]
+    assert at > 0 and np.isclose(at, np.exp2(np.float64(lower)), rtol=1e-6)
+    assert at * dtype(1e-7) >= np.finfo(dtype).smallest_normal
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp2_nan_propagates_and_fast_math_callers_get_the_same_bits(dtype):
+    t = np.array([np.nan, -np.nan, 0.0, -0.0, -1e-30], dtype)
+    values = _compiled(_apply2, t)
+    assert np.isnan(values[:2]).all()
+    np.testing.assert_array_equal(values[2:], 1.0)
+    grid = _grid(dtype, -110.0)
+    np.testing.assert_array_equal(_compiled(_apply2_fast_caller, grid), _compiled(_apply2, grid))
+
+
+def test_exp2_python_reference_and_vector_code():
+    assert exp2_nonpositive(np.float32(-100.0)) == 0.0
+    assert exp2_nonpositive(np.float32(-3.0)) == np.float32(0.125)
+    assert exp2_nonpositive(-866.0) == 0.0
+    plain = njit(_apply2.py_func)
+    t = np.zeros(16, np.float32)
+    _compiled(plain, t)
+    assembly = plain.inspect_asm(plain.signatures[0])
+    assert assembly.count("\n") > 50, "not the assembly of the loop"
+    assert "cvttss2si" not in assembly and "cvtss2si" not in assembly
+    if "ymm" not in assembly and "zmm" not in assembly:
+        pytest.skip("no AVX on this machine")

@@ -18,6 +18,8 @@ from . import bilateral as kernels
 from ._layouts import call_any_layout
 
 
+_LOG2E = 1.4426950408889634
+
 #: Samples per row when a long signal is cut into rows for the threads (see _signal_rows).
 SIGNAL_ROW = 1 << 16
 
@@ -54,11 +56,14 @@ def _run_volume(problem, planar, guide_planar, offsets, log_weight, out, channel
     dz, dy, dx = (np.asarray(o, dtype=np.int64) for o in offsets)
     centre = (dz == 0) & (dy == 0) & (dx == 0)
     forward = (dz > 0) | ((dz == 0) & (dy > 0)) | ((dz == 0) & (dy == 0) & (dx > 0))
-    pair = (dz[forward], dy[forward], dx[forward], log_weight[forward].astype(dtype))
-    side = (dz[~centre], dy[~centre], dx[~centre], log_weight[~centre].astype(dtype))
+    # The kernels' exponential is base 2 (module docstring of bilateral.py): log weights and the
+    # range coefficient in log2 units, scaled in float64 and rounded once to the dtype.
+    log2_weight = np.asarray(log_weight, dtype=np.float64) * _LOG2E
+    pair = (dz[forward], dy[forward], dx[forward], log2_weight[forward].astype(dtype))
+    side = (dz[~centre], dy[~centre], dx[~centre], log2_weight[~centre].astype(dtype))
     # A tiny sigma_color would make the coefficient inf in float32, and inf * 0 (the centre tap)
     # NaN: the largest finite coefficient gives the same weights (exactly 0 off the centre).
-    range_coef = min(0.5 / problem.sigma_color**2, float(np.finfo(dtype).max))
+    range_coef = min(0.5 * _LOG2E / problem.sigma_color**2, float(np.finfo(dtype).max))
     params = np.array([range_coef, problem.cval], dtype=dtype)
     threads = numba.get_num_threads()
     if depth > 1:

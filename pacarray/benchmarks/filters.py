@@ -15,9 +15,17 @@ upsampling.
 * B-bilateral-3d: ``bilateral_filter`` on a 64 x 256 x 256 float32 volume on [0, 1],
   sigma_spatial 1 with ITK's cube window of radius ceil(2.5 sigma) = 3, sigma_color 0.1, edge
   replication (``mode="nearest"``, ITK's zero-flux Neumann border), against SimpleITK's
-  ``BilateralImageFilter`` (same filter; ITK tabulates the range Gaussian in 100 samples, so
-  the outputs agree to about 1e-3): target <= 1/20 of its time, peak extra memory <= 2 x the
-  volume (the output included).
+  ``BilateralImageFilter`` (same filter): target <= 1/20 of its time, peak extra memory <= 2 x
+  the volume (the output included). ITK approximates the range Gaussian: it looks it up in a
+  table of ``NumberOfRangeGaussianSamples`` (default 100) values spaced ``4 sigma_color / 100``
+  apart, indexed by truncation, and drops the neighbours whose difference is ``>= 4
+  sigma_color``. A float64 NumPy emulation of exactly that (table, truncation, cutoff) matches
+  SimpleITK 2.5 to 3e-8 on a 10x40x40 volume of this data, while the exact filter differs from
+  it by 1.7e-3: ITK's default output is 1.7e-3 to 2.5e-3 from the exact filter, pacarray's
+  float32 output 8e-7. With a 1000-sample table (8 KB, about the same time) ITK is 1.5e-4 from the
+  exact filter (1e-4 would remain with any table: the 4-sigma cutoff); that run is the
+  reference the outputs are checked against (max error <= 2e-3), the default one the timing
+  target.
 * B-bilateral-1d: a 10^7-sample float32 signal, radius 8 (sigma_spatial 3, sigma_color 0.1,
   mode "reflect"), against the fastest NumPy formulation we know: a vectorized
   shift-and-accumulate over the 17 taps (one exponential of a whole shifted signal per tap,
@@ -145,22 +153,32 @@ def _bilateral_3d_case(context: Context) -> Case:
                                       window="square", mode="nearest"),
         label=f"bilateral_filter volume {'x'.join(map(str, shape))} float32, r=3 cube",
         memory_target_mb=2 * volume.nbytes / 2**20,
-        # ITK's range Gaussian is a 100-sample table: about 1e-3 from the exact filter.
+        # Checked against ITK with a 1000-sample range table: 1.5e-4 from the exact filter
+        # (the module docstring says where ITK's default 100 samples put it).
         tolerance=2e-3,
     )
     sitk = _optional("SimpleITK", context)
     if sitk is not None:
         image = sitk.GetImageFromArray(volume)
 
-        def itk_bilateral():
+        def itk_bilateral(samples):
             bilateral = sitk.BilateralImageFilter()
             bilateral.SetDomainSigma(1.0)
             bilateral.SetRangeSigma(0.1)
+            bilateral.SetNumberOfRangeGaussianSamples(samples)
             bilateral.SetNumberOfThreads(2)
-            return sitk.GetArrayViewFromImage(bilateral.Execute(image)).copy()
+            # A copy from an image that is still referenced: a view of the temporary result
+            # read freed memory on small volumes (errors of 1e29 in --quick).
+            result = bilateral.Execute(image)
+            return sitk.GetArrayFromImage(result)
 
-        case.peers.append(Peer("SimpleITK BilateralImageFilter", itk_bilateral,
-                               role="same filter", target=0.05, reference=True))
+        case.peers.append(Peer("SimpleITK BilateralImageFilter", lambda: itk_bilateral(100),
+                               role="same filter", target=0.05))
+        case.peers.append(Peer("SimpleITK BilateralImageFilter, 1000-sample range table",
+                               lambda: itk_bilateral(1000), role="same filter, finer table",
+                               reference=True))
+        case.notes.append("ITK's default 100-sample range table is 1.7e-3 to 2.5e-3 from the "
+                          "exact filter; outputs are checked against ITK with 1000 samples")
     else:
         case.notes.append("SimpleITK peer skipped (pip install SimpleITK)")
     return case
