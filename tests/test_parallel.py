@@ -112,3 +112,13 @@ def test_a_forked_child_gets_a_working_pool():
     os.close(read)
     os.waitpid(pid, 0)
     assert status == bytes([0])
+
+
+def test_small_work_stays_on_the_calling_thread(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_parallel, "SERIAL_WORK", 1000)
+    _parallel.run(_record, 9, calls, work=999)
+    assert calls == [(threading.get_ident(), 0, 9)]
+    calls.clear()
+    _parallel.run(_record, 9, calls, work=1000)
+    assert len(calls) == min(_parallel.threads(), 9)

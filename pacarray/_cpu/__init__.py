@@ -20,6 +20,7 @@ from ._inputs import (
     features,
     frozen,
     guide_shape3,
+    kernel_work,
     kernel_args,
     lift_tuple,
     lifted,
@@ -49,6 +50,7 @@ def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_sha
         nk.fill_kernel, batch * out3[0] * out3[1], *features(spec), *guide_shape3(spec),
         *lift_tuple(kernel_size, 1), *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0),
         *lift_tuple(dilation, 1), *kernel_args(spec), out, valid,
+        work=kernel_work(spec, out.size // taps, taps),
     )
     shape = (batch, spec.fk_count)
     return (out.reshape(*shape, *kernel_size, *out_shape),
@@ -67,6 +69,7 @@ def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
         *features(spec), *guide_shape3(spec), *stride, *padding, *dilation,
         *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0), geometry.transposed,
         *kernel_args(spec), spec.fk_count, y,
+        work=y.size * geometry.taps + kernel_work(spec, y.size // y.shape[1], geometry.taps),
     )
     return y.reshape(y.shape[:2] + tuple(out_shape))
 
@@ -83,6 +86,8 @@ def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
         *features(spec), *guide_shape3(spec), *lift_tuple(geometry.kernel_size, 1), *stride,
         *padding, *dilation, *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0),
         geometry.transposed, *kernel_args(spec), spec.fk_count, y,
+        work=y.size * weight_matrix.shape[1]
+        + kernel_work(spec, y.size // y.shape[1], geometry.taps),
     )
     return y.reshape(y.shape[:2] + tuple(out_shape))
 

@@ -56,14 +56,23 @@ def threads() -> int:
     return max(1, int(numba.get_num_threads()))
 
 
-def run(kernel, jobs: int, *args) -> None:
+#: Below about this many multiply-adds a call runs on the calling thread alone: handing a
+#: chunk to another thread and waiting for it costs some tens of microseconds, about what
+#: one core needs for this much work.
+SERIAL_WORK = 300_000
+
+
+def run(kernel, jobs: int, *args, work: float | None = None) -> None:
     """``kernel(*args, first, stop)`` over a split of ``range(jobs)`` into contiguous chunks,
     one per thread, the calling thread running the first; returns when every chunk is done
-    (re-raising the first exception)."""
+    (re-raising the first exception). ``work``, an estimate of the multiply-adds of all the
+    jobs, keeps small calls on one thread (:data:`SERIAL_WORK`)."""
     jobs = int(jobs)
     if jobs <= 0:
         return
     count = min(threads(), jobs)
+    if work is not None and work < SERIAL_WORK:
+        count = 1
     if count == 1:
         kernel(*args, 0, jobs)
         return

@@ -54,6 +54,7 @@ from ._inputs import (
     frozen,
     guide_shape3,
     kernel_args,
+    kernel_work,
     lift_tuple,
     lifted,
 )
@@ -165,7 +166,8 @@ def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilatio
     )
     for colour_z, colour, jobs in _phases(batch, out_d, band_depth, z_colours, out_h,
                                           band_height):
-        run(nb.kernel_backward, jobs, *args, colour_z, colour)
+        run(nb.kernel_backward, jobs, *args, colour_z, colour,
+            work=3 * kernel_work(spec, grad_kernel.size // taps, taps))
     return _kernel_result(spec, buffers, kernel_size, need_guide)
 
 
@@ -215,7 +217,8 @@ def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, ne
     )
     for colour_z, colour, jobs in _phases(batch, out_d, band_depth, z_colours, out_h,
                                           band_height):
-        run(nb.direct_backward, jobs, *args, colour_z, colour)
+        run(nb.direct_backward, jobs, *args, colour_z, colour,
+            work=3 * (grad_y.size * taps + kernel_work(spec, grad_y.size // channels, taps)))
     return _results(spec, buffers, geometry, need_x, need_kernel, need_guide,
                     grad_x.reshape(x_shape) if need_x else grad_x,
                     grad_tap_rows.sum(axis=(0, 1)).reshape(geometry.kernel_size)
@@ -325,12 +328,14 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
         grad_explicit, buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
         buffers.lam_rows, buffers.spatial_rows,
     )
+    work = 3 * (grad_y.size * weight_matrix.shape[1]
+                + kernel_work(spec, grad_y.size // grad_y.shape[1], taps))
     # waves of at most `slots` bands, band i of a wave adding to weight-gradient slot i
     for colour_z, colour, jobs in _phases(batch, out_d, band_depth, z_colours, out_h,
                                           band_height):
         for first_job in range(0, jobs, slots):
             run(nb.conv_backward, min(slots, jobs - first_job), *args, colour_z, colour,
-                first_job)
+                first_job, work=work)
     grad_matrix = None
     if need_weight:
         grad_matrix = np.empty(weight_matrix.shape, dtype)
