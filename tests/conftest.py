@@ -23,6 +23,19 @@ if _TESTS_DIR not in sys.path:
 from _op_cases import parametrize_op  # noqa: E402 (needs the path above)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _every_call_splits_its_jobs():
+    """Small calls normally run on one thread (``pacarray._cpu._parallel.SERIAL_WORK``); the
+    tests' arrays are small, so that rule is lifted here: every call with two or more jobs runs
+    them on several threads, and every parity test checks the split as well."""
+    from pacarray._cpu import _parallel
+
+    saved = _parallel.SERIAL_WORK
+    _parallel.SERIAL_WORK = 0
+    yield
+    _parallel.SERIAL_WORK = saved
+
+
 def pytest_configure(config):
     """With several xdist workers (``-n 2``), compile the common kernels once before they start.
 

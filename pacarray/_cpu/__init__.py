@@ -14,16 +14,18 @@ import numpy as np
 
 from . import _crf_kernels, _threads
 from . import _numba_kernels as nk
+from ._filters import bilateral, joint_upsample  # noqa: F401
 from ._inputs import (
     explicit_kernel,
     features,
     frozen,
     guide_shape3,
+    kernel_work,
     kernel_args,
     lift_tuple,
     lifted,
 )
-from ._filters import bilateral, joint_upsample  # noqa: F401
+from ._parallel import run
 from .backward import conv_backward, kernel_backward, pool_backward  # noqa: F401
 
 
@@ -44,10 +46,11 @@ def materialize_kernel(spec, kernel_size, k_stride, k_padding, dilation, out_sha
     out3 = lift_tuple(out_shape, 1)
     out = np.empty((batch, spec.fk_count, taps, *out3), dtype)
     valid = np.empty((batch, spec.fk_count, *out3), np.bool_)
-    nk.fill_kernel(
-        *features(spec), *guide_shape3(spec), *lift_tuple(kernel_size, 1),
-        *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0), *lift_tuple(dilation, 1),
-        *kernel_args(spec), out, valid,
+    run(
+        nk.fill_kernel, batch * out3[0] * out3[1], *features(spec), *guide_shape3(spec),
+        *lift_tuple(kernel_size, 1), *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0),
+        *lift_tuple(dilation, 1), *kernel_args(spec), out, valid,
+        work=kernel_work(spec, out.size // taps, taps),
     )
     shape = (batch, spec.fk_count)
     return (out.reshape(*shape, *kernel_size, *out_shape),
@@ -60,11 +63,13 @@ def pool(x, tap_weight, spec, geometry, k_stride, k_padding, out_shape):
     explicit, use_explicit = explicit_kernel(spec, x.dtype)
     y = np.empty((x.shape[0], x.shape[1], *lift_tuple(out_shape, 1)), x.dtype)
     stride, padding, dilation = _geometry3(geometry)
-    nk.direct(
-        frozen(lifted(x, 2, rank)), frozen(lifted(tap_weight, 0, rank)), explicit, use_explicit,
+    run(
+        nk.direct, x.shape[0] * y.shape[2] * y.shape[3], frozen(lifted(x, 2, rank)),
+        frozen(lifted(tap_weight, 0, rank)), explicit, use_explicit,
         *features(spec), *guide_shape3(spec), *stride, *padding, *dilation,
         *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0), geometry.transposed,
         *kernel_args(spec), spec.fk_count, y,
+        work=y.size * geometry.taps + kernel_work(spec, y.size // y.shape[1], geometry.taps),
     )
     return y.reshape(y.shape[:2] + tuple(out_shape))
 
@@ -75,11 +80,14 @@ def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
     explicit, use_explicit = explicit_kernel(spec, x.dtype)
     y = np.empty((x.shape[0], weight_matrix.shape[0], *lift_tuple(out_shape, 1)), x.dtype)
     stride, padding, dilation = _geometry3(geometry)
-    nk.conv_rows(
+    run(
+        nk.conv_rows, nk.conv_jobs(x.shape[0] * y.shape[2] * y.shape[3]),
         frozen(lifted(x, 2, rank)), frozen(weight_matrix), explicit, use_explicit,
         *features(spec), *guide_shape3(spec), *lift_tuple(geometry.kernel_size, 1), *stride,
         *padding, *dilation, *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0),
         geometry.transposed, *kernel_args(spec), spec.fk_count, y,
+        work=y.size * weight_matrix.shape[1]
+        + kernel_work(spec, y.size // y.shape[1], geometry.taps),
     )
     return y.reshape(y.shape[:2] + tuple(out_shape))
 

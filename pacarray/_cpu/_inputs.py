@@ -71,6 +71,12 @@ def features(spec):
     return guide, frozen(lifted(spec.centre, 2, rank))
 
 
+def kernel_work(spec, pixels, taps):
+    """Multiply-adds of the adaptive kernel at ``pixels`` outputs (for ``_parallel.run``)."""
+    features = 0 if spec.guide is None else spec.guide.shape[1]
+    return pixels * taps * (1 + features)
+
+
 def explicit_kernel(spec, dtype):
     """``(explicit K (N, Fk, T, Do, Ho, Wo) or a small dummy, use_explicit)``, read-only."""
     if spec.explicit is not None:

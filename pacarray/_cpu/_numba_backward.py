@@ -32,7 +32,7 @@ Integer codes are those of :mod:`pacarray._cpu._numba_kernels` (family 0 constan
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._numba_kernels import (
     FAMILY_CONSTANT,
@@ -690,12 +690,12 @@ def _kernel_row_buffers(rows, fk_count, taps, out_w, features, ksx, guide_w, dty
     )
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def kernel_backward(
     grad_kernel, guide, centre, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy,
     kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize,
     channel_wise, band_depth, z_colours, band_height, need_guide, grad_guide, grad_centre,
-    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
+    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first, stop,
 ):
     """VJP of ``pac_kernel``: ``grad_kernel[N, Fk, T, Do, Ho, Wo]`` back to the kernel's inputs.
 
@@ -704,45 +704,43 @@ def kernel_backward(
     ``(N, Do*Ho, Fk)``, ``grad_spatial_rows`` ``(N, Do*Ho, T)``.
     """
     batch, fk_count, taps, out_d, out_h, out_w = grad_kernel.shape
-    for colour_z in range(z_colours):
-        count_z = _bands(out_d, band_depth, colour_z, z_colours)
-        for colour in range(2):
-            count = _band_count(out_h, band_height, colour)
-            per_batch = count_z * count
-            for job in prange(batch * per_batch):
-                n = job // per_batch
-                rest = job % per_batch
-                z_band = _band_index(rest // count, colour_z, z_colours)
-                band = 2 * (rest % count) + colour
-                (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
-                 grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1],
-                                                    ksx, guide_w, grad_kernel.dtype)
-                kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0],
-                                                    gks[0], zinvs[0])
-                for oz in range(z_band * band_depth, min((z_band + 1) * band_depth, out_d)):
-                    for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
-                        slot = oz * out_h + oy
-                        kappa_row(
-                            guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh,
-                            kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam,
-                            eps2, channel_wise, kap, power, base, phases,
-                        )
-                        normalize_row(
-                            kap, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz,
-                            ksy, ksx, kpz, kpy, kpx, dd, dh, dw, spatial, mask, has_mask,
-                            normalize, kbuf, zinv,
-                        )
-                        for fk in range(fk_count):
-                            for t in range(taps):
-                                gk[fk, t] = grad_kernel[n, fk, t, oz, oy]
-                        kernel_backward_row(
-                            gk, kap, power, base, kbuf, zinv, guide, centre, n, oz, oy, out_w,
-                            guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx,
-                            dd, dh, dw, family, lam, spatial, mask, has_mask, normalize,
-                            channel_wise, need_guide, grad_guide, grad_centre, grad_mask,
-                            grad_alpha_rows[n, slot], grad_lam_rows[n, slot],
-                            grad_spatial_rows[n, slot], gz, gd2, rr, u, phases, grad_phases,
-                        )
+    count_z = _bands(out_d, band_depth, colour_z, z_colours)
+    count = _band_count(out_h, band_height, colour)
+    per_batch = count_z * count
+    for job in range(first, stop):
+        n = job // per_batch
+        rest = job % per_batch
+        z_band = _band_index(rest // count, colour_z, z_colours)
+        band = 2 * (rest % count) + colour
+        (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
+         grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1],
+                                            ksx, guide_w, grad_kernel.dtype)
+        kap, power, base, kbuf, gk, zinv = (kaps[0], powers[0], bases[0], kbufs[0],
+                                            gks[0], zinvs[0])
+        for oz in range(z_band * band_depth, min((z_band + 1) * band_depth, out_d)):
+            for oy in range(band * band_height, min((band + 1) * band_height, out_h)):
+                slot = oz * out_h + oy
+                kappa_row(
+                    guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh,
+                    kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam,
+                    eps2, channel_wise, kap, power, base, phases,
+                )
+                normalize_row(
+                    kap, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz,
+                    ksy, ksx, kpz, kpy, kpx, dd, dh, dw, spatial, mask, has_mask,
+                    normalize, kbuf, zinv,
+                )
+                for fk in range(fk_count):
+                    for t in range(taps):
+                        gk[fk, t] = grad_kernel[n, fk, t, oz, oy]
+                kernel_backward_row(
+                    gk, kap, power, base, kbuf, zinv, guide, centre, n, oz, oy, out_w,
+                    guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx,
+                    dd, dh, dw, family, lam, spatial, mask, has_mask, normalize,
+                    channel_wise, need_guide, grad_guide, grad_centre, grad_mask,
+                    grad_alpha_rows[n, slot], grad_lam_rows[n, slot],
+                    grad_spatial_rows[n, slot], gz, gd2, rr, u, phases, grad_phases,
+                )
 
 
 @njit(cache=True)
@@ -755,14 +753,14 @@ def _interleave_add(row, phases, stride):
             row[j * stride + r] += source[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def direct_backward(
     grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
     band_depth, z_colours, band_height, need_x, need_tap_weight, need_kernel, need_guide,
     grad_x, grad_tap_rows, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first, stop,
 ):
     """VJP of the direct kernel ``y[n,c,o] = sum_t w[t] K[n,(c),t,o] x[n,c,src(o,t)]``.
 
@@ -777,27 +775,25 @@ def direct_backward(
     kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
     taps = kd * kh * kw
     split = sx > 1 and not transposed
-    for colour_z in range(z_colours):
-        count_z = _bands(out_d, band_depth, colour_z, z_colours)
-        for colour in range(2):
-            count = _band_count(out_h, band_height, colour)
-            per_batch = count_z * count
-            for job in prange(batch * per_batch):
-                n = job // per_batch
-                rest = job % per_batch
-                z_band = _band_index(rest // count, colour_z, z_colours)
-                band = 2 * (rest % count) + colour
-                _direct_band(
-                    grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d,
-                    guide_h, guide_w, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz,
-                    kpy, kpx, transposed, family, alpha, lam, eps2, spatial, mask, has_mask,
-                    normalize, channel_wise, fk_count, need_x, need_tap_weight, need_kernel,
-                    need_guide, grad_x, grad_tap_rows, grad_explicit, grad_guide, grad_centre,
-                    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
-                    z_band * band_depth, min((z_band + 1) * band_depth, out_d),
-                    band * band_height, min((band + 1) * band_height, out_h), kd, kh, kw, taps,
-                    split,
-                )
+    count_z = _bands(out_d, band_depth, colour_z, z_colours)
+    count = _band_count(out_h, band_height, colour)
+    per_batch = count_z * count
+    for job in range(first, stop):
+        n = job // per_batch
+        rest = job % per_batch
+        z_band = _band_index(rest // count, colour_z, z_colours)
+        band = 2 * (rest % count) + colour
+        _direct_band(
+            grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d,
+            guide_h, guide_w, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz,
+            kpy, kpx, transposed, family, alpha, lam, eps2, spatial, mask, has_mask,
+            normalize, channel_wise, fk_count, need_x, need_tap_weight, need_kernel,
+            need_guide, grad_x, grad_tap_rows, grad_explicit, grad_guide, grad_centre,
+            grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
+            z_band * band_depth, min((z_band + 1) * band_depth, out_d),
+            band * band_height, min((band + 1) * band_height, out_h), kd, kh, kw, taps,
+            split,
+        )
 
 
 @njit(cache=True)
@@ -1291,15 +1287,15 @@ def _conv_band(
                 )
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def conv_backward(
     grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    band_depth, z_colours, band_height, group_rows, slots, paired, need_x, need_weight,
+    band_depth, z_colours, band_height, group_rows, paired, need_x, need_weight,
     need_kernel, need_guide,
     grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first_job, first, stop,
 ):
     """VJP of ``y[n,o,i] = sum_j W[o, j] P[n, j, i]``, ``P[j, i] = K[(c),t,i] x[c,src]``.
 
@@ -1312,29 +1308,23 @@ def conv_backward(
     weight gradient slot of its band (``grad_w_slots`` ``(slots, C_out, C*T)``, zeroed; see the
     module docstring). Other outputs as in :func:`direct_backward`.
     """
-    batch, out_d, out_h = x.shape[0], grad_y.shape[2], grad_y.shape[3]
-    for colour_z in range(z_colours):
-        count_z = _bands(out_d, band_depth, colour_z, z_colours)
-        for colour in range(2):
-            count = _band_count(out_h, band_height, colour)
-            per_batch = count_z * count
-            jobs = batch * per_batch
-            for wave in range((jobs + slots - 1) // slots):
-                first_job = wave * slots
-                width = min(slots, jobs - first_job)
-                for slot in prange(width):
-                    job = first_job + slot
-                    n = job // per_batch
-                    rest = job % per_batch
-                    z_band = _band_index(rest // count, colour_z, z_colours)
-                    band = 2 * (rest % count) + colour
-                    _conv_band(
-                        grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d,
-                        guide_h, guide_w, kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz,
-                        ksy, ksx, kpz, kpy, kpx, transposed, family, alpha, lam, eps2, spatial,
-                        mask, has_mask, normalize, channel_wise, fk_count, band_height,
-                        group_rows, paired, need_x, need_weight, need_kernel, need_guide,
-                        grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
-                        grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
-                        z_band * band_depth, min((z_band + 1) * band_depth, out_d), band,
-                    )
+    out_d, out_h = grad_y.shape[2], grad_y.shape[3]
+    count_z = _bands(out_d, band_depth, colour_z, z_colours)
+    count = _band_count(out_h, band_height, colour)
+    per_batch = count_z * count
+    for slot in range(first, stop):
+        job = first_job + slot
+        n = job // per_batch
+        rest = job % per_batch
+        z_band = _band_index(rest // count, colour_z, z_colours)
+        band = 2 * (rest % count) + colour
+        _conv_band(
+            grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d,
+            guide_h, guide_w, kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz,
+            ksy, ksx, kpz, kpy, kpx, transposed, family, alpha, lam, eps2, spatial,
+            mask, has_mask, normalize, channel_wise, fk_count, band_height,
+            group_rows, paired, need_x, need_weight, need_kernel, need_guide,
+            grad_x, grad_w_slots[slot], grad_explicit, grad_guide, grad_centre,
+            grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, n,
+            z_band * band_depth, min((z_band + 1) * band_depth, out_d), band,
+        )

@@ -19,7 +19,7 @@ Integer codes (defined once in :mod:`pacarray._codes`):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # Module globals of plain ints: Numba freezes them into the compiled kernels as constants.
 from .._codes import (  # noqa: F401 (FAMILY_INVERSE: every code importable from here)
@@ -273,16 +273,18 @@ def _row_kernel(
         )
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def fill_kernel(
     guide, centre, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh,
     dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, out, valid,
+    first, stop,
 ):
     """Materialize K: ``out[N, Fk, T, Do, Ho, Wo]`` and ``valid[N, Fk, Do, Ho, Wo]``
-    (Z != 0)."""
+    (Z != 0), for the output rows ``first:stop`` of the ``N*Do*Ho`` (jobs of
+    :func:`pacarray._cpu._parallel.run`)."""
     batch, fk_count, taps, out_d, out_h, out_w = out.shape
     rows = out_d * out_h
-    for job in prange(batch * rows):
+    for job in range(first, stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
@@ -321,12 +323,12 @@ def _source_index(o, tap, k, stride, padding, dilation, size_in, transposed):
     return i
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def direct(
     x, tap_weight, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    y,
+    y, first, stop,
 ):
     """``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]`` (pooling, shared filters).
 
@@ -338,7 +340,7 @@ def direct(
     kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
     taps = kd * kh * kw
     rows = out_d * out_h
-    for job in prange(batch * rows):
+    for job in range(first, stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
@@ -483,12 +485,17 @@ def _accumulate_panel(acc, weight_matrix, panel, first, count):
             tile5(acc, weight_matrix, panel, o, first, count, p)
 
 
-@njit(cache=True, parallel=True)
+def conv_jobs(rows: int) -> int:
+    """Jobs of :func:`conv_rows` for ``rows`` output rows in all (``N*Do*Ho``)."""
+    return -(-rows // _BAND)
+
+
+@njit(cache=True, nogil=True)
 def conv_rows(
     x, weight_matrix, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    y,
+    y, first, stop,
 ):
     """``y[n,o,row] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,row] x[n,c,src]``, row by row.
 
@@ -496,7 +503,8 @@ def conv_rows(
     :data:`_PANEL_BYTES` and folded into a ``(C_out, Wo)`` accumulator by the register-blocked
     tiles of :mod:`pacarray._cpu._microkernel`, so nothing larger than a few rows is ever
     materialized and no BLAS call competes with Numba's threads (``docs/design.md`` §4). Each
-    job takes :data:`_BAND` consecutive rows, so that its buffers are allocated once for them.
+    job takes :data:`_BAND` consecutive rows, so that its buffers are allocated once for them;
+    this call runs the jobs ``first:stop`` of :func:`conv_jobs`.
     """
     batch, channels, in_d, in_h, in_w = x.shape
     out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
@@ -509,8 +517,7 @@ def conv_rows(
     # loads and stores the accumulators as often for a fraction of the multiply-adds)
     chunks = -(-total // max(_PANEL_MIN_ROWS, _PANEL_BYTES // (width * y.itemsize)))
     panel_rows = -(-total // chunks)
-    jobs = (batch * rows + _BAND - 1) // _BAND
-    for band in prange(jobs):
+    for band in range(first, stop):
         kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
         z = aligned_empty((fk_count, out_w), y.dtype)
         scratch = aligned_empty((out_w,), y.dtype)

@@ -46,6 +46,7 @@ import numpy as np
 from .. import config
 from .._spec import KernelGrads
 from . import _numba_backward as nb
+from ._parallel import run
 from ._inputs import (
     aligned_zeros,
     explicit_kernel,
@@ -53,6 +54,7 @@ from ._inputs import (
     frozen,
     guide_shape3,
     kernel_args,
+    kernel_work,
     lift_tuple,
     lifted,
 )
@@ -154,13 +156,18 @@ def kernel_backward(grad_kernel, spec, kernel_size, k_stride, k_padding, dilatio
     kernel3, stride3 = lift_tuple(kernel_size, 1), lift_tuple(k_stride, 1)
     dilation3 = lift_tuple(dilation, 1)
     buffers = _kernel_buffers(spec, batch, out_d * out_h, taps, dtype, True, need_guide)
-    nb.kernel_backward(
+    band_depth, z_colours = _depth_bands(kernel3, dilation3, stride3)
+    band_height = _band_height(kernel3, dilation3, stride3)
+    args = (
         frozen(grad_kernel), *features(spec), *guide_shape3(spec), *kernel3, *stride3,
-        *lift_tuple(k_padding, 0), *dilation3, *kernel_args(spec),
-        *_depth_bands(kernel3, dilation3, stride3), _band_height(kernel3, dilation3, stride3),
-        need_guide, buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
-        buffers.lam_rows, buffers.spatial_rows,
+        *lift_tuple(k_padding, 0), *dilation3, *kernel_args(spec), band_depth, z_colours,
+        band_height, need_guide, buffers.guide, buffers.centre, buffers.mask,
+        buffers.alpha_rows, buffers.lam_rows, buffers.spatial_rows,
     )
+    for colour_z, colour, jobs in _phases(batch, out_d, band_depth, z_colours, out_h,
+                                          band_height):
+        run(nb.kernel_backward, jobs, *args, colour_z, colour,
+            work=3 * kernel_work(spec, grad_kernel.size // taps, taps))
     return _kernel_result(spec, buffers, kernel_size, need_guide)
 
 
@@ -196,16 +203,22 @@ def pool_backward(grad_y, x, tap_weight, spec, geometry, k_stride, k_padding, ne
                                    dtype, need_kernel)
     buffers = _kernel_buffers(spec, batch, out_d * out_h, taps, dtype, need_kernel, need_guide)
     explicit, use_explicit = explicit_kernel(spec, dtype)
-    nb.direct_backward(
+    band_depth, z_colours = _depth_bands(kernel3, dilation3, kstride3, stride3,
+                                         geometry.transposed)
+    band_height = _band_height(kernel3, dilation3, kstride3, stride3, geometry.transposed)
+    args = (
         frozen(grad_y), frozen(x), frozen(lifted(tap_weight, 0, rank)), explicit, use_explicit,
         *features(spec), *guide_shape3(spec), *stride3, *padding3, *dilation3, *kstride3,
-        *kpadding3, geometry.transposed, *kernel_args(spec), spec.fk_count,
-        *_depth_bands(kernel3, dilation3, kstride3, stride3, geometry.transposed),
-        _band_height(kernel3, dilation3, kstride3, stride3, geometry.transposed),
-        need_x, need_weight, need_kernel, need_guide and not use_explicit,
-        grad_x, grad_tap_rows, grad_explicit, buffers.guide, buffers.centre, buffers.mask,
-        buffers.alpha_rows, buffers.lam_rows, buffers.spatial_rows,
+        *kpadding3, geometry.transposed, *kernel_args(spec), spec.fk_count, band_depth,
+        z_colours, band_height, need_x, need_weight, need_kernel,
+        need_guide and not use_explicit, grad_x, grad_tap_rows, grad_explicit, buffers.guide,
+        buffers.centre, buffers.mask, buffers.alpha_rows, buffers.lam_rows,
+        buffers.spatial_rows,
     )
+    for colour_z, colour, jobs in _phases(batch, out_d, band_depth, z_colours, out_h,
+                                          band_height):
+        run(nb.direct_backward, jobs, *args, colour_z, colour,
+            work=3 * (grad_y.size * taps + kernel_work(spec, grad_y.size // channels, taps)))
     return _results(spec, buffers, geometry, need_x, need_kernel, need_guide,
                     grad_x.reshape(x_shape) if need_x else grad_x,
                     grad_tap_rows.sum(axis=(0, 1)).reshape(geometry.kernel_size)
@@ -224,6 +237,16 @@ def _results(spec, buffers, geometry, need_x, need_kernel, need_guide, grad_x, g
         grad_explicit if need_kernel and spec.use_explicit else None,
         kernel_grads,
     )
+
+
+def _phases(batch, out_d, band_depth, z_colours, out_h, band_height):
+    """``(colour_z, colour, jobs)`` of the banded backward kernels, in order: bands of one
+    colour never write the same input rows, so a phase runs its jobs at once
+    (:func:`pacarray._cpu._parallel.run`) and the phases run one after the other."""
+    for colour_z in range(z_colours):
+        count_z = nb._bands(out_d, band_depth, colour_z, z_colours)
+        for colour in range(2):
+            yield colour_z, colour, batch * count_z * nb._band_count(out_h, band_height, colour)
 
 
 def _weight_slots(matrix_shape, itemsize, jobs):
@@ -296,15 +319,23 @@ def conv_backward(grad_y, x, weight_matrix, spec, geometry, k_stride, k_padding,
     # loads (see nb.patch_row_tap); the weight matrix's columns follow that order.
     paired = (need_x and need_kernel and spec.fk_count == 1 and x.shape[1] > 1 and not split)
     order = _patch_row_order(x.shape[1], taps, paired)
-    nb.conv_backward(
+    args = (
         frozen(grad_y), frozen(x), frozen(np.ascontiguousarray(weight_matrix.T[order])),
         explicit, use_explicit, *features(spec), *guide_shape3(spec), *kernel3, *stride3,
         *padding3, *dilation3, *kstride3, *kpadding3, geometry.transposed, *kernel_args(spec),
-        spec.fk_count, band_depth, z_colours, band_height, group_rows, slots, paired, need_x,
+        spec.fk_count, band_depth, z_colours, band_height, group_rows, paired, need_x,
         need_weight, need_kernel, need_guide and not use_explicit, grad_x, grad_w_slots,
         grad_explicit, buffers.guide, buffers.centre, buffers.mask, buffers.alpha_rows,
         buffers.lam_rows, buffers.spatial_rows,
     )
+    work = 3 * (grad_y.size * weight_matrix.shape[1]
+                + kernel_work(spec, grad_y.size // grad_y.shape[1], taps))
+    # waves of at most `slots` bands, band i of a wave adding to weight-gradient slot i
+    for colour_z, colour, jobs in _phases(batch, out_d, band_depth, z_colours, out_h,
+                                          band_height):
+        for first_job in range(0, jobs, slots):
+            run(nb.conv_backward, min(slots, jobs - first_job), *args, colour_z, colour,
+                first_job, work=work)
     grad_matrix = None
     if need_weight:
         grad_matrix = np.empty(weight_matrix.shape, dtype)
