@@ -112,7 +112,8 @@ def crf_add_messages(q, guide, spatial, dilation, scale, out):
     the centre already 0; ``dilation`` ``(dy, dx)``; ``scale`` a Python float. ``M`` is
     ``pac_pool`` with that guide, spatial weight, dilation and "same" padding.
     """
-    _crf_kernels.add_messages(q, _crf_guide(guide, q), spatial, *dilation, scale, out)
+    run(_crf_kernels.add_messages, q.shape[0] * q.shape[2], q, _crf_guide(guide, q), spatial,
+        *dilation, scale, out, work=q.size * spatial.size)
 
 
 def crf_add_adjoint(grad, q, guide, spatial, dilation, scale, out):
@@ -184,8 +185,8 @@ def crf_prepare(unary, guide, terms):
         np.empty((batch, height, taps, width), dtype), np.empty((batch, height, taps), np.int64),
         np.empty((batch, height, taps), np.int64), np.empty((batch, height), np.int64),
     )
-    _crf_kernels.pairwise_weights(_crf_guide(guide, unary), bounds, spatials, dilations,
-                                  weights, *weights_of)
+    run(_crf_kernels.pairwise_weights, batch * height, _crf_guide(guide, unary), bounds,
+        spatials, dilations, weights, *weights_of, work=size // dtype.itemsize * 8)
     return weights_of
 
 
@@ -207,16 +208,17 @@ def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
     if not use_compatibility:
         compatibility = np.zeros((1, 1), dtype)
     new_q = np.empty_like(unary)
+    rows = unary.shape[0] * unary.shape[2]
     logits = np.empty_like(unary) if want_logits else unary  # not written unless wanted
     tail = (unary if extra is None else extra, extra is not None, compatibility,
             use_compatibility, new_q, logits, bool(want_logits))
     if isinstance(terms, CRFWeights):
-        _crf_kernels.mean_field_step_cached(unary, q, *terms, *tail)
+        run(_crf_kernels.mean_field_step_cached, rows, unary, q, *terms, *tail,
+            work=unary.size * terms.cache.shape[2])
     else:
         spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
-        _crf_kernels.mean_field_step(
-            unary, q, _crf_guide(guide, unary), bounds, spatials, dilations, weights, *tail
-        )
+        run(_crf_kernels.mean_field_step, rows, unary, q, _crf_guide(guide, unary), bounds,
+            spatials, dilations, weights, *tail, work=unary.size * spatials.size)
     return new_q, (logits if want_logits else None)
 
 
@@ -225,14 +227,16 @@ def crf_block_mean(q, factor):
     ``(N, L, ceil(H / factor), ceil(W / factor))`` array (``pacarray._mean_field.block_mean``)."""
     batch, labels, height, width = q.shape
     out = np.empty((batch, labels, -(-height // factor), -(-width // factor)), q.dtype)
-    _crf_kernels.block_mean(q, int(factor), out)
+    run(_crf_kernels.block_mean, batch * labels * out.shape[2], q, int(factor), out,
+        work=q.size)
     return out
 
 
 def crf_upsample_add(coarse, weights, rows, cols, out):
     """``out +=`` the upsampling of ``coarse`` with the weights and indices of
     ``pacarray._mean_field.upsample_weights``."""
-    _crf_kernels.upsample_add(coarse, weights, rows, cols, out)
+    run(_crf_kernels.upsample_add, out.shape[0] * out.shape[2], coarse, weights, rows, cols,
+        out, work=4 * out.size)
 
 
 def crf_softmax(logits):

@@ -16,6 +16,9 @@ own kernels:
   outlives a row and memory stays O(labels x pixels);
 * :func:`add_messages` is the message pass of one term alone (blurred terms on their coarse
   grid, and the backward pass);
+* the parallel kernels take a range ``job_start, job_stop`` of jobs (rows, or coarse rows
+  per label) after their arguments, run on the CPU threads by
+  :func:`pacarray._cpu._parallel.run`;
 * every inner loop runs over a contiguous range of columns through slices, so indices are
   provably non-negative and LLVM vectorizes it;
 * the exponential is the branch-free polynomial of :mod:`pacarray._cpu._exp`, which vectorizes
@@ -30,7 +33,7 @@ spatial_weight=G)`` with ``G``'s centre set to 0.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._exp import exp_nonpositive
 
@@ -148,8 +151,8 @@ def _softmax_rows(logits, peak, total):
             row[x] *= total[x]
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out):
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out, job_start, job_stop):
     """``out[n,l] += weight * message(q[n,l])`` for one pairwise term (see the module notes).
 
     ``q`` ``(N, L, H, W)``, ``guide`` ``(N, F, H, W)`` (F may be 0: the kernel is ``spatial``
@@ -158,7 +161,7 @@ def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out):
     batch, labels, height, width = q.shape
     taps = spatial.shape[0] * spatial.shape[1]
     scale = q.dtype.type(weight)
-    for job in prange(batch * height):
+    for job in range(job_start, job_stop):
         n = job // height
         y = job % height
         kernel = np.empty((taps, width), q.dtype)
@@ -174,10 +177,10 @@ def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out):
                 result[x] += scale * acc[x]
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def mean_field_step(unary, q, guides, feature_bounds, spatials, dilations, weights,
                     extra, use_extra, compatibility, use_compatibility, q_out,
-                    logits_out, write_logits):
+                    logits_out, write_logits, job_start, job_stop):
     """One whole mean-field update, row by row: messages of every term, compatibility, softmax.
 
     ``unary`` ``(N, L, H, W)`` (already times the unary weight), ``q`` the current marginals.
@@ -191,7 +194,7 @@ def mean_field_step(unary, q, guides, feature_bounds, spatials, dilations, weigh
     batch, labels, height, width = q.shape
     terms = spatials.shape[0]
     taps = spatials.shape[1] * spatials.shape[2]
-    for job in prange(batch * height):
+    for job in range(job_start, job_stop):
         n = job // height
         y = job % height
         pairwise = np.zeros((labels, width), q.dtype)
@@ -250,9 +253,9 @@ def _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_comp
         q_out[n, label, y] = logits[label]
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def pairwise_weights(guides, feature_bounds, spatials, dilations, weights, cache, tap_rows,
-                     tap_offsets, actives):
+                     tap_offsets, actives, job_start, job_stop):
     """The weighted adaptive kernels of every term, once for all the steps of a call.
 
     Terms as in :func:`mean_field_step`. Row ``y`` of image ``n`` gets its active taps, of all
@@ -260,9 +263,8 @@ def pairwise_weights(guides, feature_bounds, spatials, dilations, weights, cache
     term's weight), their source rows in ``tap_rows[n, y]`` and column offsets in
     ``tap_offsets[n, y]``. ``cache`` needs room for every non-zero spatial weight of every term.
     """
-    batch, height = cache.shape[0], cache.shape[1]
-    width = cache.shape[3]
-    for job in prange(batch * height):
+    height, width = cache.shape[1], cache.shape[3]
+    for job in range(job_start, job_stop):
         n = job // height
         y = job % height
         scratch = np.empty(width, cache.dtype)
@@ -283,13 +285,14 @@ def pairwise_weights(guides, feature_bounds, spatials, dilations, weights, cache
         actives[n, y] = active
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def mean_field_step_cached(unary, q, cache, tap_rows, tap_offsets, actives, extra, use_extra,
-                           compatibility, use_compatibility, q_out, logits_out, write_logits):
+                           compatibility, use_compatibility, q_out, logits_out, write_logits,
+                           job_start, job_stop):
     """:func:`mean_field_step` with the weighted kernels of :func:`pairwise_weights`: per row,
     each label's message is one sum over the cached taps of all the terms."""
     batch, labels, height, width = q.shape
-    for job in prange(batch * height):
+    for job in range(job_start, job_stop):
         n = job // height
         y = job % height
         pairwise = np.empty((labels, width), q.dtype)
@@ -309,14 +312,14 @@ def mean_field_step_cached(unary, q, cache, tap_rows, tap_offsets, actives, extr
 # Grid changes of the blurred terms (pacarray._mean_field.block_mean and upsample_add)
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def block_mean(q, factor, out):
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def block_mean(q, factor, out, job_start, job_stop):
     """``out[n, l]`` = means of ``q[n, l]`` over ``factor x factor`` blocks (partial blocks at
     the bottom and right: the mean of the pixels they hold), one coarse row per task: the
     block's rows are summed over whole rows first (vectorized), then within each block."""
     batch, labels, height, width = q.shape
     low_h, low_w = out.shape[2], out.shape[3]
-    for job in prange(batch * labels * low_h):
+    for job in range(job_start, job_stop):
         n = job // (labels * low_h)
         label = (job // low_h) % labels
         cy = job % low_h
@@ -338,13 +341,13 @@ def block_mean(q, factor, out):
             target[cx] = total / ((bottom - top) * (right - left))
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def upsample_add(coarse, weights, rows, cols, out):
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def upsample_add(coarse, weights, rows, cols, out, job_start, job_stop):
     """``out[n, l, y, x] += sum_k weights[n, k, y, x] coarse[n, l, rows[k // 2, y],
     cols[k % 2, x]]``: the (joint-bilateral) upsampling of the blurred terms, one output row
     per task, every label of the row against the same four weight rows."""
     batch, labels, height, width = out.shape
-    for job in prange(batch * height):
+    for job in range(job_start, job_stop):
         n = job // height
         y = job % height
         top, bottom = rows[0, y], rows[1, y]

@@ -78,7 +78,8 @@ def _run_volume(problem, planar, guide_planar, offsets, log_weight, out, channel
         kernels.bilateral_planes,
         planar, planar if same_guide else guide_planar, same_guide, out, channels_last,
         *pair, *side, params, problem.color_distance == "l1", kernels.MODE_CODES[problem.mode],
-        band, read_only=(0, 1),
+        band, read_only=(0, 1), jobs=-(-(depth if depth > 1 else height) // band),
+        work=planar.size * len(log_weight) * (planar.shape[0] + 2),
     )
 
 
@@ -140,7 +141,8 @@ def joint_upsample(problem):
         rows[1].astype(dtype), cols[1].astype(dtype), cols[2], cols[3],
         np.array([problem.range_coef], dtype=dtype),
         keep=(0, 1),  # contiguous copies made above, read in the inner loop
-        read_only=(2,),
+        read_only=(2,), jobs=height,
+        work=height * width * (2 * problem.radius + 1) ** 2 * (channels + 2),
     )
     if channels_last:
         return out

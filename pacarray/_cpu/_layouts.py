@@ -21,6 +21,8 @@ import threading
 import numba
 from numba.core import types
 
+from ._parallel import run
+
 _ENTRIES: dict = {}
 _LOCK = threading.Lock()
 
@@ -39,7 +41,7 @@ def _general(numba_type, read_only: bool = False):
     return numba_type
 
 
-def call_any_layout(kernel, *args, keep=(), read_only=()):
+def call_any_layout(kernel, *args, keep=(), read_only=(), jobs=None, work=None):
     """``kernel(*args)`` through the specialization for general-layout arrays.
 
     Parameters
@@ -55,6 +57,10 @@ def call_any_layout(kernel, *args, keep=(), read_only=()):
     read_only : collection of int
         Positions of arrays the kernel never writes, typed read-only whatever the caller's
         array flags (so that a writeable and a read-only input share one specialization).
+    jobs, work : int, optional
+        For a kernel that takes a range ``first, stop`` of jobs after ``args``: it runs
+        ``range(jobs)`` on the CPU threads (:func:`pacarray._cpu._parallel.run`, with its
+        ``work`` estimate).
 
     Examples
     --------
@@ -76,6 +82,8 @@ def call_any_layout(kernel, *args, keep=(), read_only=()):
         else _general(numba.typeof(arg), read_only=index in read_only)
         for index, arg in enumerate(args)
     )
+    if jobs is not None:
+        signature += (types.int64, types.int64)
     key = (kernel, signature)
     entry = _ENTRIES.get(key)
     if entry is None:
@@ -84,4 +92,6 @@ def call_any_layout(kernel, *args, keep=(), read_only=()):
             if entry is None:
                 entry = kernel.compile(signature)
                 _ENTRIES[key] = entry
+    if jobs is not None:
+        return run(entry, jobs, *args, work=work)
     return entry(*args)

@@ -695,7 +695,8 @@ def kernel_backward(
     grad_kernel, guide, centre, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy,
     kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize,
     channel_wise, band_depth, z_colours, band_height, need_guide, grad_guide, grad_centre,
-    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first, stop,
+    grad_mask, grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, job_start,
+    job_stop,
 ):
     """VJP of ``pac_kernel``: ``grad_kernel[N, Fk, T, Do, Ho, Wo]`` back to the kernel's inputs.
 
@@ -707,7 +708,7 @@ def kernel_backward(
     count_z = _bands(out_d, band_depth, colour_z, z_colours)
     count = _band_count(out_h, band_height, colour)
     per_batch = count_z * count
-    for job in range(first, stop):
+    for job in range(job_start, job_stop):
         n = job // per_batch
         rest = job % per_batch
         z_band = _band_index(rest // count, colour_z, z_colours)
@@ -760,7 +761,7 @@ def direct_backward(
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
     band_depth, z_colours, band_height, need_x, need_tap_weight, need_kernel, need_guide,
     grad_x, grad_tap_rows, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first, stop,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, job_start, job_stop,
 ):
     """VJP of the direct kernel ``y[n,c,o] = sum_t w[t] K[n,(c),t,o] x[n,c,src(o,t)]``.
 
@@ -778,7 +779,7 @@ def direct_backward(
     count_z = _bands(out_d, band_depth, colour_z, z_colours)
     count = _band_count(out_h, band_height, colour)
     per_batch = count_z * count
-    for job in range(first, stop):
+    for job in range(job_start, job_stop):
         n = job // per_batch
         rest = job % per_batch
         z_band = _band_index(rest // count, colour_z, z_colours)
@@ -1295,7 +1296,8 @@ def conv_backward(
     band_depth, z_colours, band_height, group_rows, paired, need_x, need_weight,
     need_kernel, need_guide,
     grad_x, grad_w_slots, grad_explicit, grad_guide, grad_centre, grad_mask,
-    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first_job, first, stop,
+    grad_alpha_rows, grad_lam_rows, grad_spatial_rows, colour_z, colour, first_job, job_start,
+    job_stop,
 ):
     """VJP of ``y[n,o,i] = sum_j W[o, j] P[n, j, i]``, ``P[j, i] = K[(c),t,i] x[c,src]``.
 
@@ -1312,7 +1314,7 @@ def conv_backward(
     count_z = _bands(out_d, band_depth, colour_z, z_colours)
     count = _band_count(out_h, band_height, colour)
     per_batch = count_z * count
-    for slot in range(first, stop):
+    for slot in range(job_start, job_stop):
         job = first_job + slot
         n = job // per_batch
         rest = job % per_batch

@@ -277,14 +277,14 @@ def _row_kernel(
 def fill_kernel(
     guide, centre, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh,
     dw, family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, out, valid,
-    first, stop,
+    job_start, job_stop,
 ):
     """Materialize K: ``out[N, Fk, T, Do, Ho, Wo]`` and ``valid[N, Fk, Do, Ho, Wo]``
-    (Z != 0), for the output rows ``first:stop`` of the ``N*Do*Ho`` (jobs of
+    (Z != 0), for the output rows ``job_start:job_stop`` of the ``N*Do*Ho`` (jobs of
     :func:`pacarray._cpu._parallel.run`)."""
     batch, fk_count, taps, out_d, out_h, out_w = out.shape
     rows = out_d * out_h
-    for job in range(first, stop):
+    for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
@@ -328,7 +328,7 @@ def direct(
     x, tap_weight, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    y, first, stop,
+    y, job_start, job_stop,
 ):
     """``y[n,c,o] = sum_t tap_weight[t] K[n,(c),t,o] x[n,c,src(o,t)]`` (pooling, shared filters).
 
@@ -340,7 +340,7 @@ def direct(
     kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
     taps = kd * kh * kw
     rows = out_d * out_h
-    for job in range(first, stop):
+    for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
@@ -495,7 +495,7 @@ def conv_rows(
     x, weight_matrix, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
-    y, first, stop,
+    y, job_start, job_stop,
 ):
     """``y[n,o,row] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,row] x[n,c,src]``, row by row.
 
@@ -504,7 +504,7 @@ def conv_rows(
     tiles of :mod:`pacarray._cpu._microkernel`, so nothing larger than a few rows is ever
     materialized and no BLAS call competes with Numba's threads (``docs/design.md`` §4). Each
     job takes :data:`_BAND` consecutive rows, so that its buffers are allocated once for them;
-    this call runs the jobs ``first:stop`` of :func:`conv_jobs`.
+    this call runs the jobs ``job_start:job_stop`` of :func:`conv_jobs`.
     """
     batch, channels, in_d, in_h, in_w = x.shape
     out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
@@ -517,7 +517,7 @@ def conv_rows(
     # loads and stores the accumulators as often for a fraction of the multiply-adds)
     chunks = -(-total // max(_PANEL_MIN_ROWS, _PANEL_BYTES // (width * y.itemsize)))
     panel_rows = -(-total // chunks)
-    for band in range(first, stop):
+    for band in range(job_start, job_stop):
         kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
         z = aligned_empty((fk_count, out_w), y.dtype)
         scratch = aligned_empty((out_w,), y.dtype)

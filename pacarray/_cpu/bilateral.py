@@ -40,7 +40,7 @@ NaN stays NaN, so a NaN in the image or guide propagates to every output whose w
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._exp import exp2_nonpositive, exp_nonpositive
 
@@ -440,10 +440,10 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
             acc[slot] = 0
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz, pair_dy,
                      pair_dx, pair_log_weight, side_dz, side_dy, side_dx, side_log_weight,
-                     params, l1, mode, band_size):
+                     params, l1, mode, band_size, job_start, job_stop):
     """Bilateral filter of one volume given as channels (an image is a volume of depth 1).
 
     image: (C, D, H, W), any strides, C >= 1; guide_image: (G, D, H, W) of the same dtype, any
@@ -455,7 +455,8 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     centre tap has weight 1. params: [range_coef, cval] in the image's dtype; the range weight is
     2**(-range_coef * d2), i.e. range_coef = log2(e) / (2 sigma_color**2). l1: d2 is (sum over
     guide channels of |differences|)^2 instead of the sum of squares. mode: a MODE_* code.
-    band_size: rows (D == 1) or slices (D > 1) per parallel task.
+    band_size: rows (D == 1) or slices (D > 1) per task; this call runs the tasks (bands)
+    ``job_start:job_stop`` of ``ceil(extent / band_size)``, extent D if D > 1 else H.
 
     A row is the run of W voxels at (z, y). Rows are processed in C order inside a band; the
     lower end of a pair is accumulated into a ring of row accumulators, indexed by the row's
@@ -476,7 +477,6 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     # An image is cut into bands of rows, a volume into slabs of whole slices.
     by_slices = depth > 1
     extent = depth if by_slices else height
-    n_bands = (extent + band_size - 1) // band_size
     # Volumes run the pairs across the left and right padding too (their far end there is
     # dropped): no one-sided runs of a few voxels per tap and row at the x edges, whose calls
     # would cost more than the row's work in 3-D (hundreds of taps, short rows). Their runs are
@@ -528,18 +528,19 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     pads[1] = pad_y
     pads[2] = pad_x
     groups = group_start[:n_groups + 1]
-    for band in prange(n_bands):
+    for band in range(job_start, job_stop):
         _filter_band(np.int64(band), band_size, extent, by_slices, image, guide_image,
                      same_guide, out, channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight,
                      side_dz, side_dy, side_dx, side_log_weight, range_coef, cval, l1, mode, pads,
                      extend, single, tap_x0, tap_n, groups, pairable)
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def joint_upsample_rows(low_expanded, guide_expanded, guide_image, out, channels_last,
                         nearest_row, factor_x, pad_x, row_log_weight, column_log_weight,
-                        column_start, column_stop, params):
-    """Joint bilateral upsampling, one output row per task.
+                        column_start, column_stop, params, job_start, job_stop):
+    """Joint bilateral upsampling, one output row per task: this call runs the rows
+    ``job_start:job_stop``.
 
     low_expanded: (C, h, W + 2 * pad_x), C-contiguous; column pad_x + u holds sample
     (2u + 1) // (2 factor_x) of each low-resolution row (the sample nearest to output column u);
@@ -559,7 +560,7 @@ def joint_upsample_rows(low_expanded, guide_expanded, guide_image, out, channels
     half = (n_taps - 1) // 2
     range_coef = params[0]
     dtype = guide_expanded.dtype
-    for y in prange(height):
+    for y in range(job_start, job_stop):
         acc = np.zeros((n_values + 1, width), dtype=dtype)
         centre = np.empty((n_guides, width), dtype=dtype)
         for c in range(n_guides):
