@@ -126,31 +126,6 @@ def _row_messages_all(q, n, kernel, tap_row, tap_offset, active, pairwise):
                 target[x] += weights[x] * source[x]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _softmax_rows(logits, peak, total):
-    """In place: each column of ``logits (L, W)`` becomes its softmax over the labels."""
-    labels, width = logits.shape
-    peak[:] = -np.inf
-    total[:] = 0.0
-    for label in range(labels):
-        row = logits[label]
-        for x in range(width):
-            peak[x] = max(peak[x], row[x])
-    for label in range(labels):
-        row = logits[label]
-        for x in range(width):
-            value = exp_nonpositive(row[x] - peak[x])
-            row[x] = value
-            total[x] += value
-    one = logits.dtype.type(1.0)
-    for x in range(width):
-        total[x] = one / total[x]
-    for label in range(labels):
-        row = logits[label]
-        for x in range(width):
-            row[x] *= total[x]
-
-
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def add_messages(q, guide, spatial, dilation_y, dilation_x, weight, out, job_start, job_stop):
     """``out[n,l] += weight * message(q[n,l])`` for one pairwise term (see the module notes).
@@ -222,7 +197,13 @@ def mean_field_step(unary, q, guides, feature_bounds, spatials, dilations, weigh
 def _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_compatibility,
                 q_out, logits_out, write_logits, logits, peak, total):
     """Row ``y`` of a step after the messages: ``pairwise (L, W)`` (the full-resolution terms'
-    weighted sum) plus ``extra``, the compatibility, the logits and their softmax."""
+    weighted sum) plus ``extra``, the compatibility, the logits and their softmax over the
+    labels, written to ``q_out``.
+
+    The softmax takes three passes over the labels: the running maximum (``np.maximum``: a
+    loop over ``max()`` runs about 5x slower, 15 against 3 ns per pixel for 21 labels), the
+    exponentials and their sum, and the normalized values written straight to ``q_out``.
+    """
     labels = pairwise.shape[0]
     width = pairwise.shape[1]
     if use_extra:
@@ -248,9 +229,24 @@ def _finish_row(unary, n, y, pairwise, extra, use_extra, compatibility, use_comp
     if write_logits:
         for label in range(labels):
             logits_out[n, label, y] = logits[label]
-    _softmax_rows(logits, peak, total)
+    peak[:] = logits[0]
+    for label in range(1, labels):
+        np.maximum(peak, logits[label], peak)
+    total[:] = 0.0
     for label in range(labels):
-        q_out[n, label, y] = logits[label]
+        row = logits[label]
+        for x in range(width):
+            value = exp_nonpositive(row[x] - peak[x])
+            row[x] = value
+            total[x] += value
+    one = logits.dtype.type(1.0)
+    for x in range(width):
+        total[x] = one / total[x]
+    for label in range(labels):
+        row = logits[label]
+        target = q_out[n, label, y]
+        for x in range(width):
+            target[x] = row[x] * total[x]
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)

@@ -3,9 +3,10 @@
 A parallel kernel here is an ordinary ``@njit(nogil=True)`` function that takes, as its last
 two arguments, a range ``job_start:job_stop`` of independent jobs (output rows or bands, each
 writing its own part of the outputs); the kernels name them so, never ``first``/``stop``,
-which their bodies use for other things. :func:`run` splits ``range(jobs)`` into contiguous chunks, one
-per thread, and runs them at once; a kernel whose jobs must not overlap in time (bands of two
-colours that write the same input rows) is called once per phase, each :func:`run` a barrier.
+which their bodies use for other things. :func:`run` splits ``range(jobs)`` into contiguous
+chunks, one per thread, and runs them at once; a kernel whose jobs must not overlap in time
+(bands of two colours that write the same input rows) is called once per phase, each
+:func:`run` a barrier.
 
 Why not Numba's ``parallel=True`` and ``prange``: the parfor pass compiles the loop body a
 second time as a "gufunc" into which LLVM inlines and optimizes the whole kernel again, which
