@@ -229,6 +229,25 @@ def _pairs_single_two_rows(acc, slot, target_slot, target_slot_2, values, row, r
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _one_end_single(acc, slot, a0, values, row, b0, row_other, b_other, n, log_weight,
+                    range_coef):
+    """One end of n pairs of a one-channel image that is its own guide, in one pass: pixel
+    (row, b0 + i) of the buffer, at accumulator column a0 + i of row ``slot``, gets its
+    neighbour (row_other, b_other + i). The pair taps whose other end is outside the band, and
+    the one-sided taps (neighbour outside the image, read from the padding), which the
+    three passes of :func:`_one_sided` cost about twice as much per weight (two stores and
+    reloads of the row buffers)."""
+    for i in range(n):
+        v = values[0, row, np.uintp(b0 + i)]
+        u = values[0, row_other, np.uintp(b_other + i)]
+        diff = u - v
+        w = exp2_nonpositive(log_weight - range_coef * (diff * diff))
+        x = np.uintp(a0 + i)
+        acc[slot, 0, x] += w
+        acc[slot, 1, x] += w * u
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour, x0, dx, n, pad,
                acc_pad, log_weight, range_coef, l1):
     """Pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in buffer rows
@@ -370,6 +389,16 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                     dx = pair_dx[k]
                     b_s = tap_x0[k] + pad_x
                     a_s = tap_x0[k] + acc_pad
+                    if single:
+                        # One end only (the other is outside the band): one fused pass.
+                        if in_band:
+                            _one_end_single(acc, slot, a_s, values, row, b_s, row_target,
+                                            b_s + dx, n, pair_log_weight[k], range_coef)
+                        if to_target:
+                            _one_end_single(acc, target_slot, a_s + dx, values, row_target,
+                                            b_s + dx, row, b_s, n, pair_log_weight[k],
+                                            range_coef)
+                        continue
                     _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
                     _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
                     if both:
@@ -396,6 +425,11 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                             continue
                         row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
                                          + y_neighbour - top)
+                        if single:
+                            _one_end_single(acc, slot, acc_pad, values, row, pad_x,
+                                            row_neighbour, pad_x + side_dx[t], n,
+                                            side_log_weight[t], range_coef)
+                            continue
                         _one_sided(values, guide, acc, dist, weights, slot, row,
                                    row_neighbour, 0, side_dx[t], n, pad_x, acc_pad,
                                    side_log_weight[t], range_coef, l1)
