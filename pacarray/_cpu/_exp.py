@@ -260,8 +260,9 @@ def _exp2_nonpositive_overload(t):
         # slower with arguments near -126). "not (t < lower)": a NaN keeps its value, and
         # propagates through f and p.
         t = t if not (t < lower) else bottom
-        s = t + shifter
-        f = t - (s - shifter)
+        k = np.rint(t)
+        s = k + shifter
+        f = t - k
         p = ((((c5 * f + c4) * f + c3) * f + c2) * f + c1) * f + c0
         # (Numba widens int32 arithmetic to int64; the cast keeps the low 32 bits.)
         return p * _float_of(np.int32(_bits_of(s) << 23))

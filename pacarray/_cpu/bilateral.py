@@ -260,21 +260,22 @@ def _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour, x0, 
 
 
 @njit(cache=True)
-def _fill_slice(image, buffer, row0, rows, z, top, pad_x, mode, cval):
-    """Buffer (c, row0 + j, pad_x + x) <- image (c, z, top + j, x) for j < rows; slices, rows and
-    columns outside the image mapped by the border mode ("constant": cval; "exclude": never
-    read, left as cval). Columns of the buffer past width + 2 pad_x are left as they are."""
+def _fill_slice(image, buffer, row0, rows, z, top, lead, pad_x, mode, cval):
+    """Buffer (c, row0 + j, lead + x) <- image (c, z, top + j, x) for j < rows and
+    -pad_x <= x < width + pad_x (lead >= pad_x); slices, rows and columns outside the image
+    mapped by the border mode ("constant": cval; "exclude": never read, left as cval). The other
+    columns of the buffer are left as they are."""
     channels, depth, height, width = image.shape
     z_image = _map_index(z, depth, mode)
     for j in range(rows):
         y = _map_index(top + j, height, mode) if z_image >= 0 else -1
         for c in range(channels):
             if y < 0:
-                buffer[c, row0 + j, :width + 2 * pad_x] = cval
+                buffer[c, row0 + j, lead - pad_x:lead + width + pad_x] = cval
                 continue
-            buffer[c, row0 + j, pad_x:pad_x + width] = image[c, z_image, y, :]
+            buffer[c, row0 + j, lead:lead + width] = image[c, z_image, y, :]
             for b in range(pad_x):
-                for x_buffer, x in ((b, b - pad_x), (pad_x + width + b, width + b)):
+                for x_buffer, x in ((lead - pad_x + b, b - pad_x), (lead + width + b, width + b)):
                     x_image = _map_index(x, width, mode)
                     buffer[c, row0 + j, x_buffer] = (
                         image[c, z_image, y, x_image] if x_image >= 0 else cval)
@@ -293,12 +294,12 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                  tap_x0, tap_n, group_start, pairable):
     """Band ``band`` of :func:`bilateral_planes` (its arguments and the values it derives from
     them), in a function of its own: the parallel loop's body stays small, and so does the
-    compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x); group_start: the
+    compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x, lead); group_start: the
     first tap of each group, then the number of pair taps. (Arrays rather than scalars, whose
     literal values would make the typing compile more specializations.)"""
-    pad_z, pad_y, pad_x = pads[0], pads[1], pads[2]
-    acc_pad = pad_x if extend else 0
-    slack = RUN_QUANTUM if extend else 0
+    pad_z, pad_y, pad_x, lead = pads[0], pads[1], pads[2], pads[3]
+    # Image column x is column lead + x of the buffers, and of the accumulators in volumes.
+    acc_pad = lead if extend else 0
     n_groups = group_start.shape[0] - 1
     n_values, depth, height, width = image.shape
     n_guides = guide_image.shape[0]
@@ -315,7 +316,13 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
     n_slots = pad_z * per_slice + pad_y + 1
     # Rows of whole 64-byte lines (with Numba's 32-byte aligned allocations, a run that
     # starts at column 0 makes aligned vector accesses).
-    buffer_width = -(-(width + 2 * pad_x + slack) // 16) * 16
+    if extend:
+        # Runs of whole vectors from column lead - pad_x on, their sources up to pad_x
+        # columns to the left (see bilateral_planes).
+        buffer_width = -(-(lead + -(-(width + 2 * pad_x) // RUN_QUANTUM) * RUN_QUANTUM)
+                         // 16) * 16
+    else:
+        buffer_width = -(-(width + 2 * pad_x) // 16) * 16
     # zeros: the slack columns must hold finite numbers (they feed only unread columns).
     values = np.zeros((n_values, n_zslots * rows, buffer_width), dtype=dtype)
     if same_guide:
@@ -324,19 +331,19 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
         guide = np.zeros((n_guides, n_zslots * rows, buffer_width), dtype=dtype)
     for s in range(z_start - pad_z, z_start + pad_z):
         row0 = ((s - z_start + pad_z) % n_zslots) * rows
-        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        _fill_slice(image, values, row0, rows, s, top, lead, pad_x, mode, cval)
         if not same_guide:
-            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
-    acc_width = -(-(width + 2 * acc_pad + slack) // 16) * 16
+            _fill_slice(guide_image, guide, row0, rows, s, top, lead, pad_x, mode, cval)
+    acc_width = buffer_width if extend else -(-width // 16) * 16
     acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
     weights = np.empty(buffer_width, dtype=dtype)
     dist = np.empty(buffer_width, dtype=dtype)
     for z in range(z_start, z1):
         s = z + pad_z
         row0 = ((s - z_start + pad_z) % n_zslots) * rows
-        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        _fill_slice(image, values, row0, rows, s, top, lead, pad_x, mode, cval)
         if not same_guide:
-            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
+            _fill_slice(guide_image, guide, row0, rows, s, top, lead, pad_x, mode, cval)
         slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
         for y in range(y_start, y1):
             row = slice_row + y
@@ -366,28 +373,34 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                 # then the lower end first, the order of the 2-D filter's sums).
                 both = in_band and to_target and target_slot != slot
                 if both and single:
-                    if (pair_with_next and y_target + 1 < height
-                            and z0 <= z_target < z1 and y0 <= y_target + 1 < y1):
-                        _pairs_single_two_rows(
-                            acc, slot, target_slot, (target_slot + 1) % n_slots, values, row,
-                            row_target, row_target + 1, pad_x, acc_pad, pair_dx,
-                            pair_log_weight, tap_x0, tap_n, group, group_end, group_end,
-                            range_coef)
-                        g += 1
-                        continue
-                    _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x,
+                    if pair_with_next:
+                        # The next group's rows, if both its ends are in the band too.
+                        z_target_2 = z + pair_dz[group_end]
+                        y_target_2 = y + pair_dy[group_end]
+                        if (z0 <= z_target_2 < z1 and y0 <= y_target_2 < y1
+                                and z_target_2 < depth and 0 <= y_target_2 < height):
+                            _pairs_single_two_rows(
+                                acc, slot, target_slot,
+                                (rank + pair_dz[group_end] * per_slice + pair_dy[group_end])
+                                % n_slots, values, row, row_target,
+                                ((z_target_2 - z_start + pad_z) % n_zslots) * rows
+                                + y_target_2 - top, lead, acc_pad, pair_dx, pair_log_weight,
+                                tap_x0, tap_n, group, group_end, group_end, range_coef)
+                            g += 1
+                            continue
+                    _pairs_single(acc, slot, target_slot, values, row, row_target, lead,
                                   acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
                                   group_end, range_coef)
                     continue
                 if single and in_band and to_target:
-                    _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx,
+                    _pairs_single_same_row(acc, slot, values, row, lead, acc_pad, pair_dx,
                                            pair_log_weight, tap_x0, tap_n, group, group_end,
                                            range_coef, weights)
                     continue
                 for k in range(group, group_end):
                     n = tap_n[k]
                     dx = pair_dx[k]
-                    b_s = tap_x0[k] + pad_x
+                    b_s = tap_x0[k] + lead
                     a_s = tap_x0[k] + acc_pad
                     if single:
                         # One end only (the other is outside the band): one fused pass.
@@ -426,12 +439,12 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                         row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
                                          + y_neighbour - top)
                         if single:
-                            _one_end_single(acc, slot, acc_pad, values, row, pad_x,
-                                            row_neighbour, pad_x + side_dx[t], n,
+                            _one_end_single(acc, slot, acc_pad, values, row, lead,
+                                            row_neighbour, lead + side_dx[t], n,
                                             side_log_weight[t], range_coef)
                             continue
                         _one_sided(values, guide, acc, dist, weights, slot, row,
-                                   row_neighbour, 0, side_dx[t], n, pad_x, acc_pad,
+                                   row_neighbour, 0, side_dx[t], n, lead, acc_pad,
                                    side_log_weight[t], range_coef, l1)
             elif mode != MODE_EXCLUDE:
                 for t in range(side_dy.shape[0]):
@@ -447,26 +460,26 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                     x1 = max(min(width, width - dx), x0)
                     if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
                         _one_sided(values, guide, acc, dist, weights, slot, row,
-                                   row_neighbour, 0, dx, width, pad_x, 0, log_weight,
+                                   row_neighbour, 0, dx, width, lead, 0, log_weight,
                                    range_coef, l1)
                         continue
                     _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
-                               0, dx, x0, pad_x, 0, log_weight, range_coef, l1)
+                               0, dx, x0, lead, 0, log_weight, range_coef, l1)
                     _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
-                               x1, dx, width - x1, pad_x, 0, log_weight, range_coef, l1)
+                               x1, dx, width - x1, lead, 0, log_weight, range_coef, l1)
             # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite; then
             # the normalization. Channel after channel, the loops over columns innermost.
             for x in range(width):
                 weights[x] = 1
             for c in range(n_guides):
                 for x in range(width):
-                    weights[x] += 0 * guide[c, row, np.uintp(pad_x + x)]
+                    weights[x] += 0 * guide[c, row, np.uintp(lead + x)]
             for x in range(width):
                 dist[x] = 1 / (acc[slot, 0, np.uintp(acc_pad + x)] + weights[x])
             for c in range(n_values):
                 for x in range(width):
                     value = ((acc[slot, 1 + c, np.uintp(acc_pad + x)]
-                              + weights[x] * values[c, row, np.uintp(pad_x + x)]) * dist[x])
+                              + weights[x] * values[c, row, np.uintp(lead + x)]) * dist[x])
                     if channels_last:
                         out[z, y, x, c] = value
                     else:
@@ -524,18 +537,26 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     n_pairs = pair_dx.shape[0]
     tap_x0 = np.empty(n_pairs, dtype=np.int64)
     tap_n = np.empty(n_pairs, dtype=np.int64)
+    # Volumes: the runs of every tap start at the target column -pad_x, at a whole vector of
+    # the buffers and accumulators (lead - pad_x is a multiple of RUN_QUANTUM), whose sources
+    # start pad_x columns further left at most (lead >= 2 pad_x). The target end of a pair
+    # is updated at every tap and row, the source end once per group (or two), so aligned
+    # target-side stores and loads are the ones that count. (Pairs whose both ends are
+    # outside the image only touch columns that no result reads.)
+    lead = pad_x + -(-pad_x // RUN_QUANTUM) * RUN_QUANTUM if extend else pad_x
     for t in range(n_pairs):
         dx = pair_dx[t]
         if extend:
-            tap_x0[t] = max(-pad_x, -pad_x - dx)
-            n = min(width + pad_x, width + pad_x - dx) - tap_x0[t]
+            tap_x0[t] = -pad_x - dx
+            n = min(width + pad_x, width + pad_x + dx) + pad_x
             tap_n[t] = -(-n // RUN_QUANTUM) * RUN_QUANTUM if n > 0 else 0
         else:
             tap_x0[t] = max(0, -dx)
             tap_n[t] = max(0, min(width, width - dx) - tap_x0[t])
     # The pair taps in groups with the same (dz, dy), consecutive in C order: each group pairs
-    # the same two rows. pairable[g]: volumes, one channel, and group g + 1 is the next row down
-    # (dy + 1) with the same dx list, so both groups can share one pass.
+    # the same two rows. pairable[g]: volumes, one channel, and groups g and g + 1 pair the
+    # source row with two other rows and have the same dx list, so both can share one pass
+    # (in a cube, every group but the first, dz == dy == 0: none is left to a pass alone).
     group_start = np.empty(n_pairs + 1, dtype=np.int64)
     n_groups = 0
     for t in range(n_pairs):
@@ -549,18 +570,17 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
             first = group_start[g]
             second = group_start[g + 1]
             size = second - first
-            pairable[g] = (
-                size == group_start[g + 2] - second
-                and (pair_dz[first] > 0 or pair_dy[first] > 0)
-                and pair_dz[second] == pair_dz[first] and pair_dy[second] == pair_dy[first] + 1
-            )
+            # (Group g + 1 comes after g in C order: forward and off the source row too.)
+            pairable[g] = (size == group_start[g + 2] - second
+                           and (pair_dz[first] > 0 or pair_dy[first] > 0))
             for k in range(size):
                 if pair_dx[first + k] != pair_dx[second + k]:
                     pairable[g] = False
-    pads = np.empty(3, dtype=np.int64)
+    pads = np.empty(4, dtype=np.int64)
     pads[0] = pad_z
     pads[1] = pad_y
     pads[2] = pad_x
+    pads[3] = lead
     groups = group_start[:n_groups + 1]
     for band in prange(n_bands):
         _filter_band(np.int64(band), band_size, extent, by_slices, image, guide_image,
