@@ -38,10 +38,12 @@ or 709 (float64); nothing larger reaches the kernels.
 
 Base 2: :func:`exp2_nonpositive` (``2**t``) serves the bilateral kernels, whose argument is
 ``log2 G - c * d2`` with both parts scaled by ``1/ln 2`` beforehand: the reduction is then
-``t = k + f`` with ``k = round(t)`` (one add and one subtract of a shifter that also carries
-the exponent bias) and ``|f| <= 1/2``, with no ``ln 2`` products, and in float32 a degree-5
-minimax polynomial of ``2**f`` replaces the degree-6 Taylor one (13 vector operations per
-value instead of 16, besides the argument's own multiply-add). Largest relative error against
+``t = k + f`` with ``k = round(t)`` (a round to nearest, and an add of a shifter that also
+carries the exponent bias for the scale ``2**k``) and ``|f| <= 1/2``, with no ``ln 2``
+products, and in float32 a degree-5 minimax polynomial of ``2**f`` replaces the degree-6 Taylor
+one: 12 vector operations per value (a compare and a blend that send the flushed arguments to
+-127, whose scale is 0; the round, two adds, five FMAs, a shift and the multiply by the scale)
+instead of 16, besides the argument's own multiply-add. Largest relative error against
 ``2**t`` (same grids in ``t``, thresholds divided by ``ln 2``): float32 2.2e-7 (1.8 eps; and
 ``2**0`` is 1); float64 is :func:`exp_nonpositive` of ``t * ln 2``, whose rounding makes it
 8.8e-15 times ``max(1, |t|)`` (7.7e-14 at the threshold; the rounding of the argument

@@ -20,18 +20,24 @@ time against OpenCV, so it is organised for speed:
   rows. A one-channel image that is its own guide (gray images, volumes, signals) takes a
   single fused pass from one buffer. Column indices are unsigned so that Numba emits no
   negative-index wraparound selects.
-* The pair taps go in groups of equal (dz, dy), which pair the same two rows. In volumes two
-  groups (dz, dy) and (dz, dy + 1) with the same columns share one pass (the source voxel and
-  its accumulators are read and written once for two pairs), runs are rounded up to whole
-  vectors (into slack columns that no result reads), and buffer rows are whole cache lines:
-  on the 2-core AVX2 machine of 2026-12-03 the 3-D loop is bound by its loads and stores, a
-  misaligned row cost about 35% and the shared pass about 10% (see docs/design.md §4).
+* The pair taps go in groups of equal (dz, dy), which pair the same two rows. In volumes of one
+  channel the groups share passes, so that each voxel is loaded, and each accumulator row
+  updated, for several pairs: blocks of four pairs between two source rows (y, y + 1) and two
+  target rows (groups (dz, dy - 1), (dz, dy), (dz, dy + 1), dz > 0), then any two groups with
+  the same dx list (one source row, two target rows). Runs are rounded up to whole vectors
+  (into slack columns that no result reads) and start at a whole vector on the target side
+  (the end updated at every tap), and buffer rows are whole cache lines. On the 2-core AVX2
+  machine of 2026-12-03 the 3-D loop is bound by its vector operations, loads and stores: a
+  misaligned row cost about 35%, the two-group pass about 10%, and against it the blocks of
+  four 8-12%, aligned targets 3-5% (see docs/design.md §4). The pairs of a band's edge
+  (whose other end another band computes) and the one-sided taps take one fused pass too.
 * The spatial and the range weight share one exponential, in base 2:
   ``2**(log2 G[tap] - c * d2)`` with ``c = log2(e) / (2 sigma_color**2)`` (the front end scales
   the log weights and the coefficient), evaluated by the branch-free polynomial of
   :func:`pacarray._cpu._exp.exp2_nonpositive` (Numba's ``np.exp`` runs scalar without Intel
-  SVML). Base 2 spares the ``ln 2`` reduction: in float32 13 vector operations per weight
-  instead of 16, about 20% of the 3-D filter's time on the machine of 2026-12-03. It is exactly
+  SVML). Base 2 spares the ``ln 2`` reduction: in float32 12 vector operations per weight
+  instead of 16 (the first step, to 13, saved about 20% of the 3-D filter's time on the
+  machine of 2026-12-03; the flush by the scale, one more, about 5%). It is exactly
   0 where ``exp`` of the natural-log argument is below -69 (float32) or -600 (float64), the
   thresholds below which the front end drops spatial taps.
 
@@ -229,6 +235,52 @@ def _pairs_single_two_rows(acc, slot, target_slot, target_slot_2, values, row, r
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single_block(acc, slot, slot_2, target_slot, target_slot_2, values, row, row_2,
+                        row_target, row_target_2, lead, acc_pad, pair_dx, pair_log_weight,
+                        tap_x0, tap_n, k0, k1, k_below, k_above, range_coef):
+    """Four groups of pairs in one pass, between two source rows and two target rows, each the
+    next row of the other: taps k0 <= k < k1 pair ``row`` with ``row_target`` and ``row_2``
+    with ``row_target_2`` (offset D), taps k_above + k - k0 ``row`` with ``row_target_2``
+    (D + 1 row), taps k_below + k - k0 ``row_2`` with ``row_target`` (D - 1 row), all with
+    the same dx. Each of the four accumulator rows is updated once for two pairs, and each
+    voxel is loaded once for two (against three updates and one and a half loads per pair
+    in :func:`_pairs_single_two_rows`)."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        log_weight_above = pair_log_weight[k_above + k - k0]
+        log_weight_below = pair_log_weight[k_below + k - k0]
+        b_s = tap_x0[k] + lead
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            b = np.uintp(b_s + i)
+            b_t = np.uintp(b_s + dx + i)
+            v = values[0, row, b]
+            v_2 = values[0, row_2, b]
+            u = values[0, row_target, b_t]
+            u_2 = values[0, row_target_2, b_t]
+            diff = u - v
+            diff_2 = u_2 - v_2
+            diff_above = u_2 - v
+            diff_below = u - v_2
+            w = exp2_nonpositive(log_weight - range_coef * (diff * diff))
+            w_2 = exp2_nonpositive(log_weight - range_coef * (diff_2 * diff_2))
+            w_above = exp2_nonpositive(log_weight_above - range_coef * (diff_above * diff_above))
+            w_below = exp2_nonpositive(log_weight_below - range_coef * (diff_below * diff_below))
+            x_s = np.uintp(a_s + i)
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_s] += w + w_above
+            acc[slot, 1, x_s] += w * u + w_above * u_2
+            acc[slot_2, 0, x_s] += w_2 + w_below
+            acc[slot_2, 1, x_s] += w_2 * u_2 + w_below * u
+            acc[target_slot, 0, x_t] += w + w_below
+            acc[target_slot, 1, x_t] += w * v + w_below * v_2
+            acc[target_slot_2, 0, x_t] += w_2 + w_above
+            acc[target_slot_2, 1, x_t] += w_2 * v_2 + w_above * v
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _one_end_single(acc, slot, a0, values, row, b0, row_other, b_other, n, log_weight,
                     range_coef):
     """One end of n pairs of a one-channel image that is its own guide, in one pass: pixel
@@ -291,12 +343,13 @@ RUN_QUANTUM = 8
 def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_guide, out,
                  channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight, side_dz, side_dy,
                  side_dx, side_log_weight, range_coef, cval, l1, mode, pads, extend, single,
-                 tap_x0, tap_n, group_start, pairable):
+                 tap_x0, tap_n, group_start, pair_class, block):
     """Band ``band`` of :func:`bilateral_planes` (its arguments and the values it derives from
     them), in a function of its own: the parallel loop's body stays small, and so does the
     compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x, lead); group_start: the
-    first tap of each group, then the number of pair taps. (Arrays rather than scalars, whose
-    literal values would make the typing compile more specializations.)"""
+    first tap of each group, then the number of pair taps; pair_class, block: see
+    bilateral_planes. (Arrays rather than scalars, whose literal values would make the typing
+    compile more specializations.)"""
     pad_z, pad_y, pad_x, lead = pads[0], pads[1], pads[2], pads[3]
     # Image column x is column lead + x of the buffers, and of the accumulators in volumes.
     acc_pad = lead if extend else 0
@@ -338,6 +391,10 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
     acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
     weights = np.empty(buffer_width, dtype=dtype)
     dist = np.empty(buffer_width, dtype=dtype)
+    # done[g]: the pairs of group g of this row were computed with the row above (blocks);
+    # done_next: those of the next row.
+    done = np.zeros(max(n_groups, 1), dtype=np.bool_)
+    done_next = np.zeros(max(n_groups, 1), dtype=np.bool_)
     for z in range(z_start, z1):
         s = z + pad_z
         row0 = ((s - z_start + pad_z) % n_zslots) * rows
@@ -350,14 +407,46 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
             rank = (z - z_start) * per_slice + y - y_start
             slot = rank % n_slots
             in_band = z >= z0 and y >= y0
+            leads = True
+            for g in range(n_groups):
+                leads = leads and not done_next[g]
+                done[g] = done_next[g]
+                done_next[g] = False
+            # Volumes: the blocks of four groups with the next row (which are then done), if
+            # this row is not itself the second row of blocks, and every end is in the band.
+            if leads and in_band and y + 1 < y1:
+                for g in range(n_groups):
+                    if not block[g]:
+                        continue
+                    first = group_start[g]
+                    dz = pair_dz[first]
+                    z_target = z + dz
+                    y_target = y + pair_dy[first]
+                    if not (z_target < z1 and 0 <= y_target and y_target + 1 < height):
+                        continue
+                    row_target = (((z_target - z_start + pad_z) % n_zslots) * rows + y_target
+                                  - top)
+                    target_slot = rank + dz * per_slice + pair_dy[first]
+                    _pairs_single_block(
+                        acc, slot, (rank + 1) % n_slots, target_slot % n_slots,
+                        (target_slot + 1) % n_slots, values, row, row + 1, row_target,
+                        row_target + 1, lead, acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n,
+                        first, group_start[g + 1], group_start[g - 1], group_start[g + 1],
+                        range_coef)
+                    done[g] = True
+                    done[g + 1] = True
+                    done_next[g - 1] = True
+                    done_next[g] = True
             # Pairs of voxels inside the volume, each computed once for both ends, in groups
             # of taps with the same (dz, dy): the same two rows.
             g = 0
             while g < n_groups:
                 group = group_start[g]
                 group_end = group_start[g + 1]
-                pair_with_next = pairable[g]
+                g_here = g
                 g += 1
+                if done[g_here]:
+                    continue
                 dz = pair_dz[group]
                 dy = pair_dy[group]
                 z_target = z + dz
@@ -373,20 +462,26 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                 # then the lower end first, the order of the 2-D filter's sums).
                 both = in_band and to_target and target_slot != slot
                 if both and single:
-                    if pair_with_next:
-                        # The next group's rows, if both its ends are in the band too.
-                        z_target_2 = z + pair_dz[group_end]
-                        y_target_2 = y + pair_dy[group_end]
+                    # With the next group not done yet, if it has the same dx list and both
+                    # its ends are in the band too.
+                    g_2 = g
+                    while g_2 < n_groups and done[g_2]:
+                        g_2 += 1
+                    if g_2 < n_groups and pair_class[g_here] >= 0 and (
+                            pair_class[g_2] == pair_class[g_here]):
+                        second = group_start[g_2]
+                        z_target_2 = z + pair_dz[second]
+                        y_target_2 = y + pair_dy[second]
                         if (z0 <= z_target_2 < z1 and y0 <= y_target_2 < y1
                                 and z_target_2 < depth and 0 <= y_target_2 < height):
                             _pairs_single_two_rows(
                                 acc, slot, target_slot,
-                                (rank + pair_dz[group_end] * per_slice + pair_dy[group_end])
+                                (rank + pair_dz[second] * per_slice + pair_dy[second])
                                 % n_slots, values, row, row_target,
                                 ((z_target_2 - z_start + pad_z) % n_zslots) * rows
                                 + y_target_2 - top, lead, acc_pad, pair_dx, pair_log_weight,
-                                tap_x0, tap_n, group, group_end, group_end, range_coef)
-                            g += 1
+                                tap_x0, tap_n, group, group_end, second, range_coef)
+                            done[g_2] = True
                             continue
                     _pairs_single(acc, slot, target_slot, values, row, row_target, lead,
                                   acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
@@ -554,9 +649,12 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
             tap_x0[t] = max(0, -dx)
             tap_n[t] = max(0, min(width, width - dx) - tap_x0[t])
     # The pair taps in groups with the same (dz, dy), consecutive in C order: each group pairs
-    # the same two rows. pairable[g]: volumes, one channel, and groups g and g + 1 pair the
-    # source row with two other rows and have the same dx list, so both can share one pass
-    # (in a cube, every group but the first, dz == dy == 0: none is left to a pass alone).
+    # the same two rows. Volumes of one channel: two groups off the source row with the same
+    # pair_class (their dx lists are equal) can share one pass (in a cube, all but the first,
+    # dz == dy == 0: none is left to a pass alone); block[g]: groups g - 1, g, g + 1 are
+    # (dz, dy - 1), (dz, dy), (dz, dy + 1) with dz > 0 and the same class, so that two source
+    # rows and two target rows make one pass of four pairs (_pairs_single_block), at every
+    # other dy (the blocks of one row and of the next one do not overlap).
     group_start = np.empty(n_pairs + 1, dtype=np.int64)
     n_groups = 0
     for t in range(n_pairs):
@@ -564,18 +662,38 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
             group_start[n_groups] = t
             n_groups += 1
     group_start[n_groups] = n_pairs
-    pairable = np.zeros(max(n_groups, 1), dtype=np.bool_)
+    pair_class = np.full(max(n_groups, 1), -1, dtype=np.int64)
+    block = np.zeros(max(n_groups, 1), dtype=np.bool_)
     if extend and single:
-        for g in range(n_groups - 1):
+        for g in range(n_groups):
             first = group_start[g]
-            second = group_start[g + 1]
-            size = second - first
-            # (Group g + 1 comes after g in C order: forward and off the source row too.)
-            pairable[g] = (size == group_start[g + 2] - second
-                           and (pair_dz[first] > 0 or pair_dy[first] > 0))
-            for k in range(size):
-                if pair_dx[first + k] != pair_dx[second + k]:
-                    pairable[g] = False
+            if pair_dz[first] == 0 and pair_dy[first] == 0:
+                continue
+            size = group_start[g + 1] - first
+            pair_class[g] = g
+            for h in range(g):
+                other = group_start[h]
+                if pair_class[h] != h or group_start[h + 1] - other != size:
+                    continue
+                same = True
+                for k in range(size):
+                    same = same and pair_dx[first + k] == pair_dx[other + k]
+                if same:
+                    pair_class[g] = h
+                    break
+        g = 1
+        while g < n_groups - 1:
+            first = group_start[g]
+            if (pair_dz[first] > 0 and pair_class[g] >= 0
+                    and pair_class[g - 1] == pair_class[g] == pair_class[g + 1]
+                    and pair_dz[group_start[g - 1]] == pair_dz[first]
+                    and pair_dz[group_start[g + 1]] == pair_dz[first]
+                    and pair_dy[group_start[g - 1]] == pair_dy[first] - 1
+                    and pair_dy[group_start[g + 1]] == pair_dy[first] + 1):
+                block[g] = True
+                g += 2
+            else:
+                g += 1
     pads = np.empty(4, dtype=np.int64)
     pads[0] = pad_z
     pads[1] = pad_y
@@ -586,7 +704,7 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
         _filter_band(np.int64(band), band_size, extent, by_slices, image, guide_image,
                      same_guide, out, channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight,
                      side_dz, side_dy, side_dx, side_log_weight, range_coef, cval, l1, mode, pads,
-                     extend, single, tap_x0, tap_n, groups, pairable)
+                     extend, single, tap_x0, tap_n, groups, pair_class, block)
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
