@@ -498,14 +498,17 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                     b_s = tap_x0[k] + lead
                     a_s = tap_x0[k] + acc_pad
                     if single:
-                        # One end only (the other is outside the band): one fused pass.
+                        # One end only (the other is outside the band; both are in it only
+                        # for dz == dy == 0, taken above): one fused pass. (One call site:
+                        # each one is a copy of the loop to compile.)
                         if in_band:
-                            _one_end_single(acc, slot, a_s, values, row, b_s, row_target,
-                                            b_s + dx, n, pair_log_weight[k], range_coef)
-                        if to_target:
-                            _one_end_single(acc, target_slot, a_s + dx, values, row_target,
-                                            b_s + dx, row, b_s, n, pair_log_weight[k],
-                                            range_coef)
+                            end_slot, a_end, row_end, b_end, row_other, b_other = (
+                                slot, a_s, row, b_s, row_target, b_s + dx)
+                        else:
+                            end_slot, a_end, row_end, b_end, row_other, b_other = (
+                                target_slot, a_s + dx, row_target, b_s + dx, row, b_s)
+                        _one_end_single(acc, end_slot, a_end, values, row_end, b_end, row_other,
+                                        b_other, n, pair_log_weight[k], range_coef)
                         continue
                     _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
                     _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
