@@ -20,18 +20,24 @@ time against OpenCV, so it is organised for speed:
   rows. A one-channel image that is its own guide (gray images, volumes, signals) takes a
   single fused pass from one buffer. Column indices are unsigned so that Numba emits no
   negative-index wraparound selects.
-* The pair taps go in groups of equal (dz, dy), which pair the same two rows. In volumes two
-  groups (dz, dy) and (dz, dy + 1) with the same columns share one pass (the source voxel and
-  its accumulators are read and written once for two pairs), runs are rounded up to whole
-  vectors (into slack columns that no result reads), and buffer rows are whole cache lines:
-  on the 2-core AVX2 machine of 2026-12-03 the 3-D loop is bound by its loads and stores, a
-  misaligned row cost about 35% and the shared pass about 10% (see docs/design.md §4).
+* The pair taps go in groups of equal (dz, dy), which pair the same two rows. In volumes of one
+  channel the groups share passes, so that each voxel is loaded, and each accumulator row
+  updated, for several pairs: blocks of four pairs between two source rows (y, y + 1) and two
+  target rows (groups (dz, dy - 1), (dz, dy), (dz, dy + 1), dz > 0), then any two groups with
+  the same dx list (one source row, two target rows). Runs are rounded up to whole vectors
+  (into slack columns that no result reads) and start at a whole vector on the target side
+  (the end updated at every tap), and buffer rows are whole cache lines. On the 2-core AVX2
+  machine of 2026-12-03 the 3-D loop is bound by its vector operations, loads and stores: a
+  misaligned row cost about 35%, the two-group pass about 10%, and against it the blocks of
+  four 8-12%, aligned targets 3-5% (see docs/design.md §4). The pairs of a band's edge
+  (whose other end another band computes) and the one-sided taps take one fused pass too.
 * The spatial and the range weight share one exponential, in base 2:
   ``2**(log2 G[tap] - c * d2)`` with ``c = log2(e) / (2 sigma_color**2)`` (the front end scales
   the log weights and the coefficient), evaluated by the branch-free polynomial of
   :func:`pacarray._cpu._exp.exp2_nonpositive` (Numba's ``np.exp`` runs scalar without Intel
-  SVML). Base 2 spares the ``ln 2`` reduction: in float32 13 vector operations per weight
-  instead of 16, about 20% of the 3-D filter's time on the machine of 2026-12-03. It is exactly
+  SVML). Base 2 spares the ``ln 2`` reduction: in float32 12 vector operations per weight
+  instead of 16 (the first step, to 13, saved about 20% of the 3-D filter's time on the
+  machine of 2026-12-03; the flush by the scale, one more, about 5%). It is exactly
   0 where ``exp`` of the natural-log argument is below -69 (float32) or -600 (float64), the
   thresholds below which the front end drops spatial taps.
 
@@ -229,6 +235,71 @@ def _pairs_single_two_rows(acc, slot, target_slot, target_slot_2, values, row, r
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _pairs_single_block(acc, slot, slot_2, target_slot, target_slot_2, values, row, row_2,
+                        row_target, row_target_2, lead, acc_pad, pair_dx, pair_log_weight,
+                        tap_x0, tap_n, k0, k1, k_below, k_above, range_coef):
+    """Four groups of pairs in one pass, between two source rows and two target rows, each the
+    next row of the other: taps k0 <= k < k1 pair ``row`` with ``row_target`` and ``row_2``
+    with ``row_target_2`` (offset D), taps k_above + k - k0 ``row`` with ``row_target_2``
+    (D + 1 row), taps k_below + k - k0 ``row_2`` with ``row_target`` (D - 1 row), all with
+    the same dx. Each of the four accumulator rows is updated once for two pairs, and each
+    voxel is loaded once for two (against three updates and one and a half loads per pair
+    in :func:`_pairs_single_two_rows`)."""
+    for k in range(k0, k1):
+        n = tap_n[k]
+        dx = pair_dx[k]
+        log_weight = pair_log_weight[k]
+        log_weight_above = pair_log_weight[k_above + k - k0]
+        log_weight_below = pair_log_weight[k_below + k - k0]
+        b_s = tap_x0[k] + lead
+        a_s = tap_x0[k] + acc_pad
+        for i in range(n):
+            b = np.uintp(b_s + i)
+            b_t = np.uintp(b_s + dx + i)
+            v = values[0, row, b]
+            v_2 = values[0, row_2, b]
+            u = values[0, row_target, b_t]
+            u_2 = values[0, row_target_2, b_t]
+            diff = u - v
+            diff_2 = u_2 - v_2
+            diff_above = u_2 - v
+            diff_below = u - v_2
+            w = exp2_nonpositive(log_weight - range_coef * (diff * diff))
+            w_2 = exp2_nonpositive(log_weight - range_coef * (diff_2 * diff_2))
+            w_above = exp2_nonpositive(log_weight_above - range_coef * (diff_above * diff_above))
+            w_below = exp2_nonpositive(log_weight_below - range_coef * (diff_below * diff_below))
+            x_s = np.uintp(a_s + i)
+            x_t = np.uintp(a_s + dx + i)
+            acc[slot, 0, x_s] += w + w_above
+            acc[slot, 1, x_s] += w * u + w_above * u_2
+            acc[slot_2, 0, x_s] += w_2 + w_below
+            acc[slot_2, 1, x_s] += w_2 * u_2 + w_below * u
+            acc[target_slot, 0, x_t] += w + w_below
+            acc[target_slot, 1, x_t] += w * v + w_below * v_2
+            acc[target_slot_2, 0, x_t] += w_2 + w_above
+            acc[target_slot_2, 1, x_t] += w_2 * v_2 + w_above * v
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _one_end_single(acc, slot, a0, values, row, b0, row_other, b_other, n, log_weight,
+                    range_coef):
+    """One end of n pairs of a one-channel image that is its own guide, in one pass: pixel
+    (row, b0 + i) of the buffer, at accumulator column a0 + i of row ``slot``, gets its
+    neighbour (row_other, b_other + i). The pair taps whose other end is outside the band, and
+    the one-sided taps (neighbour outside the image, read from the padding), which the
+    three passes of :func:`_one_sided` cost about twice as much per weight (two stores and
+    reloads of the row buffers)."""
+    for i in range(n):
+        v = values[0, row, np.uintp(b0 + i)]
+        u = values[0, row_other, np.uintp(b_other + i)]
+        diff = u - v
+        w = exp2_nonpositive(log_weight - range_coef * (diff * diff))
+        x = np.uintp(a0 + i)
+        acc[slot, 0, x] += w
+        acc[slot, 1, x] += w * u
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour, x0, dx, n, pad,
                acc_pad, log_weight, range_coef, l1):
     """Pixels (row, x0 .. x0+n-1) with their neighbours (row_neighbour, x + dx), in buffer rows
@@ -241,21 +312,22 @@ def _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour, x0, 
 
 
 @njit(cache=True)
-def _fill_slice(image, buffer, row0, rows, z, top, pad_x, mode, cval):
-    """Buffer (c, row0 + j, pad_x + x) <- image (c, z, top + j, x) for j < rows; slices, rows and
-    columns outside the image mapped by the border mode ("constant": cval; "exclude": never
-    read, left as cval). Columns of the buffer past width + 2 pad_x are left as they are."""
+def _fill_slice(image, buffer, row0, rows, z, top, lead, pad_x, mode, cval):
+    """Buffer (c, row0 + j, lead + x) <- image (c, z, top + j, x) for j < rows and
+    -pad_x <= x < width + pad_x (lead >= pad_x); slices, rows and columns outside the image
+    mapped by the border mode ("constant": cval; "exclude": never read, left as cval). The other
+    columns of the buffer are left as they are."""
     channels, depth, height, width = image.shape
     z_image = _map_index(z, depth, mode)
     for j in range(rows):
         y = _map_index(top + j, height, mode) if z_image >= 0 else -1
         for c in range(channels):
             if y < 0:
-                buffer[c, row0 + j, :width + 2 * pad_x] = cval
+                buffer[c, row0 + j, lead - pad_x:lead + width + pad_x] = cval
                 continue
-            buffer[c, row0 + j, pad_x:pad_x + width] = image[c, z_image, y, :]
+            buffer[c, row0 + j, lead:lead + width] = image[c, z_image, y, :]
             for b in range(pad_x):
-                for x_buffer, x in ((b, b - pad_x), (pad_x + width + b, width + b)):
+                for x_buffer, x in ((lead - pad_x + b, b - pad_x), (lead + width + b, width + b)):
                     x_image = _map_index(x, width, mode)
                     buffer[c, row0 + j, x_buffer] = (
                         image[c, z_image, y, x_image] if x_image >= 0 else cval)
@@ -271,15 +343,16 @@ RUN_QUANTUM = 8
 def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_guide, out,
                  channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight, side_dz, side_dy,
                  side_dx, side_log_weight, range_coef, cval, l1, mode, pads, extend, single,
-                 tap_x0, tap_n, group_start, pairable):
+                 tap_x0, tap_n, group_start, pair_class, block):
     """Band ``band`` of :func:`bilateral_planes` (its arguments and the values it derives from
     them), in a function of its own: the parallel loop's body stays small, and so does the
-    compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x); group_start: the
-    first tap of each group, then the number of pair taps. (Arrays rather than scalars, whose
-    literal values would make the typing compile more specializations.)"""
-    pad_z, pad_y, pad_x = pads[0], pads[1], pads[2]
-    acc_pad = pad_x if extend else 0
-    slack = RUN_QUANTUM if extend else 0
+    compile time of Numba's parfor passes. pads: (pad_z, pad_y, pad_x, lead); group_start: the
+    first tap of each group, then the number of pair taps; pair_class, block: see
+    bilateral_planes. (Arrays rather than scalars, whose literal values would make the typing
+    compile more specializations.)"""
+    pad_z, pad_y, pad_x, lead = pads[0], pads[1], pads[2], pads[3]
+    # Image column x is column lead + x of the buffers, and of the accumulators in volumes.
+    acc_pad = lead if extend else 0
     n_groups = group_start.shape[0] - 1
     n_values, depth, height, width = image.shape
     n_guides = guide_image.shape[0]
@@ -296,7 +369,13 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
     n_slots = pad_z * per_slice + pad_y + 1
     # Rows of whole 64-byte lines (with Numba's 32-byte aligned allocations, a run that
     # starts at column 0 makes aligned vector accesses).
-    buffer_width = -(-(width + 2 * pad_x + slack) // 16) * 16
+    if extend:
+        # Runs of whole vectors from column lead - pad_x on, their sources up to pad_x
+        # columns to the left (see bilateral_planes).
+        buffer_width = -(-(lead + -(-(width + 2 * pad_x) // RUN_QUANTUM) * RUN_QUANTUM)
+                         // 16) * 16
+    else:
+        buffer_width = -(-(width + 2 * pad_x) // 16) * 16
     # zeros: the slack columns must hold finite numbers (they feed only unread columns).
     values = np.zeros((n_values, n_zslots * rows, buffer_width), dtype=dtype)
     if same_guide:
@@ -305,33 +384,69 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
         guide = np.zeros((n_guides, n_zslots * rows, buffer_width), dtype=dtype)
     for s in range(z_start - pad_z, z_start + pad_z):
         row0 = ((s - z_start + pad_z) % n_zslots) * rows
-        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        _fill_slice(image, values, row0, rows, s, top, lead, pad_x, mode, cval)
         if not same_guide:
-            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
-    acc_width = -(-(width + 2 * acc_pad + slack) // 16) * 16
+            _fill_slice(guide_image, guide, row0, rows, s, top, lead, pad_x, mode, cval)
+    acc_width = buffer_width if extend else -(-width // 16) * 16
     acc = np.zeros((n_slots, n_values + 1, acc_width), dtype=dtype)
     weights = np.empty(buffer_width, dtype=dtype)
     dist = np.empty(buffer_width, dtype=dtype)
+    # done[g]: the pairs of group g of this row were computed with the row above (blocks);
+    # done_next: those of the next row.
+    done = np.zeros(max(n_groups, 1), dtype=np.bool_)
+    done_next = np.zeros(max(n_groups, 1), dtype=np.bool_)
     for z in range(z_start, z1):
         s = z + pad_z
         row0 = ((s - z_start + pad_z) % n_zslots) * rows
-        _fill_slice(image, values, row0, rows, s, top, pad_x, mode, cval)
+        _fill_slice(image, values, row0, rows, s, top, lead, pad_x, mode, cval)
         if not same_guide:
-            _fill_slice(guide_image, guide, row0, rows, s, top, pad_x, mode, cval)
+            _fill_slice(guide_image, guide, row0, rows, s, top, lead, pad_x, mode, cval)
         slice_row = ((z - z_start + pad_z) % n_zslots) * rows - top
         for y in range(y_start, y1):
             row = slice_row + y
             rank = (z - z_start) * per_slice + y - y_start
             slot = rank % n_slots
             in_band = z >= z0 and y >= y0
+            leads = True
+            for g in range(n_groups):
+                leads = leads and not done_next[g]
+                done[g] = done_next[g]
+                done_next[g] = False
+            # Volumes: the blocks of four groups with the next row (which are then done), if
+            # this row is not itself the second row of blocks, and every end is in the band.
+            if leads and in_band and y + 1 < y1:
+                for g in range(n_groups):
+                    if not block[g]:
+                        continue
+                    first = group_start[g]
+                    dz = pair_dz[first]
+                    z_target = z + dz
+                    y_target = y + pair_dy[first]
+                    if not (z_target < z1 and 0 <= y_target and y_target + 1 < height):
+                        continue
+                    row_target = (((z_target - z_start + pad_z) % n_zslots) * rows + y_target
+                                  - top)
+                    target_slot = rank + dz * per_slice + pair_dy[first]
+                    _pairs_single_block(
+                        acc, slot, (rank + 1) % n_slots, target_slot % n_slots,
+                        (target_slot + 1) % n_slots, values, row, row + 1, row_target,
+                        row_target + 1, lead, acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n,
+                        first, group_start[g + 1], group_start[g - 1], group_start[g + 1],
+                        range_coef)
+                    done[g] = True
+                    done[g + 1] = True
+                    done_next[g - 1] = True
+                    done_next[g] = True
             # Pairs of voxels inside the volume, each computed once for both ends, in groups
             # of taps with the same (dz, dy): the same two rows.
             g = 0
             while g < n_groups:
                 group = group_start[g]
                 group_end = group_start[g + 1]
-                pair_with_next = pairable[g]
+                g_here = g
                 g += 1
+                if done[g_here]:
+                    continue
                 dz = pair_dz[group]
                 dy = pair_dy[group]
                 z_target = z + dz
@@ -347,29 +462,54 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                 # then the lower end first, the order of the 2-D filter's sums).
                 both = in_band and to_target and target_slot != slot
                 if both and single:
-                    if (pair_with_next and y_target + 1 < height
-                            and z0 <= z_target < z1 and y0 <= y_target + 1 < y1):
-                        _pairs_single_two_rows(
-                            acc, slot, target_slot, (target_slot + 1) % n_slots, values, row,
-                            row_target, row_target + 1, pad_x, acc_pad, pair_dx,
-                            pair_log_weight, tap_x0, tap_n, group, group_end, group_end,
-                            range_coef)
-                        g += 1
-                        continue
-                    _pairs_single(acc, slot, target_slot, values, row, row_target, pad_x,
+                    # With the next group not done yet, if it has the same dx list and both
+                    # its ends are in the band too.
+                    g_2 = g
+                    while g_2 < n_groups and done[g_2]:
+                        g_2 += 1
+                    if g_2 < n_groups and pair_class[g_here] >= 0 and (
+                            pair_class[g_2] == pair_class[g_here]):
+                        second = group_start[g_2]
+                        z_target_2 = z + pair_dz[second]
+                        y_target_2 = y + pair_dy[second]
+                        if (z0 <= z_target_2 < z1 and y0 <= y_target_2 < y1
+                                and z_target_2 < depth and 0 <= y_target_2 < height):
+                            _pairs_single_two_rows(
+                                acc, slot, target_slot,
+                                (rank + pair_dz[second] * per_slice + pair_dy[second])
+                                % n_slots, values, row, row_target,
+                                ((z_target_2 - z_start + pad_z) % n_zslots) * rows
+                                + y_target_2 - top, lead, acc_pad, pair_dx, pair_log_weight,
+                                tap_x0, tap_n, group, group_end, second, range_coef)
+                            done[g_2] = True
+                            continue
+                    _pairs_single(acc, slot, target_slot, values, row, row_target, lead,
                                   acc_pad, pair_dx, pair_log_weight, tap_x0, tap_n, group,
                                   group_end, range_coef)
                     continue
                 if single and in_band and to_target:
-                    _pairs_single_same_row(acc, slot, values, row, pad_x, acc_pad, pair_dx,
+                    _pairs_single_same_row(acc, slot, values, row, lead, acc_pad, pair_dx,
                                            pair_log_weight, tap_x0, tap_n, group, group_end,
                                            range_coef, weights)
                     continue
                 for k in range(group, group_end):
                     n = tap_n[k]
                     dx = pair_dx[k]
-                    b_s = tap_x0[k] + pad_x
+                    b_s = tap_x0[k] + lead
                     a_s = tap_x0[k] + acc_pad
+                    if single:
+                        # One end only (the other is outside the band; both are in it only
+                        # for dz == dy == 0, taken above): one fused pass. (One call site:
+                        # each one is a copy of the loop to compile.)
+                        if in_band:
+                            end_slot, a_end, row_end, b_end, row_other, b_other = (
+                                slot, a_s, row, b_s, row_target, b_s + dx)
+                        else:
+                            end_slot, a_end, row_end, b_end, row_other, b_other = (
+                                target_slot, a_s + dx, row_target, b_s + dx, row, b_s)
+                        _one_end_single(acc, end_slot, a_end, values, row_end, b_end, row_other,
+                                        b_other, n, pair_log_weight[k], range_coef)
+                        continue
                     _distances(guide, row, row_target, b_s, b_s + dx, n, l1, dist)
                     _weights(dist, n, pair_log_weight[k], range_coef, l1, weights)
                     if both:
@@ -396,8 +536,13 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                             continue
                         row_neighbour = (((z_neighbour - z_start + pad_z) % n_zslots) * rows
                                          + y_neighbour - top)
+                        if single:
+                            _one_end_single(acc, slot, acc_pad, values, row, lead,
+                                            row_neighbour, lead + side_dx[t], n,
+                                            side_log_weight[t], range_coef)
+                            continue
                         _one_sided(values, guide, acc, dist, weights, slot, row,
-                                   row_neighbour, 0, side_dx[t], n, pad_x, acc_pad,
+                                   row_neighbour, 0, side_dx[t], n, lead, acc_pad,
                                    side_log_weight[t], range_coef, l1)
             elif mode != MODE_EXCLUDE:
                 for t in range(side_dy.shape[0]):
@@ -413,26 +558,26 @@ def _filter_band(band, band_size, extent, by_slices, image, guide_image, same_gu
                     x1 = max(min(width, width - dx), x0)
                     if not (0 <= z_neighbour < depth and 0 <= y_neighbour < height):
                         _one_sided(values, guide, acc, dist, weights, slot, row,
-                                   row_neighbour, 0, dx, width, pad_x, 0, log_weight,
+                                   row_neighbour, 0, dx, width, lead, 0, log_weight,
                                    range_coef, l1)
                         continue
                     _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
-                               0, dx, x0, pad_x, 0, log_weight, range_coef, l1)
+                               0, dx, x0, lead, 0, log_weight, range_coef, l1)
                     _one_sided(values, guide, acc, dist, weights, slot, row, row_neighbour,
-                               x1, dx, width - x1, pad_x, 0, log_weight, range_coef, l1)
+                               x1, dx, width - x1, lead, 0, log_weight, range_coef, l1)
             # The centre tap: weight exp(0) = 1, or NaN where the guide is not finite; then
             # the normalization. Channel after channel, the loops over columns innermost.
             for x in range(width):
                 weights[x] = 1
             for c in range(n_guides):
                 for x in range(width):
-                    weights[x] += 0 * guide[c, row, np.uintp(pad_x + x)]
+                    weights[x] += 0 * guide[c, row, np.uintp(lead + x)]
             for x in range(width):
                 dist[x] = 1 / (acc[slot, 0, np.uintp(acc_pad + x)] + weights[x])
             for c in range(n_values):
                 for x in range(width):
                     value = ((acc[slot, 1 + c, np.uintp(acc_pad + x)]
-                              + weights[x] * values[c, row, np.uintp(pad_x + x)]) * dist[x])
+                              + weights[x] * values[c, row, np.uintp(lead + x)]) * dist[x])
                     if channels_last:
                         out[z, y, x, c] = value
                     else:
@@ -490,18 +635,29 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
     n_pairs = pair_dx.shape[0]
     tap_x0 = np.empty(n_pairs, dtype=np.int64)
     tap_n = np.empty(n_pairs, dtype=np.int64)
+    # Volumes: the runs of every tap start at the target column -pad_x, at a whole vector of
+    # the buffers and accumulators (lead - pad_x is a multiple of RUN_QUANTUM), whose sources
+    # start pad_x columns further left at most (lead >= 2 pad_x). The target end of a pair
+    # is updated at every tap and row, the source end once per group (or two), so aligned
+    # target-side stores and loads are the ones that count. (Pairs whose both ends are
+    # outside the image only touch columns that no result reads.)
+    lead = pad_x + -(-pad_x // RUN_QUANTUM) * RUN_QUANTUM if extend else pad_x
     for t in range(n_pairs):
         dx = pair_dx[t]
         if extend:
-            tap_x0[t] = max(-pad_x, -pad_x - dx)
-            n = min(width + pad_x, width + pad_x - dx) - tap_x0[t]
+            tap_x0[t] = -pad_x - dx
+            n = min(width + pad_x, width + pad_x + dx) + pad_x
             tap_n[t] = -(-n // RUN_QUANTUM) * RUN_QUANTUM if n > 0 else 0
         else:
             tap_x0[t] = max(0, -dx)
             tap_n[t] = max(0, min(width, width - dx) - tap_x0[t])
     # The pair taps in groups with the same (dz, dy), consecutive in C order: each group pairs
-    # the same two rows. pairable[g]: volumes, one channel, and group g + 1 is the next row down
-    # (dy + 1) with the same dx list, so both groups can share one pass.
+    # the same two rows. Volumes of one channel: two groups off the source row with the same
+    # pair_class (their dx lists are equal) can share one pass (in a cube, all but the first,
+    # dz == dy == 0: none is left to a pass alone); block[g]: groups g - 1, g, g + 1 are
+    # (dz, dy - 1), (dz, dy), (dz, dy + 1) with dz > 0 and the same class, so that two source
+    # rows and two target rows make one pass of four pairs (_pairs_single_block), at every
+    # other dy (the blocks of one row and of the next one do not overlap).
     group_start = np.empty(n_pairs + 1, dtype=np.int64)
     n_groups = 0
     for t in range(n_pairs):
@@ -509,30 +665,49 @@ def bilateral_planes(image, guide_image, same_guide, out, channels_last, pair_dz
             group_start[n_groups] = t
             n_groups += 1
     group_start[n_groups] = n_pairs
-    pairable = np.zeros(max(n_groups, 1), dtype=np.bool_)
+    pair_class = np.full(max(n_groups, 1), -1, dtype=np.int64)
+    block = np.zeros(max(n_groups, 1), dtype=np.bool_)
     if extend and single:
-        for g in range(n_groups - 1):
+        for g in range(n_groups):
             first = group_start[g]
-            second = group_start[g + 1]
-            size = second - first
-            pairable[g] = (
-                size == group_start[g + 2] - second
-                and (pair_dz[first] > 0 or pair_dy[first] > 0)
-                and pair_dz[second] == pair_dz[first] and pair_dy[second] == pair_dy[first] + 1
-            )
-            for k in range(size):
-                if pair_dx[first + k] != pair_dx[second + k]:
-                    pairable[g] = False
-    pads = np.empty(3, dtype=np.int64)
+            if pair_dz[first] == 0 and pair_dy[first] == 0:
+                continue
+            size = group_start[g + 1] - first
+            pair_class[g] = g
+            for h in range(g):
+                other = group_start[h]
+                if pair_class[h] != h or group_start[h + 1] - other != size:
+                    continue
+                same = True
+                for k in range(size):
+                    same = same and pair_dx[first + k] == pair_dx[other + k]
+                if same:
+                    pair_class[g] = h
+                    break
+        g = 1
+        while g < n_groups - 1:
+            first = group_start[g]
+            if (pair_dz[first] > 0 and pair_class[g] >= 0
+                    and pair_class[g - 1] == pair_class[g] == pair_class[g + 1]
+                    and pair_dz[group_start[g - 1]] == pair_dz[first]
+                    and pair_dz[group_start[g + 1]] == pair_dz[first]
+                    and pair_dy[group_start[g - 1]] == pair_dy[first] - 1
+                    and pair_dy[group_start[g + 1]] == pair_dy[first] + 1):
+                block[g] = True
+                g += 2
+            else:
+                g += 1
+    pads = np.empty(4, dtype=np.int64)
     pads[0] = pad_z
     pads[1] = pad_y
     pads[2] = pad_x
+    pads[3] = lead
     groups = group_start[:n_groups + 1]
     for band in range(job_start, job_stop):
         _filter_band(np.int64(band), band_size, extent, by_slices, image, guide_image,
                      same_guide, out, channels_last, pair_dz, pair_dy, pair_dx, pair_log_weight,
                      side_dz, side_dy, side_dx, side_log_weight, range_coef, cval, l1, mode, pads,
-                     extend, single, tap_x0, tap_n, groups, pairable)
+                     extend, single, tap_x0, tap_n, groups, pair_class, block)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
