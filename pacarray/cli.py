@@ -812,33 +812,15 @@ def _cupy_report() -> str:
 
 
 def _numba_report(numba) -> list[tuple[str, str]]:
-    configured = numba.config.THREADING_LAYER
+    from ._cpu import _numba_kernels
 
-    prange = numba.prange
-
-    def count(n):
-        total = 0
-        for i in prange(n):
-            total += i
-        return total
-
-    # The layer is chosen when the first parallel function runs. Cached on disk after the
-    # first time, so this costs well under a second; a read-only install compiles it afresh.
-    try:
-        probe = numba.njit(parallel=True, cache=True)(count)
-    except RuntimeError:
-        probe = numba.njit(parallel=True)(count)
-    try:
-        probe(4)
-        in_use = numba.threading_layer()
-    except Exception as error:  # noqa: BLE001 - no threading layer at all is worth reporting
-        in_use = f"none usable ({error})"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
-        ("threading layer", f"{in_use} (configured: {configured}, NUMBA_THREADING_LAYER)"),
-        ("threads", f"{numba.get_num_threads()} (NUMBA_NUM_THREADS="
+        # pacarray's kernels run on its own pool of Python threads (docs/design.md section 6),
+        # not on Numba's threading layer, whose choice therefore does not matter here.
+        ("threads", f"{numba.get_num_threads()} (numba.get_num_threads(); NUMBA_NUM_THREADS="
                     f"{numba.config.NUMBA_NUM_THREADS}; {cpus} CPUs available)"),
-        ("Numba cache", _numba_cache_dir(probe.py_func)),
+        ("Numba cache", _numba_cache_dir(_numba_kernels.fill_kernel.py_func)),
     ]
 
 
@@ -1122,9 +1104,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=_run_crf, parser=sub)
 
     sub = _command(
-        commands, "info", help="versions, backends, Numba threads and cache",
+        commands, "info", help="versions, backends, threads and Numba cache",
         description="Print pacarray's version, the backends (NumPy always; CuPy and a GPU when "
-                    "present), Numba's version, threading layer, thread count and cache "
+                    "present), Numba's version, the thread count and the cache "
                     "directory, and the Python and NumPy versions.",
         epilog="example:\n  pacarray info",
     )

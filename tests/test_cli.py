@@ -216,7 +216,7 @@ def test_info(capsys):
     assert _run("info") == 0
     out = capsys.readouterr().out
     for field in ("pacarray", "Python", "NumPy", "Numba", "backend numpy", "backend cupy",
-                  "threading layer", "threads", "Numba cache"):
+                  "threads", "Numba cache"):
         assert f"\n{field} " in "\n" + out, field
     assert pacarray.__version__ in out
 

@@ -1,8 +1,9 @@
 """Concurrent calls from several Python threads, under every Numba threading layer present.
 
-Numba's ``workqueue`` layer aborts the process when two threads enter parallel kernels at once;
-pacarray must never crash its host program (README, "Threads"). Each layer runs in a fresh
-interpreter, because Numba fixes its layer for the life of the process.
+Numba's ``workqueue`` layer aborts the process when two threads enter parallel (``prange``)
+kernels at once; pacarray must never crash its host program (README, "Threads"). Its kernels
+run on its own thread pool instead (pacarray/_cpu/_parallel.py), so the layer must not matter:
+each runs in a fresh interpreter, because Numba fixes its layer for the life of the process.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _crf_kernels, _threads
+from . import _crf_kernels
 from . import _numba_kernels as nk
 from ._filters import bilateral, joint_upsample  # noqa: F401
 from ._inputs import (
@@ -247,13 +247,3 @@ def crf_softmax(logits):
 
 
 # --------------------------------------------------------------------------------------------
-# Thread safety: decided once, before the first parallel kernel runs (see _threads.py).
-
-_ENTRY_POINTS = (
-    "materialize_kernel", "pool", "conv", "kernel_backward", "pool_backward", "conv_backward",
-    "bilateral", "joint_upsample", "crf_add_messages", "crf_add_adjoint", "crf_step",
-    "crf_softmax", "crf_prepare", "crf_block_mean", "crf_upsample_add",
-)
-if _threads.configure():
-    for _name in _ENTRY_POINTS:
-        globals()[_name] = _threads.serialized(globals()[_name])

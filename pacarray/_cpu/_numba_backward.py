@@ -5,7 +5,7 @@ Every kernel walks output rows ``(n, oz, oy)``, recomputes that row's adaptive k
 buffers (``(Fk, T, Wo)``: never the whole K) and pushes the row's upstream gradient back to
 the inputs. The convolution's products with the weight matrix are formed here too, a block of
 patch rows at a time (several narrow output rows side by side, up to ``group_rows``), so no
-BLAS call competes with Numba's threads and nothing larger than a few rows is materialized.
+BLAS call competes with the kernels' threads and nothing larger than a few rows is materialized.
 
 Determinism without atomics. A row's gradient lands on the input rows its taps read (and, for
 the kernel, on the guide/mask rows of its taps and on its own centre row, which no other row

@@ -502,7 +502,7 @@ def conv_rows(
     The K-weighted patch rows of one output row are formed in a panel of up to
     :data:`_PANEL_BYTES` and folded into a ``(C_out, Wo)`` accumulator by the register-blocked
     tiles of :mod:`pacarray._cpu._microkernel`, so nothing larger than a few rows is ever
-    materialized and no BLAS call competes with Numba's threads (``docs/design.md`` §4). Each
+    materialized and no BLAS call competes with the kernels' threads (``docs/design.md`` §4). Each
     job takes :data:`_BAND` consecutive rows, so that its buffers are allocated once for them;
     this call runs the jobs ``job_start:job_stop`` of :func:`conv_jobs`.
     """
