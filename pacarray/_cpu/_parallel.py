@@ -8,12 +8,12 @@ chunks, one per thread, and runs them at once; a kernel whose jobs must not over
 (bands of two colours that write the same input rows) is called once per phase, each
 :func:`run` a barrier.
 
-Why not Numba's ``parallel=True`` and ``prange``: the parfor pass compiles the loop body a
-second time as a "gufunc" into which LLVM inlines and optimizes the whole kernel again, which
-made up about 40 % of the first-call compile time (``docs/design.md`` §8 has the numbers). A
-``nogil`` kernel is compiled once, and a thread pool costs a few tens of microseconds per call.
-The jobs and their order do not depend on the number of threads, so results are bit-identical
-for any thread count.
+Why not Numba's ``parallel=True`` and ``prange``: the parfor pass compiles the loop body a second
+time as a "gufunc" into which LLVM inlines and optimizes the whole kernel again, which made up a
+third of the first-call compile time, over half for some functions (``docs/design.md`` §8 has the
+numbers). A ``nogil`` kernel is compiled once, and a thread pool costs a few tens of microseconds
+per call. The jobs and their order do not depend on the number of threads, so results are
+bit-identical for any thread count.
 
 The number of threads is ``numba.get_num_threads()`` of the calling thread, so
 ``numba.set_num_threads(n)`` and ``NUMBA_NUM_THREADS`` keep their meaning (README, "Threads").
