@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -23,16 +24,23 @@ def _record(calls, first, stop):
     calls.append((threading.get_ident(), first, stop))
 
 
+@contextlib.contextmanager
+def _threads(count):
+    """``numba.set_num_threads(count)`` for the block, the previous count restored after it."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("jobs", [1, 2, 3, 7, 64])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_every_job_runs_exactly_once(jobs, threads):
     out = np.zeros(jobs, np.int64)
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
+    with _threads(min(threads, numba.config.NUMBA_NUM_THREADS)):
         _parallel.run(_count_jobs, jobs, out)
-    finally:
-        numba.set_num_threads(previous)
     assert out.tolist() == [1] * jobs
 
 
@@ -45,12 +53,8 @@ def test_no_jobs_calls_nothing():
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 def test_chunks_are_contiguous_and_run_on_several_threads():
     calls = []
-    previous = numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
+    with _threads(2):
         _parallel.run(_record, 9, calls)
-    finally:
-        numba.set_num_threads(previous)
     assert sorted((first, stop) for _, first, stop in calls) == [(0, 4), (4, 9)]
     assert len({ident for ident, _, _ in calls}) == 2
     assert threading.get_ident() in {ident for ident, _, _ in calls}
@@ -58,12 +62,8 @@ def test_chunks_are_contiguous_and_run_on_several_threads():
 
 def test_set_num_threads_of_the_calling_thread_is_obeyed():
     calls = []
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with _threads(1):
         _parallel.run(_record, 9, calls)
-    finally:
-        numba.set_num_threads(previous)
     assert calls == [(threading.get_ident(), 0, 9)]
 
 
@@ -78,15 +78,12 @@ def test_an_error_in_a_chunk_is_raised_after_every_chunk_finished():
         gate.wait(5)  # still running when chunk 0 has already failed
         finished.append((first, stop))
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(2)
     timer = threading.Timer(0.2, gate.set)
     timer.start()
     try:
-        with pytest.raises(ValueError, match="chunk 0 failed"):
+        with _threads(2), pytest.raises(ValueError, match="chunk 0 failed"):
             _parallel.run(kernel, 4)
     finally:
-        numba.set_num_threads(previous)
         timer.cancel()
     assert finished == [(2, 4)]
 

@@ -547,6 +547,17 @@ def _band_index(i, colour, colours):
 
 
 @njit(cache=True)
+def _band_of_job(job, out_d, out_h, band_depth, band_height, colour_z, colour, z_colours):
+    """Job ``job`` of one colour phase as ``(n, z_band, band)``: the jobs run over the batch,
+    then the depth bands of ``colour_z``, then the row bands of ``colour``."""
+    count = _band_count(out_h, band_height, colour)
+    per_batch = _bands(out_d, band_depth, colour_z, z_colours) * count
+    rest = job % per_batch
+    z_band = _band_index(rest // count, colour_z, z_colours)
+    return job // per_batch, z_band, 2 * (rest % count) + colour
+
+
+@njit(cache=True)
 def _span(transposed, tx, kw, sx, px, dw, in_w, out_w):
     """Pairs (output ox, input ix) of kernel column ``tx`` as arithmetic progressions.
 
@@ -705,14 +716,9 @@ def kernel_backward(
     ``(N, Do*Ho, Fk)``, ``grad_spatial_rows`` ``(N, Do*Ho, T)``.
     """
     batch, fk_count, taps, out_d, out_h, out_w = grad_kernel.shape
-    count_z = _bands(out_d, band_depth, colour_z, z_colours)
-    count = _band_count(out_h, band_height, colour)
-    per_batch = count_z * count
     for job in range(job_start, job_stop):
-        n = job // per_batch
-        rest = job % per_batch
-        z_band = _band_index(rest // count, colour_z, z_colours)
-        band = 2 * (rest % count) + colour
+        n, z_band, band = _band_of_job(job, out_d, out_h, band_depth, band_height, colour_z,
+                                       colour, z_colours)
         (kaps, powers, bases, kbufs, gks, zinvs, gz, gd2, rr, u, phases,
          grad_phases) = _kernel_row_buffers(1, fk_count, taps, out_w, guide.shape[1],
                                             ksx, guide_w, grad_kernel.dtype)
@@ -776,14 +782,9 @@ def direct_backward(
     kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
     taps = kd * kh * kw
     split = sx > 1 and not transposed
-    count_z = _bands(out_d, band_depth, colour_z, z_colours)
-    count = _band_count(out_h, band_height, colour)
-    per_batch = count_z * count
     for job in range(job_start, job_stop):
-        n = job // per_batch
-        rest = job % per_batch
-        z_band = _band_index(rest // count, colour_z, z_colours)
-        band = 2 * (rest % count) + colour
+        n, z_band, band = _band_of_job(job, out_d, out_h, band_depth, band_height, colour_z,
+                                       colour, z_colours)
         _direct_band(
             grad_y, x, tap_weight, explicit, use_explicit, guide, centre, guide_d,
             guide_h, guide_w, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz,
@@ -1311,15 +1312,9 @@ def conv_backward(
     module docstring). Other outputs as in :func:`direct_backward`.
     """
     out_d, out_h = grad_y.shape[2], grad_y.shape[3]
-    count_z = _bands(out_d, band_depth, colour_z, z_colours)
-    count = _band_count(out_h, band_height, colour)
-    per_batch = count_z * count
     for slot in range(job_start, job_stop):
-        job = first_job + slot
-        n = job // per_batch
-        rest = job % per_batch
-        z_band = _band_index(rest // count, colour_z, z_colours)
-        band = 2 * (rest % count) + colour
+        n, z_band, band = _band_of_job(first_job + slot, out_d, out_h, band_depth, band_height,
+                                       colour_z, colour, z_colours)
         _conv_band(
             grad_y, x, weight_t, explicit, use_explicit, guide, centre, guide_d,
             guide_h, guide_w, kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz,
