@@ -44,10 +44,10 @@ def _vector_bytes() -> int:
 VECTOR_BYTES = _vector_bytes()
 #: Vectors per accumulator row of the tile.
 TILE_VECTORS = 2
-#: Most output channels per tile: 6 rows of 2 vectors are 12 accumulator registers of the 16
-#: that AVX2 has, enough independent chains to cover the multiply-add latency on both FMA units
-#: (measured 0.74-0.86 of the FMA peak against 0.59-0.83 with 4 rows).
-TILE_ROWS = 6
+#: Most output channels per tile: with AVX2's 16 vector registers, 6 rows of 2 vectors are 12
+#: accumulators (enough independent chains to cover the multiply-add latency on both FMA units)
+#: beside the 2 products and the broadcast weight; AVX-512 has 32 registers, room for 12 rows.
+TILE_ROWS = 12 if VECTOR_BYTES == 64 else 6
 
 
 def tile_width(itemsize: int) -> int:
@@ -59,28 +59,34 @@ def _make_tile(rows: int):
     """The ``intrinsic`` for a tile of ``rows`` output channels (1 to :data:`TILE_ROWS`)."""
 
     @intrinsic
-    def tile(typingctx, acc, weights, panel, o, first, count, p):
-        """``acc[o+b, p:p+P] += sum_j weights[o+b, first+j] * panel[j, p:p+P]``, ``j < count``,
-        ``b < rows``. All three arrays 2-D and C-contiguous, of one float dtype; ``p + P`` may
-        not pass the rows of ``acc`` and ``panel``."""
-        for array in (acc, weights, panel):
-            if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"):
+    def tile(typingctx, acc, weights, kflat, xflat, k_off, x_off, o, w_start, count, p):
+        """``acc[o+b, p:p+P] = sum_{j<count} weights[w_start + j*rows + b] *
+        (kflat[k_off[j]+p : +P] * xflat[x_off[j]+p : +P])`` for ``b < rows``: the K-weighted
+        patch row ``j`` is formed in registers, never stored, and the block's weights are
+        packed step by step (one pointer walks them). ``acc`` 2-D, the others 1-D, all
+        C-contiguous, floats of one dtype; ``k_off``/``x_off`` integer offsets. Every
+        ``kflat``/``xflat`` element read must exist (the caller pads the rows)."""
+        if not (isinstance(acc, types.Array) and acc.ndim == 2 and acc.layout == "C"):
+            return None
+        for array in (weights, kflat, xflat, k_off, x_off):
+            if not (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"):
                 return None
-        if not (acc.dtype == weights.dtype == panel.dtype
+        if not (acc.dtype == weights.dtype == kflat.dtype == xflat.dtype
                 and isinstance(acc.dtype, types.Float)):
             return None
-        signature = types.void(acc, weights, panel, o, first, count, p)
+        if not (isinstance(k_off.dtype, types.Integer) and k_off.dtype == x_off.dtype):
+            return None
+        signature = types.void(acc, weights, kflat, xflat, k_off, x_off, o, w_start, count, p)
 
         def codegen(context, builder, sig, args):
-            acc_type, weights_type, panel_type = sig.args[:3]
-            acc_array = context.make_array(acc_type)(context, builder, args[0])
-            weights_array = context.make_array(weights_type)(context, builder, args[1])
-            panel_array = context.make_array(panel_type)(context, builder, args[2])
+            arrays = [context.make_array(array_type)(context, builder, value)
+                      for array_type, value in zip(sig.args[:6], args[:6])]
+            acc_array, weights_array, k_array, x_array, k_off_array, x_off_array = arrays
             intp = context.get_value_type(types.intp)
-            o_value, first_value, count_value, p_value = (
+            o_value, w_value, count_value, p_value = (
                 context.cast(builder, value, from_type, types.intp)
-                for value, from_type in zip(args[3:], sig.args[3:]))
-            element = context.get_value_type(acc_type.dtype)
+                for value, from_type in zip(args[6:], sig.args[6:]))
+            element = context.get_value_type(acc.dtype)
             width = VECTOR_BYTES // context.get_abi_sizeof(element)
             vector = ir.VectorType(element, width)
             align = context.get_abi_sizeof(element)
@@ -88,46 +94,50 @@ def _make_tile(rows: int):
                 builder.module, ir.FunctionType(vector, [vector, vector, vector]),
                 f"llvm.fmuladd.v{width}{'f32' if align == 4 else 'f64'}")
 
-            def pointer(array, array_type, row, column):
+            def pointer2(array, array_type, row, column):
                 shape = cgutils.unpack_tuple(builder, array.shape, 2)
                 strides = cgutils.unpack_tuple(builder, array.strides, 2)
-                item = cgutils.get_item_pointer2(context, builder, array.data, shape, strides,
+                return cgutils.get_item_pointer2(context, builder, array.data, shape, strides,
                                                  array_type.layout, [row, column])
-                return item
 
             def vector_at(item, offset):
                 moved = builder.gep(item, [ir.Constant(intp, offset * width)])
                 return builder.bitcast(moved, vector.as_pointer())
 
+            def offset_at(array, index):
+                value = builder.load(builder.gep(array.data, [index]))
+                return context.cast(builder, value, k_off.dtype, types.intp)
+
             zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
             slots = []
-            for b in range(rows):
-                row = builder.add(o_value, ir.Constant(intp, b))
-                item = pointer(acc_array, acc_type, row, p_value)
-                for v in range(TILE_VECTORS):
-                    slot = cgutils.alloca_once(builder, vector)
-                    builder.store(builder.load(vector_at(item, v), align=align), slot)
-                    slots.append(slot)
+            for _ in range(rows * TILE_VECTORS):
+                slot = cgutils.alloca_once(builder, vector)
+                builder.store(ir.Constant(vector, None), slot)
+                slots.append(slot)
             with cgutils.for_range(builder, count_value) as loop:
                 j = loop.index
-                panel_item = pointer(panel_array, panel_type, j, p_value)
-                values = [builder.load(vector_at(panel_item, v), align=align)
-                          for v in range(TILE_VECTORS)]
-                column = builder.add(first_value, j)
+                k_item = builder.gep(k_array.data,
+                                     [builder.add(offset_at(k_off_array, j), p_value)])
+                x_item = builder.gep(x_array.data,
+                                     [builder.add(offset_at(x_off_array, j), p_value)])
+                products = [builder.fmul(builder.load(vector_at(k_item, v), align=align),
+                                         builder.load(vector_at(x_item, v), align=align))
+                            for v in range(TILE_VECTORS)]
+                w_item = builder.gep(weights_array.data, [
+                    builder.add(w_value, builder.mul(j, ir.Constant(intp, rows)))])
                 for b in range(rows):
-                    row = builder.add(o_value, ir.Constant(intp, b))
-                    w = builder.load(pointer(weights_array, weights_type, row, column))
+                    w = builder.load(builder.gep(w_item, [ir.Constant(intp, b)]))
                     splat = builder.insert_element(ir.Constant(vector, ir.Undefined), w,
                                                    ir.Constant(ir.IntType(32), 0))
                     splat = builder.shuffle_vector(splat, ir.Constant(vector, ir.Undefined),
                                                    zero_mask)
                     for v in range(TILE_VECTORS):
                         slot = slots[b * TILE_VECTORS + v]
-                        builder.store(builder.call(fmuladd, [splat, values[v],
+                        builder.store(builder.call(fmuladd, [splat, products[v],
                                                              builder.load(slot)]), slot)
             for b in range(rows):
                 row = builder.add(o_value, ir.Constant(intp, b))
-                item = pointer(acc_array, acc_type, row, p_value)
+                item = pointer2(acc_array, sig.args[0], row, p_value)
                 for v in range(TILE_VECTORS):
                     builder.store(builder.load(slots[b * TILE_VECTORS + v]), vector_at(item, v),
                                   align=align)
@@ -144,3 +154,9 @@ tile3 = _make_tile(3)
 tile4 = _make_tile(4)
 tile5 = _make_tile(5)
 tile6 = _make_tile(6)
+tile7 = _make_tile(7)
+tile8 = _make_tile(8)
+tile9 = _make_tile(9)
+tile10 = _make_tile(10)
+tile11 = _make_tile(11)
+tile12 = _make_tile(12)

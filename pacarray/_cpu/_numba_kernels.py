@@ -43,6 +43,12 @@ from ._microkernel import (
     tile4,
     tile5,
     tile6,
+    tile7,
+    tile8,
+    tile9,
+    tile10,
+    tile11,
+    tile12,
 )
 
 
@@ -383,12 +389,6 @@ def direct(
                 y[n, c, oz, oy, ox] = scratch[ox]
 
 
-#: Most bytes of K-weighted patch rows (the panel) per accumulation: large enough that the
-#: accumulator tiles are loaded and stored once per 100-250 rows (16 rows per tile reached
-#: 0.59-0.76 of the FMA peak, 128 and more 0.73-0.86), small enough to stay in L2 with the rest.
-_PANEL_BYTES = 128 * 1024
-#: Fewest panel rows, whatever the width.
-_PANEL_MIN_ROWS = 16
 #: Output rows per parallel job (their buffers are allocated once).
 _BAND = 4
 
@@ -414,36 +414,6 @@ def _row_source(x_row, phases, stride, base):
 
 
 @njit(cache=True)
-def _fill_forward(panel, f, kbuf, kc, t, x, n, c, iz, iy, phases, base, stride, in_w, out_w):
-    """``panel[f, o] = kbuf[kc, t, o] * x[n, c, iz, iy, o*stride + base]`` for ``o < out_w``
-    where that index is in range, else 0 (``phases``: the row deinterleaved when
-    ``stride > 1``).
-
-    Indexed directly rather than through row views, each of which updates a reference count
-    (B-conv16's 402 k rows: 4.5 ms instead of 5.8 ms on one core). The column offsets are
-    unsigned so that Numba emits no negative-index wraparound, which kept the loop from
-    vectorizing (about 10x slower).
-    """
-    lo, hi = _tap_range(base, stride, 0, in_w, out_w)
-    for j in range(lo):
-        panel[f, np.uint64(j)] = 0.0
-    first = np.uint64(lo)
-    if stride == 1:
-        source = np.uint64(lo + base)
-        for j in range(hi - lo):
-            u = np.uint64(j)
-            panel[f, first + u] = kbuf[kc, t, first + u] * x[n, c, iz, iy, source + u]
-    else:
-        phase = base % stride
-        source = np.uint64(lo + (base - phase) // stride)
-        for j in range(hi - lo):
-            u = np.uint64(j)
-            panel[f, first + u] = kbuf[kc, t, first + u] * phases[phase, source + u]
-    for j in range(hi, out_w):
-        panel[f, np.uint64(j)] = 0.0
-
-
-@njit(cache=True)
 def _accumulate_forward(acc, weight, k_row, x_row, phases, base, stride, in_w):
     """``acc[o] += weight * k_row[o] * x_row[o*stride + base]`` where that index is in range."""
     lo, hi = _tap_range(base, stride, 0, in_w, acc.shape[0])
@@ -456,33 +426,117 @@ def _accumulate_forward(acc, weight, k_row, x_row, phases, base, stride, in_w):
 
 
 @njit(cache=True)
-def _accumulate_panel(acc, weight_matrix, panel, first, count):
-    """``acc += weight_matrix[:, first:first + count] @ panel[:count]``, register-blocked.
+def _tile_blocks(out_channels):
+    """Start of each block of output channels, and the end: blocks of :data:`TILE_ROWS` and
+    the rest (every tile size from 1 row to 12 measured at 85-100 % of one core's FMA peak with
+    16 input channels and k = 5, except 1 and 2, which are bound by the loads of K and x)."""
+    blocks = (out_channels + TILE_ROWS - 1) // TILE_ROWS
+    starts = np.empty(blocks + 1, np.intp)
+    for block in range(blocks):
+        starts[block] = block * TILE_ROWS
+    starts[blocks] = out_channels
+    return starts
 
-    Tiles of :data:`TILE_ROWS` output channels by :func:`tile_width` pixels (``acc`` and
-    ``panel`` rows are a whole number of tiles wide); each output sums its products in order.
+
+@njit(cache=True)
+def _pack_weights(weight_matrix, starts, packed):
+    """``packed[starts[b]*J + j*rows + r] = weight_matrix[starts[b] + r, j]`` (``rows`` of block
+    ``b``): each block's weights in the order its tile reads them."""
+    total = weight_matrix.shape[1]
+    for block in range(starts.shape[0] - 1):
+        o = starts[block]
+        rows = starts[block + 1] - o
+        for j in range(total):
+            for r in range(rows):
+                packed[o * total + j * rows + r] = weight_matrix[o + r, j]
+
+
+@njit(cache=True)
+def _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off):
+    """``acc[o, p] = sum_j weight_matrix[o, j] * kflat[k_off[j] + p] * xflat[x_off[j] + p]``,
+    register-blocked (:mod:`pacarray._cpu._microkernel`), with the weights packed by
+    :func:`_pack_weights` for the blocks ``starts`` of :func:`_tile_blocks`.
+
+    Each block of output channels is swept over tiles of ``TILE_VECTORS`` vectors of pixels
+    (``acc`` rows are a whole number of tiles wide); each output sums its products in order.
     """
-    out_channels, width = acc.shape
+    width = acc.shape[1]
+    count = k_off.shape[0]
     step = TILE_VECTORS * VECTOR_BYTES // acc.itemsize
-    o = 0
-    while o + TILE_ROWS <= out_channels:
+    for block in range(starts.shape[0] - 1):
+        o = starts[block]
+        rows = starts[block + 1] - o
+        w = o * count
         for p in range(0, width, step):
-            tile6(acc, weight_matrix, panel, o, first, count, p)
-        o += TILE_ROWS
-    rest = out_channels - o
-    if rest == 0:
+            if rows == 1:
+                tile1(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 2:
+                tile2(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 3:
+                tile3(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 4:
+                tile4(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 5:
+                tile5(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 6 or TILE_ROWS == 6:
+                tile6(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 7:
+                tile7(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 8:
+                tile8(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 9:
+                tile9(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 10:
+                tile10(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 11:
+                tile11(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            else:
+                tile12(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+
+
+@njit(cache=True)
+def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transposed):
+    """Input row ``x[n, c, iz, iy]`` laid out for the tiles in ``dst[start:start +
+    phases*row_len]``: zero-padded, so that tap reads never leave it, and unit stride in the
+    output pixel; all zero when ``iy < 0`` (no source row).
+
+    Forward (``phases == stride``): ``dst[start + r*row_len + m] = x[..., m*stride + r -
+    shift]``. Transposed (one phase): the row with ``stride - 1`` zeros between its elements,
+    ``dst[start + m] = x[..., i]`` where ``m == i*stride + shift``. Zero where no element
+    falls. Indexed directly, with unsigned offsets in the common case (no row views, whose
+    reference counts cost more than the copy; no negative-index wraparound, which keeps loops
+    from vectorizing).
+    """
+    width = x.shape[4]
+    base = np.uint64(start)
+    if iy >= 0 and stride == 1 and not transposed:
+        lo = min(max(shift, 0), row_len)
+        hi = max(min(width + shift, row_len), lo)
+        for m in range(lo):
+            dst[base + np.uint64(m)] = 0.0
+        into = base + np.uint64(lo)
+        source = np.uint64(lo - shift)
+        for j in range(hi - lo):
+            u = np.uint64(j)
+            dst[into + u] = x[n, c, iz, iy, source + u]
+        for m in range(hi, row_len):
+            dst[base + np.uint64(m)] = 0.0
         return
-    for p in range(0, width, step):
-        if rest == 1:
-            tile1(acc, weight_matrix, panel, o, first, count, p)
-        elif rest == 2:
-            tile2(acc, weight_matrix, panel, o, first, count, p)
-        elif rest == 3:
-            tile3(acc, weight_matrix, panel, o, first, count, p)
-        elif rest == 4:
-            tile4(acc, weight_matrix, panel, o, first, count, p)
-        else:
-            tile5(acc, weight_matrix, panel, o, first, count, p)
+    for m in range(phases * row_len):
+        dst[base + np.uint64(m)] = 0.0
+    if iy < 0:
+        return
+    if transposed:
+        for i in range(width):
+            m = i * stride + shift
+            if m >= 0 and m < row_len:
+                dst[base + np.uint64(m)] = x[n, c, iz, iy, np.uint64(i)]
+    else:
+        for r in range(stride):
+            for m in range(row_len):
+                i = m * stride + r - shift
+                if i >= 0 and i < width:
+                    dst[base + np.uint64(r * row_len + m)] = x[n, c, iz, iy, np.uint64(i)]
 
 
 def conv_jobs(rows: int) -> int:
@@ -499,12 +553,16 @@ def conv_rows(
 ):
     """``y[n,o,row] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,row] x[n,c,src]``, row by row.
 
-    The K-weighted patch rows of one output row are formed in a panel of up to
-    :data:`_PANEL_BYTES` and folded into a ``(C_out, Wo)`` accumulator by the register-blocked
-    tiles of :mod:`pacarray._cpu._microkernel`, so nothing larger than a few rows is ever
-    materialized and no BLAS call competes with the kernels' threads (``docs/design.md`` §4). Each
-    job takes :data:`_BAND` consecutive rows, so that its buffers are allocated once for them;
-    this call runs the jobs ``job_start:job_stop`` of :func:`conv_jobs`.
+    Per output row: its adaptive kernel K into ``kbuf`` (``(Fk, T, width)``), the ``C*kd*kh``
+    input rows it reads into ``xrows``, zero-padded and de-interleaved by the stride (zero rows
+    where the source row is out of range; for transposed ops the rows with ``stride - 1`` zeros
+    inserted), and a table of where reduction step ``j = c*T + t`` finds its K row and its
+    input row. The register-blocked tiles of :mod:`pacarray._cpu._microkernel` then form each
+    K-weighted patch row ``K * x`` in registers and fold it into the ``(C_out, width)``
+    accumulator: nothing of the size of the patch matrix is ever stored, and no BLAS call
+    competes with the kernels' threads (``docs/design.md`` §4). Each job takes :data:`_BAND`
+    consecutive rows, so that its buffers are allocated once for them; this call runs the jobs
+    ``job_start:job_stop`` of :func:`conv_jobs`.
     """
     batch, channels, in_d, in_h, in_w = x.shape
     out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
@@ -513,18 +571,36 @@ def conv_rows(
     rows = out_d * out_h
     step = TILE_VECTORS * VECTOR_BYTES // y.itemsize
     width = (out_w + step - 1) // step * step
-    # equal chunks of the reduction (400 rows as 4 x 100, not 3 x 128 + 16: a short chunk
-    # loads and stores the accumulators as often for a fraction of the multiply-adds)
-    chunks = -(-total // max(_PANEL_MIN_ROWS, _PANEL_BYTES // (width * y.itemsize)))
-    panel_rows = -(-total // chunks)
+    # the padded input rows: the tile for tap tx at output pixel o reads phase (tx*dw) % phases
+    # at o + (tx*dw) // phases
+    if transposed:
+        phases = 1
+        shift = (kw - 1) * dw - px
+    else:
+        phases = sx
+        shift = px
+    row_len = width + ((kw - 1) * dw) // phases
+    block = phases * row_len
     for band in range(job_start, job_stop):
-        kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
+        kflat = aligned_empty((fk_count * taps * width,), y.dtype)
+        kflat[:] = 0.0  # pixels past the row: the tiles read them, the outputs skip them
+        kbuf = kflat.reshape((fk_count, taps, width))
         z = aligned_empty((fk_count, out_w), y.dtype)
         scratch = aligned_empty((out_w,), y.dtype)
         acc = aligned_empty((out_channels, width), y.dtype)
-        panel = aligned_empty((panel_rows, width), y.dtype)
-        panel[:, out_w:] = 0.0  # pixels past the row: the tiles read them, outputs skip them
-        phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
+        xflat = aligned_empty((channels * kd * kh * block,), y.dtype)
+        starts = _tile_blocks(out_channels)
+        packed = np.empty(out_channels * total, y.dtype)
+        _pack_weights(weight_matrix, starts, packed)
+        k_off = np.empty(total, np.intp)
+        x_off = np.empty(total, np.intp)
+        for c in range(channels):
+            kc = c if fk_count > 1 else 0
+            for t in range(taps):
+                k_off[c * taps + t] = (kc * taps + t) * width
+                tx = t % kw
+                x_off[c * taps + t] = ((c * kd * kh + t // kw) * block
+                                       + (tx * dw) % phases * row_len + (tx * dw) // phases)
         for job in range(band * _BAND, min(batch * rows, (band + 1) * _BAND)):
             n = job // rows
             oz = job % rows // out_h
@@ -534,37 +610,16 @@ def conv_rows(
                 guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha,
                 lam, eps2, spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch,
             )
-            acc[:] = 0.0
-            filled = 0
-            first = 0
             for c in range(channels):
-                kc = c if fk_count > 1 else 0
                 for tz in range(kd):
                     iz = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
                     for ty in range(kh):
                         iy = -1
                         if iz >= 0:
                             iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                        if iy >= 0 and sx > 1 and not transposed:
-                            _deinterleave(x[n, c, iz, iy], sx, phases)
-                        for tx in range(kw):
-                            t = (tz * kh + ty) * kw + tx
-                            if iy < 0:
-                                for ox in range(out_w):
-                                    panel[filled, ox] = 0.0
-                            elif transposed:
-                                for ox in range(out_w):
-                                    ix = _source_index(ox, tx, kw, sx, px, dw, in_w, True)
-                                    panel[filled, ox] = (kbuf[kc, t, ox] * x[n, c, iz, iy, ix]
-                                                         if ix >= 0 else 0.0)
-                            else:
-                                _fill_forward(panel, filled, kbuf, kc, t, x, n, c, iz, iy,
-                                              phases, tx * dw - px, sx, in_w, out_w)
-                            filled += 1
-                            if filled == panel_rows or first + filled == total:
-                                _accumulate_panel(acc, weight_matrix, panel, first, filled)
-                                first += filled
-                                filled = 0
+                        _pad_row(x, n, c, iz, iy, xflat, (c * kd * kh + tz * kh + ty) * block,
+                                 row_len, phases, sx, shift, transposed)
+            _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
             for o in range(out_channels):
                 for ox in range(out_w):
                     y[n, o, oz, oy, ox] = acc[o, ox]
