@@ -82,7 +82,7 @@ def conv(x, weight_matrix, spec, geometry, k_stride, k_padding, out_shape):
     stride, padding, dilation = _geometry3(geometry)
     run(
         nk.conv_rows, nk.conv_jobs(x.shape[0] * y.shape[2] * y.shape[3]),
-        frozen(lifted(x, 2, rank)), frozen(weight_matrix), explicit, use_explicit,
+        frozen(lifted(x, 2, rank)), *nk.pack_weights(weight_matrix), explicit, use_explicit,
         *features(spec), *guide_shape3(spec), *lift_tuple(geometry.kernel_size, 1), *stride,
         *padding, *dilation, *lift_tuple(k_stride, 1), *lift_tuple(k_padding, 0),
         geometry.transposed, *kernel_args(spec), spec.fk_count, y,

@@ -270,3 +270,40 @@ def _exp2_nonpositive_overload(t):
         return p * _float_of(np.int32(_bits_of(s) << 23))
 
     return impl32
+
+
+def gaussian_weight(d2, g):
+    """``exp(-d2 / 2) * g``: the Gaussian family's tap weight (``d2 >= 0``, ``g`` the spatial
+    weight), in the dtype of ``d2``.
+
+    float32: ``2**(-d2 * log2(e) / 2)`` by :func:`exp2_nonpositive` in float32 (16 values per
+    AVX-512 vector, 12 vector operations each, about a third of the time of the float64
+    evaluation that it replaced; largest relative error about 2 float32 eps plus the rounding of
+    the argument, ``|x| * 6e-8`` at ``x = -d2/2``); exactly 0 for ``d2 > 138``. float64:
+    :func:`exp_nonpositive`, exactly 0 for ``d2 > 1200``. NaN propagates.
+
+    Examples
+    --------
+    >>> float(gaussian_weight(np.float32(0.0), np.float32(0.5)))
+    0.5
+    """
+    d2 = np.asarray(d2)
+    return (exp_nonpositive(-0.5 * d2) * g)[()]
+
+
+@overload(gaussian_weight, jit_options={"fastmath": {"contract"}})
+def _gaussian_weight_overload(d2, g):
+    if d2 == types.float32:
+        scale = np.float32(-0.5 * _LOG2E)
+
+        def impl32(d2, g):
+            return exp2_nonpositive(scale * d2) * g
+
+        return impl32
+    if d2 != types.float64:
+        return None
+
+    def impl64(d2, g):
+        return exp_nonpositive(-0.5 * d2) * g
+
+    return impl64

@@ -32,7 +32,7 @@ from .._codes import (  # noqa: F401 (FAMILY_INVERSE: every code importable from
     NORMALIZE_MASK_KERNEL,
     NORMALIZE_NONE,
 )
-from ._exp import exp_nonpositive
+from ._exp import gaussian_weight
 from ._microkernel import (
     TILE_ROWS,
     TILE_VECTORS,
@@ -95,28 +95,90 @@ def _tap_range(taps_offset, stride, padding, size_in, size_out):
 
 @njit(cache=True, fastmath={"contract"})
 def _gaussian_of_d2(out_row, d2, lo, hi, g):
-    """``out_row[lo:hi] = exp(-d2/2) * g``, vectorized (see :mod:`pacarray._cpu._exp`).
-
-    Evaluated in float64 for both dtypes, so that for float32 output the product with ``g`` is
-    rounded once; float32 output asks for the shorter polynomial that its precision needs. NaN
-    propagates; ``d2 > 1200`` gives exactly 0.
-    """
+    """``out_row[lo:hi] = exp(-d2/2) * g`` by :func:`pacarray._cpu._exp.gaussian_weight`
+    (vectorized; float32 in float32). NaN propagates."""
     src = d2[lo:hi]
     dst = out_row[lo:hi]
     for j in range(hi - lo):
-        dst[j] = exp_nonpositive(-0.5 * np.float64(src[j]), out_row.dtype) * g
+        dst[j] = gaussian_weight(src[j], g)
 
 
-@njit(cache=True)
-def _finish_kernel(out_row, d2, lo, hi, family, alpha, lam, eps2, g):
-    """``out_row[lo:hi] = kappa(d2) * g`` for the Gaussian or inverse-power family."""
+@njit(cache=True, fastmath={"contract"})
+def _finish_kernel(out, fk, t, d2, lo, hi, family, alpha, lam, eps2, g):
+    """``out[fk, t, lo:hi] = kappa(d2[lo:hi]) * g`` for the Gaussian or inverse-power family
+    (the Gaussian as :func:`_gaussian_of_d2`)."""
+    first = np.uint64(lo)
     if family == FAMILY_GAUSSIAN:
-        _gaussian_of_d2(out_row, d2, lo, hi, g)
+        for j in range(hi - lo):
+            u = first + np.uint64(j)
+            out[fk, t, u] = gaussian_weight(d2[u], g)
     else:
         half_power = d2.dtype.type(0.5) * lam
         eps2_typed = d2.dtype.type(eps2)
-        for ox in range(lo, hi):
-            out_row[ox] = (alpha + (d2[ox] + eps2_typed) ** half_power) * g
+        for j in range(hi - lo):
+            u = first + np.uint64(j)
+            out[fk, t, u] = (alpha + (d2[u] + eps2_typed) ** half_power) * g
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def _tap_kernel(guide, centre, n, fk_count, features, cz, cy, centre_off, qz, qy, tx, t, lo, hi,
+                limit, ksx, kpx, dw, family, alpha, lam, eps2, g, channel_wise, out, scratch):
+    """Tap ``t`` of :func:`kernel_row` at the outputs ``[lo, hi)`` whose neighbour is in range
+    (``hi > lo``). The shared-kernel Gaussian evaluates its exponential over ``[lo, hi)``
+    widened to whole vectors within ``[0, limit)`` (zero distance on the extra pixels, which the
+    caller zeroes afterwards): a short row's remainder loop ran scalar, at 2-3x the cost per
+    value."""
+    zero = out.dtype.type(0.0)
+    first = np.uint64(lo)
+    if family == FAMILY_CONSTANT:
+        for fk in range(fk_count):
+            for j in range(hi - lo):
+                out[fk, t, first + np.uint64(j)] = g
+    elif channel_wise:
+        for fk in range(fk_count):
+            for ox in range(lo, hi):
+                diff = (centre[n, fk, cz, cy, np.uint64(ox * ksx + centre_off)]
+                        - guide[n, fk, qz, qy, np.uint64(ox * ksx + tx * dw - kpx)])
+                if family == FAMILY_INVERSE_ASYMMETRIC:
+                    diff = zero if diff < zero else diff
+                scratch[np.uint64(ox)] = diff * diff
+            _finish_kernel(out, fk, t, scratch, lo, hi, family, alpha[fk], lam[fk], eps2, g)
+    else:
+        wide_lo, wide_hi = lo, hi
+        if family == FAMILY_GAUSSIAN:
+            wide_lo = lo - lo % _LANES
+            wide_hi = min(hi + (-hi) % _LANES, limit)
+        for j in range(wide_hi - wide_lo):
+            scratch[np.uint64(wide_lo + j)] = 0.0
+        for f in range(features):
+            if ksx == 1:
+                # unit stride: contiguous rows, so the loop vectorizes
+                c_first = np.uint64(centre_off + lo)
+                g_first = np.uint64(tx * dw - kpx + lo)
+                for j in range(hi - lo):
+                    u = np.uint64(j)
+                    diff = centre[n, f, cz, cy, c_first + u] - guide[n, f, qz, qy, g_first + u]
+                    if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
+                        diff = zero
+                    scratch[first + u] += diff * diff
+            else:
+                for ox in range(lo, hi):
+                    diff = (centre[n, f, cz, cy, np.uint64(ox * ksx + centre_off)]
+                            - guide[n, f, qz, qy, np.uint64(ox * ksx + tx * dw - kpx)])
+                    if family == FAMILY_INVERSE_ASYMMETRIC:
+                        diff = zero if diff < zero else diff
+                    scratch[np.uint64(ox)] += diff * diff
+        _finish_kernel(out, 0, t, scratch, wide_lo, wide_hi, family, alpha[0], lam[0], eps2, g)
+
+
+#: Pixels of the widest vector of float32: the unit in which the Gaussian's exponential runs.
+_LANES = VECTOR_BYTES // 4
+
+
+@njit(cache=True)
+def _whole_vectors(count):
+    """``count`` rounded up to whole :data:`_LANES` (the width of the kernels' row buffers)."""
+    return (count + _LANES - 1) // _LANES * _LANES
 
 
 @njit(cache=True)
@@ -126,14 +188,18 @@ def kernel_row(
     channel_wise, out, z, scratch,
 ):
     """Normalized adaptive kernel of output row ``(oz, oy)`` of batch ``n`` into
-    ``out[Fk, T, Wo]``.
+    ``out[Fk, T, :Wo]``.
 
     ``z[Fk, Wo]`` receives the normalizer (1 when ``normalize == 0``); taps whose neighbour is out
-    of range are 0. ``scratch`` is a ``(Wo,)`` work buffer.
+    of range are 0. ``scratch`` is a ``(Wo,)`` work buffer. Every array is indexed directly,
+    the pixel with an unsigned offset: row views update reference counts, and signed indices
+    bring a negative-index wraparound that keeps the loops from vectorizing (together 3-5x the
+    time of the arithmetic).
     """
     fk_count = out.shape[0]
     features = guide.shape[1]
-    zero = out.dtype.type(0.0)
+    # taps are written over [0, limit): the pixels past out_w too where the buffers have them
+    limit = min(out.shape[2], scratch.shape[0])
     cz = oz * ksz - kpz + dd * ((kd - 1) // 2)
     cy = oy * ksy - kpy + dh * ((kh - 1) // 2)
     centre_off = dw * ((kw - 1) // 2) - kpx
@@ -145,58 +211,23 @@ def kernel_row(
             row_ok = plane_ok and qy >= 0 and qy < guide_h
             for tx in range(kw):
                 t = (tz * kh + ty) * kw + tx
+                lo, hi = 0, 0
+                if row_ok:
+                    lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
+                if hi > lo:
+                    _tap_kernel(guide, centre, n, fk_count, features, cz, cy, centre_off, qz,
+                                qy, tx, t, lo, hi, limit, ksx, kpx, dw, family, alpha, lam,
+                                eps2, spatial[t], channel_wise, out, scratch)
                 for fk in range(fk_count):
-                    for ox in range(out_w):
-                        out[fk, t, ox] = 0.0
-                if not row_ok:
-                    continue
-                lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
-                g = spatial[t]
-                if family == FAMILY_CONSTANT:
-                    for fk in range(fk_count):
-                        for ox in range(lo, hi):
-                            out[fk, t, ox] = g
-                elif channel_wise:
-                    for fk in range(fk_count):
-                        centre_row = centre[n, fk, cz, cy]
-                        guide_row = guide[n, fk, qz, qy]
-                        for ox in range(lo, hi):
-                            diff = (centre_row[ox * ksx + centre_off]
-                                    - guide_row[ox * ksx + tx * dw - kpx])
-                            if family == FAMILY_INVERSE_ASYMMETRIC:
-                                diff = zero if diff < zero else diff
-                            scratch[ox] = diff * diff
-                        _finish_kernel(out[fk, t], scratch, lo, hi, family, alpha[fk], lam[fk],
-                                       eps2, g)
-                else:
-                    for ox in range(lo, hi):
-                        scratch[ox] = 0.0
-                    for f in range(features):
-                        centre_row = centre[n, f, cz, cy]
-                        guide_row = guide[n, f, qz, qy]
-                        if ksx == 1:
-                            # unit stride: contiguous rows, so the loop vectorizes
-                            c_row = centre_row[centre_off + lo:]
-                            g_row = guide_row[tx * dw - kpx + lo:]
-                            d2_row = scratch[lo:]
-                            for j in range(hi - lo):
-                                diff = c_row[j] - g_row[j]
-                                if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
-                                    diff = zero
-                                d2_row[j] += diff * diff
-                        else:
-                            for ox in range(lo, hi):
-                                diff = (centre_row[ox * ksx + centre_off]
-                                        - guide_row[ox * ksx + tx * dw - kpx])
-                                if family == FAMILY_INVERSE_ASYMMETRIC:
-                                    diff = zero if diff < zero else diff
-                                scratch[ox] += diff * diff
-                    _finish_kernel(out[0, t], scratch, lo, hi, family, alpha[0], lam[0], eps2, g)
+                    for ox in range(min(lo, limit)):
+                        out[fk, t, np.uint64(ox)] = 0.0
+                    for ox in range(hi, limit):
+                        out[fk, t, np.uint64(ox)] = 0.0
 
     if normalize == NORMALIZE_NONE:
         for fk in range(fk_count):
             for ox in range(out_w):
-                z[fk, ox] = 1.0
+                z[fk, np.uint64(ox)] = 1.0
         if has_mask:
             _apply_mask(out, mask, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
                         ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw)
@@ -204,7 +235,7 @@ def kernel_row(
 
     for fk in range(fk_count):
         for ox in range(out_w):
-            z[fk, ox] = 0.0
+            z[fk, np.uint64(ox)] = 0.0
     for tz in range(kd):
         qz = oz * ksz - kpz + tz * dd
         if qz < 0 or qz >= guide_d:
@@ -217,26 +248,34 @@ def kernel_row(
                 t = (tz * kh + ty) * kw + tx
                 lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
                 for fk in range(fk_count):
+                    if not has_mask:
+                        # m = 1: z += K (kernel, mask_kernel: 1*K is K) or z += 1 (mask)
+                        for ox in range(lo, hi):
+                            u = np.uint64(ox)
+                            if normalize == NORMALIZE_MASK:
+                                z[fk, u] += 1.0
+                            else:
+                                z[fk, u] += out[fk, t, u]
+                        continue
                     for ox in range(lo, hi):
-                        k_value = out[fk, t, ox]
-                        m = 1.0
-                        if has_mask:
-                            m = mask[n, qz, qy, ox * ksx - kpx + tx * dw]
+                        u = np.uint64(ox)
+                        k_value = out[fk, t, u]
+                        m = mask[n, qz, qy, np.uint64(ox * ksx - kpx + tx * dw)]
                         if normalize == NORMALIZE_KERNEL:
-                            z[fk, ox] += k_value
+                            z[fk, u] += k_value
                         elif normalize == NORMALIZE_MASK:
-                            z[fk, ox] += m
+                            z[fk, u] += m
                         else:
-                            z[fk, ox] += m * k_value
-                        if has_mask:
-                            out[fk, t, ox] = k_value * m
+                            z[fk, u] += m * k_value
+                        out[fk, t, u] = k_value * m
     for fk in range(fk_count):
         for ox in range(out_w):
-            zv = z[fk, ox]
-            scratch[ox] = 0.0 if zv == 0.0 else 1.0 / zv
+            zv = z[fk, np.uint64(ox)]
+            scratch[np.uint64(ox)] = 0.0 if zv == 0.0 else 1.0 / zv
         for t in range(kd * kh * kw):
             for ox in range(out_w):
-                out[fk, t, ox] *= scratch[ox]
+                u = np.uint64(ox)
+                out[fk, t, u] *= scratch[u]
 
 
 @njit(cache=True)
@@ -255,7 +294,8 @@ def _apply_mask(out, mask, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, 
                 lo, hi = _tap_range(tx * dw, ksx, kpx, guide_w, out_w)
                 for fk in range(out.shape[0]):
                     for ox in range(lo, hi):
-                        out[fk, t, ox] *= mask[n, qz, qy, ox * ksx - kpx + tx * dw]
+                        out[fk, t, np.uint64(ox)] *= mask[n, qz, qy,
+                                                          np.uint64(ox * ksx - kpx + tx * dw)]
 
 
 @njit(cache=True)
@@ -270,7 +310,8 @@ def _row_kernel(
         for fk in range(kbuf.shape[0]):
             for t in range(kbuf.shape[1]):
                 for ox in range(out_w):
-                    kbuf[fk, t, ox] = explicit[n, fk, t, oz, oy, ox]
+                    u = np.uint64(ox)
+                    kbuf[fk, t, u] = explicit[n, fk, t, oz, oy, u]
     else:
         kernel_row(
             guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
@@ -290,13 +331,13 @@ def fill_kernel(
     :func:`pacarray._cpu._parallel.run`)."""
     batch, fk_count, taps, out_d, out_h, out_w = out.shape
     rows = out_d * out_h
+    kbuf = aligned_empty((fk_count, taps, _whole_vectors(out_w)), out.dtype)
+    z = aligned_empty((fk_count, out_w), out.dtype)
+    scratch = aligned_empty((_whole_vectors(out_w),), out.dtype)
     for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
-        kbuf = aligned_empty((fk_count, taps, out_w), out.dtype)
-        z = aligned_empty((fk_count, out_w), out.dtype)
-        scratch = aligned_empty((out_w,), out.dtype)
         kernel_row(
             guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
             ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
@@ -305,9 +346,11 @@ def fill_kernel(
         for fk in range(fk_count):
             for t in range(taps):
                 for ox in range(out_w):
-                    out[n, fk, t, oz, oy, ox] = kbuf[fk, t, ox]
+                    u = np.uint64(ox)
+                    out[n, fk, t, oz, oy, u] = kbuf[fk, t, u]
             for ox in range(out_w):
-                valid[n, fk, oz, oy, ox] = z[fk, ox] != 0.0
+                u = np.uint64(ox)
+                valid[n, fk, oz, oy, u] = z[fk, u] != 0.0
 
 
 @njit(cache=True)
@@ -346,19 +389,21 @@ def direct(
     kd, kh, kw = tap_weight.shape[0], tap_weight.shape[1], tap_weight.shape[2]
     taps = kd * kh * kw
     rows = out_d * out_h
+    wide = _whole_vectors(out_w)
+    kbuf = aligned_empty((fk_count, taps, wide), y.dtype)
+    z = aligned_empty((fk_count, out_w), y.dtype)
+    scratch_wide = aligned_empty((wide,), y.dtype)
+    scratch = scratch_wide[:out_w]  # the accumulator of a channel's output row
+    phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
     for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
-        kbuf = aligned_empty((fk_count, taps, out_w), y.dtype)
-        z = aligned_empty((fk_count, out_w), y.dtype)
-        scratch = aligned_empty((out_w,), y.dtype)
         _row_kernel(
             explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w,
             kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2,
-            spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch,
+            spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch_wide,
         )
-        phases = np.empty((sx, (in_w + sx - 1) // sx), y.dtype)
         for c in range(channels):
             kc = c if fk_count > 1 else 0
             for ox in range(out_w):
@@ -387,10 +432,6 @@ def direct(
                                                     tx * dw - px, sx, in_w)
             for ox in range(out_w):
                 y[n, c, oz, oy, ox] = scratch[ox]
-
-
-#: Output rows per parallel job (their buffers are allocated once).
-_BAND = 4
 
 
 @njit(cache=True)
@@ -426,36 +467,10 @@ def _accumulate_forward(acc, weight, k_row, x_row, phases, base, stride, in_w):
 
 
 @njit(cache=True)
-def _tile_blocks(out_channels):
-    """Start of each block of output channels, and the end: blocks of :data:`TILE_ROWS` and
-    the rest (every tile size from 1 row to 12 measured at 85-100 % of one core's FMA peak with
-    16 input channels and k = 5, except 1 and 2, which are bound by the loads of K and x)."""
-    blocks = (out_channels + TILE_ROWS - 1) // TILE_ROWS
-    starts = np.empty(blocks + 1, np.intp)
-    for block in range(blocks):
-        starts[block] = block * TILE_ROWS
-    starts[blocks] = out_channels
-    return starts
-
-
-@njit(cache=True)
-def _pack_weights(weight_matrix, starts, packed):
-    """``packed[starts[b]*J + j*rows + r] = weight_matrix[starts[b] + r, j]`` (``rows`` of block
-    ``b``): each block's weights in the order its tile reads them."""
-    total = weight_matrix.shape[1]
-    for block in range(starts.shape[0] - 1):
-        o = starts[block]
-        rows = starts[block + 1] - o
-        for j in range(total):
-            for r in range(rows):
-                packed[o * total + j * rows + r] = weight_matrix[o + r, j]
-
-
-@njit(cache=True)
 def _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off):
     """``acc[o, p] = sum_j weight_matrix[o, j] * kflat[k_off[j] + p] * xflat[x_off[j] + p]``,
     register-blocked (:mod:`pacarray._cpu._microkernel`), with the weights packed by
-    :func:`_pack_weights` for the blocks ``starts`` of :func:`_tile_blocks`.
+    :func:`pack_weights` for its blocks ``starts`` of output channels.
 
     Each block of output channels is swept over tiles of ``TILE_VECTORS`` vectors of pixels
     (``acc`` rows are a whole number of tiles wide); each output sums its products in order.
@@ -539,30 +554,50 @@ def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transp
                     dst[base + np.uint64(r * row_len + m)] = x[n, c, iz, iy, np.uint64(i)]
 
 
+#: Most bytes of padded input rows :func:`conv_rows` keeps per thread for whole planes (above
+#: this, only the rows one output row spans).
+_ROW_CACHE_BYTES = 1 << 19
+
+
 def conv_jobs(rows: int) -> int:
-    """Jobs of :func:`conv_rows` for ``rows`` output rows in all (``N*Do*Ho``)."""
-    return -(-rows // _BAND)
+    """Jobs of :func:`conv_rows` for ``rows`` output rows in all (``N*Do*Ho``): one per row."""
+    return rows
+
+
+def pack_weights(weight_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(packed, starts)`` that :func:`conv_rows` takes for ``weight_matrix`` ``(C_out,
+    J)``: blocks of :data:`TILE_ROWS` output channels (the last one shorter), each block's
+    weights step by step, ``packed[start*J + j*rows + r] = weight_matrix[start + r, j]``, in
+    the order its tile reads them."""
+    out_channels, total = weight_matrix.shape
+    starts = np.append(np.arange(0, out_channels, TILE_ROWS), out_channels).astype(np.intp)
+    packed = np.concatenate([np.ascontiguousarray(weight_matrix[lo:hi].T).reshape(-1)
+                             for lo, hi in zip(starts[:-1], starts[1:])])
+    return packed, starts
 
 
 @njit(cache=True, nogil=True)
 def conv_rows(
-    x, weight_matrix, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
+    x, packed, starts, explicit, use_explicit, guide, centre, guide_d, guide_h, guide_w,
     kd, kh, kw, sz, sy, sx, pz, py, px, dd, dh, dw, ksz, ksy, ksx, kpz, kpy, kpx, transposed,
     family, alpha, lam, eps2, spatial, mask, has_mask, normalize, channel_wise, fk_count,
     y, job_start, job_stop,
 ):
-    """``y[n,o,row] = sum_{c,t} weight_matrix[o, c*T+t] K[n,(c),t,row] x[n,c,src]``, row by row.
+    """``y[n,o,row] = sum_{c,t} W[o, c*T+t] K[n,(c),t,row] x[n,c,src]`` for the output rows
+    ``job_start:job_stop`` (of ``N*Do*Ho``), the weights ``W`` packed by :func:`pack_weights`.
 
-    Per output row: its adaptive kernel K into ``kbuf`` (``(Fk, T, width)``), the ``C*kd*kh``
-    input rows it reads into ``xrows``, zero-padded and de-interleaved by the stride (zero rows
-    where the source row is out of range; for transposed ops the rows with ``stride - 1`` zeros
-    inserted), and a table of where reduction step ``j = c*T + t`` finds its K row and its
-    input row. The register-blocked tiles of :mod:`pacarray._cpu._microkernel` then form each
-    K-weighted patch row ``K * x`` in registers and fold it into the ``(C_out, width)``
-    accumulator: nothing of the size of the patch matrix is ever stored, and no BLAS call
-    competes with the kernels' threads (``docs/design.md`` §4). Each job takes :data:`_BAND`
-    consecutive rows, so that its buffers are allocated once for them; this call runs the jobs
-    ``job_start:job_stop`` of :func:`conv_jobs`.
+    Per output row: its adaptive kernel K into ``kbuf`` (``(Fk, T, width)``); the input rows it
+    reads, zero-padded and de-interleaved by the stride (for transposed ops: with ``stride - 1``
+    zeros inserted) into a cache of padded rows, where a row stays while later output rows read
+    it too (a source row ``(iz, iy)`` has one slot, ``(iz mod Sz, iy mod Sy)`` over the
+    ``Sz x Sy`` window of rows one output row spans, or over whole planes, ``Sy = H``, when
+    they fit in :data:`_ROW_CACHE_BYTES`; so the rows of one output row never evict each
+    other); and a table of where reduction step ``j = c*T + t`` finds its K row and its
+    padded input row (a zero row where the source row is out of range). The register-blocked
+    tiles of :mod:`pacarray._cpu._microkernel` then form each K-weighted patch row ``K * x`` in
+    registers and fold it into the ``(C_out, width)`` accumulator: nothing of the size of the
+    patch matrix is ever stored, the input is never copied whole, and no BLAS call competes with
+    the kernels' threads (``docs/design.md`` §4). Buffers are allocated once per call.
     """
     batch, channels, in_d, in_h, in_w = x.shape
     out_channels, out_d, out_h, out_w = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
@@ -581,45 +616,68 @@ def conv_rows(
         shift = px
     row_len = width + ((kw - 1) * dw) // phases
     block = phases * row_len
-    for band in range(job_start, job_stop):
-        kflat = aligned_empty((fk_count * taps * width,), y.dtype)
-        kflat[:] = 0.0  # pixels past the row: the tiles read them, the outputs skip them
-        kbuf = kflat.reshape((fk_count, taps, width))
-        z = aligned_empty((fk_count, out_w), y.dtype)
-        scratch = aligned_empty((out_w,), y.dtype)
-        acc = aligned_empty((out_channels, width), y.dtype)
-        xflat = aligned_empty((channels * kd * kh * block,), y.dtype)
-        starts = _tile_blocks(out_channels)
-        packed = np.empty(out_channels * total, y.dtype)
-        _pack_weights(weight_matrix, starts, packed)
-        k_off = np.empty(total, np.intp)
-        x_off = np.empty(total, np.intp)
+    window_z = (kd - 1) * dd + 1
+    window_y = (kh - 1) * dh + 1
+    if channels * window_z * in_h * block * y.itemsize <= _ROW_CACHE_BYTES:
+        window_y = in_h  # whole planes: a row is padded once, not once per output plane
+    plane_slots = window_z * window_y
+    slots = channels * plane_slots
+    kflat = aligned_empty((fk_count * taps * width,), y.dtype)
+    kflat[:] = 0.0  # pixels past the row: the tiles read them, the outputs skip them
+    kbuf = kflat.reshape((fk_count, taps, width))
+    z = aligned_empty((fk_count, out_w), y.dtype)
+    scratch = aligned_empty((width,), y.dtype)
+    acc = aligned_empty((out_channels, width), y.dtype)
+    xflat = aligned_empty(((slots + 1) * block,), y.dtype)
+    zero_row = slots * block
+    xflat[zero_row:] = 0.0
+    held = np.full(slots, -1, np.int64)  # the source row (n, iz, iy) in each slot
+    k_off = np.empty(total, np.intp)
+    x_off = np.empty(total, np.intp)
+    for c in range(channels):
+        kc = c if fk_count > 1 else 0
+        for t in range(taps):
+            k_off[c * taps + t] = (kc * taps + t) * width
+    tap_shift = np.empty(kw, np.intp)  # where tap tx starts in a padded row
+    for tx in range(kw):
+        tap_shift[tx] = (tx * dw) % phases * row_len + (tx * dw) // phases
+    row_slot = np.empty(kd * kh, np.intp)  # per (tz, ty): the slot within a channel, or -1
+    row_key = np.empty(kd * kh, np.int64)
+    for job in range(job_start, job_stop):
+        n = job // rows
+        oz = job % rows // out_h
+        oy = job % out_h
+        _row_kernel(
+            explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h,
+            guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha,
+            lam, eps2, spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch,
+        )
+        for tz in range(kd):
+            iz = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
+            for ty in range(kh):
+                iy = -1
+                if iz >= 0:
+                    iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
+                row_slot[tz * kh + ty] = -1
+                if iy >= 0:
+                    row_slot[tz * kh + ty] = iz % window_z * window_y + iy % window_y
+                    row_key[tz * kh + ty] = (n * in_d + iz) * in_h + iy
         for c in range(channels):
-            kc = c if fk_count > 1 else 0
-            for t in range(taps):
-                k_off[c * taps + t] = (kc * taps + t) * width
-                tx = t % kw
-                x_off[c * taps + t] = ((c * kd * kh + t // kw) * block
-                                       + (tx * dw) % phases * row_len + (tx * dw) // phases)
-        for job in range(band * _BAND, min(batch * rows, (band + 1) * _BAND)):
-            n = job // rows
-            oz = job % rows // out_h
-            oy = job % out_h
-            _row_kernel(
-                explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h,
-                guide_w, kd, kh, kw, ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha,
-                lam, eps2, spatial, mask, has_mask, normalize, channel_wise, kbuf, z, scratch,
-            )
-            for c in range(channels):
-                for tz in range(kd):
-                    iz = _source_index(oz, tz, kd, sz, pz, dd, in_d, transposed)
-                    for ty in range(kh):
-                        iy = -1
-                        if iz >= 0:
-                            iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
-                        _pad_row(x, n, c, iz, iy, xflat, (c * kd * kh + tz * kh + ty) * block,
+            for r in range(kd * kh):
+                start = zero_row
+                if row_slot[r] >= 0:
+                    slot = c * plane_slots + row_slot[r]
+                    start = slot * block
+                    if held[slot] != row_key[r]:
+                        key = row_key[r]
+                        _pad_row(x, n, c, key // in_h % in_d, key % in_h, xflat, start,
                                  row_len, phases, sx, shift, transposed)
-            _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
-            for o in range(out_channels):
-                for ox in range(out_w):
-                    y[n, o, oz, oy, ox] = acc[o, ox]
+                        held[slot] = key
+                first = c * taps + r * kw
+                for tx in range(kw):
+                    x_off[first + tx] = start + tap_shift[tx]
+        _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
+        for o in range(out_channels):
+            for ox in range(out_w):
+                u = np.uint64(ox)
+                y[n, o, oz, oy, u] = acc[o, u]
