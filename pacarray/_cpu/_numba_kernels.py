@@ -553,8 +553,8 @@ def direct(
                                     if ix >= 0:
                                         scratch[ox] += w * kbuf[kc, t, ox] * x_row[ix]
                             else:
-                                _accumulate_forward(scratch, w, kbuf[kc, t], x_row, phases,
-                                                    tx * dw - px, sx, in_w)
+                                _accumulate_forward(scratch, w, kbuf, kc, t, x, n, c, iz, iy,
+                                                    phases, tx * dw - px, sx, in_w)
             for ox in range(out_w):
                 y[n, c, oz, oy, ox] = scratch[ox]
 
@@ -570,25 +570,25 @@ def _deinterleave(x_row, stride, phases):
             dst[j] = x_row[j * stride + r]
 
 
-@njit(cache=True)
-def _row_source(x_row, phases, stride, base):
-    """A contiguous array ``a`` and offset ``s`` with ``x_row[o*stride + base] == a[o + s]``."""
-    if stride == 1:
-        return x_row, base
-    phase = base % stride
-    return phases[phase], (base - phase) // stride
-
-
-@njit(cache=True)
-def _accumulate_forward(acc, weight, k_row, x_row, phases, base, stride, in_w):
-    """``acc[o] += weight * k_row[o] * x_row[o*stride + base]`` where that index is in range."""
+@njit(cache=True, inline="always")
+def _accumulate_forward(acc, weight, kbuf, kc, t, x, n, c, iz, iy, phases, base, stride, in_w):
+    """``acc[o] += weight * kbuf[kc, t, o] * x[n, c, iz, iy, o*stride + base]`` where that
+    index is in range (``phases``: the row de-interleaved when ``stride > 1``). Indexed
+    directly with unsigned offsets: three row views per channel and tap cost more than the
+    multiply-adds of a 128-pixel row."""
     lo, hi = _tap_range(base, stride, 0, in_w, acc.shape[0])
-    src, offset = _row_source(x_row, phases, stride, base)
-    x_part = src[lo + offset:]
-    acc_part = acc[lo:]
-    k_part = k_row[lo:]
-    for j in range(hi - lo):
-        acc_part[j] += weight * k_part[j] * x_part[j]
+    first = np.uint64(lo)
+    if stride == 1:
+        source = np.uint64(lo + base)
+        for j in range(hi - lo):
+            u = np.uint64(j)
+            acc[first + u] += weight * kbuf[kc, t, first + u] * x[n, c, iz, iy, source + u]
+    else:
+        phase = base % stride
+        source = np.uint64(lo + (base - phase) // stride)
+        for j in range(hi - lo):
+            u = np.uint64(j)
+            acc[first + u] += weight * kbuf[kc, t, first + u] * phases[phase, source + u]
 
 
 @njit(cache=True)
