@@ -34,21 +34,16 @@ from .._codes import (  # noqa: F401 (FAMILY_INVERSE: every code importable from
 )
 from ._exp import gaussian_weight
 from ._microkernel import (
-    TILE_ROWS,
+    TILE_SIZES,
     TILE_VECTORS,
     VECTOR_BYTES,
     tile1,
     tile2,
-    tile3,
     tile4,
-    tile5,
     tile6,
-    tile7,
     tile8,
-    tile9,
-    tile10,
-    tile11,
     tile12,
+    tile16,
 )
 
 
@@ -608,30 +603,20 @@ def _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off):
         rows = starts[block + 1] - o
         w = o * count
         for p in range(0, width, step):
-            if rows == 1:
-                tile1(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 2:
-                tile2(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 3:
-                tile3(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 4:
-                tile4(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 5:
-                tile5(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 6 or TILE_ROWS == 6:
-                tile6(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 7:
-                tile7(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            if rows == 16:
+                tile16(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 12:
+                tile12(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
             elif rows == 8:
                 tile8(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 9:
-                tile9(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 10:
-                tile10(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
-            elif rows == 11:
-                tile11(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 6:
+                tile6(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 4:
+                tile4(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+            elif rows == 2:
+                tile2(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
             else:
-                tile12(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
+                tile1(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
 
 
 @njit(cache=True, inline="always")
@@ -695,11 +680,16 @@ def conv_jobs(rows: int) -> int:
 
 def pack_weights(weight_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ``(packed, starts)`` that :func:`conv_rows` takes for ``weight_matrix`` ``(C_out,
-    J)``: blocks of :data:`TILE_ROWS` output channels (the last one shorter), each block's
+    J)``: the output channels split greedily into blocks of the tile sizes
+    (:data:`pacarray._cpu._microkernel.TILE_SIZES`; 64 = 4 x 16 with AVX-512), each block's
     weights step by step, ``packed[start*J + j*rows + r] = weight_matrix[start + r, j]``, in
     the order its tile reads them."""
-    out_channels, total = weight_matrix.shape
-    starts = np.append(np.arange(0, out_channels, TILE_ROWS), out_channels).astype(np.intp)
+    out_channels = weight_matrix.shape[0]
+    starts = [0]
+    while starts[-1] < out_channels:
+        rest = out_channels - starts[-1]
+        starts.append(starts[-1] + next(size for size in TILE_SIZES if size <= rest))
+    starts = np.asarray(starts, np.intp)
     packed = np.concatenate([np.ascontiguousarray(weight_matrix[lo:hi].T).reshape(-1)
                              for lo, hi in zip(starts[:-1], starts[1:])])
     return packed, starts
