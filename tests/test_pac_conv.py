@@ -325,9 +325,9 @@ numba.njit(lambda a: a + 1)(1)        # Numba's code generator made for the real
 host = binding.get_host_cpu_features
 
 
-def reports_avx512():                 # then pacarray's tile width sees AVX-512
+def reports_avx512():                 # then pacarray's tile width sees AVX-512, or not
     features = host()
-    features["avx512f"] = True
+    features["avx512f"] = sys.argv[2] == "avx512"
     return features
 
 
@@ -337,14 +337,18 @@ sys.path.insert(0, sys.argv[1])
 from reference import ref_conv, ref_kernel
 import pacarray
 from pacarray._cpu import _microkernel
-assert _microkernel.VECTOR_BYTES == 64 and _microkernel.tile_width(4) == 32
+if sys.argv[2] == "avx512":
+    assert _microkernel.VECTOR_BYTES == 64 and _microkernel.TILE_SIZES[0] == 16
+else:
+    assert _microkernel.VECTOR_BYTES == 32 and _microkernel.TILE_SIZES[0] == 6
+assert _microkernel.tile_width(4) == 16
 rng = np.random.default_rng(5)
 worst = 0.0
 for out_channels, channels, shape in [(7, 2, (5, 71)), (3, 2, (4, 3)), (13, 231, (4, 37))]:
     x = rng.standard_normal((1, channels, *shape)).astype(np.float32)
     guide = rng.random((1, 2, *shape)).astype(np.float32)
     K, _ = ref_kernel(guide, 3, padding=1)
-    for count in (1, 5, 6, out_channels):
+    for count in (1, 5, 6, 16, 29, out_channels):
         weight = rng.standard_normal((count, channels, 3, 3)).astype(np.float32)
         want = ref_conv(x, K, weight, padding=1)
         got = pacarray.pac_conv(x, weight, guide=guide, padding=1)
@@ -354,11 +358,13 @@ print(worst)
 
 
 @pytest.mark.slow
-def test_forward_tiles_of_avx512_width_match_the_oracle(tmp_path):
-    """The tile width follows the host's widest vectors (pacarray/_cpu/_microkernel.py). A host
-    that reports AVX-512 gets 64-byte vectors: forced here in a fresh process (own Numba cache,
-    which is keyed by the host CPU, not by this width), LLVM splits them into the vectors this
-    CPU has, so the tile arithmetic of AVX-512 machines is checked on any x86 machine."""
+@pytest.mark.parametrize("vectors", ["avx512", "avx2"])
+def test_forward_tiles_of_avx512_width_match_the_oracle(tmp_path, vectors):
+    """The tiles follow the host's widest vectors (pacarray/_cpu/_microkernel.py): AVX-512 gets
+    64-byte vectors and blocks of up to 16 output channels, AVX2 32-byte vectors and blocks of
+    up to 6. Each is forced here in a fresh process (own Numba cache, which is keyed by the host
+    CPU, not by this width); LLVM splits or joins them into the vectors this CPU has, so the
+    tile arithmetic of both kinds of machine is checked on any x86 machine."""
     import os
     import subprocess
     import sys
@@ -366,7 +372,7 @@ def test_forward_tiles_of_avx512_width_match_the_oracle(tmp_path):
 
     environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
     done = subprocess.run(
-        [sys.executable, "-c", _WIDE_TILES, str(Path(__file__).resolve().parent)],
+        [sys.executable, "-c", _WIDE_TILES, str(Path(__file__).resolve().parent), vectors],
         capture_output=True, text=True, env=environment, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
