@@ -4,13 +4,15 @@ Run from the repository root: ``python docs/examples/conv_passes.py`` (about two
 numbers are in docs/guide/benchmarks.md, "Where the conv time goes"). Variants of the same
 call through the public API, interleaved over three rounds, medians:
 
-* ``full``: ``pac_conv`` with ``C_out = C`` (kernel K, patch panels and products);
-* ``one``: the same with ``C_out = 1`` (K, panels and 1/C of the products);
+* ``full``: ``pac_conv`` with ``C_out = C`` (kernel K, padded input rows and products);
+* ``one``: the same with ``C_out = 1`` (K, padded rows and 1/C of the products);
 * ``kernel``: ``pac_kernel`` on the guide alone (K, written out);
-* ``explicit``: ``pac_conv`` with a precomputed ``kernel=K`` (panels and products, no K);
+* ``explicit``: ``pac_conv`` with a precomputed ``kernel=K`` (padded rows and products, no K);
 * ``vjp``: ``pac_conv_vjp`` with respect to x, weight and guide.
 
-The products' time is ``(full - one) * C / (C - 1)``; the rest of the call is K and panels.
+The products' time is estimated as ``(full - one) * C / (C - 1)`` (the call with one output
+channel does some products too, so the estimate reads high); the rest of the call is K, the
+padded input rows and the output's store.
 """
 
 import time
@@ -76,7 +78,7 @@ def main():
               f" | explicit K {t['explicit']:.2f} | vjp {t['vjp']:.2f} ms"
               f" (forward + backward {(t['vjp'] + t['full']) / t['full']:.2f}x forward)")
         print(f"   products ~ {products:.2f} ms = {flops / products / 1e6 / peak:.0%} of peak;"
-              f" K + panels + rest ~ {rest:.2f} ms ({rest / t['full']:.0%} of the call);"
+              f" K + padded rows + rest ~ {rest:.2f} ms ({rest / t['full']:.0%} of the call);"
               f" all at peak {flops / peak / 1e6:.2f} ms")
 
 

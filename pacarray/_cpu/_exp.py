@@ -23,8 +23,10 @@ float64                   11      8.8e-15 (39 eps)      ``x < -600``
 float64, ``np.float32``   7       7.0e-9 (0.06 f32 eps) ``x < -600``
 ========================  ======  ====================  ==================
 
-The last row is the fused kernel's float32 path: it evaluates in float64 (with the degree that
-float32 output needs) so that the tap weight is applied before the single rounding to float32.
+The last row is a float32 result evaluated in float64 (with the degree that float32 output
+needs), so that a factor applied afterwards meets a single rounding to float32; the fused
+adaptive kernel used it until it moved to :func:`gaussian_weight`, whose float32 path runs in
+float32 (by :func:`exp2_nonpositive`) at about a third of the time.
 
 The flush thresholds are part of the contract: ``pacarray.filters`` drops the taps whose spatial
 weight lies below them, as the kernels would give them exactly 0. They are high enough that no

@@ -1,12 +1,15 @@
 """Register-blocked multiply-accumulate of the forward convolution (``docs/design.md`` §4).
 
-``acc[o:o+B, p:p+P] += weights[o:o+B, first:first+count] @ panel[0:count, p:p+P]`` with the
-``B x P`` accumulator tile held in vector registers for the whole reduction. Numba cannot be
-asked for this: written in Python, the accumulators live in memory (one load and one store per
-multiply-add row) or, as scalars, are never packed into vectors, and the kernel stayed at about
-half of the FMA peak. The tile is therefore written directly in LLVM IR, as a Numba
-``intrinsic`` that is inlined into the calling kernel (and cached with it): per reduction step,
-``P / V`` vector loads of the panel row, ``B`` broadcast weights and ``B * P / V`` multiply-adds.
+``acc[o+b, p:p+P] = sum_j w[o+b, j] * (kflat[k_off[j]+p : +P] * xflat[x_off[j]+p : +P])``
+with the ``B x P`` accumulator tile held in vector registers for the whole reduction: the
+K-weighted patch row ``j`` (a row of the adaptive kernel K times a zero-padded input row, found
+through the offset tables) is formed in registers, never stored. Numba cannot be asked for
+this: written in Python, the accumulators live in memory (one load and one store per multiply-add
+row) or, as scalars, are never packed into vectors, and the kernel stayed at about half of the
+FMA peak. The tile is therefore written directly in LLVM IR, as a Numba ``intrinsic`` that is
+inlined into the calling kernel (and cached with it): per reduction step, two offset loads,
+``P / V`` vector loads each of K and of the input, ``P / V`` multiplies, ``B`` broadcast
+weights (packed so that one pointer walks them) and ``B * P / V`` multiply-adds.
 
 ``llvm.fmuladd`` is a multiply-add that LLVM fuses where the CPU has FMA (the ``contract``
 fast-math flag the other kernels use); each output sums its ``count`` products in order,
