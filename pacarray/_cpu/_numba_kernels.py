@@ -419,6 +419,25 @@ def kernel_band(
 
 
 @njit(cache=True)
+def _band_workspace(fits, taps, kd, kh, dh, features, out_h, pitch, extra, dtype):
+    """Buffers of :func:`kernel_band` for a caller: ``(kflat, band_size, band_max, gbuf, cbuf,
+    d2, zband)``. ``kflat[:band_size]`` is the band's K (``(1, taps, band_max * pitch)``),
+    followed by ``extra`` elements for the caller; all empty but ``kflat``'s extra part when
+    the kernel does not ``fits``. Bands hold about :data:`_BAND_PIXELS` pixels."""
+    band_max = 1
+    if fits:
+        band_max = max(1, min(out_h, _BAND_PIXELS // pitch))
+    band_size = taps * band_max * pitch if fits else 0
+    kflat = aligned_empty((band_size + extra,), dtype)
+    span = band_max + (kh - 1) * dh
+    gbuf = aligned_empty((kd if fits else 0, features, (span + 1) * pitch), dtype)
+    cbuf = aligned_empty((features if fits else 0, (band_max + 1) * pitch), dtype)
+    d2 = aligned_empty((band_max * pitch if fits else 0,), dtype)
+    zband = aligned_empty((band_max * pitch if fits else 0,), dtype)
+    return kflat, band_size, band_max, gbuf, cbuf, d2, zband
+
+
+@njit(cache=True)
 def _row_kernel(
     explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
     ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
@@ -454,10 +473,35 @@ def fill_kernel(
     kbuf = aligned_empty((fk_count, taps, _whole_vectors(out_w)), out.dtype)
     z = aligned_empty((fk_count, out_w), out.dtype)
     scratch = aligned_empty((_whole_vectors(out_w),), out.dtype)
+    fits = band_fits(False, ksy, ksx, has_mask, normalize, channel_wise)
+    pitch = band_pitch(out_w, kw, dw)
+    kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
+        fits, taps, kd, kh, dh, guide.shape[1], out_h, pitch, 0, out.dtype)
+    kband = kflat.reshape((1, taps if fits else 0, band_max * pitch))
+    band_left = 0
+    band_row = 0
     for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
+        if fits:
+            if band_left == 0:
+                band_left = min(band_max, out_h - oy, job_stop - job)
+                band_row = 0
+                kernel_band(guide, centre, n, oz, oy, band_left, out_w, guide_d, guide_h,
+                            guide_w, kd, kh, kw, ksz, kpz, kpy, kpx, dd, dh, dw, family, alpha,
+                            lam, eps2, spatial, normalize, kband, gbuf, cbuf, d2, zband)
+            base = np.uint64(band_row * pitch)
+            for t in range(taps):
+                for ox in range(out_w):
+                    u = np.uint64(ox)
+                    out[n, 0, t, oz, oy, u] = kband[0, t, base + u]
+            for ox in range(out_w):
+                u = np.uint64(ox)
+                valid[n, 0, oz, oy, u] = normalize == NORMALIZE_NONE or zband[base + u] != 0.0
+            band_row += 1
+            band_left -= 1
+            continue
         kernel_row(
             guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
             ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
@@ -745,19 +789,11 @@ def conv_rows(
     # the band's part first (a tile may read up to `width` past a band row: the row part)
     fits = band_fits(use_explicit, ksy, ksx, has_mask, normalize, channel_wise)
     pitch = band_pitch(out_w, kw, dw)
-    band_max = 1
-    if fits:
-        band_max = max(1, min(out_h, _BAND_PIXELS // pitch))
-    band_size = taps * band_max * pitch if fits else 0
-    kflat = aligned_empty((band_size + fk_count * taps * width,), y.dtype)
+    kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
+        fits, taps, kd, kh, dh, guide.shape[1], out_h, pitch, fk_count * taps * width, y.dtype)
     kflat[:] = 0.0  # pixels past the row: the tiles read them, the outputs skip them
     kband = kflat[:band_size].reshape((1, taps if fits else 0, band_max * pitch))
     kbuf = kflat[band_size:].reshape((fk_count, taps, width))
-    span = band_max + (kh - 1) * dh
-    gbuf = aligned_empty((kd if fits else 0, guide.shape[1], (span + 1) * pitch), y.dtype)
-    cbuf = aligned_empty((guide.shape[1] if fits else 0, (band_max + 1) * pitch), y.dtype)
-    d2 = aligned_empty((band_max * pitch if fits else 0,), y.dtype)
-    zband = aligned_empty((band_max * pitch if fits else 0,), y.dtype)
     band_left = 0
     band_row = 0
     z = aligned_empty((fk_count, out_w), y.dtype)
