@@ -420,13 +420,18 @@ def kernel_band(
 
 @njit(cache=True)
 def _band_workspace(fits, taps, kd, kh, dh, features, out_h, pitch, extra, dtype):
-    """Buffers of :func:`kernel_band` for a caller: ``(kflat, band_size, band_max, gbuf, cbuf,
-    d2, zband)``. ``kflat[:band_size]`` is the band's K (``(1, taps, band_max * pitch)``),
+    """Buffers of :func:`kernel_band` for a caller: ``(fits, kflat, band_size, band_max, gbuf,
+    cbuf, d2, zband)``. ``kflat[:band_size]`` is the band's K (``(1, taps, band_max * pitch)``),
     followed by ``extra`` elements for the caller; all empty but ``kflat``'s extra part when
-    the kernel does not ``fits``. Bands hold about :data:`_BAND_PIXELS` pixels."""
+    the band does not fit. Bands hold about :data:`_BAND_PIXELS` pixels; ``fits`` turns False
+    where a band would copy more guide rows than it has taps times rows (a large dilation:
+    with 5 taps 64 apart, 257 rows for one output row), which row by row are never copied."""
     band_max = 1
     if fits:
         band_max = max(1, min(out_h, _BAND_PIXELS // pitch))
+        if kd * (band_max + (kh - 1) * dh) > taps * band_max:
+            fits = False
+            band_max = 1
     band_size = taps * band_max * pitch if fits else 0
     kflat = aligned_empty((band_size + extra,), dtype)
     span = band_max + (kh - 1) * dh
@@ -434,7 +439,7 @@ def _band_workspace(fits, taps, kd, kh, dh, features, out_h, pitch, extra, dtype
     cbuf = aligned_empty((features if fits else 0, (band_max + 1) * pitch), dtype)
     d2 = aligned_empty((band_max * pitch if fits else 0,), dtype)
     zband = aligned_empty((band_max * pitch if fits else 0,), dtype)
-    return kflat, band_size, band_max, gbuf, cbuf, d2, zband
+    return fits, kflat, band_size, band_max, gbuf, cbuf, d2, zband
 
 
 @njit(cache=True)
@@ -475,7 +480,7 @@ def fill_kernel(
     scratch = aligned_empty((_whole_vectors(out_w),), out.dtype)
     fits = band_fits(False, ksy, ksx, has_mask, normalize, channel_wise)
     pitch = band_pitch(out_w, kw, dw)
-    kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
+    fits, kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
         fits, taps, kd, kh, dh, guide.shape[1], out_h, pitch, 0, out.dtype)
     kband = kflat.reshape((1, taps if fits else 0, band_max * pitch))
     band_left = 0
@@ -789,7 +794,7 @@ def conv_rows(
     # the band's part first (a tile may read up to `width` past a band row: the row part)
     fits = band_fits(use_explicit, ksy, ksx, has_mask, normalize, channel_wise)
     pitch = band_pitch(out_w, kw, dw)
-    kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
+    fits, kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
         fits, taps, kd, kh, dh, guide.shape[1], out_h, pitch, fk_count * taps * width, y.dtype)
     kflat[:] = 0.0  # pixels past the row: the tiles read them, the outputs skip them
     kband = kflat[:band_size].reshape((1, taps if fits else 0, band_max * pitch))
