@@ -119,12 +119,11 @@ def test_pac_conv(index, assert_close):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_forward_tiles_and_panel_chunks_match_the_oracle(rng, assert_close, dtype):
-    """The forward's register tiles: every remainder of output channels past the full tiles
-    (1 to 6 of them over 7 channels), rows narrower and wider than one tile of pixels, and a
-    reduction (C*T = 2079 rows) longer than one panel of 16-pixel rows, so that the
-    accumulators carry over panel chunks."""
-    for out_channels, channels, shape in [(7, 2, (5, 21)), (3, 2, (4, 3)), (13, 231, (4, 5))]:
+def test_forward_tiles_match_the_oracle(rng, assert_close, dtype):
+    """The forward's register tiles: every block split of 1 to 29 output channels (blocks of
+    16/12/8/4/2/1 with AVX-512, 6/4/2/1 with AVX2), rows narrower and wider than one tile of
+    pixels, and a long reduction (C*T = 2079 steps)."""
+    for out_channels, channels, shape in [(29, 2, (5, 21)), (3, 2, (4, 3)), (13, 231, (4, 5))]:
         x = rng.standard_normal((1, channels, *shape)).astype(dtype)
         guide = rng.random((1, 2, *shape)).astype(dtype)
         K, _ = ref_kernel(guide, 3, padding=1)
@@ -133,6 +132,26 @@ def test_forward_tiles_and_panel_chunks_match_the_oracle(rng, assert_close, dtyp
             assert_close(pac_conv(x, weight, guide=guide, padding=1), ref_conv(x, K, weight,
                                                                                 padding=1),
                          dtype)
+
+
+@pytest.mark.parametrize("shape, channels, dilation, padding", [
+    # 64 channels of dilated rows: the window of rows the taps span (33 rows) passes
+    # _ROW_CACHE_BYTES, so the padded input rows are cached one slot per tap row
+    ((1, 64, 40, 43), 64, 8, 16),
+    # 500-pixel rows (one per band), 5 taps 8 apart: a band of the adaptive kernel would copy
+    # 33 guide rows for one output row, so the kernel is computed row by row
+    ((1, 2, 12, 500), 2, 8, 16),
+])
+def test_dilated_forward_paths_match_the_oracle(rng, assert_close, shape, channels, dilation,
+                                                padding):
+    """``conv_rows``'s fallbacks for widely dilated taps (``docs/design.md`` §4): the per-tap
+    row cache and the row-by-row kernel."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    guide = rng.random((1, 2, *shape[2:])).astype(np.float32)
+    weight = rng.standard_normal((3, channels, 5, 5)).astype(np.float32)
+    K, _ = ref_kernel(guide, 5, padding=padding, dilation=dilation)
+    assert_close(pac_conv(x, weight, guide=guide, padding=padding, dilation=dilation),
+                 ref_conv(x, K, weight, padding=padding, dilation=dilation), np.float32)
 
 
 def test_forward_is_bit_identical_run_to_run_and_across_thread_counts(rng):

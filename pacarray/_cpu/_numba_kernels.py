@@ -760,7 +760,8 @@ def conv_rows(
     it too (a source row ``(iz, iy)`` has one slot, ``(iz mod Sz, iy mod Sy)`` over the
     ``Sz x Sy`` window of rows one output row spans, or over whole planes, ``Sy = H``, when
     they fit in :data:`_ROW_CACHE_BYTES`; so the rows of one output row never evict each
-    other); and a table of where reduction step ``j = c*T + t`` finds its K row and its
+    other; dilated taps whose window would pass that size get one slot per tap row instead);
+    and a table of where reduction step ``j = c*T + t`` finds its K row and its
     padded input row (a zero row where the source row is out of range). The register-blocked
     tiles of :mod:`pacarray._cpu._microkernel` then form each K-weighted patch row ``K * x`` in
     registers and fold it into the ``(C_out, width)`` accumulator: nothing of the size of the
@@ -786,8 +787,15 @@ def conv_rows(
     block = phases * row_len
     window_z = (kd - 1) * dd + 1
     window_y = (kh - 1) * dh + 1
+    by_tap = False
     if channels * window_z * in_h * block * y.itemsize <= _ROW_CACHE_BYTES:
         window_y = in_h  # whole planes: a row is padded once, not once per output plane
+    elif (channels * window_z * window_y * block * y.itemsize > _ROW_CACHE_BYTES
+          and window_z * window_y > kd * kh):
+        # dilated taps: a window of every row they span would be large and mostly unused, so
+        # one slot per tap row (the next output row's rows miss: each is padded per row)
+        by_tap = True
+        window_z, window_y = kd, kh
     plane_slots = window_z * window_y
     slots = channels * plane_slots
     # K: a band of rows by kernel_band where it fits, else row by row into kbuf; one buffer,
@@ -852,7 +860,8 @@ def conv_rows(
                     iy = _source_index(oy, ty, kh, sy, py, dh, in_h, transposed)
                 row_slot[tz * kh + ty] = -1
                 if iy >= 0:
-                    row_slot[tz * kh + ty] = iz % window_z * window_y + iy % window_y
+                    row_slot[tz * kh + ty] = (tz * kh + ty if by_tap
+                                              else iz % window_z * window_y + iy % window_y)
                     row_key[tz * kh + ty] = (n * in_d + iz) * in_h + iy
                     row_z[tz * kh + ty] = iz
                     row_y[tz * kh + ty] = iy
