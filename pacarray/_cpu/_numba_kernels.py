@@ -478,35 +478,10 @@ def fill_kernel(
     kbuf = aligned_empty((fk_count, taps, _whole_vectors(out_w)), out.dtype)
     z = aligned_empty((fk_count, out_w), out.dtype)
     scratch = aligned_empty((_whole_vectors(out_w),), out.dtype)
-    fits = band_fits(False, ksy, ksx, has_mask, normalize, channel_wise)
-    pitch = band_pitch(out_w, kw, dw)
-    fits, kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
-        fits, taps, kd, kh, dh, guide.shape[1], out_h, pitch, 0, out.dtype)
-    kband = kflat.reshape((1, taps if fits else 0, band_max * pitch))
-    band_left = 0
-    band_row = 0
     for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
         oy = job % out_h
-        if fits:
-            if band_left == 0:
-                band_left = min(band_max, out_h - oy, job_stop - job)
-                band_row = 0
-                kernel_band(guide, centre, n, oz, oy, band_left, out_w, guide_d, guide_h,
-                            guide_w, kd, kh, kw, ksz, kpz, kpy, kpx, dd, dh, dw, family, alpha,
-                            lam, eps2, spatial, normalize, kband, gbuf, cbuf, d2, zband)
-            base = np.uint64(band_row * pitch)
-            for t in range(taps):
-                for ox in range(out_w):
-                    u = np.uint64(ox)
-                    out[n, 0, t, oz, oy, u] = kband[0, t, base + u]
-            for ox in range(out_w):
-                u = np.uint64(ox)
-                valid[n, 0, oz, oy, u] = normalize == NORMALIZE_NONE or zband[base + u] != 0.0
-            band_row += 1
-            band_left -= 1
-            continue
         kernel_row(
             guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz, ksy,
             ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
