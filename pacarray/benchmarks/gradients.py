@@ -8,7 +8,9 @@
   normalized Gaussian K from RGB), gradients with respect to ``x`` and ``guide``.
 
 Peers, measured in the same child: pacarray's forward alone (the ratio says what a backward
-pass costs on top; target 3 for the convolutions) and PyTorch autograd through the
+pass costs on top; target 2.5 for the convolutions, issue #19's, which docs/guide/benchmarks.md
+shows to be out of reach while the backward computes twice the forward's products) and PyTorch
+autograd through the
 unfold + einsum PAC of :mod:`pacarray.benchmarks.core` (target: at least 5x faster). Both
 sides compute every gradient listed and return the one with respect to ``x``, which the
 harness compares (``tests/_gradient_cases.py`` compares all of them with PyTorch's).
@@ -67,7 +69,7 @@ def _conv_grad_case(context: Context, channels: int, size: int, kernel_size: int
                 label="pac_conv + pac_conv_vjp (x, weight, guide), fused Gaussian K")
     case.peers.append(Peer("pacarray forward only",
                            lambda: pacarray.pac_conv(x_dev, weight_dev, **options),
-                           role="forward", target=3.0))
+                           role="forward", target=2.5))
 
     def torch_forward(torch, xt, weight_t, guide_t):
         return unfold_pac(torch, xt, guide_t, weight_t, kernel_size, padding=padding)
