@@ -419,30 +419,6 @@ def kernel_band(
 
 
 @njit(cache=True)
-def _band_workspace(fits, taps, kd, kh, dh, features, out_h, pitch, extra, dtype):
-    """Buffers of :func:`kernel_band` for a caller: ``(fits, kflat, band_size, band_max, gbuf,
-    cbuf, d2, zband)``. ``kflat[:band_size]`` is the band's K (``(1, taps, band_max * pitch)``),
-    followed by ``extra`` elements for the caller; all empty but ``kflat``'s extra part when
-    the band does not fit. Bands hold about :data:`_BAND_PIXELS` pixels; ``fits`` turns False
-    where a band would copy more guide rows than it has taps times rows (a large dilation:
-    with 5 taps 64 apart, 257 rows for one output row), which row by row are never copied."""
-    band_max = 1
-    if fits:
-        band_max = max(1, min(out_h, _BAND_PIXELS // pitch))
-        if kd * (band_max + (kh - 1) * dh) > taps * band_max:
-            fits = False
-            band_max = 1
-    band_size = taps * band_max * pitch if fits else 0
-    kflat = aligned_empty((band_size + extra,), dtype)
-    span = band_max + (kh - 1) * dh
-    gbuf = aligned_empty((kd if fits else 0, features, (span + 1) * pitch), dtype)
-    cbuf = aligned_empty((features if fits else 0, (band_max + 1) * pitch), dtype)
-    d2 = aligned_empty((band_max * pitch if fits else 0,), dtype)
-    zband = aligned_empty((band_max * pitch if fits else 0,), dtype)
-    return fits, kflat, band_size, band_max, gbuf, cbuf, d2, zband
-
-
-@njit(cache=True)
 def _row_kernel(
     explicit, use_explicit, guide, centre, n, oz, oy, out_w, guide_d, guide_h, guide_w, kd, kh, kw,
     ksz, ksy, ksx, kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, mask, has_mask,
@@ -627,6 +603,8 @@ def _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off):
         rows = starts[block + 1] - o
         w = o * count
         for p in range(0, width, step):
+            # one branch per tile size: each tile is its own intrinsic, so Numba cannot pick
+            # one by a runtime index
             if rows == 16:
                 tile16(acc, packed, kflat, xflat, k_off, x_off, o, w, count, p)
             elif rows == 12:
@@ -647,7 +625,7 @@ def _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off):
 def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transposed):
     """Input row ``x[n, c, iz, iy]`` laid out for the tiles in ``dst[start:start +
     phases*row_len]``: zero-padded, so that tap reads never leave it, and unit stride in the
-    output pixel; all zero when ``iy < 0`` (no source row).
+    output pixel (a missing source row is the caller's shared zero row, never padded here).
 
     Forward (``phases == stride``): ``dst[start + r*row_len + m] = x[..., m*stride + r -
     shift]``. Transposed (one phase): the row with ``stride - 1`` zeros between its elements,
@@ -658,7 +636,7 @@ def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transp
     """
     width = x.shape[4]
     base = np.uint64(start)
-    if iy >= 0 and stride == 1 and not transposed:
+    if stride == 1 and not transposed:
         lo = min(max(shift, 0), row_len)
         hi = max(min(width + shift, row_len), lo)
         for m in range(lo):
@@ -673,8 +651,6 @@ def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transp
         return
     for m in range(phases * row_len):
         dst[base + np.uint64(m)] = 0.0
-    if iy < 0:
-        return
     if transposed:
         for i in range(width):
             m = i * stride + shift
@@ -773,12 +749,26 @@ def conv_rows(
         window_z, window_y = kd, kh
     plane_slots = window_z * window_y
     slots = channels * plane_slots
-    # K: a band of rows by kernel_band where it fits, else row by row into kbuf; one buffer,
-    # the band's part first (a tile may read up to `width` past a band row: the row part)
+    # K: a band of about _BAND_PIXELS by kernel_band where it fits, else row by row into kbuf;
+    # not where a band would copy more guide rows than it has taps times rows (a large
+    # dilation: 5 taps 64 apart need 257 rows for one output row, which row by row are never
+    # copied). One buffer, the band's part first (a tile may read up to `width` past a band
+    # row: the row part).
     fits = band_fits(use_explicit, ksy, ksx, has_mask, normalize, channel_wise)
     pitch = band_pitch(out_w, kw, dw)
-    fits, kflat, band_size, band_max, gbuf, cbuf, d2, zband = _band_workspace(
-        fits, taps, kd, kh, dh, guide.shape[1], out_h, pitch, fk_count * taps * width, y.dtype)
+    band_max = max(1, min(out_h, _BAND_PIXELS // pitch))
+    if kd * (band_max + (kh - 1) * dh) > taps * band_max:
+        fits = False
+    if not fits:
+        band_max = 1
+    band_size = taps * band_max * pitch if fits else 0
+    span = band_max + (kh - 1) * dh
+    features = guide.shape[1]
+    gbuf = aligned_empty((kd if fits else 0, features, (span + 1) * pitch), y.dtype)
+    cbuf = aligned_empty((features if fits else 0, (band_max + 1) * pitch), y.dtype)
+    d2 = aligned_empty((band_max * pitch if fits else 0,), y.dtype)
+    zband = aligned_empty((band_max * pitch if fits else 0,), y.dtype)
+    kflat = aligned_empty((band_size + fk_count * taps * width,), y.dtype)
     kflat[:] = 0.0  # pixels past the row: the tiles read them, the outputs skip them
     kband = kflat[:band_size].reshape((1, taps if fits else 0, band_max * pitch))
     kbuf = kflat[band_size:].reshape((fk_count, taps, width))
@@ -802,7 +792,6 @@ def conv_rows(
     for tx in range(kw):
         tap_shift[tx] = (tx * dw) % phases * row_len + (tx * dw) // phases
     row_slot = np.empty(kd * kh, np.intp)  # per (tz, ty): the slot within a channel, or -1
-    row_key = np.empty(kd * kh, np.int64)
     row_z = np.empty(kd * kh, np.intp)
     row_y = np.empty(kd * kh, np.intp)
     for job in range(job_start, job_stop):
@@ -837,7 +826,6 @@ def conv_rows(
                 if iy >= 0:
                     row_slot[tz * kh + ty] = (tz * kh + ty if by_tap
                                               else iz % window_z * window_y + iy % window_y)
-                    row_key[tz * kh + ty] = (n * in_d + iz) * in_h + iy
                     row_z[tz * kh + ty] = iz
                     row_y[tz * kh + ty] = iy
         for c in range(channels):
@@ -846,10 +834,11 @@ def conv_rows(
                 if row_slot[r] >= 0:
                     slot = c * plane_slots + row_slot[r]
                     start = slot * block
-                    if held[slot] != row_key[r]:
+                    key = (n * in_d + row_z[r]) * in_h + row_y[r]
+                    if held[slot] != key:
                         _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len, phases, sx,
                                  shift, transposed)
-                        held[slot] = row_key[r]
+                        held[slot] = key
                 first = c * taps + r * kw
                 for tx in range(kw):
                     x_off[first + tx] = start + tap_shift[tx]
