@@ -194,3 +194,23 @@ def test_unfold_baseline_matches_pacarray(stride, weighted):
                         torch.from_numpy(weight) if weighted else None, 3,
                         normalize=normalize, **geometry).numpy()
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow  # importing PyTorch takes seconds
+def test_unfold_peers_keep_their_inputs_device():
+    """The PyTorch peers create no tensor on the default device: with inputs on PyTorch's
+    ``meta`` device (shapes only), a tensor made on the CPU stops them as a CUDA input would
+    (the GPU run of B-crf on an H200 failed so, before the CRF peer's offsets took the
+    unary's device)."""
+    torch = pytest.importorskip("torch")
+    from pacarray.benchmarks.core import unfold_pac
+    from pacarray.benchmarks.crf import unfold_crf
+    from pacarray.crf import DEFAULT_PAIRWISE
+
+    meta = dict(device="meta")
+    q = unfold_crf(torch, torch.empty(1, 4, 12, 13, **meta), torch.empty(1, 3, 12, 13, **meta),
+                   steps=2, terms=DEFAULT_PAIRWISE)
+    assert q.device.type == "meta" and q.shape == (1, 4, 12, 13)
+    y = unfold_pac(torch, torch.empty(1, 3, 9, 8, **meta), torch.empty(1, 4, 9, 8, **meta),
+                   torch.empty(5, 3, 3, 3, **meta), 3, padding=1, normalize="kernel")
+    assert y.device.type == "meta" and y.shape == (1, 5, 9, 8)

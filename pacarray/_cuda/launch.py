@@ -30,7 +30,7 @@ import numpy as np
 BLOCK_THREADS = 256
 MAX_BLOCKS = 1 << 20
 DIRECT_CONV_MAX_CHANNEL_PRODUCT = 64
-WORKSPACE_BYTES = 64 * 2**20
+WORKSPACE_BYTES = 32 * 2**20
 
 #: Spatial rank of every kernel: 1-D and 2-D calls are lifted to it (:func:`lift`).
 KERNEL_DIMS = 3

@@ -59,7 +59,8 @@ def unfold_crf(torch, unary, image, *, steps, terms):
         features = functional.unfold(image / term.sigma_color, **geometry)
         features = features.view(1, image.shape[1], taps, height, width)
         centre = features[:, :, taps // 2: taps // 2 + 1]
-        offsets = dilation * (torch.arange(kernel_size, dtype=unary.dtype) - radius)
+        offsets = dilation * (torch.arange(kernel_size, dtype=unary.dtype, device=unary.device)
+                              - radius)
         distance2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
         if term.sigma_spatial is None:
             spatial = torch.ones_like(distance2).reshape(1, taps, 1, 1)
