@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -183,6 +185,51 @@ def require_ndim(array, ndim: int, name: str, layout: str) -> None:
 def cast(xp, array, dtype):
     """C-contiguous array of ``dtype``; a copy only when needed (inputs are never written)."""
     return xp.ascontiguousarray(array, dtype=dtype)
+
+
+#: Largest host array :func:`constant` keeps a device copy of, in bytes.
+CONSTANT_LIMIT_BYTES = 4096
+#: Device copies :func:`constant` keeps (least recently used dropped first).
+CONSTANT_CACHE_SIZE = 256
+_constants: OrderedDict = OrderedDict()
+_constants_lock = threading.Lock()
+
+
+def constant(xp, values, dtype):
+    """A small host array (``values``: the family's parameters, a window, a placeholder) as a
+    C-contiguous ``dtype`` array of ``xp``, which the kernels read and never write.
+
+    NumPy gets a fresh array. Another namespace (CuPy) gets one device copy per device, dtype,
+    shape and content, kept for later calls (up to :data:`CONSTANT_CACHE_SIZE` of them, each at
+    most :data:`CONSTANT_LIMIT_BYTES`): a call repeated with the same parameters uploads nothing.
+    An upload from pageable host memory makes the host wait until the stream has run what was
+    queued before it, so three uploads per call serialized every call with the GPU
+    (``docs/design.md`` §4).
+    """
+    host = np.ascontiguousarray(values, dtype=dtype)
+    if xp is np or host.nbytes > CONSTANT_LIMIT_BYTES:
+        return xp.asarray(host)
+    key = (xp.__name__, xp.cuda.Device().id, host.dtype.str, host.shape, host.tobytes())
+    with _constants_lock:
+        array = _constants.get(key)
+        if array is not None:
+            _constants.move_to_end(key)
+            return array
+    array = xp.asarray(host)
+    with _constants_lock:
+        _constants[key] = array
+        while len(_constants) > CONSTANT_CACHE_SIZE:
+            _constants.popitem(last=False)
+    return array
+
+
+def host_or(xp, value):
+    """``numpy`` for a value that lives on the host (a NumPy array, a list, a number), else
+    ``xp``: small parameter arrays stay on the host for their checks and reach the device
+    through :func:`constant`."""
+    if isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number)):
+        return np
+    return xp
 
 
 # --------------------------------------------------------------------------------------------

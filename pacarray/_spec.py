@@ -248,6 +248,14 @@ def _check_finite(xp, array, name):
         )
 
 
+def _small(xp, array, dtype):
+    """A small parameter array in ``xp`` and ``dtype``: through :func:`_args.constant` when it
+    is on the host, cast in place when it is already ``xp``'s."""
+    if isinstance(array, np.ndarray) and xp is not np:
+        return _args.constant(xp, array, dtype)
+    return _args.cast(xp, array, dtype)
+
+
 def build_spec(
     xp,
     dtype,
@@ -336,14 +344,17 @@ def build_spec(
 
     spatial = np.ones(geometry.kernel_size)
     if spatial_weight is not None:
-        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        # A window made on the host (spatial_window() gives NumPy) is checked there and reaches
+        # the device once (_args.constant); one already on the device stays there.
+        spatial_weight = _args.convert(_args.host_or(xp, spatial_weight), spatial_weight,
+                                       "spatial_weight")
         _args.require_real(spatial_weight, "spatial_weight")
         if tuple(spatial_weight.shape) != geometry.kernel_size:
             raise ValueError(
                 f"spatial_weight must have shape kernel_size={geometry.kernel_size}, "
                 f"got {tuple(spatial_weight.shape)}"
             )
-        _check_finite(xp, spatial_weight, "spatial_weight")
+        _check_finite(namespace_of(spatial_weight), spatial_weight, "spatial_weight")
         spatial = spatial_weight
 
     has_mask = mask is not None
@@ -367,24 +378,24 @@ def build_spec(
     elif normalize in ("mask", "mask_kernel"):
         raise ValueError(f"normalize={normalize!r} requires a mask")
     else:
-        mask = xp.zeros((1,) * (rank + 1), dtype)
+        mask = _args.constant(xp, np.zeros((1,) * (rank + 1)), dtype)
 
     if guide is not None:
         weights = smoothing_weights(smooth, guide_shape)
         if weights is not None:
-            weights = _args.convert(xp, weights, "smooth")
+            weights = _args.convert(_args.host_or(xp, weights), weights, "smooth")
             _args.require_real(weights, "smooth")
             if weights.ndim != rank or any(s % 2 == 0 for s in weights.shape):
                 raise ValueError(
                     f"a smooth array must be {rank}-D (the data's spatial rank) with odd sides, "
                     f"got shape {tuple(weights.shape)}"
                 )
-            _check_finite(xp, weights, "smooth")
-            centre = smooth_centre(guide, _args.cast(xp, weights, dtype))
+            _check_finite(namespace_of(weights), weights, "smooth")
+            centre = smooth_centre(guide, _small(xp, weights, dtype))
         else:
             centre = guide
     else:
-        guide = centre = xp.zeros((1,) * (rank + 2), dtype)
+        guide = centre = _args.constant(xp, np.zeros((1,) * (rank + 2)), dtype)
     if code in (FAMILY_INVERSE, FAMILY_INVERSE_ASYMMETRIC):
         _check_inverse_power_range(xp, guide, centre, family, lam, eps2, fk_count, dtype,
                                    geometry.taps)
@@ -395,10 +406,10 @@ def build_spec(
         centre=centre,
         guide_shape=tuple(guide_shape),
         family=code,
-        alpha=_args.cast(xp, xp.asarray(alpha), dtype),
-        lam=_args.cast(xp, xp.asarray(lam), dtype),
+        alpha=_args.constant(xp, alpha, dtype),
+        lam=_args.constant(xp, lam, dtype),
         eps2=eps2,
-        spatial=_args.cast(xp, xp.asarray(spatial), dtype),
+        spatial=_small(xp, spatial, dtype),
         mask=mask,
         has_mask=has_mask,
         normalize=NORMALIZE_CODES[normalize],
@@ -427,7 +438,8 @@ def prepare_kernel(
         mask = _args.convert(xp, mask, "mask")
         require_rank(mask, rank, "mask", "guide", guide.shape)
     if spatial_weight is not None:
-        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        spatial_weight = _args.convert(_args.host_or(xp, spatial_weight), spatial_weight,
+                                       "spatial_weight")
         _args.require_real(spatial_weight, "spatial_weight")
     dtype = _args.compute_dtype(guide)  # spatial_weight takes the guide's dtype
     geometry = make_geometry(
@@ -472,8 +484,8 @@ def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
     if n != batch or fk not in (1, channels) or tuple(kernel.shape[2:]) != expected_tail:
         raise ValueError(f"kernel must have shape {described}, got {tuple(kernel.shape)}")
     explicit = _args.cast(xp, kernel, dtype)
-    dummy = xp.zeros((1,) * (rank + 2), dtype)
-    zeros = xp.zeros(1, dtype)
+    dummy = _args.constant(xp, np.zeros((1,) * (rank + 2)), dtype)
+    zeros = _args.constant(xp, np.zeros(1), dtype)
     return KernelSpec(
         explicit=explicit,
         guide=dummy,
@@ -483,8 +495,8 @@ def explicit_spec(xp, kernel, dtype, batch, channels, kernel_size, out_shape):
         alpha=zeros,
         lam=zeros,
         eps2=0.0,
-        spatial=xp.ones(kernel_size, dtype),
-        mask=xp.zeros((1,) * (rank + 1), dtype),
+        spatial=_args.constant(xp, np.ones(kernel_size), dtype),
+        mask=_args.constant(xp, np.zeros((1,) * (rank + 1)), dtype),
         has_mask=False,
         normalize=0,
         channel_wise=fk > 1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _args
 from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from ._geometry import (
@@ -47,7 +49,8 @@ def _prepare(
         options = {**options, "mask": mask}
     spatial_weight = options["spatial_weight"]
     if spatial_weight is not None:
-        spatial_weight = _args.convert(xp, spatial_weight, "spatial_weight")
+        spatial_weight = _args.convert(_args.host_or(xp, spatial_weight), spatial_weight,
+                                       "spatial_weight")
         _args.require_real(spatial_weight, "spatial_weight")
         options = {**options, "spatial_weight": spatial_weight}
     # Small parameter arrays (spatial_weight, smooth, mask) take the data's dtype: a float64
@@ -132,7 +135,7 @@ def backend_weight(xp, weight, geometry, dtype):
     """
     dims = len(geometry.kernel_size)
     if weight is None:
-        return True, xp.ones(geometry.kernel_size, dtype)
+        return True, _args.constant(xp, np.ones(geometry.kernel_size), dtype)
     if weight.shape[:2] == (1, 1):
         taps = weight[0, 0]
         if geometry.transposed:

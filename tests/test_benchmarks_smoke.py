@@ -98,6 +98,22 @@ def test_every_cpu_workload_runs(workload):
     assert not any(peer.name.startswith("torch") for peer in case.peers)
 
 
+def test_gpu_workloads_build_on_the_cpu():
+    """The GPU-only workloads' builders run at quick sizes with NumPy arrays (their calls and
+    the host profile of G-call included), so a device session starts from code that runs; the
+    CuPy parts are exercised there."""
+    from pacarray.benchmarks import gpu
+
+    for workload in gpu.WORKLOADS:
+        case = workload.build(Context(quick=True, peers=False))
+        result = case.call()
+        values = np.asarray(result[0] if isinstance(result, tuple) else result)
+        assert values.size > 0 and np.all(np.isfinite(values)), workload.name
+    call = {w.name: w for w in gpu.WORKLOADS}["G-call"].build(Context(quick=True, peers=False))
+    assert any(note.startswith("host time per call") and note.count(" us") >= 3
+               for note in call.notes)
+
+
 @pytest.mark.slow  # a fresh process that imports pacarray
 def test_quick_cold_start_table(tmp_path, capsys):
     results = tmp_path / "results.json"

@@ -336,3 +336,28 @@ def test_arrays_past_two_to_the_31_elements_use_64_bit_indexing():
     y = pacarray.pac_pool(x, 1)
     assert float(y[0, 1, -1, -1]) == 7.0
     assert bool(cp.array_equal(y, x))
+
+
+def test_a_repeated_call_uploads_nothing(rng, monkeypatch):
+    """The family's parameters, the window (made on the host by spatial_window) and the
+    placeholders reach the device on the first call only (``_args.constant``): later calls with
+    the same parameters make no host-to-device copy, which would make the host wait for the
+    GPU (docs/design.md §4)."""
+    x, guide, mask, spatial = _case(rng, np.float32)
+    x, guide = cp.asarray(x), cp.asarray(guide)
+    calls = [
+        lambda: pacarray.pac_pool(x, 5, guide=guide, padding=2, spatial_weight=spatial,
+                                  normalize="kernel"),
+        lambda: pacarray.pac_conv(x, cp.ones((4, 3, 5, 5), cp.float32), guide=guide, padding=2,
+                                  family=pacarray.InversePower(0.5, -1.0), smooth="gaussian"),
+    ]
+    expected = [call() for call in calls]
+    real_asarray = cp.asarray
+
+    def no_upload(value, *args, **kwargs):
+        assert not isinstance(value, np.ndarray), f"uploaded {value.shape} {value.dtype}"
+        return real_asarray(value, *args, **kwargs)
+
+    monkeypatch.setattr(cp, "asarray", no_upload)
+    for call, first in zip(calls, expected):
+        assert bool(cp.all(call() == first))

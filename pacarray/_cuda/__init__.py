@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 # The image filters have no CUDA kernel of their own: the generic implementation on the core ops.
 from .._generic.filters import bilateral, joint_upsample
+from .. import _args
 from .._spec import KernelGrads
 from . import _loader, launch
 from .launch import int32, lift
@@ -100,7 +101,7 @@ def _explicit_or_placeholder(xp, spec, dtype):
     """The explicit K, or an empty array for the kernels' unused pointer argument."""
     if spec.use_explicit:
         return spec.explicit
-    return xp.empty(0, dtype)
+    return _args.constant(xp, (), dtype)
 
 
 def _direct(runtime, x, weight, dense, y, spec, geometry, k_stride, k_padding):
@@ -241,7 +242,7 @@ class _Gradients(NamedTuple):
 
 def _gradients(xp, spec, x_shape, taps, out_shape, dtype, need_x, need_weight, need_kernel,
                need_guide):
-    placeholder = xp.empty(0, dtype)
+    placeholder = _args.constant(xp, (), dtype)
 
     def zeros(shape, wanted):
         return xp.zeros(shape, dtype) if wanted else placeholder
@@ -307,7 +308,7 @@ def _kernel_backward(runtime, grad_kernel, spec, kernel_size, k_stride, k_paddin
     batch, _, taps, *out_shape = grad_kernel.shape
     dtype = grad_kernel.dtype
     grads = _gradients(xp, spec, (0,), taps, out_shape, dtype, False, False, True, need_guide)
-    placeholder = xp.empty(0, dtype)
+    placeholder = _args.constant(xp, (), dtype)
     _launch_backward(
         runtime, _UPSTREAM_KERNEL, grad_kernel, placeholder, placeholder,
         launch.Chunk(0, batch, 0, launch.lines(out_shape)), out_shape, (1,), (0,), False, spec,
@@ -358,7 +359,7 @@ def _conv_backward(runtime, grad_y, x, weight_matrix, spec, geometry, k_stride, 
     workspace = xp.empty(size, dtype)
     matrix_t = xp.ascontiguousarray(weight_matrix.T)
     grad_y_flat = xp.ascontiguousarray(grad_y).reshape(batch, out_channels, out_h * out_w)
-    placeholder = xp.empty(0, dtype)
+    placeholder = _args.constant(xp, (), dtype)
     for chunk in chunks:
         start = chunk.row_start * out_w
         grad_chunk = grad_y_flat[chunk.n0:chunk.n0 + chunk.images, :,

@@ -17,6 +17,13 @@
   Gaussian K on the values scaled by ``1/sigma_color`` (0.1), Gaussian cube window of radius 3
   with ``sigma_spatial = 1`` (B-bilateral-3d's parameters; zero border instead of replicated
   edges), ``normalize="kernel"``. No GPU peer (ITK's filter runs on the CPU).
+* G-call: ``pac_pool`` on a 1 x 3 x 16 x 16 image (k = 5, Gaussian K from the image, a
+  ``spatial_window`` made on the host, ``normalize="kernel"``): the GPU work is negligible, so
+  the time is the fixed cost of a call (the front end's checks, CuPy's launches and allocations).
+  A one-image 256 x 256 call took 0.46 ms on an H200 where the same call on 16 images took 0.64
+  (docs/guide/benchmarks.md). Peers: PyTorch's unfold PAC pool on the same input (same result)
+  and one ``F.avg_pool2d`` (the framework's cost of one op). The notes list where the host's
+  time goes (cProfile of 200 calls, by own time).
 
 Peers on the same GPU when PyTorch with CUDA is present: ``F.conv2d`` / ``F.avg_pool2d`` in float32
 with TF32 off (lower bounds, no adaptive kernel), the unfold + einsum PAC of
@@ -252,6 +259,55 @@ def build_bilateral3d(context: Context) -> Case:
     )
 
 
+def build_call(context: Context) -> Case:
+    import cProfile
+    import pstats
+
+    import pacarray
+
+    rng = context.rng()
+    image = rng.random((1, 3, 16, 16), dtype=np.float32)
+    image_dev = context.asarray(image)
+    guide_dev = image_dev / np.float32(0.1)
+    spatial = pacarray.spatial_window(5, 2.0)   # float64 NumPy, as a user passes it
+
+    def call():
+        return pacarray.pac_pool(image_dev, 5, guide=guide_dev, padding=2,
+                                 spatial_weight=spatial, normalize="kernel")
+
+    case = Case(call=call, label="pac_pool on 1x3x16x16 (the fixed cost of a call)")
+    call()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(200):
+        call()
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    own = sorted(((value[2], key) for key, value in stats.items()), reverse=True)[:8]
+    case.notes.append("host time per call by function (own time, cProfile of 200 calls): "
+                      + "; ".join(f"{name} ({file.rsplit('/', 1)[-1]}:{line}) "
+                                  f"{seconds / 200 * 1e6:.0f} us"
+                                  for seconds, (file, line, name) in own))
+    torch = context.torch()
+    if torch is None:
+        case.notes.append(TORCH_MISSING)
+        return case
+    image_t = context.torch_tensor(torch, image)
+    guide_t = image_t / 0.1
+
+    def unfold_pool():
+        with torch.inference_mode():
+            return unfold_pac(torch, image_t, guide_t, None, 5, padding=2, normalize="kernel")
+
+    def avg_pool():
+        with torch.inference_mode():
+            return torch.nn.functional.avg_pool2d(image_t, 5, stride=1, padding=2)
+
+    case.peers.append(Peer("torch unfold PAC pool", unfold_pool, role="similar call"))
+    case.peers.append(Peer("torch F.avg_pool2d", avg_pool, role="one framework op"))
+    return case
+
+
 WORKLOADS = [
     Workload("G-conv16", "pac_conv 16->16, batch 16, 256x256, k=5, Gaussian K from 8 guide "
              "channels", build_conv16, devices=("gpu",)),
@@ -267,4 +323,6 @@ WORKLOADS = [
              build_conv3d_grad, devices=("gpu",)),
     Workload("G-bilateral-3d", "64x256x256 volume, bilateral-like fused pac_pool, radius 3 "
              "cube, sigma_spatial 1, sigma_color 0.1", build_bilateral3d, devices=("gpu",)),
+    Workload("G-call", "pac_pool on 1x3x16x16: the fixed cost of one call", build_call,
+             devices=("gpu",)),
 ]
