@@ -223,6 +223,11 @@ def constant(xp, values, dtype):
     return array
 
 
+def to_host(xp, array) -> np.ndarray:
+    """``array`` as a NumPy array (one device-to-host copy for CuPy)."""
+    return array if xp is np else xp.asnumpy(array)
+
+
 def host_or(xp, value):
     """``numpy`` for a value that lives on the host (a NumPy array, a list, a number), else
     ``xp``: small parameter arrays stay on the host for their checks and reach the device

@@ -188,7 +188,7 @@ class BilateralProblem:
         keywords = dict(
             guide=features[None], family=Gaussian(),
             padding=reach if self.mode == "exclude" else 0,
-            spatial_weight=xp.asarray(self.spatial_weights(), dtype=dtype),
+            spatial_weight=_args.constant(xp, self.spatial_weights(), dtype),
             normalize="kernel",
         )
         return x[None], features, keywords

@@ -210,14 +210,17 @@ def _check_inverse_power_range(xp, guide, centre, family, lam, eps2, fk_count, d
             f"InversePower(lambda_={family.lambda_!r}, eps={family.eps!r}): eps**2 is 0 in "
             f"{name}, so the kernel is infinite at zero distance; use a larger eps"
         )
-    finite = xp.isfinite(guide)
-    if not bool(finite.any()):
+    # The finite extremes of the guide and the (smoothed) centre, read back in one transfer (on
+    # a GPU each read waits for the stream); inf when every value is NaN or infinite.
+    finite, finite_centre = xp.isfinite(guide), xp.isfinite(centre)
+    extremes = _args.to_host(xp, xp.stack([
+        xp.min(xp.where(finite, guide, xp.inf)), xp.min(xp.where(finite_centre, centre, xp.inf)),
+        -xp.max(xp.where(finite, guide, -xp.inf)),
+        -xp.max(xp.where(finite_centre, centre, -xp.inf)),
+    ]))
+    low, high = float(min(extremes[0], extremes[1])), -float(min(extremes[2], extremes[3]))
+    if math.isinf(low):
         return
-    finite_centre = xp.isfinite(centre)
-    low = min(float(xp.min(xp.where(finite, guide, xp.inf))),
-              float(xp.min(xp.where(finite_centre, centre, xp.inf))))
-    high = max(float(xp.max(xp.where(finite, guide, -xp.inf))),
-               float(xp.max(xp.where(finite_centre, centre, -xp.inf))))
     features = guide.shape[1] if fk_count == 1 else 1
     largest_d2 = features * (high - low) ** 2
     for lam_value in np.asarray(lam, float):

@@ -540,7 +540,7 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype, shared=None):
     return _mean_field.Term(
         weight=float(term.weight),
         guide=guide,
-        spatial=_args.cast(xp, xp.asarray(spatial), dtype),
+        spatial=_args.constant(xp, spatial, dtype),
         dilation=dilation,
         blur=int(term.blur),
         fine_guide=fine_guide,

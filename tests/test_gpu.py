@@ -339,12 +339,12 @@ def test_arrays_past_two_to_the_31_elements_use_64_bit_indexing():
 
 
 def test_a_repeated_call_uploads_nothing(rng, monkeypatch):
-    """The family's parameters, the window (made on the host by spatial_window) and the
-    placeholders reach the device on the first call only (``_args.constant``): later calls with
+    """The family's parameters, the smoothing weights and the placeholders reach the device on
+    the first call only (``_args.constant``): later calls with
     the same parameters make no host-to-device copy, which would make the host wait for the
     GPU (docs/design.md §4)."""
     x, guide, mask, spatial = _case(rng, np.float32)
-    x, guide = cp.asarray(x), cp.asarray(guide)
+    x, guide, spatial = cp.asarray(x), cp.asarray(guide), cp.asarray(spatial)
     calls = [
         lambda: pacarray.pac_pool(x, 5, guide=guide, padding=2, spatial_weight=spatial,
                                   normalize="kernel"),

@@ -45,7 +45,7 @@ def joint_upsample(problem):
             shape[axis] = -1
             term = log_weight.reshape(shape)
             log_spatial = term if log_spatial is None else log_spatial + term
-        log_spatial = xp.asarray(log_spatial, dtype=dtype)
+        log_spatial = _args.constant(xp, log_spatial, dtype)
         terms.append((log_spatial - dtype.type(problem.range_coef) * d2, low_planar[index]))
     # Weights relative to the largest per pixel: no underflow, the same ratios.
     largest = terms[0][0]

@@ -17,8 +17,8 @@
   Gaussian K on the values scaled by ``1/sigma_color`` (0.1), Gaussian cube window of radius 3
   with ``sigma_spatial = 1`` (B-bilateral-3d's parameters; zero border instead of replicated
   edges), ``normalize="kernel"``. No GPU peer (ITK's filter runs on the CPU).
-* G-call: ``pac_pool`` on a 1 x 3 x 16 x 16 image (k = 5, Gaussian K from the image, a
-  ``spatial_window`` made on the host, ``normalize="kernel"``): the GPU work is negligible, so
+* G-call: ``pac_pool`` on a 1 x 3 x 16 x 16 image (k = 5, Gaussian K from the image, a float64
+  ``spatial_window`` on the device, ``normalize="kernel"``): the GPU work is negligible, so
   the time is the fixed cost of a call (the front end's checks, CuPy's launches and allocations).
   A one-image 256 x 256 call took 0.46 ms on an H200 where the same call on 16 images took 0.64
   (docs/guide/benchmarks.md). Peers: PyTorch's unfold PAC pool on the same input (same result)
@@ -269,7 +269,7 @@ def build_call(context: Context) -> Case:
     image = rng.random((1, 3, 16, 16), dtype=np.float32)
     image_dev = context.asarray(image)
     guide_dev = image_dev / np.float32(0.1)
-    spatial = pacarray.spatial_window(5, 2.0)   # float64 NumPy, as a user passes it
+    spatial = context.asarray(pacarray.spatial_window(5, 2.0))   # float64, cast per call
 
     def call():
         return pacarray.pac_pool(image_dev, 5, guide=guide_dev, padding=2,
