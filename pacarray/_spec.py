@@ -453,21 +453,22 @@ def prepare_kernel(
         out_shape = guide_shape
     else:
         out_shape = geometry.checked_output_shape(guide_shape, "guide")
-    spec = build_spec(
-        xp,
-        dtype,
-        geometry,
-        guide=_args.cast(xp, guide, dtype),
-        guide_shape=guide_shape,
-        batch=guide.shape[0],
-        channels=None,
-        family=family,
-        smooth=smooth,
-        spatial_weight=spatial_weight,
-        mask=mask,
-        normalize=normalize,
-        channel_wise=channel_wise,
-    )
+    with _device_of(guide):   # the spec's small arrays are made on the guide's device
+        spec = build_spec(
+            xp,
+            dtype,
+            geometry,
+            guide=_args.cast(xp, guide, dtype),
+            guide_shape=guide_shape,
+            batch=guide.shape[0],
+            channels=None,
+            family=family,
+            smooth=smooth,
+            spatial_weight=spatial_weight,
+            mask=mask,
+            normalize=normalize,
+            channel_wise=channel_wise,
+        )
     return backend, xp, geometry, guide, spec, out_shape
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _args
-from ._dispatch import backend_module, select_backend
+from ._dispatch import backend_module, device_of, select_backend
 from ._geometry import kernel_geometry
 from ._spec import prepare_kernel, resolve_family, smooth_centre_backward, smoothing_weights
 from .kernels import InversePower
@@ -219,7 +219,8 @@ def _backward(module, xp, grad_y, x, weight, spec, geometry, shared, out_channel
     transposed filters flipped), and the weight gradient is brought back to the user's layout.
     """
     k_stride, k_padding = kernel_geometry(geometry)
-    _, layout = backend_weight(xp, weight, geometry, x.dtype)
+    with device_of(x):
+        _, layout = backend_weight(xp, weight, geometry, x.dtype)
     run = module.pool_backward if shared else module.conv_backward
     grad_x, grad_layout, grad_explicit, parts = run(
         grad_y, x, layout, spec, geometry, k_stride, k_padding, need_x, need_weight,

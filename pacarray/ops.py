@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
+from ._dispatch import backend_module, delegate_lazy, device_of, namespace, select_backend
 from ._geometry import (
     data_rank,
     kernel_geometry,
@@ -106,12 +106,14 @@ def _prepare(
             )
         spec = explicit_spec(xp, kernel, dtype, batch, channels, geometry.kernel_size, out_shape)
     else:
-        spec = build_spec(
-            xp, dtype, geometry,
-            guide=None if guide is None else _args.cast(xp, guide, dtype),
-            guide_shape=guide_shape, batch=batch, channels=channels, family=family,
-            **options,
-        )
+        # On the data's device: the spec's small arrays are made there (_args.constant).
+        with device_of(x):
+            spec = build_spec(
+                xp, dtype, geometry,
+                guide=None if guide is None else _args.cast(xp, guide, dtype),
+                guide_shape=guide_shape, batch=batch, channels=channels, family=family,
+                **options,
+            )
     x = _args.cast(xp, x, dtype)
     if weight is not None:
         weight = _args.cast(xp, weight, dtype)
@@ -135,6 +137,8 @@ def backend_weight(xp, weight, geometry, dtype):
     """
     dims = len(geometry.kernel_size)
     if weight is None:
+        # Pooling's taps are ones; made on the current device, which the callers set to the
+        # data's.
         return True, _args.constant(xp, np.ones(geometry.kernel_size), dtype)
     if weight.shape[:2] == (1, 1):
         taps = weight[0, 0]
@@ -165,7 +169,8 @@ def _run(op, x, weight, bias, kernel, guide, family, kernel_size, stride, paddin
         output_padding, options,
     )
     k_stride, k_padding = kernel_geometry(geometry)
-    shared, layout = backend_weight(xp, weight, geometry, x.dtype)
+    with device_of(x):
+        shared, layout = backend_weight(xp, weight, geometry, x.dtype)
     run = module.pool if shared else module.conv
     y = run(x, layout, spec, geometry, k_stride, k_padding, out_shape)
     if bias is not None:
