@@ -230,3 +230,23 @@ def test_unfold_peers_keep_their_inputs_device():
     y = unfold_pac(torch, torch.empty(1, 3, 9, 8, **meta), torch.empty(1, 4, 9, 8, **meta),
                    torch.empty(5, 3, 3, 3, **meta), 3, padding=1, normalize="kernel")
     assert y.device.type == "meta" and y.shape == (1, 5, 9, 8)
+
+
+@pytest.mark.slow  # importing PyTorch takes seconds
+@pytest.mark.parametrize("size, output_padding", [(7, 1), (6, 0)])
+def test_unfold_transposed_baseline_matches_pacarray(size, output_padding):
+    torch = pytest.importorskip("torch")
+    import pacarray
+    from pacarray.benchmarks.core import unfold_pac_transpose
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((1, 3, size, size + 1))
+    weight = rng.standard_normal((3, 4, 5, 5))
+    geometry = dict(stride=2, padding=2, output_padding=output_padding)
+    out = [(s - 1) * 2 - 4 + 5 + output_padding for s in x.shape[2:]]
+    guide = rng.standard_normal((1, 2, *out))
+    expected = pacarray.pac_conv_transpose(x, weight, guide=guide, family=pacarray.Gaussian(),
+                                           **geometry)
+    result = unfold_pac_transpose(torch, torch.from_numpy(x), torch.from_numpy(guide),
+                                  torch.from_numpy(weight), 5, **geometry).numpy()
+    np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)

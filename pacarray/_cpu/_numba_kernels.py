@@ -664,6 +664,34 @@ def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transp
                     dst[base + np.uint64(r * row_len + m)] = x[n, c, iz, iy, np.uint64(i)]
 
 
+#: Step subsets whose packed weights :func:`conv_rows` keeps (a stride-2 transposed op
+#: alternates two, plus the borders), within :data:`_PATTERN_BYTES` per thread.
+_PATTERNS = 8
+_PATTERN_BYTES = 1 << 22
+
+
+@njit(cache=True, inline="always")
+def _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, steps, out):
+    """The weights of the steps whose tap row has a source (``row_slot[r] >= 0``), in their
+    order, packed as :func:`pack_weights` packs all ``total`` of them: block ``b`` of output
+    channels ``starts[b]:starts[b+1]`` at ``starts[b] * steps``, step by step."""
+    for block in range(starts.shape[0] - 1):
+        o = starts[block]
+        rows = starts[block + 1] - o
+        source = o * total
+        target = o * steps
+        kept = 0
+        for c in range(channels):
+            for r in range(tap_rows):
+                if row_slot[r] < 0:
+                    continue
+                for tx in range(kw):
+                    j = c * taps + r * kw + tx
+                    for b in range(rows):
+                        out[target + kept * rows + b] = packed[source + j * rows + b]
+                    kept += 1
+
+
 #: Pixels of one band of :func:`kernel_band` (rows times pitch): long enough loops, small
 #: enough buffers (with 27 taps, 108 KiB of K in float32).
 _BAND_PIXELS = 1024
@@ -794,6 +822,17 @@ def conv_rows(
     row_slot = np.empty(kd * kh, np.intp)  # per (tz, ty): the slot within a channel, or -1
     row_z = np.empty(kd * kh, np.intp)
     row_y = np.empty(kd * kh, np.intp)
+    # Rows with some tap rows out of range (every other row of a stride-2 transposed op, the
+    # borders) sum only the steps that have a source row: their own step tables and weights,
+    # packed like `packed` for that subset and kept for the next row of the same pattern.
+    compactable = kd * kh <= 62
+    patterns = max(1, min(_PATTERNS, _PATTERN_BYTES // max(1, packed.size * packed.itemsize)))
+    pattern_key = np.full(patterns, -1, np.int64)
+    pattern_steps = np.zeros(patterns, np.intp)
+    pattern_packed = np.empty((patterns if compactable else 0, packed.size), packed.dtype)
+    next_pattern = 0
+    k_sub = np.empty(total, np.intp)
+    x_sub = np.empty(total, np.intp)
     for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
@@ -842,7 +881,35 @@ def conv_rows(
                 first = c * taps + r * kw
                 for tx in range(kw):
                     x_off[first + tx] = start + tap_shift[tx]
-        _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
+        key = 0
+        for r in range(kd * kh):
+            if row_slot[r] >= 0:
+                key |= 1 << r
+        if not compactable or key == (1 << (kd * kh)) - 1:
+            _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
+        else:
+            steps = 0
+            for c in range(channels):
+                for r in range(kd * kh):
+                    if row_slot[r] >= 0:
+                        first = c * taps + r * kw
+                        for tx in range(kw):
+                            k_sub[steps] = k_off[first + tx]
+                            x_sub[steps] = x_off[first + tx]
+                            steps += 1
+            found = -1
+            for slot in range(patterns):
+                if pattern_key[slot] == key:
+                    found = slot
+            if found < 0:
+                found = next_pattern
+                next_pattern = (next_pattern + 1) % patterns
+                _pack_steps(packed, starts, total, row_slot, kd * kh, kw, taps, channels,
+                            steps, pattern_packed[found])
+                pattern_key[found] = key
+                pattern_steps[found] = steps
+            _accumulate_tiles(acc, pattern_packed[found], starts, kflat, xflat, k_sub[:steps],
+                              x_sub[:steps])
         for o in range(out_channels):
             for ox in range(out_w):
                 u = np.uint64(ox)

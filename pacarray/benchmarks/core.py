@@ -5,6 +5,10 @@
 * B-conv64: ``pac_conv`` 64 -> 64 channels, 128 x 128, k = 3, padding 1, same kernel.
 * B-pool: ``pac_pool`` stride 2, k = 5, padding 2, 16 channels, 256 x 256, Gaussian K from an RGB
   guide, ``normalize="kernel"``.
+* B-convT: ``pac_conv_transpose`` 16 -> 16 channels, 128 x 128 -> 256 x 256 (k = 5, stride 2,
+  padding 2, output_padding 1), Gaussian K from an 8-channel guide at the output's resolution:
+  the learned upsampling of a decoder. Peers ``F.conv_transpose2d`` (lower bound, target 1.5)
+  and :func:`unfold_pac` on the input with zeros inserted (same result).
 * B-conv3d: ``pac_conv`` 8 -> 8 channels on a 64^3 volume, k = 3, padding 1, Gaussian K from a
   4-channel guide (fused); peer ``F.conv3d`` at the same shape. B-conv3d-grad: the same forward
   then ``pac_conv_vjp`` (x, weight, guide), against the forward alone.
@@ -167,6 +171,68 @@ def build_pool(context: Context) -> Case:
     return case
 
 
+def unfold_pac_transpose(torch, x, guide, weight, kernel_size: int, *, stride: int,
+                         padding: int, output_padding: int):
+    """Transposed PAC through :func:`unfold_pac`: ``x`` with ``stride - 1`` zeros inserted
+    between its pixels (on an output-sized grid), convolved with the flipped, transposed
+    ``(C, C_out, k, k)`` weight and padding ``k - 1 - padding``, the kernel from the guide at the
+    output's resolution. The centre of the kernel's window is the output pixel only for
+    ``padding == (k - 1) // 2``, which this formulation assumes."""
+    if 2 * padding != kernel_size - 1:
+        raise ValueError("unfold_pac_transpose needs padding == (kernel_size - 1) // 2")
+    n, channels, height, width = x.shape
+    out_h = (height - 1) * stride - 2 * padding + kernel_size + output_padding
+    out_w = (width - 1) * stride - 2 * padding + kernel_size + output_padding
+    spread = x.new_zeros((n, channels, out_h, out_w))
+    spread[:, :, : (height - 1) * stride + 1: stride, : (width - 1) * stride + 1: stride] = x
+    flipped = weight.flip(-1, -2).transpose(0, 1)
+    return unfold_pac(torch, spread, guide, flipped, kernel_size,
+                      padding=kernel_size - 1 - padding)
+
+
+def build_convt(context: Context) -> Case:
+    import pacarray
+
+    channels, kernel_size, stride, padding, output_padding = 16, 5, 2, 2, 1
+    size = 12 if context.quick else 128
+    out = (size - 1) * stride - 2 * padding + kernel_size + output_padding
+    rng = context.rng()
+    x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
+    guide = _guide(context, 8, out)
+    weight = (rng.standard_normal((channels, channels, kernel_size, kernel_size),
+                                  dtype=np.float32) / np.sqrt(channels * kernel_size**2))
+    weight = weight.astype(np.float32)
+    x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
+    geometry = dict(stride=stride, padding=padding, output_padding=output_padding)
+    case = Case(
+        call=lambda: pacarray.pac_conv_transpose(x_dev, weight_dev, guide=guide_dev,
+                                                 family=pacarray.Gaussian(), **geometry),
+        label="pac_conv_transpose (fused K), stride 2",
+        # the useful products: each output pixel has about k^2 / s^2 taps with a source
+        flops=_conv_flops(channels, channels, kernel_size**2, size * size),
+    )
+    torch = context.torch()
+    if torch is None:
+        case.notes.append(TORCH_MISSING)
+        return case
+    xt, guide_t, weight_t = (context.torch_tensor(torch, a) for a in (x, guide, weight))
+
+    def conv_transpose2d():
+        with torch.inference_mode():
+            return torch.nn.functional.conv_transpose2d(xt, weight_t, **geometry)
+
+    def unfold():
+        with torch.inference_mode():
+            return unfold_pac_transpose(torch, xt, guide_t, weight_t, kernel_size, **geometry)
+
+    case.peers += [
+        Peer("torch F.conv_transpose2d", conv_transpose2d, role="lower bound", target=1.5),
+        Peer("torch unfold+einsum PAC, zeros inserted", unfold, role="same result",
+             reference=True),
+    ]
+    return case
+
+
 def _volume_arrays(context: Context):
     """Input, guide, weight and upstream gradient of the B-conv3d workloads (float32)."""
     channels, kernel_size, guide_channels = 8, 3, 4
@@ -236,6 +302,8 @@ WORKLOADS = [
              build_conv64, devices=("cpu", "gpu")),
     Workload("B-pool", "pac_pool 16 channels, 256x256, k=5, stride 2, normalized Gaussian K "
              "from RGB", build_pool, devices=("cpu", "gpu")),
+    Workload("B-convT", "pac_conv_transpose 16->16, 128x128 -> 256x256, k=5, stride 2, "
+             "Gaussian K from 8 guide channels", build_convt, devices=("cpu", "gpu")),
     Workload("B-conv3d", "pac_conv 8->8, 64^3 volume, k=3, Gaussian K from 4 guide channels",
              build_conv3d, devices=("cpu", "gpu")),
     Workload("B-conv3d-grad", "pac_conv forward + vjp (x, weight, guide), B-conv3d shapes",
