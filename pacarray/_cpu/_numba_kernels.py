@@ -671,10 +671,12 @@ _PATTERN_BYTES = 1 << 22
 
 
 @njit(cache=True, inline="always")
-def _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, steps, out):
-    """The weights of the steps whose tap row has a source (``row_slot[r] >= 0``), in their
-    order, packed as :func:`pack_weights` packs all ``total`` of them: block ``b`` of output
-    channels ``starts[b]:starts[b+1]`` at ``starts[b] * steps``, step by step."""
+def _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, steps, out,
+                tx_ok):
+    """The weights of the steps whose tap row has a source (``row_slot[r] >= 0``) and whose
+    column tap is kept (``tx_ok[tx]``), in their order, packed as :func:`pack_weights` packs
+    all ``total`` of them: block ``b`` of output channels ``starts[b]:starts[b+1]`` at
+    ``starts[b] * steps``, step by step."""
     for block in range(starts.shape[0] - 1):
         o = starts[block]
         rows = starts[block + 1] - o
@@ -686,10 +688,64 @@ def _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, s
                 if row_slot[r] < 0:
                     continue
                 for tx in range(kw):
+                    if not tx_ok[tx]:
+                        continue
                     j = c * taps + r * kw + tx
                     for b in range(rows):
                         out[target + kept * rows + b] = packed[source + j * rows + b]
                     kept += 1
+
+
+@njit(cache=True)
+def _phase_row(phase, sx, dw, shift, lead, kw, taps, tap_rows, channels, fk_count, out_w,
+               row_slot, key, k_off, x_off, kflat, kphase, phase_width, tap_shift, tx_ok,
+               tx_at, k_sub, x_sub, packed, starts, total, pattern_key, pattern_phase,
+               pattern_packed, patterns, next_pattern, xflat, acc_phase):
+    """Column phase ``phase`` of one output row of a strided transposed op into ``acc_phase``
+    (``acc_phase[o, m]`` is output column ``phase + sx*m``): the column taps with a source at
+    this phase, their K rows de-interleaved into ``kphase``, their steps and packed weights
+    (kept per row pattern and phase, in the slot ``next_pattern`` when new: returns whether
+    it took that slot)."""
+    for tx in range(kw):
+        offset = phase + tx * dw - shift
+        tx_ok[tx] = offset % sx == 0
+        tx_at[tx] = offset // sx + lead
+    count = (out_w - phase + sx - 1) // sx
+    steps = 0
+    for c in range(channels):
+        kc = c if fk_count > 1 else 0
+        for r in range(tap_rows):
+            if row_slot[r] < 0:
+                continue
+            for tx in range(kw):
+                if not tx_ok[tx]:
+                    continue
+                t = r * kw + tx
+                target = (kc * taps + t) * phase_width
+                if c == kc:   # the first channel that uses this K row de-interleaves it
+                    source = k_off[c * taps + t] + phase
+                    for m in range(count):
+                        kphase[np.uint64(target + m)] = kflat[np.uint64(source + m * sx)]
+                    for m in range(count, phase_width):
+                        kphase[np.uint64(target + m)] = 0.0
+                k_sub[steps] = target
+                # x_off points at the tap's start in the row's slot (or the zero row)
+                x_sub[steps] = x_off[c * taps + t] - tap_shift[tx] + tx_at[tx]
+                steps += 1
+    found = -1
+    for slot in range(patterns):
+        if pattern_key[slot] == key and pattern_phase[slot] == phase:
+            found = slot
+    new = found < 0
+    if new:
+        found = next_pattern
+        _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, steps,
+                    pattern_packed[found], tx_ok)
+        pattern_key[found] = key
+        pattern_phase[found] = phase
+    _accumulate_tiles(acc_phase, pattern_packed[found], starts, kphase, xflat, k_sub[:steps],
+                      x_sub[:steps])
+    return new
 
 
 #: Pixels of one band of :func:`kernel_band` (rows times pitch): long enough loops, small
@@ -763,6 +819,15 @@ def conv_rows(
         phases = sx
         shift = px
     row_len = width + ((kw - 1) * dw) // phases
+    # A strided transposed op runs column phase by phase: outputs ox = phase + sx*m read the
+    # input row itself (no zeros inserted) at m + (phase + tx*dw - shift) / sx, for the taps tx
+    # where that divides; the row is padded on the left by `lead` so those offsets are >= 0.
+    by_phase = transposed and sx > 1
+    lead = (shift + sx - 1) // sx if by_phase else 0
+    phase_w = (out_w + sx - 1) // sx if by_phase else 0
+    phase_width = (phase_w + step - 1) // step * step
+    if by_phase:
+        row_len = phase_width + lead + ((sx - 1) + (kw - 1) * dw) // sx + 1
     block = phases * row_len
     window_z = (kd - 1) * dd + 1
     window_y = (kh - 1) * dh + 1
@@ -833,6 +898,11 @@ def conv_rows(
     next_pattern = 0
     k_sub = np.empty(total, np.intp)
     x_sub = np.empty(total, np.intp)
+    tx_ok = np.ones(kw, np.bool_)
+    tx_at = np.empty(kw, np.intp)  # by phase: where tap tx starts in a padded row
+    pattern_phase = np.full(patterns, -1, np.int64)
+    kphase = aligned_empty((fk_count * taps * phase_width,), y.dtype)
+    acc_phase = aligned_empty((out_channels if by_phase else 0, phase_width), y.dtype)
     for job in range(job_start, job_stop):
         n = job // rows
         oz = job % rows // out_h
@@ -875,8 +945,12 @@ def conv_rows(
                     start = slot * block
                     key = (n * in_d + row_z[r]) * in_h + row_y[r]
                     if held[slot] != key:
-                        _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len, phases, sx,
-                                 shift, transposed)
+                        if by_phase:
+                            _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len, 1, 1,
+                                     lead, False)
+                        else:
+                            _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len,
+                                     phases, sx, shift, transposed)
                         held[slot] = key
                 first = c * taps + r * kw
                 for tx in range(kw):
@@ -885,7 +959,19 @@ def conv_rows(
         for r in range(kd * kh):
             if row_slot[r] >= 0:
                 key |= 1 << r
-        if not compactable or key == (1 << (kd * kh)) - 1:
+        if by_phase:
+            for phase in range(sx):
+                used = _phase_row(phase, sx, dw, shift, lead, kw, taps, kd * kh, channels, fk_count,
+                           out_w, row_slot, key, k_off, x_off, kflat, kphase, phase_width,
+                           tap_shift, tx_ok, tx_at, k_sub, x_sub, packed, starts, total,
+                           pattern_key, pattern_phase, pattern_packed, patterns, next_pattern,
+                           xflat, acc_phase)
+                if used:
+                    next_pattern = (next_pattern + 1) % patterns
+                for o in range(out_channels):
+                    for m in range(phase, out_w, sx):
+                        y[n, o, oz, oy, np.uint64(m)] = acc_phase[o, np.uint64(m // sx)]
+        elif not compactable or key == (1 << (kd * kh)) - 1:
             _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
         else:
             steps = 0
@@ -905,12 +991,13 @@ def conv_rows(
                 found = next_pattern
                 next_pattern = (next_pattern + 1) % patterns
                 _pack_steps(packed, starts, total, row_slot, kd * kh, kw, taps, channels,
-                            steps, pattern_packed[found])
+                            steps, pattern_packed[found], tx_ok)
                 pattern_key[found] = key
                 pattern_steps[found] = steps
             _accumulate_tiles(acc, pattern_packed[found], starts, kflat, xflat, k_sub[:steps],
                               x_sub[:steps])
-        for o in range(out_channels):
-            for ox in range(out_w):
-                u = np.uint64(ox)
-                y[n, o, oz, oy, u] = acc[o, u]
+        if not by_phase:
+            for o in range(out_channels):
+                for ox in range(out_w):
+                    u = np.uint64(ox)
+                    y[n, o, oz, oy, u] = acc[o, u]
