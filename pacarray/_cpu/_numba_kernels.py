@@ -670,7 +670,7 @@ _PATTERNS = 8
 _PATTERN_BYTES = 1 << 22
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, steps, out,
                 tx_ok):
     """The weights of the steps whose tap row has a source (``row_slot[r] >= 0``) and whose
@@ -697,21 +697,32 @@ def _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, s
 
 
 @njit(cache=True)
-def _phase_row(phase, sx, dw, shift, lead, kw, taps, tap_rows, channels, fk_count, out_w,
-               row_slot, key, k_off, x_off, kflat, kphase, phase_width, tap_shift, tx_ok,
+def _row_steps(by_phase, phase, sx, dw, shift, lead, kw, taps, tap_rows, channels, fk_count,
+               out_w, row_slot, key, k_off, x_off, kflat, kphase, phase_width, tap_shift, tx_ok,
                tx_at, k_sub, x_sub, packed, starts, total, pattern_key, pattern_phase,
-               pattern_packed, patterns, next_pattern, xflat, acc_phase):
-    """Column phase ``phase`` of one output row of a strided transposed op into ``acc_phase``
-    (``acc_phase[o, m]`` is output column ``phase + sx*m``): the column taps with a source at
-    this phase, their K rows de-interleaved into ``kphase``, their steps and packed weights
-    (kept per row pattern and phase, in the slot ``next_pattern`` when new: returns whether
-    it took that slot)."""
+               pattern_packed, next_pattern):
+    """The reduction steps of one output row of :func:`conv_rows` that have a source: their K
+    and input offsets in ``k_sub``, ``x_sub`` and the slot of ``pattern_packed`` holding their
+    weights; returns ``(slot, steps)``. The slot is ``next_pattern`` when the weights were
+    packed now (a new pattern, or ``key < 0``).
+
+    A step has a source when its tap row does (``row_slot[r] >= 0``) and, for a strided
+    transposed op (``by_phase``), when its column tap reads an input pixel at column phase
+    ``phase``: outputs ``phase + sx*m`` read input ``m + (phase + tx*dw - shift) / sx`` where
+    that divides; those taps' K rows are de-interleaved into ``kphase`` (``phase_width`` wide)
+    and their input offsets point into the row itself, padded by ``lead`` on the left.
+    Without ``by_phase`` the steps keep ``k_off`` / ``x_off`` and every column tap.
+    """
     for tx in range(kw):
-        offset = phase + tx * dw - shift
-        tx_ok[tx] = offset % sx == 0
-        tx_at[tx] = offset // sx + lead
+        if by_phase:
+            offset = phase + tx * dw - shift
+            tx_ok[tx] = offset % sx == 0
+            tx_at[tx] = offset // sx + lead
+        else:
+            tx_ok[tx] = True
+            tx_at[tx] = tap_shift[tx]
     count = (out_w - phase + sx - 1) // sx
-    steps = 0
+    steps = np.int64(0)
     for c in range(channels):
         kc = c if fk_count > 1 else 0
         for r in range(tap_rows):
@@ -721,31 +732,32 @@ def _phase_row(phase, sx, dw, shift, lead, kw, taps, tap_rows, channels, fk_coun
                 if not tx_ok[tx]:
                     continue
                 t = r * kw + tx
-                target = (kc * taps + t) * phase_width
-                if c == kc:   # the first channel that uses this K row de-interleaves it
-                    source = k_off[c * taps + t] + phase
-                    for m in range(count):
-                        kphase[np.uint64(target + m)] = kflat[np.uint64(source + m * sx)]
-                    for m in range(count, phase_width):
-                        kphase[np.uint64(target + m)] = 0.0
-                k_sub[steps] = target
-                # x_off points at the tap's start in the row's slot (or the zero row)
+                if by_phase:
+                    target = (kc * taps + t) * phase_width
+                    if c == kc:   # the first channel that uses this K row de-interleaves it
+                        source = k_off[c * taps + t] + phase
+                        for m in range(count):
+                            kphase[np.uint64(target + m)] = kflat[np.uint64(source + m * sx)]
+                        for m in range(count, phase_width):
+                            kphase[np.uint64(target + m)] = 0.0
+                    k_sub[steps] = target
+                else:
+                    k_sub[steps] = k_off[c * taps + t]
+                # x_off holds the row's start (its slot, or the zero row) plus tap_shift
                 x_sub[steps] = x_off[c * taps + t] - tap_shift[tx] + tx_at[tx]
                 steps += 1
     found = -1
-    for slot in range(patterns):
-        if pattern_key[slot] == key and pattern_phase[slot] == phase:
-            found = slot
-    new = found < 0
-    if new:
+    if key >= 0:
+        for slot in range(pattern_key.shape[0]):
+            if pattern_key[slot] == key and pattern_phase[slot] == phase:
+                found = slot
+    if found < 0:
         found = next_pattern
         _pack_steps(packed, starts, total, row_slot, tap_rows, kw, taps, channels, steps,
                     pattern_packed[found], tx_ok)
         pattern_key[found] = key
         pattern_phase[found] = phase
-    _accumulate_tiles(acc_phase, pattern_packed[found], starts, kphase, xflat, k_sub[:steps],
-                      x_sub[:steps])
-    return new
+    return found, steps
 
 
 #: Pixels of one band of :func:`kernel_band` (rows times pitch): long enough loops, small
@@ -893,9 +905,9 @@ def conv_rows(
     compactable = kd * kh <= 62
     patterns = max(1, min(_PATTERNS, _PATTERN_BYTES // max(1, packed.size * packed.itemsize)))
     pattern_key = np.full(patterns, -1, np.int64)
-    pattern_steps = np.zeros(patterns, np.intp)
-    pattern_packed = np.empty((patterns if compactable else 0, packed.size), packed.dtype)
-    next_pattern = 0
+    pattern_packed = np.empty((patterns, packed.size), packed.dtype)
+    full_packed = packed.copy()   # writable like the patterns': one type at the tile call
+    next_pattern = np.int64(0)  # not a literal: one compilation of the callees
     k_sub = np.empty(total, np.intp)
     x_sub = np.empty(total, np.intp)
     tx_ok = np.ones(kw, np.bool_)
@@ -955,47 +967,39 @@ def conv_rows(
                 first = c * taps + r * kw
                 for tx in range(kw):
                     x_off[first + tx] = start + tap_shift[tx]
-        key = 0
+        # The steps with a source, their tables and their packed weights (kept per pattern of
+        # tap rows with a source and column phase); one tile call site for every path, so the
+        # tiles are compiled into this kernel once.
+        key = np.int64(-1)   # kd*kh > 62: no key, the weights are packed again for each row
+        all_rows = True
         for r in range(kd * kh):
-            if row_slot[r] >= 0:
-                key |= 1 << r
-        if by_phase:
-            for phase in range(sx):
-                used = _phase_row(phase, sx, dw, shift, lead, kw, taps, kd * kh, channels, fk_count,
-                           out_w, row_slot, key, k_off, x_off, kflat, kphase, phase_width,
-                           tap_shift, tx_ok, tx_at, k_sub, x_sub, packed, starts, total,
-                           pattern_key, pattern_phase, pattern_packed, patterns, next_pattern,
-                           xflat, acc_phase)
-                if used:
+            if row_slot[r] < 0:
+                all_rows = False
+        if compactable:
+            key = np.int64(0)
+            for r in range(kd * kh):
+                if row_slot[r] >= 0:
+                    key |= 1 << r
+        for phase in range(sx if by_phase else 1):
+            if all_rows and not by_phase:
+                # every step has a source: the tables and weights as they are
+                weights, k_steps, x_steps = full_packed, k_off, x_off
+            else:
+                found, steps = _row_steps(
+                    by_phase, phase, sx, dw, shift, lead, kw, taps, kd * kh, channels,
+                    fk_count, out_w, row_slot, key, k_off, x_off, kflat, kphase, phase_width,
+                    tap_shift, tx_ok, tx_at, k_sub, x_sub, packed, starts, total, pattern_key,
+                    pattern_phase, pattern_packed, next_pattern)
+                if found == next_pattern:
                     next_pattern = (next_pattern + 1) % patterns
+                weights, k_steps, x_steps = pattern_packed[found], k_sub[:steps], x_sub[:steps]
+            target = acc_phase if by_phase else acc
+            kbase = kphase if by_phase else kflat
+            _accumulate_tiles(target, weights, starts, kbase, xflat, k_steps, x_steps)
+            if by_phase:
                 for o in range(out_channels):
                     for m in range(phase, out_w, sx):
                         y[n, o, oz, oy, np.uint64(m)] = acc_phase[o, np.uint64(m // sx)]
-        elif not compactable or key == (1 << (kd * kh)) - 1:
-            _accumulate_tiles(acc, packed, starts, kflat, xflat, k_off, x_off)
-        else:
-            steps = 0
-            for c in range(channels):
-                for r in range(kd * kh):
-                    if row_slot[r] >= 0:
-                        first = c * taps + r * kw
-                        for tx in range(kw):
-                            k_sub[steps] = k_off[first + tx]
-                            x_sub[steps] = x_off[first + tx]
-                            steps += 1
-            found = -1
-            for slot in range(patterns):
-                if pattern_key[slot] == key:
-                    found = slot
-            if found < 0:
-                found = next_pattern
-                next_pattern = (next_pattern + 1) % patterns
-                _pack_steps(packed, starts, total, row_slot, kd * kh, kw, taps, channels,
-                            steps, pattern_packed[found], tx_ok)
-                pattern_key[found] = key
-                pattern_steps[found] = steps
-            _accumulate_tiles(acc, pattern_packed[found], starts, kflat, xflat, k_sub[:steps],
-                              x_sub[:steps])
         if not by_phase:
             for o in range(out_channels):
                 for ox in range(out_w):
