@@ -313,7 +313,7 @@ def band_pitch(out_w, kw, dw):
 def kernel_band(
     guide, centre, n, oz, oy0, band_rows, out_w, guide_d, guide_h, guide_w, kd, kh, kw, ksz,
     kpz, kpy, kpx, dd, dh, dw, family, alpha, lam, eps2, spatial, normalize, out, gbuf, cbuf,
-    d2, z,
+    d2, z, skip_sy, skip_base,
 ):
     """The adaptive kernel of output rows ``oy0 : oy0 + band_rows`` of plane ``oz``, as
     :func:`kernel_row` computes it (the same operations in the same order, so the same bits),
@@ -328,6 +328,10 @@ def kernel_band(
     tap is one loop over all ``band_rows * P`` pixels (about 3x faster than row by row for the
     64-pixel rows of a 64^3 volume, whose per-loop costs outweighed the arithmetic). Taps whose
     neighbour is out of range are zeroed afterwards, so the padding's values never count.
+
+    ``skip_sy > 0`` (a strided transposed op without normalization) leaves out the rows ``r``
+    where tap row ``ty`` has no source, ``(oy0 + r + skip_base + ty*dh) % skip_sy != 0``: their
+    values are never read (the row's steps skip that tap row), so they are left as they were.
     """
     features = guide.shape[1]
     pitch = band_pitch(out_w, kw, dw)
@@ -376,7 +380,7 @@ def kernel_band(
                 if family == FAMILY_CONSTANT:
                     for q in range(count):
                         out[0, t, np.uint64(q)] = g
-                else:
+                elif skip_sy == 0:
                     for q in range(count):
                         d2[np.uint64(q)] = 0.0
                     shift = np.uint64(ty * dh * pitch + tx * dw)
@@ -388,6 +392,23 @@ def kernel_band(
                                 diff = zero
                             d2[u] += diff * diff
                     _finish_kernel(out, 0, t, d2, 0, count, family, alpha[0], lam[0], eps2, g)
+                else:
+                    shift = np.uint64(ty * dh * pitch + tx * dw)
+                    for r in range(band_rows):
+                        if (oy0 + r + skip_base + ty * dh) % skip_sy != 0:
+                            continue
+                        first = np.uint64(r * pitch)
+                        for q in range(pitch):
+                            d2[first + np.uint64(q)] = 0.0
+                        for f in range(features):
+                            for q in range(pitch):
+                                u = first + np.uint64(q)
+                                diff = cbuf[f, u + np.uint64(centre_x)] - gbuf[tz, f, u + shift]
+                                if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
+                                    diff = zero
+                                d2[u] += diff * diff
+                        _finish_kernel(out, 0, t, d2, r * pitch, (r + 1) * pitch, family,
+                                       alpha[0], lam[0], eps2, g)
                 lo, hi = _tap_range(tx * dw, 1, kpx, guide_w, out_w)
                 for r in range(band_rows):
                     qy = oy0 + r - kpy + ty * dh
@@ -835,6 +856,8 @@ def conv_rows(
     # input row itself (no zeros inserted) at m + (phase + tx*dw - shift) / sx, for the taps tx
     # where that divides; the row is padded on the left by `lead` so those offsets are >= 0.
     by_phase = transposed and sx > 1
+    # Without normalization, K of a tap row with no source is never read: the band skips it.
+    skip_sy = sy if transposed and sy > 1 and normalize == NORMALIZE_NONE else 0
     lead = (shift + sx - 1) // sx if by_phase else 0
     phase_w = (out_w + sx - 1) // sx if by_phase else 0
     phase_width = (phase_w + step - 1) // step * step
@@ -925,7 +948,8 @@ def conv_rows(
                 band_row = 0
                 kernel_band(guide, centre, n, oz, oy, band_left, out_w, guide_d, guide_h,
                             guide_w, kd, kh, kw, ksz, kpz, kpy, kpx, dd, dh, dw, family, alpha,
-                            lam, eps2, spatial, normalize, kband, gbuf, cbuf, d2, zband)
+                            lam, eps2, spatial, normalize, kband, gbuf, cbuf, d2, zband,
+                            skip_sy, py - (kh - 1) * dh)
             for c in range(channels):
                 for t in range(taps):
                     k_off[c * taps + t] = (t * band_max + band_row) * pitch
@@ -997,9 +1021,13 @@ def conv_rows(
             kbase = kphase if by_phase else kflat
             _accumulate_tiles(target, weights, starts, kbase, xflat, k_steps, x_steps)
             if by_phase:
+                count = (out_w - phase + sx - 1) // sx
                 for o in range(out_channels):
-                    for m in range(phase, out_w, sx):
-                        y[n, o, oz, oy, np.uint64(m)] = acc_phase[o, np.uint64(m // sx)]
+                    row_out = y[n, o, oz, oy]
+                    row_acc = acc_phase[o]
+                    for m in range(count):
+                        u = np.uint64(m)
+                        row_out[np.uint64(phase) + u * np.uint64(sx)] = row_acc[u]
         if not by_phase:
             for o in range(out_channels):
                 for ox in range(out_w):
