@@ -8,6 +8,8 @@ the compiled modules, cuBLAS, cupyx's smoothing, streams, devices and very large
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -355,7 +357,10 @@ def test_a_repeated_call_uploads_nothing(rng, monkeypatch):
     real_asarray = cp.asarray
 
     def no_upload(value, *args, **kwargs):
-        assert not isinstance(value, np.ndarray), f"uploaded {value.shape} {value.dtype}"
+        # pacarray's own uploads only (CuPy's and cupyx's internals may make their own)
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        assert not (isinstance(value, np.ndarray) and caller.startswith("pacarray")), (
+            f"{caller} uploaded {value.shape} {value.dtype}")
         return real_asarray(value, *args, **kwargs)
 
     monkeypatch.setattr(cp, "asarray", no_upload)
