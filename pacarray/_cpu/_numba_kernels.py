@@ -686,7 +686,8 @@ def _pad_row(x, n, c, iz, iy, dst, start, row_len, phases, stride, shift, transp
 
 
 #: Step subsets whose packed weights :func:`conv_rows` keeps (a stride-2 transposed op
-#: alternates two, plus the borders), within :data:`_PATTERN_BYTES` per thread.
+#: alternates two row patterns by two column phases, plus the borders), within
+#: :data:`_PATTERN_BYTES` per thread but never fewer than those four.
 _PATTERNS = 8
 _PATTERN_BYTES = 1 << 22
 
@@ -926,7 +927,10 @@ def conv_rows(
     # borders) sum only the steps that have a source row: their own step tables and weights,
     # packed like `packed` for that subset and kept for the next row of the same pattern.
     compactable = kd * kh <= 62
-    patterns = max(1, min(_PATTERNS, _PATTERN_BYTES // max(1, packed.size * packed.itemsize)))
+    # at least the interior patterns of a stride-2 op (two row patterns, by two column phases):
+    # fewer and every row would pack its weights again
+    patterns = max(4 if by_phase else 2,
+                   min(_PATTERNS, _PATTERN_BYTES // max(1, packed.size * packed.itemsize)))
     pattern_key = np.full(patterns, -1, np.int64)
     pattern_packed = np.empty((patterns, packed.size), packed.dtype)
     full_packed = packed.copy()   # writable like the patterns': one type at the tile call
