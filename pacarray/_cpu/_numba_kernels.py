@@ -862,8 +862,11 @@ def conv_rows(
     lead = (shift + sx - 1) // sx if by_phase else 0
     phase_w = (out_w + sx - 1) // sx if by_phase else 0
     phase_width = (phase_w + step - 1) // step * step
+    # how _pad_row lays out a row: by phase, the row itself (stride 1, shifted by `lead`)
+    pad_stride, pad_shift, pad_inserts = sx, shift, transposed
     if by_phase:
         row_len = phase_width + lead + ((sx - 1) + (kw - 1) * dw) // sx + 1
+        pad_stride, pad_shift, pad_inserts = 1, lead, False
     block = phases * row_len
     window_z = (kd - 1) * dd + 1
     window_y = (kh - 1) * dh + 1
@@ -985,12 +988,8 @@ def conv_rows(
                     start = slot * block
                     key = (n * in_d + row_z[r]) * in_h + row_y[r]
                     if held[slot] != key:
-                        if by_phase:
-                            _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len, 1, 1,
-                                     lead, False)
-                        else:
-                            _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len,
-                                     phases, sx, shift, transposed)
+                        _pad_row(x, n, c, row_z[r], row_y[r], xflat, start, row_len, phases,
+                                 pad_stride, pad_shift, pad_inserts)
                         held[slot] = key
                 first = c * taps + r * kw
                 for tx in range(kw):
