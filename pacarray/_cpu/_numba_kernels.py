@@ -380,34 +380,24 @@ def kernel_band(
                 if family == FAMILY_CONSTANT:
                     for q in range(count):
                         out[0, t, np.uint64(q)] = g
-                elif skip_sy == 0:
-                    for q in range(count):
-                        d2[np.uint64(q)] = 0.0
-                    shift = np.uint64(ty * dh * pitch + tx * dw)
-                    for f in range(features):
-                        for q in range(count):
-                            u = np.uint64(q)
-                            diff = cbuf[f, u + np.uint64(centre_x)] - gbuf[tz, f, u + shift]
-                            if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
-                                diff = zero
-                            d2[u] += diff * diff
-                    _finish_kernel(out, 0, t, d2, 0, count, family, alpha[0], lam[0], eps2, g)
                 else:
+                    # one loop over the whole band, or with skip_sy one per row that is kept
                     shift = np.uint64(ty * dh * pitch + tx * dw)
-                    for r in range(band_rows):
-                        if (oy0 + r + skip_base + ty * dh) % skip_sy != 0:
+                    segments, length = (1, count) if skip_sy == 0 else (band_rows, pitch)
+                    for r in range(segments):
+                        if skip_sy != 0 and (oy0 + r + skip_base + ty * dh) % skip_sy != 0:
                             continue
-                        first = np.uint64(r * pitch)
-                        for q in range(pitch):
+                        first = np.uint64(r * length)
+                        for q in range(length):
                             d2[first + np.uint64(q)] = 0.0
                         for f in range(features):
-                            for q in range(pitch):
+                            for q in range(length):
                                 u = first + np.uint64(q)
                                 diff = cbuf[f, u + np.uint64(centre_x)] - gbuf[tz, f, u + shift]
                                 if family == FAMILY_INVERSE_ASYMMETRIC and diff < zero:
                                     diff = zero
                                 d2[u] += diff * diff
-                        _finish_kernel(out, 0, t, d2, r * pitch, (r + 1) * pitch, family,
+                        _finish_kernel(out, 0, t, d2, r * length, (r + 1) * length, family,
                                        alpha[0], lam[0], eps2, g)
                 lo, hi = _tap_range(tx * dw, 1, kpx, guide_w, out_w)
                 for r in range(band_rows):
