@@ -987,16 +987,15 @@ def conv_rows(
         # The steps with a source, their tables and their packed weights (kept per pattern of
         # tap rows with a source and column phase); one tile call site for every path, so the
         # tiles are compiled into this kernel once.
-        key = np.int64(-1)   # kd*kh > 62: no key, the weights are packed again for each row
+        key = np.int64(0)
         all_rows = True
         for r in range(kd * kh):
             if row_slot[r] < 0:
                 all_rows = False
-        if compactable:
-            key = np.int64(0)
-            for r in range(kd * kh):
-                if row_slot[r] >= 0:
-                    key |= 1 << r
+            elif compactable:
+                key |= 1 << r
+        if not compactable:
+            key = np.int64(-1)   # kd*kh > 62: no key, the weights are packed again per row
         for phase in range(sx if by_phase else 1):
             if all_rows and not by_phase:
                 # every step has a source: the tables and weights as they are
