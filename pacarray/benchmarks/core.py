@@ -73,6 +73,13 @@ def _guide(context: Context, channels: int, size: int) -> np.ndarray:
     return (2.0 * rng.random((1, channels, size, size), dtype=np.float32)).astype(np.float32)
 
 
+def conv_weight(rng: np.random.Generator, channels: int, kernel_size: int) -> np.ndarray:
+    """A ``(C, C, k, k)`` float32 filter of unit-variance outputs (normal / sqrt(C k^2))."""
+    weight = rng.standard_normal((channels, channels, kernel_size, kernel_size),
+                                 dtype=np.float32) / np.sqrt(channels * kernel_size**2)
+    return weight.astype(np.float32)
+
+
 def _conv_case(context: Context, channels: int, size: int, kernel_size: int,
                guide_channels: int, conv_target: float, unfold_target: float,
                memory_target_mb: float | None) -> Case:
@@ -84,9 +91,7 @@ def _conv_case(context: Context, channels: int, size: int, kernel_size: int,
     rng = context.rng()
     x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
     guide = _guide(context, guide_channels, size)
-    weight = (rng.standard_normal((channels, channels, kernel_size, kernel_size),
-                                  dtype=np.float32) / np.sqrt(channels * kernel_size**2))
-    weight = weight.astype(np.float32)
+    weight = conv_weight(rng, channels, kernel_size)
     x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
     family = pacarray.Gaussian()
 
@@ -199,9 +204,7 @@ def build_convt(context: Context) -> Case:
     rng = context.rng()
     x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
     guide = _guide(context, 8, out)
-    weight = (rng.standard_normal((channels, channels, kernel_size, kernel_size),
-                                  dtype=np.float32) / np.sqrt(channels * kernel_size**2))
-    weight = weight.astype(np.float32)
+    weight = conv_weight(rng, channels, kernel_size)
     x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
     geometry = dict(stride=stride, padding=padding, output_padding=output_padding)
     case = Case(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._harness import Case, Context, Peer, Workload
-from .core import TORCH_MISSING, _guide, unfold_pac
+from .core import TORCH_MISSING, _guide, conv_weight, unfold_pac
 
 
 def _torch_grad_case(case: Case, context: Context, arrays, forward, target):
@@ -52,9 +52,7 @@ def _conv_grad_case(context: Context, channels: int, size: int, kernel_size: int
     rng = context.rng()
     x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
     guide = _guide(context, 8, size)
-    weight = (rng.standard_normal((channels, channels, kernel_size, kernel_size),
-                                  dtype=np.float32) / np.sqrt(channels * kernel_size**2))
-    weight = weight.astype(np.float32)
+    weight = conv_weight(rng, channels, kernel_size)
     grad_y = rng.standard_normal((1, channels, size, size), dtype=np.float32)
     x_dev, guide_dev, weight_dev, grad_dev = (context.asarray(a) for a in (x, guide, weight,
                                                                               grad_y))
