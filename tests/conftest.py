@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +120,30 @@ def rng(request):
     """A generator seeded from the test's name, so every test gets its own stable stream."""
     seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.name)) % (2**32)
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def emulator(request, tmp_path_factory):
+    """The CPU emulation of the CUDA kernels (``tests/cuda_emulation``), built once per session;
+    tests that use it skip where g++ is missing (``cuda_emulation.emulator.compiler()``)."""
+    from cuda_emulation import emulator as emu
+
+    if emu.compiler() is None:
+        pytest.skip("g++ is not installed")
+    # The g++ build takes about 10 s. pytest's cache folder (.pytest_cache) keeps the library
+    # between runs; its name is a digest of the sources, so an edit rebuilds it. A lock file
+    # keeps two concurrent sessions from loading a library the other is still writing.
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # -p no:cacheprovider
+        return emu.Emulator(emu.build(tmp_path_factory.mktemp("cuda_emulation"),
+                                      [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS))
+    directory = cache.mkdir("cuda_emulation")
+    with open(directory / "build.lock", "w") as lock:
+        if fcntl is not None:  # Windows: no lock (and rarely g++)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        library = emu.build(directory, [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS)
+        loaded = emu.Emulator(library)  # before another session may remove it as stale
+        for stale in directory.glob("pacemu-*"):  # builds of earlier sources
+            if stale.stem != library.stem:
+                stale.unlink(missing_ok=True)
+    return loaded

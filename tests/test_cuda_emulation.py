@@ -13,11 +13,6 @@ from __future__ import annotations
 
 import sys
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock (and rarely g++)
-    fcntl = None
-
 import numpy as np
 import pytest
 
@@ -37,27 +32,6 @@ from reference import (
 pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="g++ is not installed")
 
 DTYPES = [np.float64, np.float32]
-
-
-@pytest.fixture(scope="session")
-def emulator(request, tmp_path_factory):
-    # The g++ build takes about 10 s. pytest's cache folder (.pytest_cache) keeps the library
-    # between runs; its name is a digest of the sources, so an edit rebuilds it. A lock file
-    # keeps two concurrent sessions from loading a library the other is still writing.
-    cache = getattr(request.config, "cache", None)
-    if cache is None:  # -p no:cacheprovider
-        return emu.Emulator(emu.build(tmp_path_factory.mktemp("cuda_emulation"),
-                                      [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS))
-    directory = cache.mkdir("cuda_emulation")
-    with open(directory / "build.lock", "w") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        library = emu.build(directory, [emu.SELFTEST_SOURCE], emu.SELFTEST_KERNELS)
-        loaded = emu.Emulator(library)  # before another session may remove it as stale
-        for stale in directory.glob("pacemu-*"):  # builds of earlier sources
-            if stale.stem != library.stem:
-                stale.unlink(missing_ok=True)
-    return loaded
 
 
 @pytest.fixture(params=["forward", "reverse"])

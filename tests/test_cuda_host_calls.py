@@ -9,114 +9,16 @@ tests run them), so a change that adds uploads, synchronizing reads or many call
 
 from __future__ import annotations
 
-import collections
-import sys
-import types
-
 import numpy as np
 import pytest
 
 import pacarray
-import pacarray._cuda as cuda_backend
-import pacarray._dispatch as dispatch
-from pacarray import _args
-
-
-class _Device:
-    id = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-#: Values read back to the host (``bool(a)``, ``float(a)``, ``int(a)``, ``a.item()``): on a GPU
-#: each waits for the stream.
-READS = collections.Counter()
-
-
-class _FakeArray(np.ndarray):
-    """A NumPy array that pacarray's dispatch takes for a CuPy array."""
-
-    @property
-    def device(self):
-        return _Device()
-
-    def __bool__(self):
-        READS["bool"] += 1
-        return bool(np.asarray(self))
-
-    def __float__(self):
-        READS["float"] += 1
-        return float(np.asarray(self))
-
-    def __int__(self):
-        READS["int"] += 1
-        return int(np.asarray(self))
-
-    def item(self, *args):
-        READS["item"] += 1
-        return np.asarray(self).item(*args)
-
-
-def _fake_cupy():
-    module = types.ModuleType("cupy")
-    module.counts = collections.Counter()
-    module.uploads = []
-    module.ndarray = _FakeArray
-    module.cuda = types.SimpleNamespace(Device=lambda *a: _Device())
-
-    def wrap(value):
-        if isinstance(value, np.ndarray) and not isinstance(value, _FakeArray):
-            return value.view(_FakeArray)
-        return value
-
-    def counted(name, function):
-        def call(*args, **kwargs):
-            module.counts[name] += 1
-            if (name in ("asarray", "array", "ascontiguousarray") and args
-                    and isinstance(args[0], np.ndarray) and not isinstance(args[0], _FakeArray)):
-                module.uploads.append(args[0].shape)
-            return wrap(function(*args, **kwargs))
-        return call
-
-    def getattr_(name):
-        # The kernels are not run, so what they would fill is zeros, not garbage.
-        target = np.zeros if name == "empty" else getattr(np, name)
-        if callable(target) and not isinstance(target, type):
-            return counted(name, target)
-        return target
-
-    module.__getattr__ = getattr_
-
-    def asnumpy(array):
-        READS["asnumpy"] += 1
-        return np.array(array)
-
-    module.asnumpy = asnumpy
-    from scipy import ndimage
-
-    module.ndimage = types.ModuleType("cupyx.scipy.ndimage")
-    module.ndimage.correlate = counted("ndimage.correlate", ndimage.correlate)
-    return module
+from _fake_cupy import READS, FakeArray, install
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    cupy = _fake_cupy()
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx.scipy.ndimage", cupy.ndimage)
-    library = dispatch.array_library
-    monkeypatch.setattr(dispatch, "array_library", lambda value, name="array": (
-        "cupy" if isinstance(value, _FakeArray) else library(value, name)))
-    launches = []
-    monkeypatch.setattr(cuda_backend._RUNTIME, "run",
-                        lambda planned: launches.append(planned.kernel))
-    monkeypatch.setattr(_args, "_constants", collections.OrderedDict())
-    cupy.launches = launches
-    return cupy
+    return install(monkeypatch)
 
 
 def _count(cupy, call):
@@ -140,7 +42,7 @@ def test_a_repeated_call_uploads_nothing_and_makes_few_cupy_calls(fake, case):
     rng = np.random.default_rng(0)
 
     def device(shape):
-        return rng.random(shape, dtype=np.float32).view(_FakeArray)
+        return rng.random(shape, dtype=np.float32).view(FakeArray)
 
     x, guide = device((1, 16, 24, 24)), device((1, 3, 24, 24))
     if case == "pool":
