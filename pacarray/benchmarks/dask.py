@@ -1,6 +1,6 @@
 """Dask workload: the bilateral filter on an image that is never held in memory.
 
-* B-dask: a 16384 x 16384 float32 RGB image built lazily, chunks of 1024 x 1024 x 3,
+* B-dask: a 16384 x 16384 float32 RGB image built lazily, chunks of 2048 x 2048 x 3 (48 MiB),
   :func:`pacarray.bilateral_filter` with radius 4 (sigma_spatial 3, sigma_color 0.1, disk, L1,
   mode "mirror": exactly OpenCV's filter), computed on a ``dask.distributed.LocalCluster`` of 2
   single-threaded worker processes with one Numba thread each. The timed call computes the sum
@@ -8,8 +8,8 @@
   the same sums.
 
   The image is ``dask.array.from_array`` of :class:`LazyImage`, an array-like that computes
-  any region it is asked for (uniform values from a hash of each element's index, about 9 ms
-  of CPU per megapixel, the cost of ``numpy.random``) and stores nothing: it stands for a Zarr
+  any region it is asked for (uniform values from a hash of each element's index, about 4.5 ms
+  of CPU per megapixel on the 2-core Zen 4 machine) and stores nothing: it stands for a Zarr
   or HDF5 store, which Dask also reads through ``from_array``, and both peers get the same
   Dask array. pacarray's tasks read their block with its halo from it in one piece
   (``pacarray._dask._source``); ``map_overlap`` reads the blocks and assembles the halos from
@@ -22,18 +22,20 @@ Peers, measured in the same run:
 
 * ``map_overlap + cv2.bilateralFilter``: the same data and chunks through
   ``dask.array.map_overlap(..., depth=4, boundary="none")`` around ``cv2.bilateralFilter`` (one
-  OpenCV thread per worker), on the same cluster: what a user writes today. Same result
-  (reference). Target: pacarray at least 1.5 x its throughput, i.e. a time ratio <= 0.667.
+  OpenCV thread per worker), on a second cluster like the first: what a user writes today.
+  Same result (reference). Target: pacarray at least 1.5 x its throughput, i.e. a time ratio
+  <= 0.667.
 * ``in-memory 4096 tile``: pacarray's in-memory call on one 4096 x 4096 tile of the same image
   with 2 Numba threads (the same two cores). It filters 16 times fewer pixels, so the time ratio
   that means "at least 80 % of the in-memory throughput" is 16 / 0.8 = 20.
 
 The notes report both throughputs in megapixels per second, the scheduler overhead (Dask time
-over 16 in-memory tiles: 1 means none) and each worker's peak extra resident memory during the
-call (``VmHWM - VmRSS`` before it, read on the workers; one chunk is 12 MiB; the workers'
-glibc returns blocks of 4 MiB and more to the system when freed, so the mark counts live
-blocks), all from the calls' own timings, which include the harness's warm-up and untimed
-opening runs.
+over 16 in-memory tiles: 1 means none) and each worker's peak resident memory during the call
+(the high-water mark ``VmHWM``, reset before the call) above two bases: its resident size just
+before the call (what the call's live data adds; one chunk is 48 MiB) and its resident size
+when idle, after a small warm-up call (which also counts what the worker kept from earlier
+calls: the allocator's free memory, Dask's and Python's own), all from the calls' own
+timings, which include the harness's warm-up and untimed opening runs.
 
 ``--quick`` runs 96 x 96 pixels in chunks of 32 on Dask's threaded scheduler, without a
 cluster (the smoke test builds every workload inside the test process).
@@ -53,8 +55,8 @@ from ._harness import THREADS, Case, Context, Peer, Workload
 RADIUS, SIGMA_SPATIAL, SIGMA_COLOR = 4, 3.0, 0.1
 KEYWORDS = dict(sigma_spatial=SIGMA_SPATIAL, sigma_color=SIGMA_COLOR, radius=RADIUS,
                 window="disk", color_distance="l1", mode="mirror", channel_axis=-1)
-SIZE, CHUNK, TILE, WORKERS = 16384, 1024, 4096, 2
-WORKER_MMAP_THRESHOLD = 4 << 20
+SIZE, CHUNK, TILE, WORKERS = 16384, 2048, 4096, 2
+WORKER_MALLOC_THRESHOLD = 4 << 20
 QUICK_SIZE, QUICK_CHUNK, QUICK_TILE = 96, 32, 32
 
 
@@ -155,6 +157,18 @@ def _before_call():
     return resident, time.process_time()
 
 
+def _idle_resident():
+    """On a worker: its resident KiB once a small filter call has loaded the kernels and the
+    call's arrays are freed: the base that the peak memory notes count from."""
+    import gc
+
+    from pacarray.filters import bilateral_filter
+
+    bilateral_filter(LazyImage((64, 64, 3))[:, :], **KEYWORDS)
+    gc.collect()
+    return _status_kib("VmRSS")
+
+
 def _after_call():
     """On a worker: ``(VmHWM KiB, CPU seconds so far)``."""
     return _status_kib("VmHWM"), time.process_time()
@@ -174,19 +188,24 @@ def _cluster():
         distributed = importlib.import_module("distributed")
     except ImportError:
         return None
+    import dask
+
     environment = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    # glibc serves blocks of 4 MiB and more with mmap and gives them back when freed, so the
-    # workers' high-water mark shows live chunks (12 MiB), not the allocator's cache. The
-    # harness's memory children use 64 KiB; here that would also send the kernels' small
-    # per-band workspaces through mmap and page faults, which cost 15-25 ms of CPU per
-    # megapixel (measured at 1 Numba thread) that the in-memory peer does not pay.
-    environment.update({name: str(WORKER_MMAP_THRESHOLD) for name in (
+    # glibc's allocator, set where glibc reads it: when the process starts. LocalCluster's
+    # ``env=`` is applied later, so these go through the nanny's pre-spawn environment, whose
+    # default, MALLOC_TRIM_THRESHOLD_=65536, gives the heap back after every block; its pages
+    # then fault in again on the next: 3900 faults and 8-10 ms of system CPU per megapixel.
+    # Here blocks of 4 MiB and more come from mmap and go back to the system when freed, so a
+    # worker holds its live chunks; 570 faults and 2-4 ms per megapixel. Thresholds of 64 MiB
+    # save those but left 110-120 MiB per worker (measured, docs/guide/dask.md).
+    environment.update({name: str(WORKER_MALLOC_THRESHOLD) for name in (
         "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
-    cluster = distributed.LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=40, env=environment,
-    )
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
+        cluster = distributed.LocalCluster(
+            n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, silence_logs=40, env=environment,
+        )
     client = distributed.Client(cluster, set_as_default=False)
 
     def close():
@@ -202,28 +221,34 @@ class _Recorder:
     notes. CPU time (the workers' for a cluster call, this process's for the in-memory one)
     depends much less than wall time on what else runs on a shared machine."""
 
-    def __init__(self, notes, pixels, tile_pixels, client):
-        self.notes, self.pixels, self.tile_pixels, self.client = notes, pixels, tile_pixels, client
+    def __init__(self, notes, pixels, tile_pixels):
+        self.notes, self.pixels, self.tile_pixels = notes, pixels, tile_pixels
         self.seconds: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
         self.memory: dict[str, list[float]] = {}
         self.fixed = list(notes)
 
-    def timed(self, name, call, on_cluster):
+    def timed(self, name, call, client):
+        """``call`` timed; ``client`` is the cluster it runs on (None: in this process)."""
+        on_cluster = client is not None
+        idle = client.run(_idle_resident) if on_cluster else {}
+
         def run():
             if on_cluster:
-                before = self.client.run(_before_call)
+                before = client.run(_before_call)
             else:
                 before = {"": (0, time.process_time())}
             start = time.perf_counter()
             result = call()
             self.seconds.setdefault(name, []).append(time.perf_counter() - start)
-            after = self.client.run(_after_call) if on_cluster else {"": (0, time.process_time())}
+            after = client.run(_after_call) if on_cluster else {"": (0, time.process_time())}
             self.cpu.setdefault(name, []).append(
                 sum(after[w][1] - before[w][1] for w in after if w in before))
             if on_cluster:
-                self.memory[name] = [(after[w][0] - before[w][0]) / 1024 for w in sorted(after)
-                                     if w in before and before[w][0]]
+                self.memory[name] = [
+                    ((after[w][0] - before[w][0]) / 1024,
+                     (after[w][0] - idle.get(w, before[w][0])) / 1024)
+                    for w in sorted(after) if w in before and before[w][0]]
             self._write()
             return result
 
@@ -261,8 +286,9 @@ class _Recorder:
             lines.append(f"pacarray / map_overlap+OpenCV throughput: "
                          f"{rates['pacarray'] / rates['cv2']:.2f} x (goal >= 1.5 x)")
         for name, peaks in self.memory.items():
-            lines.append(f"peak extra memory per worker, {name}: "
-                         + ", ".join(f"{p:.0f} MiB" for p in peaks))
+            lines.append(f"peak memory per worker, {name}, above its resident size before the "
+                         "call / when idle: " + ", ".join(f"{during:.0f} / {idle:.0f} MiB"
+                                                          for during, idle in peaks))
         self.notes[:] = lines
 
 
@@ -280,44 +306,47 @@ def _build(context: Context) -> Case:
                     notes=["Dask not installed (pip install 'pacarray[dask]'): only the "
                            "in-memory tile was timed"])
     image = da.from_array(LazyImage((size, size, 3), context.seed), chunks=(chunk, chunk, 3))
+    # Each peer has a cluster of its own, alike, so that neither inherits what the other's
+    # calls left in the workers' memory.
     client = None if context.quick else _cluster()
     notes = [f"{size}x{size} RGB float32 built lazily, chunks {chunk}x{chunk}x3, radius "
              f"{RADIUS}; the call computes one sum per output block"]
     if client is None:
         notes.append("threaded scheduler (no cluster: --quick, or dask.distributed missing)")
 
-        def compute(lazy):
+        def compute(lazy, client):
             return lazy.compute(scheduler="threads", num_workers=WORKERS)
     else:
-        notes.append(f"LocalCluster: {WORKERS} worker processes x 1 thread, 1 Numba thread "
-                     "each; the machine may be shared and noisy")
+        notes.append(f"LocalCluster per peer: {WORKERS} worker processes x 1 thread, 1 Numba "
+                     "thread each; the machine may be shared and noisy")
 
-        def compute(lazy):
+        def compute(lazy, client):
             return client.compute(lazy).result()
     sums = _block_sums(bilateral_filter(image, **KEYWORDS))
     tile_image = image[:tile, :tile].compute(scheduler="sync")
-    recorder = _Recorder(notes, size * size, tile * tile, client)
+    recorder = _Recorder(notes, size * size, tile * tile)
     case = Case(
-        call=recorder.timed("pacarray", lambda: compute(sums), client is not None),
+        call=recorder.timed("pacarray", lambda: compute(sums, client), client),
         label=f"bilateral_filter on Dask, {size}x{size} RGB, r={RADIUS}",
         notes=notes,
     )
     cv2 = importlib.import_module("cv2") if context.peers and _has("cv2") else None
     if cv2 is not None:
-        if client is not None:
-            client.run(_worker_setup)
+        peer_client = None if client is None else _cluster()
+        if peer_client is not None:
+            peer_client.run(_worker_setup)
         peer = _block_sums(da.map_overlap(_cv2_bilateral, image, depth={0: RADIUS, 1: RADIUS},
                                           boundary="none", dtype=np.float32))
         case.peers.append(Peer(
             "map_overlap + cv2.bilateralFilter",
-            recorder.timed("cv2", lambda: compute(peer), client is not None),
+            recorder.timed("cv2", lambda: compute(peer, peer_client), peer_client),
             role="same result", target=round(1 / 1.5, 3), reference=True,
         ))
     else:
         notes.append("OpenCV peer skipped (turned off, or pip install opencv-python-headless)")
     case.peers.append(Peer(
         f"in-memory {tile} tile",
-        recorder.timed("tile", lambda: bilateral_filter(tile_image, **KEYWORDS), False),
+        recorder.timed("tile", lambda: bilateral_filter(tile_image, **KEYWORDS), None),
         role=f"{(size // tile) ** 2}x fewer pixels, {THREADS} Numba threads",
         target=(size // tile) ** 2 / 0.8,
     ))
