@@ -53,11 +53,50 @@ def test_no_jobs_calls_nothing():
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 def test_chunks_are_contiguous_and_run_on_several_threads():
     calls = []
+    other_started = threading.Event()
+
+    def kernel(first, stop):
+        _record(calls, first, stop)
+        if first == 0:
+            other_started.wait(5)   # a pool thread takes the other chunk meanwhile
+        else:
+            other_started.set()
+
     with _threads(2):
-        _parallel.run(_record, 9, calls)
+        _parallel.run(kernel, 9)
     assert sorted((first, stop) for _, first, stop in calls) == [(0, 4), (4, 9)]
     assert len({ident for ident, _, _ in calls}) == 2
     assert threading.get_ident() in {ident for ident, _, _ in calls}
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_a_chunk_no_pool_thread_has_started_runs_on_the_calling_thread():
+    """With every pool thread busy (here: blocked), a call does not wait for one: the calling
+    thread runs the other chunks itself. Before, this call waited until the pool was free."""
+    release = threading.Event()
+    pool = _parallel._pool()
+    blockers = [pool.submit(release.wait, 10)
+                for _ in range(numba.config.NUMBA_NUM_THREADS - 1)]
+    calls = []
+    done = threading.Event()
+
+    def call():
+        with _threads(2):
+            _parallel.run(_record, 9, calls)
+        done.set()
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        finished = done.wait(5)
+    finally:
+        release.set()
+        caller.join()
+        for blocker in blockers:
+            blocker.result()
+    assert finished
+    assert sorted((first, stop) for _, first, stop in calls) == [(0, 4), (4, 9)]
+    assert {ident for ident, _, _ in calls} == {caller.ident}
 
 
 def test_set_num_threads_of_the_calling_thread_is_obeyed():

@@ -4,7 +4,10 @@ A parallel kernel here is an ordinary ``@njit(nogil=True)`` function that takes,
 two arguments, a range ``job_start:job_stop`` of independent jobs (output rows or bands, each
 writing its own part of the outputs); the kernels name them so, never ``first``/``stop``,
 which their bodies use for other things. :func:`run` splits ``range(jobs)`` into contiguous
-chunks, one per thread, and runs them at once; a kernel whose jobs must not overlap in time
+chunks, one per thread, and runs them at once; the calling thread, done with its own chunk,
+runs any chunk that no pool thread has started yet (all of them busy with other callers'
+chunks, or one not yet scheduled on a shared machine) instead of waiting for it. A kernel
+whose jobs must not overlap in time
 (bands of two colours that write the same input rows) is called once per phase, each
 :func:`run` a barrier.
 
@@ -66,7 +69,8 @@ SERIAL_WORK = 300_000
 
 def run(kernel, jobs: int, *args, work: float | None = None) -> None:
     """``kernel(*args, first, stop)`` over a split of ``range(jobs)`` into contiguous chunks,
-    one per thread, the calling thread running the first; returns when every chunk is done
+    one per thread, the calling thread running the first and then each chunk no pool thread
+    has started (last first); returns when every chunk is done
     (re-raising the first exception). ``work``, an estimate of the multiply-adds of all the
     jobs, keeps small calls on one thread (:data:`SERIAL_WORK`)."""
     jobs = int(jobs)
@@ -83,8 +87,15 @@ def run(kernel, jobs: int, *args, work: float | None = None) -> None:
     futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, count)]
     try:
         kernel(*args, bounds[0], bounds[1])
+        # A chunk that no pool thread has started yet (its thread not yet scheduled: another
+        # process holds the core) is run here rather than waited for, last first.
+        for i in range(count - 1, 0, -1):
+            if futures[i - 1].cancel():
+                kernel(*args, bounds[i], bounds[i + 1])
     finally:
-        # Never return (or raise) while another chunk may still write the outputs.
-        wait(futures)
+        # Never return (or raise) while another chunk may still write the outputs. A cancelled
+        # chunk never runs; ``wait`` would count it as done only once a pool thread dequeued it.
+        wait([future for future in futures if not future.cancelled()])
     for future in futures:
-        future.result()
+        if not future.cancelled():
+            future.result()
