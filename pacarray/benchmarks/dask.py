@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import os
 import statistics
 import time
 
@@ -201,11 +202,18 @@ def _cluster():
     # save those but left 110-120 MiB per worker (measured, docs/guide/dask.md).
     environment.update({name: str(WORKER_MALLOC_THRESHOLD) for name in (
         "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
-        cluster = distributed.LocalCluster(
-            n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=40, env=environment,
-        )
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
+            cluster = distributed.LocalCluster(
+                n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=40, env=environment,
+            )
+    finally:
+        # The nanny writes the pre-spawn variables into this process's environment too (to
+        # pass them on); the in-memory peer and later clusters must not see them.
+        os.environ.clear()
+        os.environ.update(saved)
     client = distributed.Client(cluster, set_as_default=False)
 
     def close():
