@@ -1,6 +1,8 @@
 """The benchmark harness runs end to end and measures what it claims to."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -250,3 +252,36 @@ def test_unfold_transposed_baseline_matches_pacarray(size, output_padding):
     result = unfold_pac_transpose(torch, torch.from_numpy(x), torch.from_numpy(guide),
                                   torch.from_numpy(weight), 5, **geometry).numpy()
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
+
+
+def _start_environment():
+    """On a worker: the environment its process started with (what glibc read)."""
+    with open("/proc/self/environ", "rb") as environ:
+        items = environ.read().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in items if b"=" in item)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/environ")
+def test_dask_benchmark_workers_start_with_its_allocator_settings():
+    """glibc reads MALLOC_* when a process starts: B-dask's workers must have them from the
+    start (the nanny's pre-spawn environment), not set later as ``LocalCluster(env=...)`` does,
+    which left the nanny's MALLOC_TRIM_THRESHOLD_=65536 in force (docs/guide/dask.md). The
+    benchmark's own process keeps its environment."""
+    pytest.importorskip("distributed")
+    from pacarray.benchmarks import dask as bench
+
+    before = dict(os.environ)
+    client = bench._cluster()
+    cluster = client.cluster
+    try:
+        assert dict(os.environ) == before
+        started = client.run(_start_environment)
+    finally:
+        client.close()
+        cluster.close()
+    assert len(started) == bench.WORKERS
+    threshold = str(bench.WORKER_MALLOC_THRESHOLD)
+    for environment in started.values():
+        assert environment.get("MALLOC_TRIM_THRESHOLD_") == threshold
+        assert environment.get("MALLOC_MMAP_THRESHOLD_") == threshold
+        assert environment.get("NUMBA_NUM_THREADS") == "1"
