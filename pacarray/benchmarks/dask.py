@@ -207,7 +207,7 @@ def _cluster():
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
             cluster = distributed.LocalCluster(
                 n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=40, env=environment,
+                dashboard_address=None, silence_logs=40,
             )
     finally:
         # The nanny writes the pre-spawn variables into this process's environment too (to
@@ -233,7 +233,8 @@ class _Recorder:
         self.notes, self.pixels, self.tile_pixels = notes, pixels, tile_pixels
         self.seconds: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
-        self.memory: dict[str, list[float]] = {}
+        # per worker: (peak above the size before the call, peak above the idle size), MiB
+        self.memory: dict[str, list[tuple[float, float]]] = {}
         self.fixed = list(notes)
 
     def timed(self, name, call, client):

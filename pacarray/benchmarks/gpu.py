@@ -40,7 +40,7 @@ import importlib
 import numpy as np
 
 from ._harness import Case, Context, Peer, Workload
-from .core import TORCH_MISSING, unfold_pac
+from .core import TORCH_MISSING, conv_weight, unfold_pac
 
 BATCH = 16
 
@@ -68,9 +68,7 @@ def _conv_case(context: Context, channels: int, size: int, kernel_size: int) -> 
     rng = context.rng()
     x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
     guide = _guide(context, batch, 8, size)
-    weight = (rng.standard_normal((channels, channels, kernel_size, kernel_size),
-                                  dtype=np.float32) / np.sqrt(channels * kernel_size**2))
-    weight = weight.astype(np.float32)
+    weight = conv_weight(rng, channels, kernel_size)
     x_dev, guide_dev, weight_dev = (context.asarray(a) for a in (x, guide, weight))
     case = Case(
         call=lambda: pacarray.pac_conv(x_dev, weight_dev, guide=guide_dev, padding=padding),
