@@ -5,7 +5,7 @@ Nothing here imports CuPy or compiles a kernel: that happens on first use.
 """
 
 from . import testing
-from .crf import PairwiseTerm, pac_crf, pac_crf_vjp
+from .crf import PairwiseTerm, PaletteTerm, pac_crf, pac_crf_vjp
 from .features import color_position_features
 from .filters import bilateral_filter, joint_bilateral_upsample, normalized_convolution
 from .filters_grad import bilateral_filter_vjp
@@ -22,6 +22,7 @@ __all__ = [
     "Gaussian",
     "InversePower",
     "PairwiseTerm",
+    "PaletteTerm",
     "bilateral_filter",
     "bilateral_filter_vjp",
     "color_position_features",

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _palette
+
 
 @dataclass
 class Term:
@@ -214,6 +216,9 @@ def pairwise_sum(field, q, weights, out):
     for term, weight in zip(field.terms, weights):
         if weight == 0:
             continue
+        if isinstance(term, _palette.PaletteGrid):
+            _palette.add_messages(xp, module, term, q, weight, out)
+            continue
         if term.blur == 1:
             module.crf_add_messages(q, term.guide, term.spatial, term.dilation, weight, out)
             continue
@@ -241,7 +246,10 @@ def pairwise_adjoint(field, grad, q, weights, out, weight_grads):
     single = xp.empty_like(grad)
     pooled, coarse_grads = {}, {}
     for index, (term, weight) in enumerate(zip(field.terms, weights)):
-        if term.blur == 1:
+        if isinstance(term, _palette.PaletteGrid):
+            single[...] = 0
+            _palette.add_adjoint(xp, term, grad, 1.0, single)
+        elif term.blur == 1:
             single[...] = 0
             module.crf_add_adjoint(grad, q, term.guide, term.spatial, term.dilation, 1.0, single)
         else:
@@ -263,6 +271,12 @@ def pairwise_adjoint(field, grad, q, weights, out, weight_grads):
     return out
 
 
+def _full_resolution(term):
+    """Whether ``crf_step`` computes the term's messages itself (a window term, not blurred);
+    the others (blurred and palette terms) reach it summed in ``extra``."""
+    return isinstance(term, Term) and term.blur == 1
+
+
 def _step_terms(xp, terms):
     """The full-resolution terms as ``crf_step`` takes them: ``(guide, step_terms)``.
 
@@ -272,7 +286,7 @@ def _step_terms(xp, terms):
     ``(weight, spatial, dilation, features)`` with ``features`` the ``(start, stop)`` range of
     its features in ``guide`` or ``None``. Terms of weight 0 are left out.
     """
-    full = [t for t in terms if t.blur == 1 and t.weight != 0]
+    full = [t for t in terms if _full_resolution(t) and t.weight != 0]
     ranges, parts, start = {}, [], 0
     for term in full:
         if term.guide is not None and id(term.guide) not in ranges:
@@ -312,7 +326,23 @@ def forward(field, keep_history=False, want_logits=False):
     guide, step_terms = _step_terms(xp, field.terms)
     if field.num_steps > 0:
         step_terms = module.crf_prepare(unary, guide, step_terms)
-    blurred = [t.weight if t.blur > 1 else 0.0 for t in field.terms]
+    blurred = [0.0 if _full_resolution(t) else t.weight for t in field.terms]
+    fused = _fused_palette(field, step_terms)
+    if fused is not None and field.num_steps > 0:
+        state = module.crf_palette_start(fused, q)
+        spare = None  # the marginals of two steps back, whose memory the next step reuses
+        for step in range(field.num_steps):
+            last = step == field.num_steps - 1
+            new_q, step_logits, state = module.crf_palette_step(
+                unary, q, guide, step_terms, fused, state, field.compatibility,
+                want_logits and last, not last, out=spare)
+            spare = None if keep_history or step == 0 else q
+            q = new_q
+            if want_logits and last:
+                logits = step_logits
+            if keep_history:
+                history.append(q)
+        return q, logits, history
     extra = xp.empty_like(unary) if any(blurred) else None
     for step in range(field.num_steps):
         last = step == field.num_steps - 1
@@ -325,6 +355,19 @@ def forward(field, keep_history=False, want_logits=False):
         if keep_history:
             history.append(q)
     return q, logits, history
+
+
+def _fused_palette(field, step_terms):
+    """The one palette term that the backend's fused step takes (``crf_palette_step``), or
+    None: the backend must have one, the data must be 2-D, no other term may need ``extra``
+    (another palette term, a blurred term) and the window terms must be in a form it takes."""
+    module = field.module
+    if not hasattr(module, "crf_palette_step") or field.unary.ndim != 4:
+        return None
+    others = [t for t in field.terms if not _full_resolution(t) and t.weight != 0]
+    if len(others) != 1 or not isinstance(others[0], _palette.PaletteGrid):
+        return None
+    return others[0] if module.crf_palette_fusable(step_terms) else None
 
 
 def log_softmax(xp, logits):

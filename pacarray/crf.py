@@ -19,12 +19,12 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from . import _args, _mean_field
+from . import _args, _mean_field, _palette
 from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from ._geometry import as_tuple
 from .kernels import spatial_window
 
-__all__ = ["PairwiseTerm", "DEFAULT_PAIRWISE", "FAST_PAIRWISE", "CRFGradients", "pac_crf",
+__all__ = ["PairwiseTerm", "PaletteTerm", "DEFAULT_PAIRWISE", "FAST_PAIRWISE", "CRFGradients", "pac_crf",
            "pac_crf_vjp"]
 
 #: Probabilities are clipped to at least this before the logarithm (``input="probabilities"``),
@@ -144,6 +144,100 @@ class PairwiseTerm:
             raise ValueError(f"PairwiseTerm blur must be an integer >= 1, got {self.blur!r}")
 
 
+@dataclass(frozen=True, eq=False)
+class PaletteTerm:
+    """A long-range appearance term of :func:`pac_crf`: messages from every pixel of similar
+    colour within a Gaussian reach, through a palette and a coarse grid.
+
+    Each pixel ``i`` gets the normalized message
+
+    ``m[l, i] = sum_j K(i, j) Q[l, j] / sum_j K(i, j)``, with
+    ``K(i, j) ~ exp(-|p_i - p_j|**2 / (2 sigma_spatial**2)) * exp(-|c_i - c_j|**2 /
+    (2 sigma_color**2))``
+
+    over *all* pixels ``j`` (the pixel itself included), like the bilateral kernel of the fully
+    connected CRF (Krähenbühl & Koltun 2011), and adds ``weight * m`` to the logits of every
+    label (Potts; a compatibility matrix transforms it as it does the other terms). The kernel
+    is approximated by quantizing the colours to a palette of ``colors`` entries (k-means of
+    the image's colours: ``c_i`` is the palette entry nearest to pixel ``i``, entries compared
+    with the Gaussian of ``sigma_color``) and the positions to a grid of ``cell``-pixel cells
+    (the Gaussian of ``sigma_spatial`` between cell centres, linear interpolation to the
+    pixel). A step costs about as much as three taps of a :class:`PairwiseTerm` however far
+    the term reaches. ``docs/design.md`` §2 has the derivation.
+
+    Parameters
+    ----------
+    weight : float, default 8.0
+        Strength of the term, >= 0. The message is a weighted fraction (each label's share
+        of the similar pixels around), so the weight is the largest logit it can add.
+    sigma_spatial : float, default 160.0
+        Standard deviation of the spatial Gaussian in pixels (voxels); it is cut at three.
+    sigma_color : float, default 0.05
+        Colour bandwidth in intensity units (images on [0, 1]; integer images are divided by
+        their dtype's maximum), for ``features="appearance"``.
+    colors : int, default 16
+        Palette entries (>= 1): the k-means of the image's colours on a strided subsample of
+        about 8000 pixels, with a fixed seed (fewer when the image has fewer colours). More
+        entries follow the colours more closely and cost more on the grid.
+    cell : int, optional
+        Grid spacing in pixels, >= 1. Default ``max(1, round(sigma_spatial / 5))``.
+    features : "appearance" or array, default "appearance"
+        ``"appearance"`` compares the image's channels divided by ``sigma_color``; an array
+        ``(F, *spatial)`` or ``(N, F, *spatial)`` gives features already scaled to unit
+        bandwidth.
+    palette : array, optional
+        The palette itself, ``(P, F)`` or ``(N, P, F)`` in the units of the features (image
+        intensities for ``"appearance"``): the same palette for every call, for example over
+        the frames of a video. Default: k-means of each image.
+
+    Examples
+    --------
+    >>> from pacarray import PairwiseTerm, PaletteTerm
+    >>> terms = (PairwiseTerm(weight=4.0, kernel_size=3, dilation=1, sigma_spatial=None,
+    ...                       sigma_color=0.05),
+    ...          PaletteTerm(weight=8.0, sigma_spatial=160.0, sigma_color=0.05))
+    """
+
+    weight: float = 8.0
+    sigma_spatial: float = 160.0
+    sigma_color: float = 0.05
+    colors: int = 16
+    cell: int | None = None
+    features: object = "appearance"
+    palette: object = None
+
+    def __post_init__(self):
+        weight = _args.finite_scalar(self.weight, "weight")
+        if weight < 0:
+            raise ValueError(f"PaletteTerm weight must be >= 0, got {self.weight!r}")
+        for name in ("sigma_spatial", "sigma_color"):
+            value = getattr(self, name)
+            if _args.finite_scalar(value, name) <= 0:
+                raise ValueError(f"PaletteTerm {name} must be > 0, got {value!r}")
+        if not _args.is_int(self.colors) or self.colors < 1:
+            raise ValueError(f"PaletteTerm colors must be an integer >= 1, got {self.colors!r}")
+        if self.cell is not None and (not _args.is_int(self.cell) or self.cell < 1):
+            raise ValueError(f"PaletteTerm cell must be an integer >= 1 or None, got "
+                             f"{self.cell!r}")
+        if isinstance(self.features, str):
+            if self.features != "appearance":
+                raise ValueError(f"PaletteTerm features must be 'appearance' or an array, got "
+                                 f"{self.features!r}")
+        elif np.ndim(self.features) not in (2, 3, 4, 5):
+            raise ValueError(f"PaletteTerm features array must have shape (F, *spatial) or "
+                             f"(N, F, *spatial), got shape {np.shape(self.features)}")
+        if self.palette is not None and np.ndim(self.palette) not in (2, 3):
+            raise ValueError(f"PaletteTerm palette must have shape (P, F) or (N, P, F), got "
+                             f"shape {np.shape(self.palette)}")
+
+    @property
+    def grid_cell(self) -> int:
+        """The grid spacing in pixels (``cell``, or its default)."""
+        if self.cell is not None:
+            return int(self.cell)
+        return max(1, round(float(self.sigma_spatial) / 5))
+
+
 def _term_tuple(value, name):
     """A term's ``kernel_size`` or ``dilation``: an int (every axis) or 1 to 3 ints."""
     if _args.is_int(value):
@@ -160,51 +254,33 @@ def _term_tuple(value, name):
 
 
 def _default_pairwise():
-    # Five flat appearance terms with one colour bandwidth, reaching from 1 to 192 pixels: the
-    # short ones move boundaries onto edges, the long ones let a pixel hear from pixels of its
-    # colour far away, as the fully connected CRF's bilateral term (sxy 80, over the whole
-    # image) does. The weights grow with the range because a sparse far window finds fewer
-    # pixels of the same colour. docs/guide/segmentation.md has the measurements.
-    sizes_dilations_weights = ((3, 1, 4.0), (3, 4, 4.0), (3, 16, 8.0), (5, 48, 16.0),
-                               (3, 192, 24.0))
-    return tuple(
-        PairwiseTerm(weight=weight, kernel_size=size, dilation=dilation, sigma_spatial=None,
-                     sigma_color=0.05)
-        for size, dilation, weight in sizes_dilations_weights
-    )
+    # A 3x3 edge-aware window (the boundaries onto the edges) and a palette term (every pixel
+    # of similar colour within ~160 pixels, as the fully connected CRF's bilateral term does
+    # with sxy 80 over the whole image). docs/guide/segmentation.md has the measurements.
+    near = PairwiseTerm(weight=4.0, kernel_size=3, dilation=1, sigma_spatial=None,
+                        sigma_color=0.05)
+    return (near, PaletteTerm(weight=8.0, sigma_spatial=160.0, sigma_color=0.05, colors=16))
 
 
-#: The pairwise terms :func:`pac_crf` uses when ``pairwise`` is not given: five edge-aware
-#: appearance terms with flat windows (``sigma_spatial=None``) and ``sigma_color=0.05``:
-#: 3x3 taps at dilations 1, 4 and 16 pixels (weights 4, 4, 8), 5x5 taps at dilation 48
-#: (weight 16) and 3x3 taps at dilation 192 (weight 24); 56 taps, of which those outside the
-#: image cost nothing. Chosen by measurement against pydensecrf's fully connected CRF on
-#: k-means labellings of photographs with unaries degraded by 8x down/up-sampling and noise
+#: The pairwise terms :func:`pac_crf` uses when ``pairwise`` is not given: a 3x3 edge-aware
+#: :class:`PairwiseTerm` (flat window, ``sigma_color=0.05``, weight 4) and a
+#: :class:`PaletteTerm` (weight 8, ``sigma_spatial=160``, ``sigma_color=0.05``, 16 colours,
+#: 32-pixel cells). Chosen by measurement against pydensecrf's fully connected CRF on k-means
+#: labellings of photographs with unaries degraded by 8x down/up-sampling and noise
 #: (log-probability scale): protocol and numbers in the segmentation guide.
 DEFAULT_PAIRWISE = _default_pairwise()
 
 
 def _fast_pairwise():
-    # 16 taps against the default's 56: the time of a step is a softmax pass plus a share per
-    # tap, so this set runs in about half the time at 512 x 512 and 21 labels; its IoU gain
-    # is about 0.05 lower. A 3x3 edge-aware window plus two "+" shapes (4 taps each) at 8
-    # and 48 pixels: for the same tap count, crosses reaching far scored higher than a denser
-    # short window. docs/guide/segmentation.md has the measurements.
-    def cross(dilation, weight):
-        return [PairwiseTerm(weight=weight, kernel_size=shape, dilation=dilation,
-                             sigma_spatial=None, sigma_color=0.05)
-                for shape in ((1, 3), (3, 1))]
-
-    near = PairwiseTerm(weight=4.0, kernel_size=3, dilation=1, sigma_spatial=None,
-                        sigma_color=0.05)
-    return (near, *cross(8, 8.0), *cross(48, 16.0))
+    # The default with a "+" (4 taps) instead of the 3x3 window (8 taps).
+    cross = tuple(PairwiseTerm(weight=4.0, kernel_size=shape, dilation=1, sigma_spatial=None,
+                               sigma_color=0.05) for shape in ((1, 3), (3, 1)))
+    return (*cross, DEFAULT_PAIRWISE[-1])
 
 
-#: A cheaper alternative to :data:`DEFAULT_PAIRWISE` (pass it as ``pairwise=``): 16 taps
-#: instead of 56, a 3x3 appearance window (weight 4) and "+"-shaped pairs of 1x3 / 3x1
-#: windows at dilations 8 (weight 8) and 48 (weight 16), flat, ``sigma_color=0.05``. About
-#: half the time of the defaults at 512 x 512 and 21 labels, for an IoU gain about 0.05
-#: lower on the segmentation guide's photographs.
+#: A cheaper alternative to :data:`DEFAULT_PAIRWISE` (pass it as ``pairwise=``): the same
+#: palette term with the 3x3 window replaced by a "+" of 1x3 and 3x1 windows (4 taps
+#: instead of 8), for a slightly lower IoU gain (the segmentation guide has the numbers).
 FAST_PAIRWISE = _fast_pairwise()
 
 
@@ -278,21 +354,27 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     if planes is not None:
         planes = _args.cast(xp, planes, dtype)
     compat = _compatibility_matrix(xp, compatibility, labels, dtype)
-    shared = {}  # appearance features by colour bandwidth: computed once, stacked once
-    terms = [
-        _resolve_term(xp, term, index, planes, batch, tuple(spatial_shape), dtype, shared)
-        for index, term in enumerate(pairwise)
-    ]
     # Signals and volumes run on the generic entry points, whose N-D pac_pool computes the
     # same messages; the fused CPU kernels are 2-D (docs/design.md §3).
     if spatial_ndim == 2:
         module = backend_module(backend)
     else:
         from ._generic import crf as module  # not at import time: _generic imports ops
+    shared = {}  # appearance features by colour bandwidth: computed once, stacked once
+    terms = [
+        _resolve_palette(xp, module, term, index, planes, batch, tuple(spatial_shape), dtype,
+                         shared)
+        if isinstance(term, PaletteTerm) else
+        _resolve_term(xp, term, index, planes, batch, tuple(spatial_shape), dtype, shared)
+        for index, term in enumerate(pairwise)
+    ]
     field = _mean_field.MeanField(
         module=module,
         xp=xp,
-        unary=xp.ascontiguousarray(dtype.type(unary_weight) * log_potentials),
+        # Read only by the updates: with unary_weight 1 the log-potentials themselves (a
+        # 512 x 512 x 21 copy costs about as much as a softmax pass).
+        unary=xp.ascontiguousarray(log_potentials if unary_weight == 1
+                                   else dtype.type(unary_weight) * log_potentials),
         terms=terms,
         compatibility=compat,
         num_steps=num_steps,
@@ -305,13 +387,14 @@ def _check_pairwise(pairwise):
     """``pairwise`` as a sequence of :class:`PairwiseTerm` (the default when None)."""
     if pairwise is None:
         pairwise = DEFAULT_PAIRWISE
-    if isinstance(pairwise, PairwiseTerm):
+    if isinstance(pairwise, (PairwiseTerm, PaletteTerm)):
         pairwise = (pairwise,)
     if not isinstance(pairwise, Sequence) or not all(
-        isinstance(t, PairwiseTerm) for t in pairwise
+        isinstance(t, (PairwiseTerm, PaletteTerm)) for t in pairwise
     ):
         raise TypeError(
-            f"pairwise must be a PairwiseTerm or a sequence of them, got {pairwise!r}"
+            f"pairwise must be a PairwiseTerm or PaletteTerm or a sequence of them, got "
+            f"{pairwise!r}"
         )
     return pairwise
 
@@ -546,6 +629,41 @@ def _resolve_term(xp, term, index, planes, batch, shape, dtype, shared=None):
         fine_guide=fine_guide,
         group=group,
     )
+
+
+def _resolve_palette(xp, module, term, index, planes, batch, shape, dtype, shared):
+    """A :class:`PaletteTerm` as the updates use it: a :class:`pacarray._palette.PaletteGrid`."""
+    name = f"pairwise[{index}]"
+    _args.fits_dtype(float(term.weight), f"{name}.weight", dtype)
+    guide = _term_guide(xp, term, name, planes, batch, shape, dtype, shared)
+    features = guide.shape[1]
+    if term.palette is None:
+        stride = _palette.sample_stride(shape)
+        sample = guide[(slice(None), slice(None)) + (slice(None, None, stride),) * len(shape)]
+        sample = _args.to_host(xp, sample).astype(np.float64)
+        palette = [_palette.palette_colors(sample[n], int(term.colors)) for n in range(batch)]
+        size = max(len(p) for p in palette)
+        # Images with fewer distinct colours than the others repeat their last entry (an
+        # entry no pixel is nearest to after its first copy sends and receives nothing).
+        palette = np.stack([np.concatenate([p, np.repeat(p[-1:], size - len(p), axis=0)])
+                            for p in palette])
+    else:
+        palette = np.asarray(_args.to_host(_args.host_or(xp, term.palette), term.palette),
+                             dtype=np.float64)
+        if palette.ndim == 2:
+            palette = np.broadcast_to(palette[None], (batch, *palette.shape))
+        if palette.shape[0] != batch or palette.shape[2] != features or palette.shape[1] < 1:
+            raise ValueError(
+                f"{name}.palette must have shape (P, {features}) or ({batch}, P, {features}) "
+                f"for {features} features and batch {batch}, got shape "
+                f"{np.shape(term.palette)}"
+            )
+        if not np.all(np.isfinite(palette)):
+            raise ValueError(f"{name}.palette must be finite")
+        if isinstance(term.features, str):
+            palette = palette / float(term.sigma_color)
+    return _palette.build(xp, module, term.weight, xp.ascontiguousarray(guide), palette,
+                          term.grid_cell, float(term.sigma_spatial), dtype)
 
 
 def _rank_tuple(value, name, ndim):

@@ -218,7 +218,7 @@ def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
     else:
         spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
         run(_crf_kernels.mean_field_step, rows, unary, q, _crf_guide(guide, unary), bounds,
-            spatials, dilations, weights, *tail, work=unary.size * spatials.size)
+            spatials, dilations, weights, *tail, work=unary.size * (spatials.size + 8))
     return new_q, (logits if want_logits else None)
 
 
@@ -237,6 +237,103 @@ def crf_upsample_add(coarse, weights, rows, cols, out):
     ``pacarray._mean_field.upsample_weights``."""
     run(_crf_kernels.upsample_add, out.shape[0] * out.shape[2], coarse, weights, rows, cols,
         out, work=4 * out.size)
+
+
+def crf_palette_splat(grid, q):
+    """The palette term's splat of 2-D marginals ``(N, L, H, W)``: ``(N, L, P, h, w)``
+    (``pacarray._palette.splat``)."""
+    batch, labels = q.shape[:2]
+    out = np.empty((batch, labels, grid.palette_size * grid.grid_size), q.dtype)
+    run(_crf_kernels.palette_splat, batch * labels, q.reshape(batch, labels, -1),
+        grid.senders, grid.splat_index, out, work=q.size // grid.send**2)
+    return out.reshape(batch, labels, grid.palette_size, *grid.cells)
+
+
+def crf_palette_slice_add(grid, coarse, scale, out):
+    """``out +=`` the palette term's slice of ``coarse`` (``pacarray._palette.slice_add``)."""
+    run(_crf_kernels.palette_slice_add, out.shape[0] * out.shape[2], coarse, grid.owner,
+        grid.lo[0], grid.hi[0], grid.t[0], grid.lo[1], grid.hi[1], grid.t[1], grid.inv_norm,
+        out.dtype.type(scale), out, work=4 * out.size)
+
+
+def crf_palette_assign(features, palette):
+    """Nearest palette entry of each pixel (``pacarray._palette.assign``): ``(N, *spatial)``
+    int32 from ``features`` ``(N, F, *spatial)`` and ``palette`` ``(N, P, F)`` float64."""
+    batch = features.shape[0]
+    flat = np.ascontiguousarray(features.reshape(batch, features.shape[1], -1))
+    owner = np.empty((batch, flat.shape[2]), np.int32)
+    run(_crf_kernels.palette_assign, batch * -(-flat.shape[2] // 4096), flat,
+        np.ascontiguousarray(palette, dtype=np.float64), owner, work=flat.size * palette.shape[1])
+    return owner.reshape(batch, *features.shape[2:])
+
+
+class PaletteState(NamedTuple):
+    """What the fused palette steps pass on (:func:`crf_palette_step`)."""
+
+    grid: np.ndarray  # (N, L, P, h, w): the splat of the current marginals
+    slice_offset: np.ndarray  # (N, H, W) int32
+    slice_weights: np.ndarray  # (N, 2, H, W)
+    splat_index: np.ndarray  # (N, H, W) int32
+
+
+def crf_palette_start(grid, q):
+    """The state of the fused palette steps for marginals ``q`` (``(N, L, H, W)``, 2-D)."""
+    batch, height, width = grid.owner.shape
+    low_w = grid.cells[1]
+    owner = grid.owner.astype(np.int32)
+    dtype = q.dtype
+    slice_offset = np.ascontiguousarray(owner * (low_w + 1) + grid.lo[1].astype(np.int32))
+    scale = dtype.type(grid.weight) * grid.inv_norm
+    right = grid.t[1].astype(dtype)
+    slice_weights = np.ascontiguousarray(np.stack([scale * (1 - right), scale * right], axis=1))
+    cell = (np.arange(width) // grid.cell).astype(np.int32)
+    splat_index = np.ascontiguousarray(owner * low_w + cell)
+    return PaletteState(crf_palette_splat(grid, q), slice_offset, slice_weights, splat_index)
+
+
+def crf_palette_fusable(terms):
+    """Whether :func:`crf_palette_step` takes these prepared window terms (none, or their
+    cached kernels)."""
+    return isinstance(terms, CRFWeights) or len(terms) == 0
+
+
+def crf_palette_step(unary, q, guide, terms, grid, state, compatibility, want_logits, splat,
+                     out=None):
+    """:func:`crf_step` with one palette term fused in (``_crf_kernels.mean_field_step_palette``):
+    returns ``(new Q, logits or None, state for the next step)``; without ``splat`` (the last
+    step) the next state's grid is not computed. ``terms`` are what :func:`crf_prepare` returned:
+    the window terms' cached kernels, or ``()`` without window terms. ``out``, when given, an
+    array like ``unary`` that is not ``q``, receives the new marginals."""
+    from .. import _palette
+
+    dtype = unary.dtype
+    batch, labels, height, width = unary.shape
+    coarse = _palette.smooth(np, grid, state.grid)
+    use_compatibility = compatibility is not None
+    if not use_compatibility:
+        compatibility = np.zeros((1, 1), dtype)
+    new_q = np.empty_like(unary) if out is None else out
+    logits = np.empty_like(unary) if want_logits else unary
+    low_h, low_w = grid.cells
+    palette = grid.palette_size
+    grid_out = np.empty((batch, labels, low_h, palette * low_w), dtype) if splat else \
+        np.empty((1, 1, 1, 1), dtype)
+    if not isinstance(terms, CRFWeights):
+        empty = np.empty((1, 1, 1, 1), dtype)
+        index = np.empty((1, 1, 1), np.int64)
+        windows = (empty, index, index, np.empty((1, 1), np.int64), False)
+    else:
+        windows = (*terms, True)
+    run(_crf_kernels.mean_field_step_palette, batch * low_h, unary, q, *windows, coarse,
+        grid.lo[0], grid.hi[0], grid.t[0], state.slice_offset, state.slice_weights,
+        grid.cell, grid.send, state.splat_index, grid_out, bool(splat), compatibility,
+        use_compatibility,
+        new_q, logits, bool(want_logits),
+        work=unary.size * (8 + (terms.cache.shape[2] if isinstance(terms, CRFWeights) else 0)))
+    if splat:
+        moved = grid_out.reshape(batch, labels, low_h, palette, low_w).transpose(0, 1, 3, 2, 4)
+        state = state._replace(grid=np.ascontiguousarray(moved))
+    return new_q, (logits if want_logits else None), state
 
 
 def crf_softmax(logits):

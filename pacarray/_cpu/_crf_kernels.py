@@ -357,3 +357,184 @@ def upsample_add(coarse, weights, rows, cols, out, job_start, job_stop):
             for x in range(width):
                 target[x] += (w00[x] * upper[left[x]] + w01[x] * upper[right[x]]
                               + w10[x] * lower[left[x]] + w11[x] * lower[right[x]])
+
+
+# --------------------------------------------------------------------------------------------
+# The palette term's grid (pacarray._palette): the splat and the slice of 2-D marginals
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def palette_splat(q, senders, index, out, job_start, job_stop):
+    """``out[n, l, index[n, s]] += q[n, l, senders[s]]`` over the sending pixels, one image
+    and label per task (``q`` ``(N, L, pixels)``, ``out`` ``(N, L, grid)`` zeroed here)."""
+    labels = q.shape[1]
+    for job in range(job_start, job_stop):
+        n = job // labels
+        label = job % labels
+        target = out[n, label]
+        target[:] = 0
+        source = q[n, label]
+        where = index[n]
+        for s in range(senders.shape[0]):
+            target[where[s]] += source[senders[s]]
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def palette_slice_add(coarse, owner, rows_lo, rows_hi, ty, cols_lo, cols_hi, tx, inv_norm,
+                      scale, out, job_start, job_stop):
+    """``out[n, l, y, x] += scale * inv_norm[n, y, x] * (bilinear of coarse[n, l, owner[n, y,
+    x]] at the pixel)``, one output row per task: for each label, the row of every palette
+    entry is interpolated between its two coarse rows first (``(P, w)``), then each pixel reads
+    two cells of its own entry's row."""
+    batch, labels, height, width = out.shape
+    palette, low_w = coarse.shape[2], coarse.shape[4]
+    row = np.empty((palette, low_w), coarse.dtype)
+    for job in range(job_start, job_stop):
+        n = job // height
+        y = job % height
+        top, bottom = rows_lo[y], rows_hi[y]
+        down = ty[y]
+        up = 1 - down
+        entries = owner[n, y]
+        factor = np.empty(width, out.dtype)
+        for x in range(width):
+            factor[x] = scale * inv_norm[n, y, x]
+        for label in range(labels):
+            for p in range(palette):
+                upper = coarse[n, label, p, top]
+                lower = coarse[n, label, p, bottom]
+                for cx in range(low_w):
+                    row[p, cx] = up * upper[cx] + down * lower[cx]
+            target = out[n, label, y]
+            for x in range(width):
+                right = tx[x]
+                cells = row[entries[x]]
+                target[x] += factor[x] * ((1 - right) * cells[cols_lo[x]]
+                                          + right * cells[cols_hi[x]])
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def palette_assign(features, palette, owner, job_start, job_stop):
+    """``owner[n, i]`` = the palette entry nearest to pixel ``i``'s features (squared
+    distance in float64, the first on ties), one block of 4096 pixels per task: ``features``
+    ``(N, F, pixels)``, ``palette`` ``(N, P, F)`` float64, ``owner`` ``(N, pixels)`` int32."""
+    pixels = features.shape[2]
+    blocks = -(-pixels // 4096)
+    for job in range(job_start, job_stop):
+        n = job // blocks
+        start = (job % blocks) * 4096
+        stop = min(pixels, start + 4096)
+        best = np.full(stop - start, np.inf)
+        where = owner[n, start:stop]
+        where[:] = 0
+        for p in range(palette.shape[1]):
+            distance = np.zeros(stop - start)
+            for f in range(features.shape[1]):
+                centre = palette[n, p, f]
+                values = features[n, f, start:stop]
+                for i in range(stop - start):
+                    difference = np.float64(values[i]) - centre
+                    distance[i] += difference * difference
+            for i in range(stop - start):
+                if distance[i] < best[i]:
+                    best[i] = distance[i]
+                    where[i] = p
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use_cache,
+                            coarse, rows_lo, rows_hi, ty, slice_offset, slice_weights, cell,
+                            send, splat_index, grid_out, splat, compatibility, use_compatibility,
+                            q_out, logits_out, write_logits, job_start, job_stop):
+    """A mean-field update with one palette term fused in, one row of grid cells per task.
+
+    Per row: the window terms' messages from their cached kernels (:func:`pairwise_weights`,
+    when ``use_cache``); the palette term's slice of ``coarse`` ``(N, L, P, h, w)`` (its
+    smoothed grid): each label's row of every palette entry interpolated between the two
+    coarse rows into a ``(P, w + 1)`` table (last column 0), each pixel reading two cells at
+    ``slice_offset[n, y, x]`` (entry ``* (w + 1)`` + left cell) with ``slice_weights[n, :, y,
+    x]`` (the term's weight / the normalization, times the two linear weights); then
+    :func:`_finish_row`. With ``splat`` the new marginals of the row are added into
+    ``grid_out[n, l, cy]`` ``(P * w)`` at ``splat_index[n, y, x]`` (entry ``* w`` + cell), the
+    next step's grid, for the sending pixels (rows and columns that are multiples of
+    ``send``): the task owns that row of cells, so no two tasks write one cell.
+    """
+    batch, labels, height, width = q.shape
+    palette, low_h, low_w = coarse.shape[2], coarse.shape[3], coarse.shape[4]
+    for job in range(job_start, job_stop):
+        n = job // low_h
+        cy = job % low_h
+        pairwise = np.empty((labels, width), q.dtype)
+        logits = np.empty((labels, width), q.dtype)
+        acc = np.empty(width, q.dtype)
+        peak = np.empty(width, q.dtype)
+        table = np.zeros((palette, low_w + 1), q.dtype)
+        flat = table.reshape(palette * (low_w + 1))
+        if splat:
+            for label in range(labels):
+                grid_out[n, label, cy] = 0
+        for y in range(cy * cell, min(height, (cy + 1) * cell)):
+            if use_cache:
+                _row_messages_all(q, n, cache[n, y], tap_rows[n, y], tap_offsets[n, y],
+                                  actives[n, y], pairwise)
+            else:
+                pairwise[:] = 0.0
+            top, bottom = rows_lo[y], rows_hi[y]
+            down = ty[y]
+            up = 1 - down
+            offsets = slice_offset[n, y]
+            left = slice_weights[n, 0, y]
+            right = slice_weights[n, 1, y]
+            for label in range(labels):
+                for p in range(palette):
+                    upper = coarse[n, label, p, top]
+                    lower = coarse[n, label, p, bottom]
+                    row = table[p]
+                    for cx in range(low_w):
+                        row[cx] = up * upper[cx] + down * lower[cx]
+                target = pairwise[label]
+                for x in range(width):
+                    at = offsets[x]
+                    target[x] += left[x] * flat[at] + right[x] * flat[at + 1]
+            _finish_row(unary, n, y, pairwise, unary, False, compatibility, use_compatibility,
+                        q_out, logits_out, write_logits, logits, peak, acc)
+            if splat and y % send == 0:
+                where = splat_index[n, y]
+                for label in range(labels):
+                    source = q_out[n, label, y]
+                    cells = grid_out[n, label, cy]
+                    for x in range(0, width, send):
+                        cells[where[x]] += source[x]
+
+
+@njit(cache=True, nogil=True)
+def palette_lloyd(points, centres, iterations):
+    """``iterations`` Lloyd steps of k-means on ``points`` ``(n, F)`` from ``centres``
+    ``(P, F)`` (float64, updated in place): each point to its nearest centre (squared
+    distance summed over the features in order, the first on ties), each centre that got
+    points to their mean. The palette of ``pacarray._palette.palette_colors``."""
+    count, features = points.shape
+    palette = centres.shape[0]
+    sums = np.empty((palette, features))
+    counts = np.empty(palette, np.int64)
+    for _ in range(iterations):
+        sums[:] = 0.0
+        counts[:] = 0
+        for i in range(count):
+            best = np.inf
+            owner = 0
+            for p in range(palette):
+                distance = 0.0
+                for f in range(features):
+                    difference = points[i, f] - centres[p, f]
+                    distance += difference * difference
+                if distance < best:
+                    best = distance
+                    owner = p
+            counts[owner] += 1
+            for f in range(features):
+                sums[owner, f] += points[i, f]
+        for p in range(palette):
+            if counts[p] > 0:
+                for f in range(features):
+                    centres[p, f] = sums[p, f] / counts[p]
