@@ -664,6 +664,8 @@ def _check_spatial(operands, rules):
     would be lost on the small arrays of the dry run)."""
     data = operands[0]
     for op in operands[1:]:
+        if not op.spatial:  # per image, not per pixel (a palette term's palettes)
+            continue
         expected = []
         for rule in rules:
             bounds = rule.grids((0, rule.size))
@@ -979,7 +981,14 @@ def color_position_features(*args, **kwargs):
 def _crf_reach(term, rank=2):
     """How far (per axis of ``rank``, in pixels) one mean-field update reads for this term:
     the dilated window, and for a blurred term the window on the coarse grid plus the block
-    means and the interpolation around it."""
+    means and the interpolation around it; for a palette term the Gaussian's cells plus the
+    interpolation's and the sender's own cell."""
+    from . import _palette, crf
+
+    if isinstance(term, crf.PaletteTerm):
+        cell = term.grid_cell
+        cells = int(max(cell, _palette.TRUNCATE * float(term.sigma_spatial)) // cell)
+        return [(cells + 2) * cell] * rank
     size = as_tuple(term.kernel_size, "kernel_size", rank)
     dilation = as_tuple(term.dilation, "dilation", rank)
     reach = []
@@ -995,13 +1004,17 @@ class _CRFCall(_Call):
 
     terms: tuple = ()
     feature_terms: tuple = ()  # indices of the terms whose features are operands
+    palette_terms: tuple = ()  # indices of the palette terms whose palettes are operands
 
     def __call__(self, arrays, starts):
-        count = len(self.feature_terms)
+        count = len(self.feature_terms) + len(self.palette_terms)
         own = arrays[:len(arrays) - count]
+        extra = arrays[len(own):]
         terms = list(self.terms)
-        for number, block in zip(self.feature_terms, arrays[len(arrays) - count:]):
+        for number, block in zip(self.feature_terms, extra):
             terms[number] = dataclasses.replace(terms[number], features=block)
+        for number, block in zip(self.palette_terms, extra[len(self.feature_terms):]):
+            terms[number] = dataclasses.replace(terms[number], palette=block)
         xp = namespace_of(own[0])
         keywords = {key: _small(xp, value) for key, value in self.keywords.items()}
         keywords.update(zip(self.names, own))
@@ -1032,6 +1045,75 @@ def _crf_image_axes(image, channel_axis, batched, rank=2):
     return tuple(a for a in range(int(batched), ndim) if a != axis)
 
 
+def _crf_align(term):
+    """Block edges must be multiples of this: a blurred term's block size, a palette term's
+    cell and sender stride (the grid and the senders stay those of the whole image)."""
+    from . import _palette, crf
+
+    if isinstance(term, crf.PaletteTerm):
+        cell = term.grid_cell
+        return math.lcm(cell, _palette.sender_stride(cell))
+    return int(term.blur)
+
+
+def _crf_palettes(terms, unary, image, channel_axis, layout, rank):
+    """The terms with each palette term's palette computed once, from the whole image (or
+    features), as the in-memory call computes it: every block then quantizes its colours
+    with the same palette. The palettes of a batch, ``(N, P, F)``, reach each block as an
+    operand along the batch axis (:class:`_CRFCall`)."""
+    from . import _palette, crf
+
+    resolved = []
+    for index, term in enumerate(terms):
+        if not isinstance(term, crf.PaletteTerm) or term.palette is not None:
+            resolved.append(term)
+            continue
+        appearance = isinstance(term.features, str)
+        source = image if appearance else term.features
+        if source is None:
+            raise ValueError(
+                f"pairwise[{index}] is an appearance term (features='appearance'), which needs "
+                "the image; pass image="
+            )
+        if not _is_dask(source):
+            resolved.append(term)  # in-memory features: every block gets the whole array
+            continue
+        batched = layout.batched
+        if appearance:
+            axes = _crf_image_axes(image, channel_axis, batched, rank)
+            channels = [a for a in range(image.ndim) if a not in axes and
+                        not (batched and a == 0)]
+            order = ([0] if batched else []) + channels + list(axes)
+            source = source.transpose(order)
+            if not channels:
+                source = source[:, None] if batched else source[None]
+        elif source.ndim == rank + 1 and batched:
+            source = source[None]
+        if not batched:
+            source = source[None]
+        spatial = tuple(int(n) for n in source.shape[2:])
+        stride = _palette.sample_stride(spatial)
+        sample = np.asarray(source[(slice(None), slice(None))
+                                   + (slice(None, None, stride),) * rank].compute())
+        # The in-memory call's compute dtype: float64 if the unary or the image is.
+        dtype = (np.float64 if any(a is not None and np.dtype(a.dtype) == np.float64
+                                   for a in (unary, image)) else np.float32)
+        if appearance:
+            sample = crf._image_to_float(np, sample, "image").astype(dtype)
+            sample = sample / dtype(term.sigma_color)
+        else:
+            sample = sample.astype(dtype)
+        palette = [_palette.palette_colors(sample[n].astype(np.float64), int(term.colors))
+                   for n in range(sample.shape[0])]
+        size = max(len(p) for p in palette)
+        palette = np.stack([np.concatenate([p, np.repeat(p[-1:], size - len(p), axis=0)])
+                            for p in palette])
+        if appearance:
+            palette = palette * float(term.sigma_color)
+        resolved.append(dataclasses.replace(term, palette=palette if batched else palette[0]))
+    return tuple(resolved)
+
+
 def pac_crf(*args, **kwargs):
     from . import crf
 
@@ -1054,7 +1136,8 @@ def pac_crf(*args, **kwargs):
     batched = layout.batched
     spatial = tuple(a for a in range(unary.ndim)
                     if a != layout.label_axis and not (batched and a == 0))
-    align = math.lcm(*(int(t.blur) for t in terms)) if terms else 1
+    terms = _crf_palettes(terms, unary, image, arguments["channel_axis"], layout, rank)
+    align = math.lcm(*(_crf_align(t) for t in terms)) if terms else 1
     reaches = [_crf_reach(t, rank) for t in terms]
     reach = [max([0, *(r[axis] for r in reaches)]) for axis in range(rank)]
     # ``num_steps`` updates, each reading ``reach`` further; whole blur blocks.
@@ -1074,10 +1157,19 @@ def pac_crf(*args, **kwargs):
             features.ndim, tuple(range(features.ndim - rank, features.ndim)),
             0 if features.ndim == rank + 2 else None, fresh)))
     # The task keeps the terms without their Dask features (each block gets its own piece).
-    kept = tuple(dataclasses.replace(t, features="smoothness") if i in feature_terms else t
+    kept = tuple(dataclasses.replace(t, features="appearance" if isinstance(t, crf.PaletteTerm)
+                                     else "smoothness") if i in feature_terms else t
                  for i, t in enumerate(terms))
+    # Batched palettes travel along the batch axis, one image's palette per image.
+    palette_terms = tuple(i for i, t in enumerate(kept) if isinstance(t, crf.PaletteTerm)
+                          and batched and t.palette is not None and np.ndim(t.palette) == 3)
+    for number in palette_terms:
+        palette = da.from_array(np.asarray(kept[number].palette),
+                                chunks=(unary.chunks[0], -1, -1))
+        operands.append(_Operand(f"pairwise[{number}].palette", palette,
+                                 _letters(3, (), 0, fresh)))
     call = _CRFCall(crf.pac_crf, names, _without(arguments, "unary", "image", "pairwise"),
-                    terms=kept, feature_terms=feature_terms)
+                    terms=kept, feature_terms=feature_terms, palette_terms=palette_terms)
     rules = [_Same(unary.shape[a], depth, align, proxy_size=max(8, align))
              for a, depth in zip(spatial, depths)]
     _check_spatial(operands, rules)

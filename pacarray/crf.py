@@ -177,7 +177,7 @@ class PaletteTerm:
         their dtype's maximum), for ``features="appearance"``.
     colors : int, default 16
         Palette entries (>= 1): the k-means of the image's colours on a strided subsample of
-        about 8000 pixels, with a fixed seed (fewer when the image has fewer colours). More
+        about 4096 pixels, with a fixed seed (fewer when the image has fewer colours). More
         entries follow the colours more closely and cost more on the grid.
     cell : int, optional
         Grid spacing in pixels, >= 1. Default ``max(1, round(sigma_spatial / 5))``.

@@ -25,7 +25,7 @@ import dask  # noqa: E402
 import numba  # noqa: E402
 
 import pacarray  # noqa: E402
-from pacarray import InversePower, PairwiseTerm  # noqa: E402
+from pacarray import InversePower, PairwiseTerm, PaletteTerm  # noqa: E402
 
 H, W = 37, 41
 
@@ -182,6 +182,22 @@ def _crf_cases(rng, dtype):
         "crf-batched-labels": (pacarray.pac_crf, (batched, np.stack([rgb, rgb[::-1]])), dict(
             num_steps=2, label_axis=-1, output="labels"),
             {"unary": (1, 2), "image": (1, 2)}),
+        # Palette terms with a reach shorter than the image (a real halo: one step of a
+        # 1.5-pixel Gaussian on 4-pixel cells reads 12 pixels, senders every second pixel),
+        # with a window term; batched (each image's own palette); a palette of depth features.
+        "crf-palette": (pacarray.pac_crf, (unary, rgb), dict(num_steps=1, pairwise=[
+            PaletteTerm(weight=3.0, sigma_spatial=1.5, cell=4, colors=5),
+            PairwiseTerm(weight=1.0, kernel_size=3, dilation=1, sigma_spatial=None)]),
+            {"unary": lhw, "image": (0, 1)}),
+        "crf-palette-batched": (pacarray.pac_crf, (batched, np.stack([rgb, rgb[::-1]])),
+            dict(num_steps=2, label_axis=-1, pairwise=[
+                PaletteTerm(weight=2.0, sigma_spatial=2.0, cell=3, colors=4),
+                PaletteTerm(weight=2.0, sigma_spatial=4.0, cell=4, colors=3)]),
+            {"unary": (1, 2), "image": (1, 2)}),
+        "crf-palette-features": (pacarray.pac_crf, (unary,), dict(
+            num_steps=2, pairwise=PaletteTerm(weight=3.0, sigma_spatial=3.0, cell=4, colors=4,
+                                              features=depth)),
+            {"unary": lhw}),
         "crf-features-compatibility": (pacarray.pac_crf, (probabilities,), dict(
             num_steps=2, input="probabilities", compatibility=np.ones((4, 4)) - np.eye(4),
             pairwise=PairwiseTerm(features=depth, kernel_size=3, dilation=1)),
@@ -222,7 +238,7 @@ def _dask_call(function, args, keywords, pixels, chunking, split=1):
             for c, a in zip(chunking, spatial))
         named[name] = _lazy(array, spatial, own, split)
     term = keywords.get("pairwise")
-    if isinstance(term, PairwiseTerm) and not isinstance(term.features, str):
+    if isinstance(term, (PairwiseTerm, PaletteTerm)) and not isinstance(term.features, str):
         named["pairwise"] = dataclasses.replace(
             term, features=_lazy(term.features, (1, 2), chunking))
     return function(**named)
