@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _args
+
 #: Pixels the palette's k-means runs on at most: a strided subsample of the image (the same
 #: stride along every axis, starting at the first pixel), so that a tiled or Dask computation
 #: of the same image finds the same palette.
@@ -134,6 +136,7 @@ class PaletteGrid:
     senders: object  # (senders,) int64 flat index of each sending pixel
     splat_index: object  # (N, senders) int64: owner * cells + own cell
     inv_norm: object = None  # (N, *spatial) of dtype: 1 / sum_j K(i, j)
+    corners: tuple = ()  # per corner of the interpolation: (cell index, weight), (pixels,)
 
     @property
     def palette_size(self):
@@ -156,7 +159,9 @@ def build(xp, module, weight, features, palette, cell, sigma, dtype):
         owner = assign(xp, features, palette)
     difference = palette[:, :, None, :] - palette[:, None, :, :]
     mix = np.exp(-0.5 * (difference**2).sum(axis=-1))
-    blurs = tuple(xp.asarray(gaussian_matrix(c, cell, sigma).astype(dtype)) for c in cells)
+    # Arrays that depend on the shape only go through the constant cache: a repeated call on
+    # the device uploads nothing but the palette's own two (docs/design.md §4).
+    blurs = tuple(_args.constant(xp, gaussian_matrix(c, cell, sigma), dtype) for c in cells)
     axes = [interpolation(n, c, cell) for n, c in zip(spatial, cells)]
     own = np.zeros(spatial, np.int64)
     for axis, n in enumerate(spatial):
@@ -170,10 +175,10 @@ def build(xp, module, weight, features, palette, cell, sigma, dtype):
     senders = np.arange(math.prod(spatial)).reshape(spatial)
     senders = senders[(slice(None, None, send),) * len(spatial)].reshape(-1)
     own = own.reshape(-1)[senders]
-    senders = xp.asarray(senders)
+    senders = _args.constant(xp, senders, np.int64)
     splat_index = xp.ascontiguousarray(
         (owner.reshape(batch, -1)[:, senders].astype(np.int64) * grid_size
-         + xp.asarray(own.reshape(1, -1))))
+         + _args.constant(xp, own.reshape(1, -1), np.int64)))
     grid = PaletteGrid(
         weight=float(weight), owner=owner, mix=xp.asarray(mix.astype(dtype)), blurs=blurs,
         cell=int(cell), cells=cells, lo=tuple(a[0] for a in axes), hi=tuple(a[1] for a in axes),
@@ -183,6 +188,7 @@ def build(xp, module, weight, features, palette, cell, sigma, dtype):
     ones = xp.ones((batch, 1, *spatial), dtype)
     norm = xp.zeros_like(ones)
     grid.inv_norm = xp.ones((batch, *spatial), dtype)
+    grid.corners = tuple(_corners(xp, grid))
     add_messages(xp, module, grid, ones, 1.0, norm)
     grid.inv_norm = xp.ascontiguousarray(1.0 / norm[:, 0])
     return grid
@@ -232,7 +238,9 @@ def _corners(xp, grid):
             share = grid.t[axis] if upper else 1 - grid.t[axis]
             index = index + (position * math.prod(grid.cells[axis + 1:])).reshape(shape)
             weight = weight * share.reshape(shape)
-        yield xp.asarray(index.reshape(-1)), xp.asarray(weight.reshape(-1))
+        # int32: within the constant cache's size limit for small images (a grid index fits)
+        yield (_args.constant(xp, index.reshape(-1), np.int32),
+               _args.constant(xp, weight.reshape(-1), weight.dtype))
 
 
 def slice_add(xp, grid, coarse, scale, out):
@@ -241,7 +249,7 @@ def slice_add(xp, grid, coarse, scale, out):
     flat = coarse.reshape(batch, labels, -1)
     target = out.reshape(batch, labels, -1)
     factor = (out.dtype.type(scale) * grid.inv_norm).reshape(batch, 1, -1)
-    for cells, weight in _corners(xp, grid):
+    for cells, weight in grid.corners:
         for n in range(batch):
             index = grid.owner[n].reshape(-1).astype(np.int64) * grid.grid_size + cells
             target[n] += factor[n] * weight * flat[n][:, index]
@@ -254,7 +262,7 @@ def _slice_adjoint(xp, grid, grad):
     length = grid.palette_size * grid.grid_size
     scaled = (grad * grid.inv_norm[:, None]).reshape(batch, labels, -1)
     out = xp.zeros((batch, labels, length), grad.dtype)
-    for cells, weight in _corners(xp, grid):
+    for cells, weight in grid.corners:
         for n in range(batch):
             index = grid.owner[n].reshape(-1).astype(np.int64) * grid.grid_size + cells
             for label in range(labels):

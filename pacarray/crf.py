@@ -24,8 +24,8 @@ from ._dispatch import backend_module, delegate_lazy, namespace, select_backend
 from ._geometry import as_tuple
 from .kernels import spatial_window
 
-__all__ = ["PairwiseTerm", "PaletteTerm", "DEFAULT_PAIRWISE", "FAST_PAIRWISE", "CRFGradients", "pac_crf",
-           "pac_crf_vjp"]
+__all__ = ["PairwiseTerm", "PaletteTerm", "DEFAULT_PAIRWISE", "FAST_PAIRWISE", "CRFGradients",
+           "pac_crf", "pac_crf_vjp"]
 
 #: Probabilities are clipped to at least this before the logarithm (``input="probabilities"``),
 #: so that a label the classifier ruled out can still win where the image evidence is strong.
@@ -371,16 +371,24 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     field = _mean_field.MeanField(
         module=module,
         xp=xp,
-        # Read only by the updates: with unary_weight 1 the log-potentials themselves (a
-        # 512 x 512 x 21 copy costs about as much as a softmax pass).
-        unary=xp.ascontiguousarray(log_potentials if unary_weight == 1
-                                   else dtype.type(unary_weight) * log_potentials),
+        unary=_scaled_unary(xp, log_potentials, unary_weight, dtype),
         terms=terms,
         compatibility=compat,
         num_steps=num_steps,
     )
     return _Problem(field=field, log_potentials=log_potentials,
                     probability_mask=probability_mask, unary_weight=unary_weight, layout=layout)
+
+
+def _scaled_unary(xp, log_potentials, unary_weight, dtype):
+    """``unary_weight * log_potentials``, C-contiguous. The updates only read it, so with
+    unary_weight 1 it is the log-potentials themselves (at 512 x 512 x 21 a copy costs about
+    as much as a softmax pass), unless they are read-only: the kernels take writable arrays
+    (a read-only one would compile them once more)."""
+    writable = getattr(getattr(log_potentials, "flags", None), "writeable", True)
+    if unary_weight == 1 and writable:
+        return xp.ascontiguousarray(log_potentials)
+    return xp.ascontiguousarray(dtype.type(unary_weight) * log_potentials)
 
 
 def _check_pairwise(pairwise):
@@ -540,10 +548,16 @@ def _compute_dtype(planar, planes):
     return _args.compute_dtype(planar, planes)
 
 
+def _all_finite(xp, array):
+    """Whether every value is finite: the extremes are (NaN propagates through min and max),
+    two reductions instead of a boolean array as large as the unary, and one read back."""
+    return bool(xp.all(xp.isfinite(xp.stack((array.min(), array.max())))))
+
+
 def _log_potentials(xp, planar, input, dtype):
     """``(log-potentials of dtype, mask of the unclipped probabilities or None)``."""
     planar = _args.cast(xp, planar, dtype)
-    if not bool(xp.all(xp.isfinite(planar))):
+    if not _all_finite(xp, planar):
         raise ValueError("unary must be finite (it contains NaN or Inf)")
     if input == "logits":
         return planar, None

@@ -453,3 +453,79 @@ def ref_pool(x, K, kernel_size=None, stride=1, padding=0, dilation=1):
                 tap = _at(K, a + i) * tap
             _at(y, i)[...] += tap
     return y
+
+
+def oracle_palette_message(q, features, palette, sigma, cell):
+    """The normalized message of a PAC-CRF palette term, from its definition (one image).
+
+    ``q`` ``(L, *S)`` marginals, ``features`` ``(F, *S)`` and ``palette`` ``(P, F)`` in unit
+    bandwidth, ``sigma`` the spatial standard deviation and ``cell`` the grid spacing in pixels.
+    Returns ``m[l, i] = sum_j K(i, j) q[l, j] / sum_j K(i, j)`` ``(L, *S)`` with
+
+    * ``a_i = argmin_p |f_i - c_p|**2`` (the first on ties);
+    * a grid of ``ceil(n / cell)`` cells per axis, pixel coordinate ``y`` in cell ``y // cell``;
+    * senders ``j``: the pixels all of whose coordinates are multiples of ``send`` (2 for
+      cells of 4 pixels or more, else 1); ``K(i, j) = 0`` for the others;
+    * per axis ``G(c, c') = exp(-((c - c') cell)**2 / (2 sigma**2))`` where
+      ``|c - c'| cell <= max(cell, 3 sigma)``, else 0;
+    * the receiver's corners: per axis ``pos = clip((y + 0.5) / cell - 0.5, 0, cells - 1)``,
+      ``lo = floor(pos)``, ``hi = min(lo + 1, cells - 1)``, ``t = pos - lo``, weight ``1 - t``
+      for ``lo`` and ``t`` for ``hi``, multiplied over the axes;
+    * ``S[p, p'] = exp(-1/2 |c_p - c_p'|**2)``;
+    * ``K(i, j) = S[a_i, a_j] sum_corners b_ik prod_axes G(corner_k, cell of j)``.
+
+    Loops over receivers and corners; the sum over senders is vectorized.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    features = np.asarray(features, dtype=np.float64)
+    palette = np.asarray(palette, dtype=np.float64)
+    shape = q.shape[1:]
+    rank = len(shape)
+    assert features.shape[1:] == shape and palette.shape[1] == features.shape[0]
+
+    owner = np.zeros(shape, dtype=np.int64)
+    for i in _positions(shape):
+        f = features[(slice(None),) + i]
+        distances = [float(np.sum((f - c) ** 2)) for c in palette]
+        owner[i] = int(np.argmin(distances))  # the first minimum
+
+    mix = np.zeros((len(palette), len(palette)))
+    for p in range(len(palette)):
+        for r in range(len(palette)):
+            mix[p, r] = np.exp(-0.5 * float(np.sum((palette[p] - palette[r]) ** 2)))
+
+    cells = tuple(-(-n // cell) for n in shape)
+    send = 2 if cell >= 4 else 1
+    reach = max(cell, 3 * sigma)
+
+    def gaussian(c, c_other):
+        """Per axis, between cell indices (arrays)."""
+        offset = (np.asarray(c) - np.asarray(c_other)) * cell
+        return np.where(np.abs(offset) <= reach, np.exp(-offset**2 / (2 * sigma**2)), 0.0)
+
+    senders = [j for j in _positions(shape) if all(jj % send == 0 for jj in j)]
+    sender_cells = np.array([[jj // cell for jj in j] for j in senders]).reshape(-1, rank)
+    sender_owner = np.array([owner[j] for j in senders])
+    sender_q = np.stack([q[(slice(None),) + j] for j in senders], axis=1)  # (L, senders)
+
+    def axis_corners(y, count):
+        position = min(max((y + 0.5) / cell - 0.5, 0.0), count - 1)
+        lo = int(np.floor(position))
+        hi = min(lo + 1, count - 1)
+        t = position - lo
+        return ((lo, 1.0 - t), (hi, t))
+
+    out = np.zeros_like(q)
+    for i in _positions(shape):
+        per_axis = [axis_corners(y, count) for y, count in zip(i, cells)]
+        spatial = np.zeros(len(senders))
+        for corner in itertools.product(*per_axis):  # 2**rank corners
+            weight = 1.0
+            blur = np.ones(len(senders))
+            for axis, (c, share) in enumerate(corner):
+                weight *= share
+                blur = blur * gaussian(c, sender_cells[:, axis])
+            spatial += weight * blur
+        kernel = mix[owner[i], sender_owner] * spatial  # K(i, j) over the senders
+        out[(slice(None),) + i] = (sender_q @ kernel) / kernel.sum()
+    return out

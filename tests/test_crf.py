@@ -11,10 +11,19 @@ import scipy.ndimage as ndi
 
 import pacarray._cpu as cpu
 import pacarray.crf as crf
-from pacarray import _dispatch
-from pacarray.crf import DEFAULT_PAIRWISE, PairwiseTerm, pac_crf, pac_crf_vjp
+from pacarray import _dispatch, _palette
+from pacarray.crf import (
+    DEFAULT_PAIRWISE,
+    FAST_PAIRWISE,
+    PairwiseTerm,
+    PaletteTerm,
+    pac_crf,
+    pac_crf_vjp,
+)
 from pacarray.features import color_position_features
 from pacarray.testing import check_gradients
+
+from reference import oracle_palette_message
 
 # --------------------------------------------------------------------------------------------
 # A direct NumPy implementation of the update, written from the formulas with explicit loops
@@ -92,12 +101,28 @@ def oracle_softmax(logits):
     return e / e.sum(axis=0)
 
 
+def oracle_palette(term, features):
+    """The palette ``(P, F)`` of a :class:`PaletteTerm` for one image's features ``(F, *S)``
+    (unit bandwidth): the term's own palette in those units, or the library's k-means
+    (``pacarray._palette.palette_colors``, an input of the message, not part of its math) of
+    the strided subsample of the features."""
+    features = np.asarray(features, np.float64)
+    if term.palette is not None:
+        palette = np.asarray(term.palette, np.float64)
+        return palette / term.sigma_color if isinstance(term.features, str) else palette
+    stride = _palette.sample_stride(features.shape[1:])
+    sample = features[(slice(None),) + (slice(None, None, stride),) * (features.ndim - 1)]
+    return _palette.palette_colors(sample, term.colors)
+
+
 def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=1.0):
     """One image, float64: unary (L, H, W) logits, image (C, H, W) on [0, 1] or None.
 
-    Potts is written out literally as mu = 1 - I."""
+    Potts is written out literally as mu = 1 - I. A :class:`PaletteTerm` sends
+    ``reference.oracle_palette_message`` (any rank: unary (L, *S), image (C, *S)); its
+    features and palette are for this one image."""
     unary = np.asarray(unary, np.float64)
-    labels, height, width = unary.shape
+    labels = unary.shape[0]
     mu = 1.0 - np.eye(labels) if compatibility is None else np.asarray(compatibility, float)
     q = oracle_softmax(unary_weight * unary)
     logits = unary_weight * unary
@@ -108,6 +133,12 @@ def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=
                 features = None if term.features == "smoothness" else image / term.sigma_color
             else:
                 features = np.asarray(term.features, np.float64)
+            if isinstance(term, PaletteTerm):
+                # The features as the library sees them: a float32 image divided in float32.
+                palette = oracle_palette(term, features)
+                pairwise += term.weight * oracle_palette_message(
+                    q, features, palette, term.sigma_spatial, term.grid_cell)
+                continue
             kernel_size = np.broadcast_to(term.kernel_size, 2)
             dilation = np.broadcast_to(term.dilation, 2)
             b = term.blur
@@ -118,9 +149,9 @@ def oracle_crf(unary, image, terms, num_steps, compatibility=None, unary_weight=
                 coarse_f = None if features is None else oracle_block_mean(features, b)
                 sigma = None if term.sigma_spatial is None else term.sigma_spatial / b
                 coarse = oracle_message(coarse_q, coarse_f, kernel_size, dilation, sigma)
-                message = b * b * oracle_upsample(coarse, (height, width), b, features, coarse_f)
+                message = b * b * oracle_upsample(coarse, q.shape[1:], b, features, coarse_f)
             pairwise += term.weight * message
-        logits = unary_weight * unary - np.einsum("ab,bhw->ahw", mu, pairwise)
+        logits = unary_weight * unary - np.einsum("ab,b...->a...", mu, pairwise)
         q = oracle_softmax(logits)
     return q, logits
 
@@ -644,8 +675,22 @@ def test_bad_pairwise_terms(kwargs, match):
 
 
 def test_default_pairwise_is_the_documented_terms():
-    described = [(t.weight, t.kernel_size, t.dilation, t.sigma_spatial, t.sigma_color,
-                  t.features, t.blur) for t in DEFAULT_PAIRWISE]
-    assert described == [(weight, size, dilation, None, 0.05, "appearance", 1)
-                         for size, dilation, weight in ((3, 1, 4.0), (3, 4, 4.0), (3, 16, 8.0),
-                                                        (5, 48, 16.0), (3, 192, 24.0))]
+    """DEFAULT_PAIRWISE: a flat 3x3 appearance window (weight 4, sigma_color 0.05) and a
+    palette term (weight 8, sigma_spatial 160, sigma_color 0.05, 16 colours, 32-pixel cells);
+    FAST_PAIRWISE: 1x3 and 3x1 windows (weight 4 each) and the same palette term."""
+    def window(term):
+        assert type(term) is PairwiseTerm
+        return (term.weight, term.kernel_size, term.dilation, term.sigma_spatial,
+                term.sigma_color, term.features, term.blur)
+
+    def palette(term):
+        assert type(term) is PaletteTerm
+        return (term.weight, term.sigma_spatial, term.sigma_color, term.colors, term.grid_cell,
+                term.features, term.palette)
+
+    assert len(DEFAULT_PAIRWISE) == 2 and len(FAST_PAIRWISE) == 3
+    assert window(DEFAULT_PAIRWISE[0]) == (4.0, 3, 1, None, 0.05, "appearance", 1)
+    assert [window(t) for t in FAST_PAIRWISE[:2]] == [
+        (4.0, size, 1, None, 0.05, "appearance", 1) for size in ((1, 3), (3, 1))]
+    for terms in (DEFAULT_PAIRWISE, FAST_PAIRWISE):
+        assert palette(terms[-1]) == (8.0, 160.0, 0.05, 16, 32, "appearance", None)

@@ -29,14 +29,22 @@ SPECIALISED = (
     "crf_block_mean", "crf_upsample_add",
 )
 
+#: Entry points a backend may add to accelerate the generic code, which runs without them
+#: (``pacarray._palette``: the palette term's splat, slice, assignment and fused step).
+OPTIONAL_PREFIXES = ("crf_palette_",)
+
+
 def over(module):
-    """A view of the backend ``module`` whose specialised entry points are the generic ones."""
-    names = {name: getattr(module, name) for name in dir(module) if not name.startswith("__")}
+    """A view of the backend ``module`` whose specialised entry points are the generic ones
+    (its optional accelerations left out)."""
+    names = {name: getattr(module, name) for name in dir(module)
+             if not name.startswith("__") and not name.startswith(OPTIONAL_PREFIXES)}
     names.update({name: globals()[name] for name in SPECIALISED})
     return types.SimpleNamespace(__name__=module.__name__ + "[generic]", **names)
 
 
 __all__ = [
-    "SPECIALISED", "bilateral", "crf_add_adjoint", "crf_add_messages", "crf_block_mean",
-    "crf_prepare", "crf_softmax", "crf_step", "crf_upsample_add", "joint_upsample", "over",
+    "OPTIONAL_PREFIXES", "SPECIALISED", "bilateral", "crf_add_adjoint", "crf_add_messages",
+    "crf_block_mean", "crf_prepare", "crf_softmax", "crf_step", "crf_upsample_add",
+    "joint_upsample", "over",
 ]

@@ -294,6 +294,10 @@ def build_crf_512_fast(context: Context) -> Case:
 TUNING_PHOTOGRAPHS = ("astronaut", "coffee", "rocket", "immunohistochemistry")
 #: Photographs held out for the judgement.
 HELD_OUT_PHOTOGRAPHS = ("chelsea", "motorcycle", "camera", "retina")
+#: A second held-out set, first looked at after the palette term's defaults were fixed (the
+#: first set had been seen by earlier rounds of tuning): scikit-image's Hubble deep field,
+#: coins, clock and moon, and matplotlib's sample portrait of Grace Hopper.
+FRESH_PHOTOGRAPHS = ("hubble_deep_field", "coins", "clock", "moon", "grace_hopper")
 QUALITY_LABELS = (4, 6)
 #: ``(downsampling factor, noise standard deviation)`` of the degraded unaries.
 QUALITY_DEGRADATIONS = ((8, 1.0), (8, 2.0))
@@ -307,12 +311,18 @@ def quality_photograph(name: str, half: bool = False) -> np.ndarray:
     Grey images are repeated over 3 channels, an alpha channel is dropped; images with a side
     over 640 pixels are reduced by the smallest integer factor that fits (block means), and
     ``half`` halves the result again (2 x 2 means). ``"motorcycle"`` is the left view of
-    ``stereo_motorcycle``.
+    ``stereo_motorcycle``, ``"grace_hopper"`` matplotlib's sample photograph.
     """
     import skimage.data
 
     if name == "motorcycle":
         image = skimage.data.stereo_motorcycle()[0]
+    elif name == "grace_hopper":
+        import matplotlib.cbook
+        import matplotlib.image
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+            image = matplotlib.image.imread(handle, format="jpg")
     else:
         image = getattr(skimage.data, name)()
     image = np.asarray(image, dtype=np.float64) / 255.0
