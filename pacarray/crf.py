@@ -765,13 +765,13 @@ def pac_crf(
         ``channel_axis=None`` (a batch axis first when the unary has one).
     num_steps : int, default 5
         Mean-field updates (>= 0; 0 returns the softmax of the unary).
-    pairwise : PairwiseTerm or sequence of PairwiseTerm, optional
-        The pairwise kernels. Default :data:`DEFAULT_PAIRWISE`: five appearance terms with
-        flat windows reaching from 1 to 192 pixels (``sigma_color=0.05``, weights 4 to 24),
-        for unaries on the scale of log-probabilities and images on [0, 1] (or integer
-        images). On a volume the same terms have cubic windows (the same taps and dilation
-        along depth, in voxels: 3x3x3 and 5x5x5, 233 taps), measured on images only.
-        :data:`FAST_PAIRWISE` (16 taps) takes about half the time for a lower IoU gain.
+    pairwise : PairwiseTerm, PaletteTerm or a sequence of them, optional
+        The pairwise kernels. Default :data:`DEFAULT_PAIRWISE`: a flat 3x3 appearance window
+        (weight 4, ``sigma_color=0.05``) and a :class:`PaletteTerm` (weight 8, every pixel of
+        similar colour within ``sigma_spatial=160`` pixels), for unaries on the scale of
+        log-probabilities and images on [0, 1] (or integer images). On a volume the window is
+        a 3x3x3 cube and the palette term's grid 3-D, measured on images only.
+        :data:`FAST_PAIRWISE` swaps the window for a 4-tap "+".
     unary_weight : float, default 1.0
         Multiplies the unary (>= 0).
     input : {"logits", "probabilities"}, default "logits"
@@ -829,8 +829,11 @@ def pac_crf(
     its channels, the adaptive kernel is shared by them), so memory stays O(L x pixels):
     no per-tap array is ever stored. On the CPU one fused Numba kernel per step computes the
     same messages for every full-resolution term, the compatibility and the softmax, row by
-    row (vectorized exponential in float32). The kernel is unnormalized, as in a dense
-    CRF, so a pixel with few similar neighbours receives a weak message.
+    row (vectorized exponential in float32). A window term's kernel is unnormalized, so a
+    pixel with few similar neighbours receives a weak message. A :class:`PaletteTerm`'s
+    message is normalized (each label's share among the similar pixels within reach) and
+    goes through a coarse grid of palette colours: O(L x pixels) work whatever its reach; on
+    the CPU it is fused into the same step kernel.
 
     References: P. Krähenbühl and V. Koltun, "Efficient Inference in Fully Connected CRFs with
     Gaussian Edge Potentials", NeurIPS 2011; H. Su et al., "Pixel-Adaptive Convolutional Neural
@@ -919,7 +922,9 @@ channel_axis, spatial_ndim
     Gaussian of a feature difference and the spatial window (centre excluded) are symmetric and
     a pair is counted only when both pixels are inside the image — so on the CPU the backward
     pass applies the forward message kernel to the gradients; other backends go through
-    :func:`~pacarray.gradients.pac_pool_vjp`. For a step
+    :func:`~pacarray.gradients.pac_pool_vjp`. A :class:`PaletteTerm` is not symmetric (its
+    senders are a subsample, its message normalized per receiver); its backward pass applies
+    the adjoint of its splat, smoothing and slice. For a step
     ``Q_s = softmax(a_s)``, ``a_s = U - mu P_s``, ``P_s = sum_k w_k M_k Q_(s-1)``:
     ``dL/dw_k = -<mu^T dL/da_s, M_k Q_(s-1)>``, ``dL/dmu = -dL/da_s P_s^T`` and
     ``dL/dQ_(s-1) = -sum_k w_k M_k mu^T dL/da_s``.
