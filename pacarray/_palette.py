@@ -123,6 +123,7 @@ def interpolation(size, cells, cell):
 class PaletteGrid:
     """A :class:`pacarray.crf.PaletteTerm` resolved against one call's inputs."""
 
+    xp: object  # the array namespace
     weight: float
     owner: object  # (N, *spatial) int32 palette entry of each pixel
     mix: object  # (N, P, P) of dtype: S
@@ -136,7 +137,16 @@ class PaletteGrid:
     senders: object  # (senders,) int64 flat index of each sending pixel
     splat_index: object  # (N, senders) int64: owner * cells + own cell
     inv_norm: object = None  # (N, *spatial) of dtype: 1 / sum_j K(i, j)
-    corners: tuple = ()  # per corner of the interpolation: (cell index, weight), (pixels,)
+    _corners: tuple = None  # per corner of the interpolation: (cell index, weight), (pixels,)
+
+    @property
+    def corners(self):
+        """``(cell index, weight)`` per corner of the interpolation over an image's pixels,
+        for the generic slice and its adjoint (computed on first use: the CPU backend's 2-D
+        kernels interpolate by rows instead)."""
+        if self._corners is None:
+            self._corners = tuple(_corners(self.xp, self))
+        return self._corners
 
     @property
     def palette_size(self):
@@ -180,7 +190,7 @@ def build(xp, module, weight, features, palette, cell, sigma, dtype):
         (owner.reshape(batch, -1)[:, senders].astype(np.int64) * grid_size
          + _args.constant(xp, own.reshape(1, -1), np.int64)))
     grid = PaletteGrid(
-        weight=float(weight), owner=owner, mix=xp.asarray(mix.astype(dtype)), blurs=blurs,
+        xp=xp, weight=float(weight), owner=owner, mix=xp.asarray(mix.astype(dtype)), blurs=blurs,
         cell=int(cell), cells=cells, lo=tuple(a[0] for a in axes), hi=tuple(a[1] for a in axes),
         t=tuple(a[2].astype(dtype) for a in axes), send=send, senders=senders,
         splat_index=splat_index,
@@ -188,7 +198,6 @@ def build(xp, module, weight, features, palette, cell, sigma, dtype):
     ones = xp.ones((batch, 1, *spatial), dtype)
     norm = xp.zeros_like(ones)
     grid.inv_norm = xp.ones((batch, *spatial), dtype)
-    grid.corners = tuple(_corners(xp, grid))
     add_messages(xp, module, grid, ones, 1.0, norm)
     grid.inv_norm = xp.ascontiguousarray(1.0 / norm[:, 0])
     return grid

@@ -538,3 +538,4 @@ def palette_lloyd(points, centres, iterations):
             if counts[p] > 0:
                 for f in range(features):
                     centres[p, f] = sums[p, f] / counts[p]
+
