@@ -21,11 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pacarray import PairwiseTerm, pac_crf, pac_crf_vjp
+from pacarray import PairwiseTerm, PaletteTerm, pac_crf, pac_crf_vjp
 from pacarray.benchmarks.crf import degraded_unary, kmeans_labels, mean_iou
 
-#: The terms whose weights are fitted: short, middle and long range, edge-aware.
-DILATIONS = (1, 4, 16)
+#: The terms whose weights are fitted: edge-aware windows at dilations 1 and 4 (short and
+#: middle range) and a palette term (every pixel of similar colour within reach; its Gaussian
+#: and cells scaled to the small crops).
+DILATIONS = (1, 4)
+PALETTE_SIGMA, PALETTE_CELL = 40.0, 8
 SIGMA_COLOR = 0.05
 START_WEIGHTS = (0.2, 0.2, 0.2)
 CLASSES = 4
@@ -52,9 +55,12 @@ class FitResult:
 
 
 def terms(weights):
-    """The pairwise terms with the given weights."""
-    return [PairwiseTerm(weight=float(w), kernel_size=3, dilation=d, sigma_spatial=None,
-                         sigma_color=SIGMA_COLOR) for w, d in zip(weights, DILATIONS)]
+    """The pairwise terms with the given weights: the windows', then the palette term's."""
+    windows = [PairwiseTerm(weight=float(w), kernel_size=3, dilation=d, sigma_spatial=None,
+                            sigma_color=SIGMA_COLOR) for w, d in zip(weights, DILATIONS)]
+    palette = PaletteTerm(weight=float(weights[len(DILATIONS)]), sigma_spatial=PALETTE_SIGMA,
+                          sigma_color=SIGMA_COLOR, cell=PALETTE_CELL)
+    return [*windows, palette]
 
 
 def make_examples(image, crop, count, seed=0, noise=2.0):
