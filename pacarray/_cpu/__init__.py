@@ -279,15 +279,13 @@ class PaletteState(NamedTuple):
 def crf_palette_start(grid, q):
     """The state of the fused palette steps for marginals ``q`` (``(N, L, H, W)``, 2-D)."""
     batch, height, width = grid.owner.shape
-    low_w = grid.cells[1]
-    owner = grid.owner.astype(np.int32)
     dtype = q.dtype
-    slice_offset = np.ascontiguousarray(owner * (low_w + 1) + grid.lo[1].astype(np.int32))
-    scale = dtype.type(grid.weight) * grid.inv_norm
-    right = grid.t[1].astype(dtype)
-    slice_weights = np.ascontiguousarray(np.stack([scale * (1 - right), scale * right], axis=1))
-    cell = (np.arange(width) // grid.cell).astype(np.int32)
-    splat_index = np.ascontiguousarray(owner * low_w + cell)
+    slice_offset = np.empty((batch, height, width), np.int32)
+    slice_weights = np.empty((batch, 2, height, width), dtype)
+    splat_index = np.empty((batch, height, width), np.int32)
+    run(_crf_kernels.palette_step_indices, batch * height, grid.owner, grid.inv_norm,
+        dtype.type(grid.weight), grid.lo[1], grid.t[1], grid.cell, grid.cells[1],
+        slice_offset, slice_weights, splat_index, work=8 * batch * height * width)
     return PaletteState(crf_palette_splat(grid, q), slice_offset, slice_weights, splat_index)
 
 

@@ -539,3 +539,23 @@ def palette_lloyd(points, centres, iterations):
                 for f in range(features):
                     centres[p, f] = sums[p, f] / counts[p]
 
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def palette_step_indices(owner, inv_norm, weight, cols_lo, tx, cell, low_w, slice_offset,
+                         slice_weights, splat_index, job_start, job_stop):
+    """What :func:`mean_field_step_palette` reads per pixel, one row per task: the slice's
+    table offset (``owner * (w + 1) + left cell``) and weights (``weight / norm`` times the two
+    linear weights), and the splat's cell (``owner * w + x // cell``)."""
+    height, width = owner.shape[1], owner.shape[2]
+    for job in range(job_start, job_stop):
+        n = job // height
+        y = job % height
+        for x in range(width):
+            entry = owner[n, y, x]
+            scale = weight * inv_norm[n, y, x]
+            right = tx[x]
+            slice_offset[n, y, x] = entry * (low_w + 1) + cols_lo[x]
+            slice_weights[n, 0, y, x] = scale * (1 - right)
+            slice_weights[n, 1, y, x] = scale * right
+            splat_index[n, y, x] = entry * low_w + x // cell
