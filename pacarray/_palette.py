@@ -3,7 +3,8 @@
 :class:`pacarray.crf.PaletteTerm` gives each pixel the message
 
 ``m[l, i] = sum_j K(i, j) Q[l, j] / sum_j K(i, j)``, with
-``K(i, j) = S[a_i, a_j] * sum_c b_ic G(c, cell_j)``
+``K(i, j) = S[a_i, a_j] * sum_c b_ic G(c, cell_j)`` for the sending pixels ``j`` (every
+pixel, or those on every second row and column: :func:`sender_stride`),
 
 where ``a_i`` is the palette entry nearest to pixel ``i``'s features (a palette of a few
 representative colours), ``S[p, p'] = exp(-1/2 |c_p - c_p'|**2)`` compares palette entries,
@@ -12,13 +13,15 @@ pixel ``i`` on the coarse cells around it and ``G`` a Gaussian of the distance b
 centres, truncated at 3 standard deviations. It approximates the fully connected CRF's
 bilateral kernel ``exp(-|p_i - p_j|**2 / 2 sigma_s**2 - |f_i - f_j|**2 / 2)``, over all pixels
 within reach rather than a window's taps, in O(labels x pixels) work per step: one add per
-label and pixel into the grid (the splat), small matrix products on the grid (the Gaussian
+label and sender into the grid (the splat), small matrix products on the grid (the Gaussian
 along each axis, ``S`` along the palette), and two reads per label and pixel back (the slice).
 ``docs/design.md`` §2 has the derivation and the choices.
 
-Everything here is array-namespace code (NumPy, CuPy) except the splat and the slice of 2-D
-data, which the CPU backend runs with Numba kernels (``crf_palette_splat``,
-``crf_palette_slice_add``); a backend without them uses the generic ones below.
+Everything here is array-namespace code (NumPy, CuPy) for any rank. A backend may add
+``crf_palette_*`` entry points (``pacarray._generic.OPTIONAL_PREFIXES``): the CPU backend runs
+the palette assignment, the splat and the slice of 2-D data with Numba kernels, and fuses the
+term into its mean-field step (``pacarray._mean_field._fused_palette``); without them the
+generic functions below run.
 """
 
 from __future__ import annotations
