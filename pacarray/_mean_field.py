@@ -248,7 +248,7 @@ def pairwise_adjoint(field, grad, q, weights, out, weight_grads):
     for index, (term, weight) in enumerate(zip(field.terms, weights)):
         if isinstance(term, _palette.PaletteGrid):
             single[...] = 0
-            _palette.add_adjoint(xp, term, grad, 1.0, single)
+            _palette.add_adjoint(xp, module, term, grad, 1.0, single)
         elif term.blur == 1:
             single[...] = 0
             module.crf_add_adjoint(grad, q, term.guide, term.spatial, term.dilation, 1.0, single)

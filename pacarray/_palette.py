@@ -296,8 +296,11 @@ def add_messages(xp, module, grid, q, scale, out):
     return out
 
 
-def add_adjoint(xp, grid, grad, scale, out):
-    """``out += scale * m^T(grad)`` (generic: the backward pass only)."""
+def add_adjoint(xp, module, grid, grad, scale, out):
+    """``out += scale * m^T(grad)`` (the backward pass; the backend's
+    ``crf_palette_add_adjoint`` for 2-D data when it has one)."""
+    if len(grid.cells) == 2 and hasattr(module, "crf_palette_add_adjoint"):
+        return module.crf_palette_add_adjoint(grid, grad, scale, out)
     coarse = smooth(xp, grid, _slice_adjoint(xp, grid, grad))
     batch, labels = grad.shape[:2]
     flat = coarse.reshape(batch, labels, -1)

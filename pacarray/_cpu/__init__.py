@@ -267,6 +267,23 @@ def crf_palette_assign(features, palette):
     return owner.reshape(batch, *features.shape[2:])
 
 
+def crf_palette_add_adjoint(grid, grad, scale, out):
+    """``out += scale * m^T(grad)`` for a 2-D palette term (``pacarray._palette.add_adjoint``):
+    the slice's adjoint, the smoothing (symmetric) and the splat's adjoint."""
+    from .. import _palette
+
+    batch, labels = grad.shape[:2]
+    coarse = np.empty((batch, labels, grid.palette_size, *grid.cells), grad.dtype)
+    run(_crf_kernels.palette_adjoint, batch * labels, grad, grid.owner, grid.lo[0], grid.hi[0],
+        grid.t[0], grid.lo[1], grid.hi[1], grid.t[1], grid.inv_norm, coarse, work=4 * grad.size)
+    coarse = _palette.smooth(np, grid, coarse)
+    run(_crf_kernels.palette_gather_add, batch * labels,
+        coarse.reshape(batch, labels, -1), grid.senders, grid.splat_index,
+        grad.dtype.type(scale), out.reshape(batch, labels, -1),
+        work=grad.size // grid.send**2)
+    return out
+
+
 class PaletteState(NamedTuple):
     """What the fused palette steps pass on (:func:`crf_palette_step`)."""
 

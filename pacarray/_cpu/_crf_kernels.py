@@ -559,3 +559,55 @@ def palette_step_indices(owner, inv_norm, weight, cols_lo, tx, cell, low_w, slic
             slice_weights[n, 0, y, x] = scale * (1 - right)
             slice_weights[n, 1, y, x] = scale * right
             splat_index[n, y, x] = entry * low_w + x // cell
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def palette_adjoint(grad, owner, rows_lo, rows_hi, ty, cols_lo, cols_hi, tx, inv_norm, coarse,
+                    job_start, job_stop):
+    """The adjoint of :func:`palette_slice_add` (scale 1): ``coarse[n, l]`` ``(P, h, w)`` gets
+    each pixel's ``grad / norm`` spread over its four cells with the linear weights, one image
+    and label per task (the task owns ``coarse[n, l]``): per row into a ``(P, w)`` table
+    first, then the table onto the row's two coarse rows."""
+    labels, height, width = grad.shape[1], grad.shape[2], grad.shape[3]
+    palette, low_w = coarse.shape[2], coarse.shape[4]
+    table = np.empty((palette, low_w), coarse.dtype)
+    for job in range(job_start, job_stop):
+        n = job // labels
+        label = job % labels
+        coarse[n, label] = 0
+        for y in range(height):
+            table[:] = 0
+            entries = owner[n, y]
+            source = grad[n, label, y]
+            scale = inv_norm[n, y]
+            for x in range(width):
+                value = source[x] * scale[x]
+                right = tx[x]
+                row = table[entries[x]]
+                row[cols_lo[x]] += (1 - right) * value
+                row[cols_hi[x]] += right * value
+            down = ty[y]
+            up = 1 - down
+            for p in range(palette):
+                upper = coarse[n, label, p, rows_lo[y]]
+                lower = coarse[n, label, p, rows_hi[y]]
+                row = table[p]
+                for cx in range(low_w):
+                    upper[cx] += up * row[cx]
+                    lower[cx] += down * row[cx]
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def palette_gather_add(coarse, senders, index, scale, out, job_start, job_stop):
+    """``out[n, l, senders[s]] += scale * coarse[n, l, index[n, s]]`` (the adjoint of the
+    splat), one image and label per task (``coarse`` ``(N, L, grid)``, ``out`` ``(N, L,
+    pixels)``)."""
+    labels = out.shape[1]
+    for job in range(job_start, job_stop):
+        n = job // labels
+        label = job % labels
+        source = coarse[n, label]
+        target = out[n, label]
+        where = index[n]
+        for s in range(senders.shape[0]):
+            target[senders[s]] += scale * source[where[s]]
