@@ -155,15 +155,17 @@ class PaletteTerm:
     ``K(i, j) ~ exp(-|p_i - p_j|**2 / (2 sigma_spatial**2)) * exp(-|c_i - c_j|**2 /
     (2 sigma_color**2))``
 
-    over *all* pixels ``j`` (the pixel itself included), like the bilateral kernel of the fully
-    connected CRF (Krähenbühl & Koltun 2011), and adds ``weight * m`` to the logits of every
+    over *all* pixels ``j`` within reach, like the bilateral kernel of the fully connected CRF
+    (Krähenbühl & Koltun 2011) (with cells of 4 pixels or more, the pixels on every second row
+    and column: the message averages hundreds of them, and the sample halves the cost), and
+    adds ``weight * m`` to the logits of every
     label (Potts; a compatibility matrix transforms it as it does the other terms). The kernel
     is approximated by quantizing the colours to a palette of ``colors`` entries (k-means of
     the image's colours: ``c_i`` is the palette entry nearest to pixel ``i``, entries compared
     with the Gaussian of ``sigma_color``) and the positions to a grid of ``cell``-pixel cells
     (the Gaussian of ``sigma_spatial`` between cell centres, linear interpolation to the
-    pixel). A step costs about as much as three taps of a :class:`PairwiseTerm` however far
-    the term reaches. ``docs/design.md`` §2 has the derivation.
+    pixel). A step costs about as much as a 3x3 window (8 taps) of a :class:`PairwiseTerm`,
+    however far the term reaches. ``docs/design.md`` §2 has the derivation.
 
     Parameters
     ----------
@@ -193,9 +195,15 @@ class PaletteTerm:
     Examples
     --------
     >>> from pacarray import PairwiseTerm, PaletteTerm
+    >>> import numpy as np, pacarray
     >>> terms = (PairwiseTerm(weight=4.0, kernel_size=3, dilation=1, sigma_spatial=None,
     ...                       sigma_color=0.05),
-    ...          PaletteTerm(weight=8.0, sigma_spatial=160.0, sigma_color=0.05))
+    ...          PaletteTerm(weight=8.0, sigma_spatial=40.0, sigma_color=0.05, colors=8))
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.random((60, 80, 3)).astype(np.float32)
+    >>> logits = rng.normal(size=(4, 60, 80)).astype(np.float32)
+    >>> pacarray.pac_crf(logits, image, pairwise=terms, output="labels").shape
+    (60, 80)
     """
 
     weight: float = 8.0
