@@ -1103,11 +1103,7 @@ def _crf_palettes(terms, unary, image, channel_axis, layout, rank):
             sample = sample / dtype(term.sigma_color)
         else:
             sample = sample.astype(dtype)
-        palette = [_palette.palette_colors(sample[n].astype(np.float64), int(term.colors))
-                   for n in range(sample.shape[0])]
-        size = max(len(p) for p in palette)
-        palette = np.stack([np.concatenate([p, np.repeat(p[-1:], size - len(p), axis=0)])
-                            for p in palette])
+        palette = _palette.palettes_of(sample, int(term.colors))
         if appearance:
             palette = palette * float(term.sigma_color)
         resolved.append(dataclasses.replace(term, palette=palette if batched else palette[0]))

@@ -92,19 +92,10 @@ def block_mean_adjoint(xp, grad_low, height, width, factor):
     return xp.ascontiguousarray(spread[..., :height, :width])
 
 
-def _interpolation(size_out, size_in, factor):
-    """Bilinear sample positions: ``(lo, hi, t)`` for output pixel centres on a coarse grid."""
-    position = (np.arange(size_out) + 0.5) / factor - 0.5
-    position = np.clip(position, 0.0, size_in - 1)
-    lo = np.floor(position).astype(np.intp)
-    hi = np.minimum(lo + 1, size_in - 1)
-    return lo, hi, position - lo
-
-
 def upsample(xp, array, shape, factor):
     """Bilinear upsampling of the last two axes to ``shape`` (coarse cells at block centres)."""
     for axis, size_out in ((-2, shape[0]), (-1, shape[1])):
-        lo, hi, t = _interpolation(size_out, array.shape[axis], factor)
+        lo, hi, t = _palette.interpolation(size_out, array.shape[axis], factor)
         t = xp.asarray(t.astype(array.dtype))
         if axis == -2:
             t = t[:, None]
@@ -136,8 +127,8 @@ def upsample_weights(xp, fine_guide, coarse_guide, factor, shape, dtype):
     """
     batch, height, width = shape
     low_h, low_w = -(-height // factor), -(-width // factor)
-    y_lo, y_hi, ty = _interpolation(height, low_h, factor)
-    x_lo, x_hi, tx = _interpolation(width, low_w, factor)
+    y_lo, y_hi, ty = _palette.interpolation(height, low_h, factor)
+    x_lo, x_hi, tx = _palette.interpolation(width, low_w, factor)
     corners = []
     for rows, row_weight in ((y_lo, 1 - ty), (y_hi, ty)):
         for cols, col_weight in ((x_lo, 1 - tx), (x_hi, tx)):

@@ -79,6 +79,17 @@ def palette_colors(sample, colors):
     return centres
 
 
+def palettes_of(sample, colors):
+    """One palette per image of ``sample`` ``(N, F, ...)`` (host, unit bandwidth), as ``(N, P,
+    F)`` float64: an image whose palette came out shorter repeats its last entry (a copy that
+    no pixel is nearest to sends and receives nothing). The in-memory and the Dask calls both
+    take their palettes from here."""
+    palettes = [palette_colors(np.asarray(image, np.float64), colors) for image in sample]
+    size = max(len(p) for p in palettes)
+    return np.stack([np.concatenate([p, np.repeat(p[-1:], size - len(p), axis=0)])
+                     for p in palettes])
+
+
 def assign(xp, features, palette):
     """Palette entry of each pixel: ``(N, *spatial)`` int32 from ``features`` ``(N, F, ...)``
     and ``palette`` ``(N, P, F)`` float64 (the first nearest on ties)."""
@@ -115,7 +126,8 @@ def gaussian_matrix(cells, cell, sigma):
 
 
 def interpolation(size, cells, cell):
-    """Linear interpolation between cell centres: ``(lo, hi, t)`` for each pixel of an axis."""
+    """Linear interpolation between cell centres: ``(lo, hi, t)`` for each pixel of an axis
+    (also the blurred terms' upsampling in :mod:`pacarray._mean_field`)."""
     position = np.clip((np.arange(size) + 0.5) / cell - 0.5, 0.0, cells - 1)
     lo = np.floor(position).astype(np.int64)
     hi = np.minimum(lo + 1, cells - 1)

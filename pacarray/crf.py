@@ -662,13 +662,7 @@ def _resolve_palette(xp, module, term, index, planes, batch, shape, dtype, share
     if term.palette is None:
         stride = _palette.sample_stride(shape)
         sample = guide[(slice(None), slice(None)) + (slice(None, None, stride),) * len(shape)]
-        sample = _args.to_host(xp, sample).astype(np.float64)
-        palette = [_palette.palette_colors(sample[n], int(term.colors)) for n in range(batch)]
-        size = max(len(p) for p in palette)
-        # Images with fewer distinct colours than the others repeat their last entry (an
-        # entry no pixel is nearest to after its first copy sends and receives nothing).
-        palette = np.stack([np.concatenate([p, np.repeat(p[-1:], size - len(p), axis=0)])
-                            for p in palette])
+        palette = _palette.palettes_of(_args.to_host(xp, sample), int(term.colors))
     else:
         palette = np.asarray(_args.to_host(_args.host_or(xp, term.palette), term.palette),
                              dtype=np.float64)

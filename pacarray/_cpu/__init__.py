@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _palette
 from . import _crf_kernels
 from . import _numba_kernels as nk
 from ._filters import bilateral, joint_upsample  # noqa: F401
@@ -270,8 +271,6 @@ def crf_palette_assign(features, palette):
 def crf_palette_add_adjoint(grid, grad, scale, out):
     """``out += scale * m^T(grad)`` for a 2-D palette term (``pacarray._palette.add_adjoint``):
     the slice's adjoint, the smoothing (symmetric) and the splat's adjoint."""
-    from .. import _palette
-
     batch, labels = grad.shape[:2]
     coarse = np.empty((batch, labels, grid.palette_size, *grid.cells), grad.dtype)
     run(_crf_kernels.palette_adjoint, batch * labels, grad, grid.owner, grid.lo[0], grid.hi[0],
@@ -319,8 +318,6 @@ def crf_palette_step(unary, q, guide, terms, grid, state, compatibility, want_lo
     step) the next state's grid is not computed. ``terms`` are what :func:`crf_prepare` returned:
     the window terms' cached kernels, or ``()`` without window terms. ``out``, when given, an
     array like ``unary`` that is not ``q``, receives the new marginals."""
-    from .. import _palette
-
     dtype = unary.dtype
     batch, labels, height, width = unary.shape
     coarse = _palette.smooth(np, grid, state.grid)
