@@ -311,16 +311,19 @@ def forward(field, keep_history=False, want_logits=False):
     ``crf_step`` for the full-resolution terms, the compatibility and the softmax.
     """
     xp, module, unary = field.xp, field.module, field.unary
-    q = module.crf_softmax(unary)
-    history = [q] if keep_history else None
-    logits = unary if want_logits else None
     guide, step_terms = _step_terms(xp, field.terms)
     if field.num_steps > 0:
         step_terms = module.crf_prepare(unary, guide, step_terms)
+    fused = _fused_palette(field, step_terms) if field.num_steps > 0 else None
+    if fused is not None:
+        # the first marginals and their splat into the palette term's grid in one pass
+        q, state = module.crf_palette_start(fused, unary)
+    else:
+        q = module.crf_softmax(unary)
+    history = [q] if keep_history else None
+    logits = unary if want_logits else None
     blurred = [0.0 if _full_resolution(t) else t.weight for t in field.terms]
-    fused = _fused_palette(field, step_terms)
-    if fused is not None and field.num_steps > 0:
-        state = module.crf_palette_start(fused, q)
+    if fused is not None:
         spare = None  # the marginals of two steps back, whose memory the next step reuses
         for step in range(field.num_steps):
             last = step == field.num_steps - 1

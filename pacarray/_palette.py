@@ -61,22 +61,14 @@ def palette_colors(sample, colors):
     """
     points = np.ascontiguousarray(np.asarray(sample, np.float64).reshape(sample.shape[0], -1).T)
     rng = np.random.default_rng(0)
-    centres = [points[rng.integers(len(points))]]
-    nearest = ((points - centres[0]) ** 2).sum(axis=1)
-    for _ in range(1, colors):
-        total = nearest.sum()
-        if not total > 0:
-            break
-        pick = rng.choice(len(points), p=nearest / total)
-        centres.append(points[pick])
-        nearest = np.minimum(nearest, ((points - points[pick]) ** 2).sum(axis=1))
-    centres = np.array(centres)
+    first = int(rng.integers(len(points)))
+    # The draws of Generator.choice(n, p=...) for each further centre, in the same order.
+    uniforms = rng.random(max(0, int(colors) - 1))
     # On the host for every backend (Numba is always there), so that CPU and GPU calls
     # find the same palette.
-    from ._cpu._crf_kernels import palette_lloyd
+    from ._cpu._crf_kernels import palette_kmeans
 
-    palette_lloyd(points, centres, PALETTE_ITERATIONS)
-    return centres
+    return palette_kmeans(points, first, uniforms, PALETTE_ITERATIONS)
 
 
 def palettes_of(sample, colors):

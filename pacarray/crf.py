@@ -557,8 +557,14 @@ def _compute_dtype(planar, planes):
 
 
 def _all_finite(xp, array):
-    """Whether every value is finite: the extremes are (NaN propagates through min and max),
-    two reductions instead of a boolean array as large as the unary, and one read back."""
+    """Whether every value is finite: on the CPU one parallel Numba pass over a float array;
+    elsewhere the extremes (NaN propagates through min and max), two reductions instead of a
+    boolean array as large as the unary, and one read back."""
+    if (xp is np and array.dtype in (np.float32, np.float64) and array.flags.c_contiguous
+            and array.size):
+        from ._cpu import all_finite  # Numba is a dependency of every backend
+
+        return all_finite(array)
     return bool(xp.all(xp.isfinite(xp.stack((array.min(), array.max())))))
 
 

@@ -129,7 +129,8 @@ def _case(name, dtype):
     rng = np.random.default_rng(seed)
     shape = {"cell3": (13, 17), "cell5+window+matrix": (24, 31), "batch+labels_last": (13, 17),
              "palette+window": (15, 14), "features+log": (13, 17),
-             "two_palettes": (16, 19)}[name]
+             "two_palettes": (16, 19), "many_taps+20_colours": (14, 45),
+             "two_taps+16_colours": (17, 57)}[name]
     labels = 3 if name != "cell5+window+matrix" else 4
     batch = 2 if name == "batch+labels_last" else 1
     unary = rng.normal(0.0, 1.5, (batch, labels, *shape))
@@ -158,6 +159,24 @@ def _case(name, dtype):
                              features=features)]
         image = None
         options["output"] = "log"
+    elif name == "many_taps+20_colours":
+        # 24 + 2 window taps (vector blocks of 8, 8, 8 and 2 taps, then single columns, in the
+        # fused step) and a palette too large for its permute lookup (the scalar slice)
+        terms = [PairwiseTerm(weight=0.3, kernel_size=5, dilation=2, sigma_spatial=3.0,
+                              sigma_color=0.4),
+                 PairwiseTerm(weight=0.7, kernel_size=(1, 3), dilation=1, sigma_spatial=None,
+                              sigma_color=0.3),
+                 PaletteTerm(weight=2.0, sigma_spatial=8.0, sigma_color=0.2, colors=20,
+                             cell=3)]
+    elif name == "two_taps+16_colours":
+        # a 2-tap window (one vector block of 2 taps, and an overlapping last block) and 16
+        # palette entries, the most the permute lookup takes; 16-pixel cells, so that blocks
+        # of pixels between the same two coarse columns (the permute) and blocks that
+        # straddle a column (one pixel at a time) both occur in each dtype
+        terms = [PairwiseTerm(weight=0.9, kernel_size=(3, 1), dilation=3, sigma_spatial=None,
+                              sigma_color=0.3),
+                 PaletteTerm(weight=2.5, sigma_spatial=20.0, sigma_color=0.15, colors=16,
+                             cell=16)]
     else:  # two palette terms: not fused; the second reaches one cell (> 3 sigma)
         features = (1.5 * rng.random((1, 2, *shape))).astype(dtype)
         terms = [PaletteTerm(weight=1.5, sigma_spatial=4.0, sigma_color=0.3, colors=4, cell=3),
@@ -170,7 +189,7 @@ def _case(name, dtype):
 
 
 CASES = ["cell3", "cell5+window+matrix", "batch+labels_last", "palette+window",
-         "features+log", "two_palettes"]
+         "features+log", "two_palettes", "many_taps+20_colours", "two_taps+16_colours"]
 _ORACLE = {}
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _palette
-from . import _crf_kernels
+from . import _crf_kernels, _crf_vector
 from . import _numba_kernels as nk
 from ._filters import bilateral, joint_upsample  # noqa: F401
 from ._inputs import (
@@ -287,22 +287,24 @@ class PaletteState(NamedTuple):
     """What the fused palette steps pass on (:func:`crf_palette_step`)."""
 
     grid: np.ndarray  # (N, L, P, h, w): the splat of the current marginals
-    slice_offset: np.ndarray  # (N, H, W) int32
     slice_weights: np.ndarray  # (N, 2, H, W)
     splat_index: np.ndarray  # (N, H, W) int32
 
 
-def crf_palette_start(grid, q):
-    """The state of the fused palette steps for marginals ``q`` (``(N, L, H, W)``, 2-D)."""
+def crf_palette_start(grid, unary):
+    """The marginals before the first update, ``softmax(unary)`` (``(N, L, H, W)``, 2-D), and
+    the state of the fused palette steps for them (their splat comes out of the same pass):
+    ``(Q, state)``."""
     batch, height, width = grid.owner.shape
-    dtype = q.dtype
-    slice_offset = np.empty((batch, height, width), np.int32)
+    dtype = unary.dtype
     slice_weights = np.empty((batch, 2, height, width), dtype)
     splat_index = np.empty((batch, height, width), np.int32)
     run(_crf_kernels.palette_step_indices, batch * height, grid.owner, grid.inv_norm,
-        dtype.type(grid.weight), grid.lo[1], grid.t[1], grid.cell, grid.cells[1],
-        slice_offset, slice_weights, splat_index, work=8 * batch * height * width)
-    return PaletteState(crf_palette_splat(grid, q), slice_offset, slice_weights, splat_index)
+        dtype.type(grid.weight), grid.t[1], grid.cell, grid.cells[1], slice_weights,
+        splat_index, work=8 * batch * height * width)
+    state = PaletteState(None, slice_weights, splat_index)
+    q, _, state = _palette_pass(unary, unary, (), grid, state, None, False, True, None, False)
+    return q, state
 
 
 def crf_palette_fusable(terms):
@@ -318,16 +320,29 @@ def crf_palette_step(unary, q, guide, terms, grid, state, compatibility, want_lo
     step) the next state's grid is not computed. ``terms`` are what :func:`crf_prepare` returned:
     the window terms' cached kernels, or ``()`` without window terms. ``out``, when given, an
     array like ``unary`` that is not ``q``, receives the new marginals."""
+    return _palette_pass(unary, q, terms, grid, state, compatibility, want_logits, splat, out,
+                         True)
+
+
+def _palette_pass(unary, q, terms, grid, state, compatibility, want_logits, splat, out,
+                  use_slice):
+    """One pass of ``_crf_kernels.mean_field_step_palette``: an update (``use_slice``; the
+    palette term's smoothed grid is ``state.grid``'s), or the softmax of ``unary`` with its
+    splat (neither windows nor slice)."""
     dtype = unary.dtype
     batch, labels, height, width = unary.shape
-    coarse = _palette.smooth(np, grid, state.grid)
+    low_h, low_w = grid.cells
+    palette = grid.palette_size
+    lanes = max(_crf_vector.PALETTE_LANES, palette)
+    coarse = np.zeros((batch, labels, low_h, low_w, lanes), dtype)  # its shape sets the tasks
+    if use_slice:
+        smoothed = _palette.smooth(np, grid, state.grid)
+        coarse[..., :palette] = smoothed.transpose(0, 1, 3, 4, 2)
     use_compatibility = compatibility is not None
     if not use_compatibility:
         compatibility = np.zeros((1, 1), dtype)
     new_q = np.empty_like(unary) if out is None else out
     logits = np.empty_like(unary) if want_logits else unary
-    low_h, low_w = grid.cells
-    palette = grid.palette_size
     grid_out = np.empty((batch, labels, low_h, palette * low_w), dtype) if splat else \
         np.empty((1, 1, 1, 1), dtype)
     if not isinstance(terms, CRFWeights):
@@ -337,15 +352,28 @@ def crf_palette_step(unary, q, guide, terms, grid, state, compatibility, want_lo
     else:
         windows = (*terms, True)
     run(_crf_kernels.mean_field_step_palette, batch * low_h, unary, q, *windows, coarse,
-        grid.lo[0], grid.hi[0], grid.t[0], state.slice_offset, state.slice_weights,
-        grid.cell, grid.send, state.splat_index, grid_out, bool(splat), compatibility,
-        use_compatibility,
-        new_q, logits, bool(want_logits),
+        grid.lo[0], grid.hi[0], grid.t[0], grid.owner, grid.lo[1], state.slice_weights,
+        bool(use_slice), grid.cell, grid.send, state.splat_index, grid_out, bool(splat),
+        compatibility, use_compatibility, new_q, logits, bool(want_logits),
+        _crf_vector.lanes(dtype.itemsize),
         work=unary.size * (8 + (terms.cache.shape[2] if isinstance(terms, CRFWeights) else 0)))
     if splat:
         moved = grid_out.reshape(batch, labels, low_h, palette, low_w).transpose(0, 1, 3, 2, 4)
         state = state._replace(grid=np.ascontiguousarray(moved))
     return new_q, (logits if want_logits else None), state
+
+
+def all_finite(array):
+    """Whether every value of a C-contiguous float32 or float64 array is finite (one
+    parallel pass)."""
+    if array.dtype == np.float32:
+        bits, exponent = array.reshape(-1).view(np.int32), np.int32(0x7F800000)
+    else:
+        bits, exponent = array.reshape(-1).view(np.int64), np.int64(0x7FF0000000000000)
+    block = 1 << 16
+    flags = np.empty(-(-bits.size // block), np.bool_)
+    run(_crf_kernels.finite_blocks, flags.size, bits, exponent, block, flags, work=bits.size)
+    return bool(flags.all())
 
 
 def crf_softmax(logits):

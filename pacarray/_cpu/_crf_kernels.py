@@ -35,10 +35,36 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._crf_vector import (
+    PALETTE_LANES,
+    palette_lookup,
+    window_add1,
+    window_add2,
+    window_add4,
+    window_add8,
+    window_start1,
+    window_start2,
+    window_start4,
+    window_start8,
+)
 from ._exp import exp_nonpositive
 
 # Only contraction of multiply-add into FMA; no assumption about NaN or Inf.
 _FASTMATH = {"contract"}
+
+@njit(cache=True, nogil=True)
+def finite_blocks(bits, exponent, block, flags, job_start, job_stop):
+    """``flags[j]`` = whether every value of block ``j`` (``block`` values) is finite, from
+    ``bits``, the values viewed as integers of their size: a value is NaN or infinite when
+    its exponent bits (``exponent``) are all set. An integer count vectorizes (a float sum
+    would be one serial chain)."""
+    for job in range(job_start, job_stop):
+        chunk = bits[job * block:min(bits.shape[0], (job + 1) * block)]
+        count = 0
+        for i in range(chunk.shape[0]):
+            count += (chunk[i] & exponent) == exponent
+        flags[job] = count == 0
+
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _kernel_rows(guide, feature_start, feature_stop, n, y, spatial, dilation_y, dilation_x,
@@ -427,6 +453,25 @@ def palette_assign(features, palette, owner, job_start, job_stop):
         best = np.full(stop - start, np.inf)
         where = owner[n, start:stop]
         where[:] = 0
+        if features.shape[1] == 3:
+            # colour features: the three terms in one pass (the same multiply-adds in the
+            # same order as the loop below)
+            red = features[n, 0, start:stop]
+            green = features[n, 1, start:stop]
+            blue = features[n, 2, start:stop]
+            for p in range(palette.shape[1]):
+                r, g, b = palette[n, p, 0], palette[n, p, 1], palette[n, p, 2]
+                for i in range(stop - start):
+                    dr = np.float64(red[i]) - r
+                    dg = np.float64(green[i]) - g
+                    db = np.float64(blue[i]) - b
+                    distance = dr * dr
+                    distance += dg * dg
+                    distance += db * db
+                    closer = distance < best[i]
+                    best[i] = distance if closer else best[i]
+                    where[i] = p if closer else where[i]
+            continue
         for p in range(palette.shape[1]):
             distance = np.zeros(stop - start)
             for f in range(features.shape[1]):
@@ -441,124 +486,365 @@ def palette_assign(features, palette, owner, job_start, job_stop):
                     where[i] = p
 
 
+@njit(cache=True, fastmath=_FASTMATH)
+def _window_vectors(out, base, q, kernel, rows, offsets, active, n, start, count, block):
+    """``out[:, x:x+block] = base[:, x:x+block] +`` the ``active`` taps for ``count`` blocks
+    from column ``start``: the taps in blocks of 8, 4, 2 and 1 (one pass over the columns
+    each), each a :mod:`pacarray._cpu._crf_vector` intrinsic. The loops over the columns are
+    here, inside one call per row, since a call per block (16 array arguments) costs more
+    than the block."""
+    t = 0
+    while t < active:
+        left = active - t
+        x = start
+        if t == 0:
+            if left >= 8:
+                for _ in range(count):
+                    window_start8(out, base, q, kernel, rows, offsets, t, n, x)
+                    x += block
+                t += 8
+            elif left >= 4:
+                for _ in range(count):
+                    window_start4(out, base, q, kernel, rows, offsets, t, n, x)
+                    x += block
+                t += 4
+            elif left >= 2:
+                for _ in range(count):
+                    window_start2(out, base, q, kernel, rows, offsets, t, n, x)
+                    x += block
+                t += 2
+            else:
+                for _ in range(count):
+                    window_start1(out, base, q, kernel, rows, offsets, t, n, x)
+                    x += block
+                t += 1
+        elif left >= 8:
+            for _ in range(count):
+                window_add8(out, base, q, kernel, rows, offsets, t, n, x)
+                x += block
+            t += 8
+        elif left >= 4:
+            for _ in range(count):
+                window_add4(out, base, q, kernel, rows, offsets, t, n, x)
+                x += block
+            t += 4
+        elif left >= 2:
+            for _ in range(count):
+                window_add2(out, base, q, kernel, rows, offsets, t, n, x)
+                x += block
+            t += 2
+        else:
+            for _ in range(count):
+                window_add1(out, base, q, kernel, rows, offsets, t, n, x)
+                x += block
+            t += 1
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _window_columns(out, unary, use_unary, q, kernel, rows, offsets, active, n, y, start, stop):
+    """``out[:, start:stop] = unary[n, :, y, start:stop] (or 0) +`` the ``active`` taps, one
+    column at a time (the few columns where some tap falls outside the row)."""
+    labels, width = out.shape
+    zero = out.dtype.type(0.0)
+    for label in range(labels):
+        source = unary[n, label, y]
+        target = out[label]
+        for x in range(start, stop):
+            total = source[x] if use_unary else zero
+            for t in range(active):
+                column = x + offsets[t]
+                if 0 <= column < width:
+                    total += kernel[t, x] * q[n, label, rows[t], column]
+            target[x] = total
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _window_row(out, unary, use_unary, zeros, q, kernel, rows, offsets, active, n, y, block):
+    """``out (L, W) = unary[n, :, y]`` (``zeros`` without ``use_unary``) ``+`` the window
+    terms' messages of row ``y``: vector blocks of ``block`` pixels where every tap is inside
+    the row, single columns at the edges. With at most 8 taps (one pass, which writes rather
+    than adds) a last block that overlaps the one before it reaches the right edge."""
+    labels, width = out.shape
+    if active == 0:
+        for label in range(labels):
+            if use_unary:
+                out[label] = unary[n, label, y]
+            else:
+                out[label] = 0.0
+        return
+    lo, hi = 0, width
+    for t in range(active):
+        lo = max(lo, -offsets[t])
+        hi = min(hi, width - offsets[t])
+    lo = min(lo, width)
+    count = max(0, hi - lo) // block
+    stop = lo
+    if count > 0:
+        if use_unary:
+            base = unary[n, :, y]
+            _window_vectors(out, base, q, kernel, rows, offsets, active, n, lo, count, block)
+            if active <= 8 and lo + count * block < hi:
+                _window_vectors(out, base, q, kernel, rows, offsets, active, n, hi - block, 1,
+                                block)
+        else:
+            _window_vectors(out, zeros, q, kernel, rows, offsets, active, n, lo, count, block)
+            if active <= 8 and lo + count * block < hi:
+                _window_vectors(out, zeros, q, kernel, rows, offsets, active, n, hi - block,
+                                1, block)
+        stop = hi if active <= 8 else lo + count * block
+    _window_columns(out, unary, use_unary, q, kernel, rows, offsets, active, n, y, 0, lo)
+    _window_columns(out, unary, use_unary, q, kernel, rows, offsets, active, n, y, stop, width)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _palette_row(coarse, n, label, top, bottom, down, owner, cols_lo, left, right, table,
+                 target, block):
+    """``target +=`` the palette term's slice of one label's row: ``table`` ``(w + 1, lanes)``
+    gets the coarse rows interpolated to the row (its last row stays 0), then each pixel reads
+    its own entry at its two columns: :func:`palette_lookup` for blocks of ``block`` pixels
+    between the same two columns when the palette fits in a permute, else one pixel at a
+    time."""
+    width = target.shape[0]
+    low_w = coarse.shape[3]
+    up = 1 - down
+    upper = coarse[n, label, top].reshape(coarse.shape[3] * coarse.shape[4])
+    lower = coarse[n, label, bottom].reshape(coarse.shape[3] * coarse.shape[4])
+    flat = table[:low_w].reshape(low_w * table.shape[1])
+    for i in range(flat.shape[0]):
+        flat[i] = up * upper[i] + down * lower[i]
+    x = 0
+    if table.shape[1] == PALETTE_LANES:
+        while x + block <= width:
+            column = cols_lo[x]
+            if cols_lo[x + block - 1] == column:
+                palette_lookup(target, table, column, owner, left, right, x)
+            else:
+                for i in range(x, x + block):
+                    c = cols_lo[i]
+                    p = owner[i]
+                    target[i] += left[i] * table[c, p] + right[i] * table[c + 1, p]
+            x += block
+    for i in range(x, width):
+        c = cols_lo[i]
+        p = owner[i]
+        target[i] += left[i] * table[c, p] + right[i] * table[c + 1, p]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _softmax_to(logits, peak, total, q_out, n, y):
+    """``q_out[n, :, y]`` = the softmax over the labels of ``logits`` ``(L, W)``, whose
+    maximum over the labels is ``peak`` (``logits`` is overwritten)."""
+    labels, width = logits.shape
+    total[:] = 0.0
+    for label in range(labels):
+        row = logits[label]
+        for x in range(width):
+            value = exp_nonpositive(row[x] - peak[x])
+            row[x] = value
+            total[x] += value
+    one = logits.dtype.type(1.0)
+    for x in range(width):
+        total[x] = one / total[x]
+    for label in range(labels):
+        row = logits[label]
+        target = q_out[n, label, y]
+        for x in range(width):
+            target[x] = row[x] * total[x]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _splat_row(q_out, n, y, where, send, copies):
+    """``copies[k, l, where[x]] += q_out[n, l, y, x]`` for the columns ``x`` that are
+    multiples of ``send``, the ``k``-th of every four senders into copy ``k``: the adds into
+    one cell form a chain (each waits for the store before it), and neighbouring senders
+    mostly hit the same cell, so four copies make four chains that overlap. The caller sums
+    the copies."""
+    labels, width = q_out.shape[1], q_out.shape[3]
+    step = 4 * send
+    for label in range(labels):
+        source = q_out[n, label, y]
+        c0 = copies[0, label]
+        c1 = copies[1, label]
+        c2 = copies[2, label]
+        c3 = copies[3, label]
+        x = 0
+        while x + 3 * send < width:
+            c0[where[x]] += source[x]
+            c1[where[x + send]] += source[x + send]
+            c2[where[x + 2 * send]] += source[x + 2 * send]
+            c3[where[x + 3 * send]] += source[x + 3 * send]
+            x += step
+        while x < width:
+            c0[where[x]] += source[x]
+            x += send
+
+
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use_cache,
-                            coarse, rows_lo, rows_hi, ty, slice_offset, slice_weights, cell,
-                            send, splat_index, grid_out, splat, compatibility, use_compatibility,
-                            q_out, logits_out, write_logits, job_start, job_stop):
+                            coarse, rows_lo, rows_hi, ty, owner, cols_lo, slice_weights,
+                            use_slice, cell, send, splat_index, grid_out, splat, compatibility,
+                            use_compatibility, q_out, logits_out, write_logits, block,
+                            job_start, job_stop):
     """A mean-field update with one palette term fused in, one row of grid cells per task.
 
-    Per row: the window terms' messages from their cached kernels (:func:`pairwise_weights`,
-    when ``use_cache``); the palette term's slice of ``coarse`` ``(N, L, P, h, w)`` (its
-    smoothed grid): each label's row of every palette entry interpolated between the two
-    coarse rows into a ``(P, w + 1)`` table (last column 0), each pixel reading two cells at
-    ``slice_offset[n, y, x]`` (entry ``* (w + 1)`` + left cell) with ``slice_weights[n, :, y,
-    x]`` (the term's weight / the normalization, times the two linear weights); then
-    :func:`_finish_row`. With ``splat`` the new marginals of the row are added into
-    ``grid_out[n, l, cy]`` ``(P * w)`` at ``splat_index[n, y, x]`` (entry ``* w`` + cell), the
-    next step's grid, for the sending pixels (rows and columns that are multiples of
-    ``send``): the task owns that row of cells, so no two tasks write one cell.
+    Per row, for each label: the unary plus the window terms' messages from their cached
+    kernels (:func:`pairwise_weights`, when ``use_cache``; :func:`_window_row`), plus the
+    palette term's slice of ``coarse`` ``(N, L, h, w, lanes)`` (its smoothed grid, palette
+    entries last and padded with zeros to ``lanes``, at least
+    :data:`pacarray._cpu._crf_vector.PALETTE_LANES`; :func:`_palette_row`) with
+    ``slice_weights[n, :, y, x]`` (the term's weight / the normalization, times the two
+    linear weights), when ``use_slice``; then the softmax. Without ``use_slice`` and
+    ``use_cache`` this is the softmax of the unary (the marginals before the first step).
+    With a compatibility matrix the messages go to their own buffer and
+    :func:`_finish_row` applies it. With ``splat`` the new marginals of the row are added
+    into ``grid_out[n, l, cy]`` ``(P * w)`` at ``splat_index[n, y, x]`` (entry ``* w`` +
+    cell), the next step's grid, for the sending pixels (rows and columns that are multiples
+    of ``send``): the task owns that row of cells, so no two tasks write one cell. ``block``
+    is the vector length of :mod:`pacarray._cpu._crf_vector` for the dtype.
     """
     batch, labels, height, width = q.shape
-    palette, low_h, low_w = coarse.shape[2], coarse.shape[3], coarse.shape[4]
+    low_h, low_w, lanes = coarse.shape[2], coarse.shape[3], coarse.shape[4]
     for job in range(job_start, job_stop):
         n = job // low_h
         cy = job % low_h
-        pairwise = np.empty((labels, width), q.dtype)
         logits = np.empty((labels, width), q.dtype)
-        acc = np.empty(width, q.dtype)
+        pairwise = np.empty((labels, width), q.dtype) if use_compatibility else logits
+        zeros = np.zeros((labels, width), q.dtype) if use_compatibility else logits
+        total = np.empty(width, q.dtype)
         peak = np.empty(width, q.dtype)
-        table = np.zeros((palette, low_w + 1), q.dtype)
-        flat = table.reshape(palette * (low_w + 1))
+        table = np.zeros((low_w + 1, lanes), q.dtype)
+        copies = np.zeros((4, labels, grid_out.shape[3]) if splat else (1, 1, 1), q.dtype)
+        for y in range(cy * cell, min(height, (cy + 1) * cell)):
+            _window_row(pairwise, unary, not use_compatibility, zeros, q, cache[n, y],
+                        tap_rows[n, y], tap_offsets[n, y], actives[n, y] if use_cache else 0,
+                        n, y, block)
+            for label in range(labels):
+                target = pairwise[label]
+                if use_slice:
+                    _palette_row(coarse, n, label, rows_lo[y], rows_hi[y], ty[y], owner[n, y],
+                                 cols_lo, slice_weights[n, 0, y], slice_weights[n, 1, y],
+                                 table, target, block)
+                if not use_compatibility:
+                    if label == 0:
+                        peak[:] = target
+                    else:
+                        np.maximum(peak, target, peak)
+            if use_compatibility:
+                _finish_row(unary, n, y, pairwise, unary, False, compatibility, True,
+                            q_out, logits_out, write_logits, logits, peak, total)
+            else:
+                if write_logits:
+                    for label in range(labels):
+                        logits_out[n, label, y] = logits[label]
+                _softmax_to(logits, peak, total, q_out, n, y)
+            if splat and y % send == 0:
+                _splat_row(q_out, n, y, splat_index[n, y], send, copies)
         if splat:
             for label in range(labels):
-                grid_out[n, label, cy] = 0
-        for y in range(cy * cell, min(height, (cy + 1) * cell)):
-            if use_cache:
-                _row_messages_all(q, n, cache[n, y], tap_rows[n, y], tap_offsets[n, y],
-                                  actives[n, y], pairwise)
-            else:
-                pairwise[:] = 0.0
-            top, bottom = rows_lo[y], rows_hi[y]
-            down = ty[y]
-            up = 1 - down
-            offsets = slice_offset[n, y]
-            left = slice_weights[n, 0, y]
-            right = slice_weights[n, 1, y]
-            for label in range(labels):
-                for p in range(palette):
-                    upper = coarse[n, label, p, top]
-                    lower = coarse[n, label, p, bottom]
-                    row = table[p]
-                    for cx in range(low_w):
-                        row[cx] = up * upper[cx] + down * lower[cx]
-                target = pairwise[label]
-                for x in range(width):
-                    at = offsets[x]
-                    target[x] += left[x] * flat[at] + right[x] * flat[at + 1]
-            _finish_row(unary, n, y, pairwise, unary, False, compatibility, use_compatibility,
-                        q_out, logits_out, write_logits, logits, peak, acc)
-            if splat and y % send == 0:
-                where = splat_index[n, y]
-                for label in range(labels):
-                    source = q_out[n, label, y]
-                    cells = grid_out[n, label, cy]
-                    for x in range(0, width, send):
-                        cells[where[x]] += source[x]
+                cells = grid_out[n, label, cy]
+                for i in range(cells.shape[0]):
+                    cells[i] = (copies[0, label, i] + copies[1, label, i]) + (
+                        copies[2, label, i] + copies[3, label, i])
 
 
 @njit(cache=True, nogil=True)
-def palette_lloyd(points, centres, iterations):
-    """``iterations`` Lloyd steps of k-means on ``points`` ``(n, F)`` from ``centres``
-    ``(P, F)`` (float64, updated in place): each point to its nearest centre (squared
-    distance summed over the features in order, the first on ties), each centre that got
-    points to their mean. The palette of ``pacarray._palette.palette_colors``."""
+def _squared_distances(columns, centre, out):
+    """``out[i] = sum_f (columns[f, i] - centre[f])**2``, summed over the features in order
+    (no multiply-add contraction: the same rounding as NumPy's ``((x - c)**2).sum(axis=1)``)."""
+    out[:] = 0.0
+    for f in range(columns.shape[0]):
+        values = columns[f]
+        value = centre[f]
+        for i in range(out.shape[0]):
+            difference = values[i] - value
+            out[i] += difference * difference
+
+
+@njit(cache=True, nogil=True)
+def palette_kmeans(points, first, uniforms, iterations):
+    """The k-means palette of ``pacarray._palette.palette_colors``: ``(P, F)`` float64 centres
+    of ``points`` ``(n, F)``.
+
+    Seeding (k-means++): the first centre is ``points[first]``; centre ``k`` is the point
+    where the cumulative sum of the squared distances to the nearest centre so far, over the
+    total, first exceeds ``uniforms[k - 1]`` (what ``Generator.choice(n, p=...)`` does with
+    that draw); seeding stops early once every point is a centre (the total is 0). Then
+    ``iterations`` Lloyd steps: each point to its nearest centre (the first on ties), each
+    centre that got points to their mean. All in float64 without multiply-add contraction.
+    """
     count, features = points.shape
-    palette = centres.shape[0]
-    sums = np.empty((palette, features))
-    counts = np.empty(palette, np.int64)
+    columns = np.ascontiguousarray(points.T)
+    centres = np.empty((uniforms.shape[0] + 1, features))
+    centres[0] = points[first]
+    nearest = np.empty(count)
+    distance = np.empty(count)
+    _squared_distances(columns, centres[0], nearest)
+    cdf = np.empty(count)
+    size = 1
+    for draw in range(uniforms.shape[0]):
+        total = 0.0
+        for i in range(count):
+            total += nearest[i]
+        if not total > 0:
+            break
+        running = 0.0
+        for i in range(count):
+            running += nearest[i] / total
+            cdf[i] = running
+        target = uniforms[draw] * cdf[count - 1]
+        pick = count - 1
+        for i in range(count):
+            if cdf[i] > target:
+                pick = i
+                break
+        centres[size] = points[pick]
+        size += 1
+        _squared_distances(columns, points[pick], distance)
+        for i in range(count):
+            nearest[i] = min(nearest[i], distance[i])
+    centres = centres[:size].copy()
+    best = np.empty(count)
+    owner = np.empty(count, np.int64)
+    sums = np.empty((size, features))
+    counts = np.empty(size, np.int64)
     for _ in range(iterations):
+        best[:] = np.inf
+        owner[:] = 0
+        for p in range(size):
+            _squared_distances(columns, centres[p], distance)
+            for i in range(count):
+                closer = distance[i] < best[i]
+                best[i] = distance[i] if closer else best[i]
+                owner[i] = p if closer else owner[i]
         sums[:] = 0.0
         counts[:] = 0
         for i in range(count):
-            best = np.inf
-            owner = 0
-            for p in range(palette):
-                distance = 0.0
-                for f in range(features):
-                    difference = points[i, f] - centres[p, f]
-                    distance += difference * difference
-                if distance < best:
-                    best = distance
-                    owner = p
-            counts[owner] += 1
+            counts[owner[i]] += 1
             for f in range(features):
-                sums[owner, f] += points[i, f]
-        for p in range(palette):
+                sums[owner[i], f] += points[i, f]
+        for p in range(size):
             if counts[p] > 0:
                 for f in range(features):
                     centres[p, f] = sums[p, f] / counts[p]
-
+    return centres
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def palette_step_indices(owner, inv_norm, weight, cols_lo, tx, cell, low_w, slice_offset,
-                         slice_weights, splat_index, job_start, job_stop):
+def palette_step_indices(owner, inv_norm, weight, tx, cell, low_w, slice_weights, splat_index,
+                         job_start, job_stop):
     """What :func:`mean_field_step_palette` reads per pixel, one row per task: the slice's
-    table offset (``owner * (w + 1) + left cell``) and weights (``weight / norm`` times the two
-    linear weights), and the splat's cell (``owner * w + x // cell``)."""
+    weights (``weight / norm`` times the two linear weights) and the splat's cell
+    (``owner * w + x // cell``)."""
     height, width = owner.shape[1], owner.shape[2]
     for job in range(job_start, job_stop):
         n = job // height
         y = job % height
         for x in range(width):
-            entry = owner[n, y, x]
             scale = weight * inv_norm[n, y, x]
             right = tx[x]
-            slice_offset[n, y, x] = entry * (low_w + 1) + cols_lo[x]
             slice_weights[n, 0, y, x] = scale * (1 - right)
             slice_weights[n, 1, y, x] = scale * right
-            splat_index[n, y, x] = entry * low_w + x // cell
+            splat_index[n, y, x] = owner[n, y, x] * low_w + x // cell
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
