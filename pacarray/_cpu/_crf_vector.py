@@ -159,10 +159,19 @@ def _make_window_block(count: int, accumulate: bool):
                                         [builder.add(builder.mul(label, base_stride), x_v)])
                     acc = builder.load(_vector_pointer(builder, start, vector), align=itemsize)
                 label_plane = builder.gep(image, [builder.mul(label, plane)])
-                for weight, source in zip(weights, sources):
-                    value = builder.load(_vector_pointer(
-                        builder, builder.gep(label_plane, [source]), vector), align=itemsize)
+                values = [builder.load(_vector_pointer(
+                    builder, builder.gep(label_plane, [source]), vector), align=itemsize)
+                    for source in sources]
+                # two chains of multiply-adds (the first half onto the base, the second from
+                # its first product), added at the end: half the latency of one chain
+                half = (count + 1) // 2
+                for weight, value in zip(weights[:half], values[:half]):
                     acc = builder.call(fmuladd, [weight, value, acc])
+                if count > 1:
+                    other = builder.fmul(weights[half], values[half])
+                    for weight, value in zip(weights[half + 1:], values[half + 1:]):
+                        other = builder.call(fmuladd, [weight, value, other])
+                    acc = builder.fadd(acc, other)
                 builder.store(acc, target, align=itemsize)
             return context.get_dummy_value()
 
