@@ -105,10 +105,13 @@ def _make_window_block(count: int, accumulate: bool):
         """``out[l, x:x+V] = (out if accumulate else base)[l, x:x+V] + sum_{t < count}
         kernel[first+t, x:x+V] * q[n, l, rows[first+t], x+offsets[first+t] : +V]`` for every
         label ``l``; ``out`` ``(L, W)``, ``base`` ``(L, W')`` with any row stride (a unary row
-        ``unary[n, :, y]``), ``q`` ``(N, L, H, W)`` C-contiguous, ``kernel`` ``(taps, W)``,
+        ``unary[n, :, y]``), ``q`` ``(N, L, H, W)`` contiguous along its rows (any other
+        strides: C order, or a view of an ``(N, H, L, W)`` array), ``kernel`` ``(taps, W)``,
         ``rows``/``offsets`` 1-D integers. Every element read must exist (the caller keeps
         ``x`` where all the taps are inside the row)."""
-        if not (_is_array(out, 2) and _is_array(q, 4) and _is_array(kernel, 2)):
+        if not (_is_array(out, 2) and _is_array(kernel, 2)):
+            return None
+        if not (isinstance(q, types.Array) and q.ndim == 4):
             return None
         if not (isinstance(base, types.Array) and base.ndim == 2):
             return None
@@ -127,9 +130,11 @@ def _make_window_block(count: int, accumulate: bool):
                                       for v, t in zip(args[6:], sig.args[6:]))
             element, vector, width, itemsize, suffix = _float_vector(context, out.dtype)
             fmuladd = _fmuladd(builder, vector, width, suffix)
-            labels, height, row_width = cgutils.unpack_tuple(builder, q_a.shape, 4)[1:]
-            plane = builder.mul(height, row_width)
-            image = builder.gep(q_a.data, [builder.mul(builder.mul(n_v, labels), plane)])
+            labels = cgutils.unpack_tuple(builder, q_a.shape, 4)[1]
+            image_stride, plane, row_width = (
+                builder.sdiv(stride, ir.Constant(intp, itemsize))
+                for stride in cgutils.unpack_tuple(builder, q_a.strides, 4)[:3])
+            image = builder.gep(q_a.data, [builder.mul(n_v, image_stride)])
             kernel_stride = builder.sdiv(cgutils.unpack_tuple(builder, kernel_a.strides, 2)[0],
                                          ir.Constant(intp, itemsize))
             out_stride = builder.sdiv(cgutils.unpack_tuple(builder, out_a.strides, 2)[0],
