@@ -715,9 +715,11 @@ def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use
         table = np.zeros((low_w + 1, lanes), q.dtype)
         copies = np.zeros((4, labels, grid_out.shape[3]) if splat else (1, 1, 1), q.dtype)
         for y in range(cy * cell, min(height, (cy + 1) * cell)):
-            _window_row(pairwise, unary, not use_compatibility, zeros, q, cache[n, y],
-                        tap_rows[n, y], tap_offsets[n, y], actives[n, y] if use_cache else 0,
-                        n, y, block)
+            at = y if use_cache else 0  # without window terms the placeholders are 1 x 1
+            _window_row(pairwise, unary, not use_compatibility, zeros, q,
+                        cache[n * use_cache, at], tap_rows[n * use_cache, at],
+                        tap_offsets[n * use_cache, at], actives[n, y] if use_cache else 0, n,
+                        y, block)
             for label in range(labels):
                 target = pairwise[label]
                 if use_slice:
