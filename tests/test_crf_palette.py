@@ -600,3 +600,62 @@ def test_cupy_stand_in_equals_the_cpu(device, case, dtype):
         assert on_device.shape == on_cpu.shape and on_device.dtype == on_cpu.dtype
         error = np.abs(np.asarray(on_device) - on_cpu) / np.maximum(1.0, np.abs(on_cpu))
         assert error.max() <= tolerance, (output, float(error.max()))
+
+
+# --------------------------------------------------------------------------------------------
+# The fused step's vector blocks at other vector widths
+
+_NARROW_VECTORS = """
+import sys
+import llvmlite.binding as binding
+import numba
+numba.njit(lambda a: a + 1)(1)        # Numba's code generator made for the real CPU first
+host = binding.get_host_cpu_features
+
+
+def narrower():                       # then pacarray's vector width sees AVX2 or SSE only
+    features = host()
+    features["avx512f"] = False
+    features["avx"] = sys.argv[2] == "avx2"
+    return features
+
+
+binding.get_host_cpu_features = narrower
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from conftest import _assert_close
+from test_crf_palette import CASES, _case, _expected
+import pacarray
+from pacarray._cpu import _crf_vector
+
+assert _crf_vector.lanes(4) == (8 if sys.argv[2] == "avx2" else 4)
+for case in ("cell5+window+matrix", "many_taps+20_colours", "two_taps+16_colours"):
+    for dtype in (np.float32, np.float64):
+        unary, image, terms, options, _ = _case(case, dtype)
+        got = pacarray.pac_crf(unary, image, num_steps=2, pairwise=terms, **options)
+        _assert_close(got, _expected(case, dtype), dtype)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vectors", ["avx2", "sse"])
+def test_vector_blocks_of_narrower_machines_match_the_oracle(tmp_path, vectors):
+    """The fused step's vector blocks (``pacarray/_cpu/_crf_vector.py``) take the host's widest
+    vectors: 16 float32 lanes here with AVX-512, 8 with AVX2 and 4 with SSE only, where the
+    palette lookup's 16-entry table no longer fits one vector. Each narrower width is forced
+    in a fresh process (own Numba cache) and checked against the oracle on the cases that
+    reach every block: the window blocks of 8, 2 and 1 taps and the overlapping last block,
+    the permute lookup and the scalar slice of blocks that straddle a coarse column or of a
+    palette over 16 entries."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    done = subprocess.run(
+        [sys.executable, "-c", _NARROW_VECTORS, str(Path(__file__).resolve().parent), vectors],
+        capture_output=True, text=True, env=environment, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "ok"
