@@ -38,14 +38,10 @@ from numba import njit
 from ._crf_vector import (
     PALETTE_LANES,
     palette_lookup,
-    window_add1,
-    window_add2,
-    window_add4,
-    window_add8,
-    window_start1,
-    window_start2,
-    window_start4,
-    window_start8,
+    window_block1,
+    window_block2,
+    window_block4,
+    window_block8,
 )
 from ._exp import exp_nonpositive
 
@@ -490,52 +486,34 @@ def palette_assign(features, palette, owner, job_start, job_stop):
 def _window_vectors(out, base, q, kernel, rows, offsets, active, n, start, count, block):
     """``out[:, x:x+block] = base[:, x:x+block] +`` the ``active`` taps for ``count`` blocks
     from column ``start``: the taps in blocks of 8, 4, 2 and 1 (one pass over the columns
-    each), each a :mod:`pacarray._cpu._crf_vector` intrinsic. The loops over the columns are
-    here, inside one call per row, since a call per block (16 array arguments) costs more
-    than the block."""
+    each, the later ones onto ``out`` itself), each a :mod:`pacarray._cpu._crf_vector`
+    intrinsic. The loops over the columns are here, inside one call per row, since a call per
+    block (16 array arguments) costs more than the block. ``base`` is typed like
+    ``out[:, ::1]`` (any strides), so that each block size is compiled once."""
+    again = out[:, ::1]
     t = 0
     while t < active:
         left = active - t
+        source = base if t == 0 else again
         x = start
-        if t == 0:
-            if left >= 8:
-                for _ in range(count):
-                    window_start8(out, base, q, kernel, rows, offsets, t, n, x)
-                    x += block
-                t += 8
-            elif left >= 4:
-                for _ in range(count):
-                    window_start4(out, base, q, kernel, rows, offsets, t, n, x)
-                    x += block
-                t += 4
-            elif left >= 2:
-                for _ in range(count):
-                    window_start2(out, base, q, kernel, rows, offsets, t, n, x)
-                    x += block
-                t += 2
-            else:
-                for _ in range(count):
-                    window_start1(out, base, q, kernel, rows, offsets, t, n, x)
-                    x += block
-                t += 1
-        elif left >= 8:
+        if left >= 8:
             for _ in range(count):
-                window_add8(out, base, q, kernel, rows, offsets, t, n, x)
+                window_block8(out, source, q, kernel, rows, offsets, t, n, x)
                 x += block
             t += 8
         elif left >= 4:
             for _ in range(count):
-                window_add4(out, base, q, kernel, rows, offsets, t, n, x)
+                window_block4(out, source, q, kernel, rows, offsets, t, n, x)
                 x += block
             t += 4
         elif left >= 2:
             for _ in range(count):
-                window_add2(out, base, q, kernel, rows, offsets, t, n, x)
+                window_block2(out, source, q, kernel, rows, offsets, t, n, x)
                 x += block
             t += 2
         else:
             for _ in range(count):
-                window_add1(out, base, q, kernel, rows, offsets, t, n, x)
+                window_block1(out, source, q, kernel, rows, offsets, t, n, x)
                 x += block
             t += 1
 
@@ -580,17 +558,11 @@ def _window_row(out, unary, use_unary, zeros, q, kernel, rows, offsets, active, 
     count = max(0, hi - lo) // block
     stop = lo
     if count > 0:
-        if use_unary:
-            base = unary[n, :, y]
-            _window_vectors(out, base, q, kernel, rows, offsets, active, n, lo, count, block)
-            if active <= 8 and lo + count * block < hi:
-                _window_vectors(out, base, q, kernel, rows, offsets, active, n, hi - block, 1,
-                                block)
-        else:
-            _window_vectors(out, zeros, q, kernel, rows, offsets, active, n, lo, count, block)
-            if active <= 8 and lo + count * block < hi:
-                _window_vectors(out, zeros, q, kernel, rows, offsets, active, n, hi - block,
-                                1, block)
+        base = unary[n, :, y] if use_unary else zeros
+        _window_vectors(out, base, q, kernel, rows, offsets, active, n, lo, count, block)
+        if active <= 8 and lo + count * block < hi:
+            _window_vectors(out, base, q, kernel, rows, offsets, active, n, hi - block, 1,
+                            block)
         stop = hi if active <= 8 else lo + count * block
     _window_columns(out, unary, use_unary, q, kernel, rows, offsets, active, n, y, 0, lo)
     _window_columns(out, unary, use_unary, q, kernel, rows, offsets, active, n, y, stop, width)
@@ -709,7 +681,9 @@ def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use
         cy = job % low_h
         logits = np.empty((labels, width), q.dtype)
         pairwise = np.empty((labels, width), q.dtype) if use_compatibility else logits
-        zeros = np.zeros((labels, width), q.dtype) if use_compatibility else logits
+        # zeros: the base of the messages with a compatibility matrix, typed as a unary row
+        # (any strides)
+        zeros = np.zeros((labels, 1, width) if use_compatibility else (1, 1, 1), q.dtype)[:, 0]
         total = np.empty(width, q.dtype)
         peak = np.empty(width, q.dtype)
         table = np.zeros((low_w + 1, lanes), q.dtype)

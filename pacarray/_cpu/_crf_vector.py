@@ -5,10 +5,10 @@ of Numba's loop vectorizer in a useful form, so each is written directly in LLVM
 ``intrinsic`` inlined into the kernel (and cached with it), on vectors of the host's widest
 register (:data:`pacarray._cpu._microkernel.VECTOR_BYTES`):
 
-* ``window_start{1,2,4,8}``: a window term's messages plus the unary, for ``V`` pixels of a
+* ``window_block{1,2,4,8}``: a window term's messages plus the unary, for ``V`` pixels of a
   row and every label: ``out[l, x:x+V] = base[l, x:x+V] + sum_t kernel[t, x:x+V] *
-  q[n, l, rows[t], x+offsets[t] : +V]`` (``window_add{1,2,4,8}`` add to ``out`` instead of
-  starting from ``base``). The weight vectors are loaded once and stay in registers while the
+  q[n, l, rows[t], x+offsets[t] : +V]`` (``base`` is ``out`` itself for the taps after the
+  first block). The weight vectors are loaded once and stay in registers while the
   labels run, so a label costs a load of ``q`` and a multiply-add per tap, and one load and
   one store; written in Python, each tap reloads its weights for every label and each partial
   sum goes through memory. One intrinsic per tap count (1, 2, 4, 8): the kernel composes them.
@@ -96,17 +96,17 @@ def _label_loop(builder, count):
     builder.position_at_end(done)
 
 
-def _make_window_block(count: int, accumulate: bool):
-    """The intrinsic for ``count`` taps; ``accumulate`` adds to ``out`` (``base`` unused)
-    instead of starting from ``base``."""
+def _make_window_block(count: int):
+    """The intrinsic for ``count`` taps."""
 
     @intrinsic
     def block(typingctx, out, base, q, kernel, rows, offsets, first, n, x):
-        """``out[l, x:x+V] = (out if accumulate else base)[l, x:x+V] + sum_{t < count}
+        """``out[l, x:x+V] = base[l, x:x+V] + sum_{t < count}
         kernel[first+t, x:x+V] * q[n, l, rows[first+t], x+offsets[first+t] : +V]`` for every
         label ``l``; ``out`` ``(L, W)``, ``base`` ``(L, W')`` with any row stride (a unary row
-        ``unary[n, :, y]``), ``q`` ``(N, L, H, W)`` contiguous along its rows (any other
-        strides: C order, or a view of an ``(N, H, L, W)`` array), ``kernel`` ``(taps, W)``,
+        ``unary[n, :, y]``, or ``out`` itself to add more taps), ``q`` ``(N, L, H, W)``
+        contiguous along its rows (any other strides: C order, or a view of an
+        ``(N, H, L, W)`` array), ``kernel`` ``(taps, W)``,
         ``rows``/``offsets`` 1-D integers. Every element read must exist (the caller keeps
         ``x`` where all the taps are inside the row)."""
         if not (_is_array(out, 2) and _is_array(kernel, 2)):
@@ -157,12 +157,9 @@ def _make_window_block(count: int, accumulate: bool):
             with _label_loop(builder, labels) as label:
                 target = _vector_pointer(builder, builder.gep(
                     out_a.data, [builder.add(builder.mul(label, out_stride), x_v)]), vector)
-                if accumulate:
-                    acc = builder.load(target, align=itemsize)
-                else:
-                    start = builder.gep(base_a.data,
-                                        [builder.add(builder.mul(label, base_stride), x_v)])
-                    acc = builder.load(_vector_pointer(builder, start, vector), align=itemsize)
+                start = builder.gep(base_a.data,
+                                    [builder.add(builder.mul(label, base_stride), x_v)])
+                acc = builder.load(_vector_pointer(builder, start, vector), align=itemsize)
                 label_plane = builder.gep(image, [builder.mul(label, plane)])
                 values = [builder.load(_vector_pointer(
                     builder, builder.gep(label_plane, [source]), vector), align=itemsize)
@@ -186,14 +183,10 @@ def _make_window_block(count: int, accumulate: bool):
 
 
 # The block sizes the kernel composes a row's taps of (8 + 4 + 2 + 1 covers any count).
-window_start1 = _make_window_block(1, False)
-window_start2 = _make_window_block(2, False)
-window_start4 = _make_window_block(4, False)
-window_start8 = _make_window_block(8, False)
-window_add1 = _make_window_block(1, True)
-window_add2 = _make_window_block(2, True)
-window_add4 = _make_window_block(4, True)
-window_add8 = _make_window_block(8, True)
+window_block1 = _make_window_block(1)
+window_block2 = _make_window_block(2)
+window_block4 = _make_window_block(4)
+window_block8 = _make_window_block(8)
 
 
 @intrinsic
