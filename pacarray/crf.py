@@ -358,7 +358,8 @@ def _prepare(unary, image, num_steps, pairwise, unary_weight, input, compatibili
     batch, labels, *spatial_shape = planar.shape
     planes = _image_planes(xp, image, channel_axis, layout, planar.shape)
     dtype = _compute_dtype(planar, planes)
-    log_potentials, probability_mask = _log_potentials(xp, planar, input, dtype)
+    log_potentials, probability_mask = _log_potentials(xp, backend_module(backend), planar,
+                                                       input, dtype)
     if planes is not None:
         planes = _args.cast(xp, planes, dtype)
     compat = _compatibility_matrix(xp, compatibility, labels, dtype)
@@ -556,22 +557,23 @@ def _compute_dtype(planar, planes):
     return _args.compute_dtype(planar, planes)
 
 
-def _all_finite(xp, array):
-    """Whether every value is finite: on the CPU one parallel Numba pass over a float array;
-    elsewhere the extremes (NaN propagates through min and max), two reductions instead of a
+def _all_finite(xp, module, array):
+    """Whether every value is finite: the backend ``module``'s ``all_finite`` when it has one
+    (the CPU's: one parallel pass) and the array is a non-empty C-contiguous float32/64 one;
+    else the extremes (NaN propagates through min and max), two reductions instead of a
     boolean array as large as the unary, and one read back."""
-    if (xp is np and array.dtype in (np.float32, np.float64) and array.flags.c_contiguous
-            and array.size):
-        from ._cpu import all_finite  # Numba is a dependency of every backend
-
-        return all_finite(array)
+    check = getattr(module, "all_finite", None)
+    if (check is not None and array.dtype in (np.float32, np.float64)
+            and array.flags.c_contiguous and array.size):
+        return check(array)
     return bool(xp.all(xp.isfinite(xp.stack((array.min(), array.max())))))
 
 
-def _log_potentials(xp, planar, input, dtype):
-    """``(log-potentials of dtype, mask of the unclipped probabilities or None)``."""
+def _log_potentials(xp, module, planar, input, dtype):
+    """``(log-potentials of dtype, mask of the unclipped probabilities or None)``; ``module``
+    is the backend's (for :func:`_all_finite`)."""
     planar = _args.cast(xp, planar, dtype)
-    if not _all_finite(xp, planar):
+    if not _all_finite(xp, module, planar):
         raise ValueError("unary must be finite (it contains NaN or Inf)")
     if input == "logits":
         return planar, None

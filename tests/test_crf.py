@@ -694,3 +694,21 @@ def test_default_pairwise_is_the_documented_terms():
         (4.0, size, 1, None, 0.05, "appearance", 1) for size in ((1, 3), (3, 1))]
     for terms in (DEFAULT_PAIRWISE, FAST_PAIRWISE):
         assert palette(terms[-1]) == (8.0, 160.0, 0.05, 16, 32, "appearance", None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_finiteness_check_finds_each_kind_of_non_finite_value(dtype):
+    """The CPU backend's ``all_finite`` (the unary's check) reads the exponent bits in blocks
+    of 65536 values: a NaN or an infinity in any block, the last partial one included, is
+    found; the largest finite values and subnormals are not flagged."""
+    from pacarray._cpu import all_finite
+
+    values = np.zeros((3, 257, 301), dtype)  # 232071 values: four blocks, the last partial
+    assert all_finite(values)
+    info = np.finfo(dtype)
+    for value, finite in ((np.nan, False), (np.inf, False), (-np.inf, False),
+                          (info.max, True), (-info.max, True), (info.tiny / 4, True)):
+        for where in ((0, 0, 0), (1, 100, 7), (2, 256, 300)):
+            changed = values.copy()
+            changed[where] = value
+            assert all_finite(changed) is finite, (value, where)

@@ -365,7 +365,8 @@ def _palette_pass(unary, q, terms, grid, state, compatibility, want_logits, spla
 
 def all_finite(array):
     """Whether every value of a C-contiguous float32 or float64 array is finite (one
-    parallel pass)."""
+    parallel pass). Optional entry point: ``pacarray.crf`` checks the unary with it when the
+    backend has it (the others take the extremes)."""
     if array.dtype == np.float32:
         bits, exponent = array.reshape(-1).view(np.int32), np.int32(0x7F800000)
     else:
