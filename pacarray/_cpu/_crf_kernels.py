@@ -578,15 +578,18 @@ def _palette_row(coarse, n, label, top, bottom, down, owner, cols_lo, left, righ
             if cols_lo[x + block - 1] == column:
                 palette_lookup(target, table, column, owner, left, right, x)
             else:
-                for i in range(x, x + block):
-                    c = cols_lo[i]
-                    p = owner[i]
-                    target[i] += left[i] * table[c, p] + right[i] * table[c + 1, p]
+                _palette_columns(target, table, owner, cols_lo, left, right, x, x + block)
             x += block
-    for i in range(x, width):
-        c = cols_lo[i]
-        p = owner[i]
-        target[i] += left[i] * table[c, p] + right[i] * table[c + 1, p]
+    _palette_columns(target, table, owner, cols_lo, left, right, x, width)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _palette_columns(target, table, owner, cols_lo, left, right, start, stop):
+    """Pixels ``start:stop`` of :func:`_palette_row`, one at a time."""
+    for x in range(start, stop):
+        c = cols_lo[x]
+        p = owner[x]
+        target[x] += left[x] * table[c, p] + right[x] * table[c + 1, p]
 
 
 @njit(cache=True, fastmath=_FASTMATH)
