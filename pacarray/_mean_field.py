@@ -317,7 +317,8 @@ def forward(field, keep_history=False, want_logits=False):
     fused = _fused_palette(field, step_terms) if field.num_steps > 0 else None
     if fused is not None:
         # the first marginals and their splat into the palette term's grid in one pass
-        q, state = module.crf_palette_start(fused, unary)
+        q, state = module.crf_palette_start(fused, unary, step_terms, field.compatibility,
+                                            keep=keep_history or want_logits)
     else:
         q = module.crf_softmax(unary)
     history = [q] if keep_history else None

@@ -22,6 +22,7 @@ from pacarray.crf import (
     pac_crf,
     pac_crf_vjp,
 )
+from pacarray._cpu import _crf_vector
 from pacarray.testing import check_gradients
 
 from test_crf import oracle_crf, oracle_softmax
@@ -54,16 +55,23 @@ def palette_path(request, monkeypatch):
     """Each test through the CPU backend's fused step (one palette term and cached window
     kernels), the CPU backend without it (Numba splat and slice, the step on ``extra``) and
     the generic path (``_dispatch.generic_kernels``, with the palette term's generic splat,
-    smoothing and slice). Yields the path's name and the list of the fused steps it ran."""
-    fused = []
+    smoothing and slice). Yields the path's name and the lists of the fused steps it ran and
+    of the passes of the block kernel (``mean_field_step_fused``) among them."""
+    fused, blocks = [], []
     original = cpu.crf_palette_step
+    original_blocks = cpu._fused_pass
 
     def spy(*args, **kwargs):
         fused.append(args[0].shape)
         return original(*args, **kwargs)
 
+    def spy_blocks(*args, **kwargs):
+        blocks.append(args[0].shape)
+        return original_blocks(*args, **kwargs)
+
     monkeypatch.setattr(cpu, "crf_palette_step", spy)
-    state = types.SimpleNamespace(name=request.param, fused=fused)
+    monkeypatch.setattr(cpu, "_fused_pass", spy_blocks)
+    state = types.SimpleNamespace(name=request.param, fused=fused, blocks=blocks)
     if request.param == "unfused":
         monkeypatch.setattr(mean_field, "_fused_palette", lambda field, step_terms: None)
     if request.param == "generic":
@@ -74,12 +82,30 @@ def palette_path(request, monkeypatch):
     yield state
 
 
-def _check_path(path, expect_fused):
-    """The fused step ran exactly where it should."""
+def _blocks_apply(shape, dtype, terms, options):
+    """Whether the fused step runs on the block kernel (``docs/design.md`` §4): Potts
+    without logits, one palette term of at most 16 colours whose cells, like the rows, are
+    at least a vector block wide (:func:`pacarray._cpu._crf_vector.lanes`), and window terms
+    of at most 8 taps."""
+    palettes = [t for t in terms if isinstance(t, PaletteTerm)]
+    windows = [t for t in terms if not isinstance(t, PaletteTerm)]
+    taps = sum(int(np.prod(np.broadcast_to(t.kernel_size, (2,)))) - 1 for t in windows)
+    lanes = _crf_vector.lanes(np.dtype(dtype).itemsize)
+    return (len(palettes) == 1 and palettes[0].colors <= 16 and palettes[0].palette is None
+            and palettes[0].grid_cell >= lanes and shape[1] >= lanes and taps <= 8
+            and "compatibility" not in options and options.get("output") != "log")
+
+
+def _check_path(path, expect_fused, expect_blocks=None):
+    """The fused step ran exactly where it should, on the block kernel where expected (not
+    checked when None)."""
     if path.name == "fused" and expect_fused:
         assert path.fused, "the fused palette step did not run"
+        if expect_blocks is not None:
+            assert bool(path.blocks) == expect_blocks, path.blocks
     else:
         assert not path.fused, f"the fused palette step ran on the {path.name} path"
+        assert not path.blocks, f"the block kernel ran on the {path.name} path"
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,9 +156,10 @@ def _case(name, dtype):
     shape = {"cell3": (13, 17), "cell5+window+matrix": (24, 31), "batch+labels_last": (13, 17),
              "palette+window": (15, 14), "features+log": (13, 17),
              "two_palettes": (16, 19), "many_taps+20_colours": (14, 45),
-             "two_taps+16_colours": (17, 57)}[name]
-    labels = 3 if name != "cell5+window+matrix" else 4
-    batch = 2 if name == "batch+labels_last" else 1
+             "two_taps+16_colours+log": (17, 57), "blocks:3x3+16_colours": (37, 53),
+             "blocks:far_taps": (23, 41), "blocks:palette_only": (30, 70)}[name]
+    labels = {"cell5+window+matrix": 4, "blocks:3x3+16_colours": 6}.get(name, 3)
+    batch = 2 if name in ("batch+labels_last", "blocks:palette_only") else 1
     unary = rng.normal(0.0, 1.5, (batch, labels, *shape))
     image = rng.random((batch, *shape, 3))
     options = {}
@@ -168,15 +195,39 @@ def _case(name, dtype):
                               sigma_color=0.3),
                  PaletteTerm(weight=2.0, sigma_spatial=8.0, sigma_color=0.2, colors=20,
                              cell=3)]
-    elif name == "two_taps+16_colours":
-        # a 2-tap window (one vector block of 2 taps, and an overlapping last block) and 16
-        # palette entries, the most the permute lookup takes; 16-pixel cells, so that blocks
-        # of pixels between the same two coarse columns (the permute) and blocks that
-        # straddle a column (one pixel at a time) both occur in each dtype
+    elif name == "two_taps+16_colours+log":
+        # the row kernel (the log output needs its logits): a 2-tap window (one vector block
+        # of 2 taps, and an overlapping last block) and 16 palette entries, the most the
+        # permute lookup takes; 16-pixel cells, so that blocks of pixels between the same two
+        # coarse columns (the permute) and blocks that straddle a column (one pixel at a time)
+        # both occur in each dtype
         terms = [PairwiseTerm(weight=0.9, kernel_size=(3, 1), dilation=3, sigma_spatial=None,
                               sigma_color=0.3),
                  PaletteTerm(weight=2.5, sigma_spatial=20.0, sigma_color=0.15, colors=16,
                              cell=16)]
+        options["output"] = "log"
+    elif name == "blocks:3x3+16_colours":
+        # the block kernel with the default's shape of terms: 8 taps (5 on the first and last
+        # rows, padded with taps of weight 0), 16 colours, cells of 16 pixels (blocks of 16
+        # float32 straddle a coarse column, blocks of 8 float64 do not), an overlapping last
+        # block (53 columns)
+        terms = [PairwiseTerm(weight=1.5, kernel_size=3, dilation=1, sigma_spatial=None,
+                              sigma_color=0.2),
+                 PaletteTerm(weight=3.0, sigma_spatial=30.0, sigma_color=0.15, colors=16,
+                             cell=16)]
+    elif name == "blocks:far_taps":
+        # the block kernel with 4 taps reaching 20 columns out (two vector blocks of padding
+        # around each row) and 2 rows down, 7 colours, 18-pixel cells
+        terms = [PairwiseTerm(weight=0.8, kernel_size=(1, 3), dilation=20, sigma_spatial=None,
+                              sigma_color=0.3),
+                 PairwiseTerm(weight=1.1, kernel_size=(3, 1), dilation=2, sigma_spatial=None,
+                              sigma_color=0.3),
+                 PaletteTerm(weight=2.0, sigma_spatial=15.0, sigma_color=0.2, colors=7,
+                             cell=18)]
+    elif name == "blocks:palette_only":
+        # the block kernel without window terms, two images, 5 colours, 20-pixel cells
+        terms = [PaletteTerm(weight=2.5, sigma_spatial=25.0, sigma_color=0.2, colors=5,
+                             cell=20)]
     else:  # two palette terms: not fused; the second reaches one cell (> 3 sigma)
         features = (1.5 * rng.random((1, 2, *shape))).astype(dtype)
         terms = [PaletteTerm(weight=1.5, sigma_spatial=4.0, sigma_color=0.3, colors=4, cell=3),
@@ -189,7 +240,8 @@ def _case(name, dtype):
 
 
 CASES = ["cell3", "cell5+window+matrix", "batch+labels_last", "palette+window",
-         "features+log", "two_palettes", "many_taps+20_colours", "two_taps+16_colours"]
+         "features+log", "two_palettes", "many_taps+20_colours", "two_taps+16_colours+log",
+         "blocks:3x3+16_colours", "blocks:far_taps", "blocks:palette_only"]
 _ORACLE = {}
 
 
@@ -212,7 +264,10 @@ def test_matches_the_oracle(palette_path, case, dtype, assert_close):
     if labels_last:
         unary = np.moveaxis(unary, 1, -1)
     result = pac_crf(unary, image, num_steps=2, pairwise=terms, **options)
-    _check_path(palette_path, expect_fused)
+    blocks = _blocks_apply(unary.shape[-2:] if not labels_last else unary.shape[-3:-1],
+                           dtype, terms, options)
+    assert blocks or not case.startswith("blocks:")
+    _check_path(palette_path, expect_fused, blocks)
     if labels_last:
         result = np.moveaxis(result, -1, 1)
     assert_close(result, _expected(case, dtype), dtype)
@@ -629,7 +684,8 @@ import pacarray
 from pacarray._cpu import _crf_vector
 
 assert _crf_vector.lanes(4) == (8 if sys.argv[2] == "avx2" else 4)
-for case in ("cell5+window+matrix", "many_taps+20_colours", "two_taps+16_colours"):
+for case in ("cell5+window+matrix", "many_taps+20_colours", "two_taps+16_colours+log",
+             "blocks:3x3+16_colours", "blocks:far_taps", "blocks:palette_only"):
     for dtype in (np.float32, np.float64):
         unary, image, terms, options, _ = _case(case, dtype)
         got = pacarray.pac_crf(unary, image, num_steps=2, pairwise=terms, **options)

@@ -27,6 +27,7 @@ from ._inputs import (
     lifted,
 )
 from ._parallel import run
+from ._workspace import scratch
 from .backward import conv_backward, kernel_backward, pool_backward  # noqa: F401
 
 
@@ -177,18 +178,28 @@ def crf_prepare(unary, guide, terms):
         return terms
     dtype = unary.dtype
     spatials, bounds, dilations, weights = _crf_step_terms(terms, dtype)
-    taps = int(np.count_nonzero(spatials))
+    taps = _fused_taps(int(np.count_nonzero(spatials)))
     batch, _, height, width = unary.shape
     size = taps * batch * height * width * dtype.itemsize
     if size > max(CRF_WEIGHT_CACHE_BYTES, CRF_WEIGHT_CACHE_UNARIES * unary.nbytes):
         return terms
+    # scratch arrays (kept for the next call of this thread): they live until the call ends
     weights_of = CRFWeights(
-        np.empty((batch, height, taps, width), dtype), np.empty((batch, height, taps), np.int64),
-        np.empty((batch, height, taps), np.int64), np.empty((batch, height), np.int64),
+        scratch("crf-weights", (batch, height, taps, width), dtype)[0],
+        scratch("crf-tap-rows", (batch, height, taps), np.int64)[0],
+        scratch("crf-tap-offsets", (batch, height, taps), np.int64)[0],
+        scratch("crf-active-taps", (batch, height), np.int64)[0],
     )
     run(_crf_kernels.pairwise_weights, batch * height, _crf_guide(guide, unary), bounds,
         spatials, dilations, weights, *weights_of, work=size // dtype.itemsize * 8)
     return weights_of
+
+
+def _fused_taps(taps):
+    """The taps a row of the weight cache holds: 2, 4 or 8 when that many are enough (the
+    fused palette step's blocks, ``_crf_kernels.mean_field_step_fused``, run a fixed count;
+    the rest get weight 0), else ``taps``."""
+    return next((size for size in (2, 4, 8) if taps <= size), taps)
 
 
 def crf_step(unary, q, guide, terms, extra, compatibility, want_logits):
@@ -289,22 +300,122 @@ class PaletteState(NamedTuple):
     grid: np.ndarray  # (N, L, P, h, w): the splat of the current marginals
     slice_weights: np.ndarray  # (N, 2, H, W)
     splat_index: np.ndarray  # (N, H, W) int32
+    # the block-fused steps (``_crf_kernels.mean_field_step_fused``): their two (N, H, L,
+    # W + 2 pad) buffers of marginals, the current one first; None for the row kernel
+    buffers: tuple | None = None
+    pad: int = 0
 
 
-def crf_palette_start(grid, unary):
+def crf_palette_start(grid, unary, terms=(), compatibility=None, keep=True):
     """The marginals before the first update, ``softmax(unary)`` (``(N, L, H, W)``, 2-D), and
     the state of the fused palette steps for them (their splat comes out of the same pass):
-    ``(Q, state)``."""
+    ``(Q, state)``. ``terms`` and ``compatibility`` are those the steps will take. Unless
+    ``keep`` (the caller keeps each step's marginals, or wants the logits of the last) and
+    when :func:`_fused_blocks` takes them, the steps run on blocks of pixels and their
+    marginals live in two buffers of the state, the ``Q`` returned being views of them
+    (valid until the second step after)."""
     batch, height, width = grid.owner.shape
     dtype = unary.dtype
-    slice_weights = np.empty((batch, 2, height, width), dtype)
-    splat_index = np.empty((batch, height, width), np.int32)
+    slice_weights = scratch("crf-slice-weights", (batch, 2, height, width), dtype)[0]
+    splat_index = scratch("crf-splat-index", (batch, height, width), np.int32)[0]
     run(_crf_kernels.palette_step_indices, batch * height, grid.owner, grid.inv_norm,
         dtype.type(grid.weight), grid.t[1], grid.cell, grid.cells[1], slice_weights,
         splat_index, work=8 * batch * height * width)
     state = PaletteState(None, slice_weights, splat_index)
-    q, _, state = _palette_pass(unary, unary, (), grid, state, None, False, True, None, False)
+    pad = None if keep else _fused_blocks(grid, unary, terms, compatibility)
+    if pad is None:
+        q, _, state = _palette_pass(unary, unary, (), grid, state, None, False, True, None,
+                                    False)
+        return q, state
+    batch, labels, height, width = unary.shape
+    buffers = []
+    for i in range(2):
+        buffer, new = scratch(f"crf-marginals-{i}", (batch, height, labels, width + 2 * pad),
+                              dtype)
+        if new:  # the kernels write only between the padding columns
+            buffer[..., :pad] = 0.0
+            buffer[..., pad + width:] = 0.0
+        buffers.append(buffer)
+    state = state._replace(buffers=tuple(buffers), pad=pad)
+    q, _, state = _fused_pass(unary, (), grid, state, True, False)
     return q, state
+
+
+def _fused_blocks(grid, unary, terms, compatibility):
+    """The columns of padding the block-fused steps need around the marginals' rows (a
+    multiple of the vector length, as far as the taps reach), or None where they do not
+    apply: Potts only, at most ``PALETTE_LANES`` palette entries, cells and rows of at least
+    one vector block, and no window terms or cached ones of 2, 4 or 8 taps."""
+    block = _crf_vector.lanes(unary.dtype.itemsize)
+    if compatibility is not None or grid.palette_size > _crf_vector.PALETTE_LANES:
+        return None
+    if grid.cell < block or unary.shape[3] < block or unary.ndim != 4:
+        return None
+    reach = 0
+    if isinstance(terms, CRFWeights):
+        if terms.cache.shape[2] not in (2, 4, 8):
+            return None
+        reach = int(np.abs(terms.tap_offsets).max(initial=0))
+    elif len(terms):
+        return None
+    return block * max(1, -(-reach // block))
+
+
+def _fused_pass(unary, terms, grid, state, splat, use_slice):
+    """One pass of ``_crf_kernels.mean_field_step_fused`` from ``state.buffers[0]``: into
+    ``state.buffers[1]`` when ``splat`` (returning them swapped), else into a new ``(N, L,
+    H, W)`` array (the last step); without ``use_slice`` (nor window terms) the softmax of
+    ``unary``, into ``state.buffers[0]``. Returns ``(Q, None, state)``."""
+    dtype = unary.dtype
+    batch, labels, height, width = unary.shape
+    pad = state.pad
+    low_h, low_w = grid.cells
+    coarse = _coarse(grid, state, use_slice, dtype, batch, labels)
+    current, following = state.buffers
+    if not use_slice:
+        current, following = following, current
+    q = current[..., pad:pad + width]
+    if splat:
+        q_out = following[..., pad:pad + width]
+    else:
+        result = np.empty_like(unary)
+        q_out = result.transpose(0, 2, 1, 3)
+    grid_out = np.empty((batch, labels, low_h, grid.palette_size * low_w), dtype) if splat \
+        else np.empty((1, 1, 1, 1), dtype)
+    if isinstance(terms, CRFWeights):
+        windows = (terms.cache, terms.tap_rows, terms.tap_offsets, True)
+    else:
+        windows = (np.empty((1, 1, 1, 1), dtype), np.empty((1, 1, 1), np.int64),
+                   np.empty((1, 1, 1), np.int64), False)
+    run(_crf_kernels.mean_field_step_fused, batch * low_h, unary, q, *windows, coarse,
+        grid.lo[0], grid.hi[0], grid.t[0], grid.owner, grid.lo[1], state.slice_weights,
+        bool(use_slice), grid.cell, grid.send, state.splat_index, grid_out, bool(splat), q_out,
+        _crf_vector.lanes(dtype.itemsize),
+        work=unary.size * (8 + (terms.cache.shape[2] if isinstance(terms, CRFWeights) else 0)))
+    if not splat:
+        return result, None, state
+    state = state._replace(grid=_moved_grid(grid_out, grid), buffers=(following, current))
+    return q_out.transpose(0, 2, 1, 3), None, state
+
+
+def _coarse(grid, state, use_slice, dtype, batch, labels):
+    """The palette term's smoothed grid as the fused kernels read it: ``(N, L, h, w,
+    lanes)``, palette entries last, padded with zeros to at least ``PALETTE_LANES``."""
+    low_h, low_w = grid.cells
+    palette = grid.palette_size
+    lanes = max(_crf_vector.PALETTE_LANES, palette)
+    coarse = np.zeros((batch, labels, low_h, low_w, lanes), dtype)  # its shape sets the tasks
+    if use_slice:
+        smoothed = _palette.smooth(np, grid, state.grid)
+        coarse[..., :palette] = smoothed.transpose(0, 1, 3, 4, 2)
+    return coarse
+
+
+def _moved_grid(grid_out, grid):
+    """The splat the kernels wrote, ``(N, L, h, P * w)``, as ``(N, L, P, h, w)``."""
+    batch, labels, low_h = grid_out.shape[:3]
+    moved = grid_out.reshape(batch, labels, low_h, grid.palette_size, grid.cells[1])
+    return np.ascontiguousarray(moved.transpose(0, 1, 3, 2, 4))
 
 
 def crf_palette_fusable(terms):
@@ -315,11 +426,15 @@ def crf_palette_fusable(terms):
 
 def crf_palette_step(unary, q, guide, terms, grid, state, compatibility, want_logits, splat,
                      out=None):
-    """:func:`crf_step` with one palette term fused in (``_crf_kernels.mean_field_step_palette``):
-    returns ``(new Q, logits or None, state for the next step)``; without ``splat`` (the last
-    step) the next state's grid is not computed. ``terms`` are what :func:`crf_prepare` returned:
-    the window terms' cached kernels, or ``()`` without window terms. ``out``, when given, an
-    array like ``unary`` that is not ``q``, receives the new marginals."""
+    """:func:`crf_step` with one palette term fused in (``_crf_kernels.mean_field_step_palette``,
+    or ``mean_field_step_fused`` when :func:`crf_palette_start` chose it, whose buffers hold
+    ``q``): returns ``(new Q, logits or None, state for the next step)``; without ``splat``
+    (the last step) the next state's grid is not computed, and the new ``Q`` is a new array.
+    ``terms`` are what :func:`crf_prepare` returned: the window terms' cached kernels, or
+    ``()`` without window terms. ``out``, when given, an array like ``unary`` that is not
+    ``q``, receives the new marginals of the row kernel."""
+    if state.buffers is not None:
+        return _fused_pass(unary, terms, grid, state, splat, True)
     return _palette_pass(unary, q, terms, grid, state, compatibility, want_logits, splat, out,
                          True)
 
@@ -333,11 +448,7 @@ def _palette_pass(unary, q, terms, grid, state, compatibility, want_logits, spla
     batch, labels, height, width = unary.shape
     low_h, low_w = grid.cells
     palette = grid.palette_size
-    lanes = max(_crf_vector.PALETTE_LANES, palette)
-    coarse = np.zeros((batch, labels, low_h, low_w, lanes), dtype)  # its shape sets the tasks
-    if use_slice:
-        smoothed = _palette.smooth(np, grid, state.grid)
-        coarse[..., :palette] = smoothed.transpose(0, 1, 3, 4, 2)
+    coarse = _coarse(grid, state, use_slice, dtype, batch, labels)
     use_compatibility = compatibility is not None
     if not use_compatibility:
         compatibility = np.zeros((1, 1), dtype)
@@ -358,8 +469,7 @@ def _palette_pass(unary, q, terms, grid, state, compatibility, want_logits, spla
         _crf_vector.lanes(dtype.itemsize),
         work=unary.size * (8 + (terms.cache.shape[2] if isinstance(terms, CRFWeights) else 0)))
     if splat:
-        moved = grid_out.reshape(batch, labels, low_h, palette, low_w).transpose(0, 1, 3, 2, 4)
-        state = state._replace(grid=np.ascontiguousarray(moved))
+        state = state._replace(grid=_moved_grid(grid_out, grid))
     return new_q, (logits if want_logits else None), state
 
 

@@ -37,6 +37,10 @@ from numba import njit
 
 from ._crf_vector import (
     PALETTE_LANES,
+    fused_block0,
+    fused_block2,
+    fused_block4,
+    fused_block8,
     palette_lookup,
     window_block1,
     window_block2,
@@ -288,6 +292,12 @@ def pairwise_weights(guides, feature_bounds, spatials, dilations, weights, cache
                     values[x] *= scale
             active += count
         actives[n, y] = active
+        # taps past the active ones (rows near the top and bottom), for the fused step that
+        # runs a fixed number: weight 0 on the row itself
+        for t in range(active, kernel.shape[0]):
+            kernel[t] = 0.0
+            rows[t] = y
+            offsets[t] = 0
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -614,33 +624,6 @@ def _softmax_to(logits, peak, total, q_out, n, y):
             target[x] = row[x] * total[x]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _splat_row(q_out, n, y, where, send, copies):
-    """``copies[k, l, where[x]] += q_out[n, l, y, x]`` for the columns ``x`` that are
-    multiples of ``send``, the ``k``-th of every four senders into copy ``k``: the adds into
-    one cell form a chain (each waits for the store before it), and neighbouring senders
-    mostly hit the same cell, so four copies make four chains that overlap. The caller sums
-    the copies."""
-    labels, width = q_out.shape[1], q_out.shape[3]
-    step = 4 * send
-    for label in range(labels):
-        source = q_out[n, label, y]
-        c0 = copies[0, label]
-        c1 = copies[1, label]
-        c2 = copies[2, label]
-        c3 = copies[3, label]
-        x = 0
-        while x + 3 * send < width:
-            c0[where[x]] += source[x]
-            c1[where[x + send]] += source[x + send]
-            c2[where[x + 2 * send]] += source[x + 2 * send]
-            c3[where[x + 3 * send]] += source[x + 3 * send]
-            x += step
-        while x < width:
-            c0[where[x]] += source[x]
-            x += send
-
-
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use_cache,
                             coarse, rows_lo, rows_hi, ty, owner, cols_lo, slice_weights,
@@ -704,7 +687,109 @@ def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use
                         logits_out[n, label, y] = logits[label]
                 _softmax_to(logits, peak, total, q_out, n, y)
             if splat and y % send == 0:
-                _splat_row(q_out, n, y, splat_index[n, y], send, copies)
+                _splat_rows(q_out[n, :, y], splat_index[n, y], send, copies)
+        if splat:
+            for label in range(labels):
+                cells = grid_out[n, label, cy]
+                for i in range(cells.shape[0]):
+                    cells[i] = (copies[0, label, i] + copies[1, label, i]) + (
+                        copies[2, label, i] + copies[3, label, i])
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _splat_rows(rows, where, send, copies):
+    """``copies[k, l, where[x]] += rows[l, x]`` (the new marginals of one row, ``(L, W)``,
+    any row stride) for the columns ``x`` that are multiples of ``send``, the ``k``-th of
+    every four senders into copy ``k``: the adds into one cell form a chain (each waits for
+    the store before it), and neighbouring senders mostly hit the same cell, so four copies
+    make four chains that overlap. The caller sums the copies."""
+    labels, width = rows.shape
+    step = 4 * send
+    for label in range(labels):
+        source = rows[label]
+        c0 = copies[0, label]
+        c1 = copies[1, label]
+        c2 = copies[2, label]
+        c3 = copies[3, label]
+        x = 0
+        while x + 3 * send < width:
+            c0[where[x]] += source[x]
+            c1[where[x + send]] += source[x + send]
+            c2[where[x + 2 * send]] += source[x + 2 * send]
+            c3[where[x + 3 * send]] += source[x + 3 * send]
+            x += step
+        while x < width:
+            c0[where[x]] += source[x]
+            x += send
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def mean_field_step_fused(unary, q, cache, tap_rows, tap_offsets, use_cache, coarse, rows_lo,
+                          rows_hi, ty, owner, cols_lo, slice_weights, use_slice, cell, send,
+                          splat_index, grid_out, splat, q_out, block, job_start, job_stop):
+    """:func:`mean_field_step_palette` for Potts, without logits, one block of ``block``
+    pixels and every label at a time (:mod:`pacarray._cpu._crf_vector`'s ``fused_block``):
+    the taps, the slice, the softmax and the store of a block run on registers and a
+    scratch in L1, where the row-at-a-time kernel passes over its rows of logits four times.
+
+    ``q`` and ``q_out`` are ``(N, H, L, W)`` (a row's labels next to each other in memory:
+    the taps of a block read 3 rows of every label, a few streams instead of one per label
+    and row), with columns of padding around ``q``'s rows as far as the taps reach (finite;
+    their weights are 0). ``cache`` ``(N, H, T, W)`` with ``T`` in 2, 4, 8 (the window terms'
+    cached kernels, unused taps with weight 0; :func:`pairwise_weights`), when
+    ``use_cache``. ``coarse`` ``(N, L, h, w, PALETTE_LANES)``; cells of at least ``block``
+    pixels, at least ``block`` columns (the last block overlaps the one before it).
+    """
+    batch, labels, height, width = unary.shape
+    low_h, low_w = coarse.shape[2], coarse.shape[3]
+    taps = cache.shape[2] if use_cache else 0
+    last = width - block
+    for job in range(job_start, job_stop):
+        n = job // low_h
+        cy = job % low_h
+        scratch = np.empty((labels, block), q.dtype)
+        tables = np.zeros((labels, low_w + 2, PALETTE_LANES), q.dtype)
+        copies = np.zeros((4, labels, grid_out.shape[3]) if splat else (1, 1, 1), q.dtype)
+        for y in range(cy * cell, min(height, (cy + 1) * cell)):
+            if use_slice:
+                # the coarse rows interpolated to row y, in the dtype of the data
+                top, bottom = rows_lo[y], rows_hi[y]
+                down = q.dtype.type(ty[y])
+                up = q.dtype.type(1.0) - down
+                for label in range(labels):
+                    upper = coarse[n, label, top].reshape(low_w * PALETTE_LANES)
+                    lower = coarse[n, label, bottom].reshape(low_w * PALETTE_LANES)
+                    target = tables[label, :low_w].reshape(low_w * PALETTE_LANES)
+                    for i in range(target.shape[0]):
+                        target[i] = up * upper[i] + down * lower[i]
+            at = y if use_cache else 0  # without window terms the placeholders are 1 x 1
+            kernel = cache[n * use_cache, at]
+            rows = tap_rows[n * use_cache, at]
+            offsets = tap_offsets[n * use_cache, at]
+            base = unary[n, :, y]
+            where = owner[n, y]
+            left = slice_weights[n, 0, y]
+            right = slice_weights[n, 1, y]
+            x = 0
+            while True:
+                at_x = min(x, last)
+                if taps == 8:
+                    fused_block8(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
+                                 cols_lo, where, left, right, use_slice, q_out)
+                elif taps == 4:
+                    fused_block4(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
+                                 cols_lo, where, left, right, use_slice, q_out)
+                elif taps == 2:
+                    fused_block2(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
+                                 cols_lo, where, left, right, use_slice, q_out)
+                else:
+                    fused_block0(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
+                                 cols_lo, where, left, right, use_slice, q_out)
+                if at_x == last:
+                    break
+                x += block
+            if splat and y % send == 0:
+                _splat_rows(q_out[n, y], splat_index[n, y], send, copies)
         if splat:
             for label in range(labels):
                 cells = grid_out[n, label, cy]
