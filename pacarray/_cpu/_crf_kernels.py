@@ -704,23 +704,27 @@ def _splat_rows(rows, where, send, copies):
     the store before it), and neighbouring senders mostly hit the same cell, so four copies
     make four chains that overlap. The caller sums the copies."""
     labels, width = rows.shape
-    step = 4 * send
+    # unsigned indices: Numba wraps negative signed ones around, a few instructions per index
+    one = np.uint64(send)
+    two, three, step = one + one, one + one + one, np.uint64(4 * send)
+    rounds = np.uint64(max(0, width - 3 * send + step - 1) // step)
+    rest = np.uint64(width)
     for label in range(labels):
         source = rows[label]
         c0 = copies[0, label]
         c1 = copies[1, label]
         c2 = copies[2, label]
         c3 = copies[3, label]
-        x = 0
-        while x + 3 * send < width:
-            c0[where[x]] += source[x]
-            c1[where[x + send]] += source[x + send]
-            c2[where[x + 2 * send]] += source[x + 2 * send]
-            c3[where[x + 3 * send]] += source[x + 3 * send]
+        x = np.uint64(0)
+        for _ in range(rounds):
+            c0[np.uint64(where[x])] += source[x]
+            c1[np.uint64(where[x + one])] += source[x + one]
+            c2[np.uint64(where[x + two])] += source[x + two]
+            c3[np.uint64(where[x + three])] += source[x + three]
             x += step
-        while x < width:
-            c0[where[x]] += source[x]
-            x += send
+        while x < rest:
+            c0[np.uint64(where[x])] += source[x]
+            x += one
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
