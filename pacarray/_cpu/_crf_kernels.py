@@ -748,6 +748,7 @@ def mean_field_step_fused(unary, q, cache, tap_rows, tap_offsets, use_cache, coa
     low_h, low_w = coarse.shape[2], coarse.shape[3]
     taps = cache.shape[2] if use_cache else 0
     last = width - block
+    base_row = unary.strides[2] // unary.itemsize
     for job in range(job_start, job_stop):
         n = job // low_h
         cy = job % low_h
@@ -778,17 +779,17 @@ def mean_field_step_fused(unary, q, cache, tap_rows, tap_offsets, use_cache, coa
             while True:
                 at_x = min(x, last)
                 if taps == 8:
-                    fused_block8(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
-                                 cols_lo, where, left, right, use_slice, q_out)
+                    fused_block8(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
+                                 tables, cols_lo, where, left, right, use_slice, q_out)
                 elif taps == 4:
-                    fused_block4(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
-                                 cols_lo, where, left, right, use_slice, q_out)
+                    fused_block4(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
+                                 tables, cols_lo, where, left, right, use_slice, q_out)
                 elif taps == 2:
-                    fused_block2(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
-                                 cols_lo, where, left, right, use_slice, q_out)
+                    fused_block2(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
+                                 tables, cols_lo, where, left, right, use_slice, q_out)
                 else:
-                    fused_block0(scratch, base, q, kernel, rows, offsets, n, y, at_x, tables,
-                                 cols_lo, where, left, right, use_slice, q_out)
+                    fused_block0(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
+                                 tables, cols_lo, where, left, right, use_slice, q_out)
                 if at_x == last:
                     break
                 x += block
