@@ -509,24 +509,39 @@ def _make_fused_block(count: int):
                     table_label, table_column = strides(tables_a, 3)[:2]
                     table_at = builder.gep(tables_a.data,
                                            [builder.mul(first_column, table_column)])
-                with _carried_loop(builder, labels, [minus_inf]) as (label, loop):
-                    acc = taps(label)
-                    if with_slice:
-                        # the owners are loaded per label: once hoisted out of the loop,
-                        # LLVM extracts them to scalars and the permute pattern is lost
-                        index = builder.load(_vector_pointer(
-                            builder, builder.gep(owner_a.data, [x_v]), i32v), align=4)
-                        row_at = builder.gep(table_at, [builder.mul(label, table_label)])
-                        looked = [_permute(builder, index, builder.load(_vector_pointer(
-                            builder, builder.gep(row_at, [builder.mul(
-                                ir.Constant(intp, k), table_column)]), entries),
-                            align=itemsize), vector, width) for k in range(3)]
-                        low = builder.select(later, looked[1], looked[0])
-                        high = builder.select(later, looked[2], looked[1])
-                        acc = builder.call(fmuladd, [left_v, low, acc])
-                        acc = builder.call(fmuladd, [right_v, high, acc])
-                    store(acc, scratch_a.data, builder.mul(label, ir.Constant(intp, width)))
+                if not with_slice:
+                    with _carried_loop(builder, labels, [minus_inf]) as (label, loop):
+                        acc = taps(label)
+                        store(acc, scratch_a.data,
+                              builder.mul(label, ir.Constant(intp, width)))
+                        prefetch_at(out_at, builder.mul(label, o_label), o_row, write=1)
+                        (peak,) = loop.values
+                        loop.next = [builder.select(builder.fcmp_unordered(">", acc, peak),
+                                                    acc, peak)]
+                    return loop.exit[0]
+                # two loops: the taps, then the slice; in one, the pointers of both (a
+                # dozen) outgrow the registers and spill in the loop
+                with _label_loop(builder, labels) as label:
+                    store(taps(label), scratch_a.data,
+                          builder.mul(label, ir.Constant(intp, width)))
                     prefetch_at(out_at, builder.mul(label, o_label), o_row, write=1)
+                with _carried_loop(builder, labels, [minus_inf]) as (label, loop):
+                    at = builder.mul(label, ir.Constant(intp, width))
+                    acc = load(scratch_a.data, at)
+                    # the owners are loaded per label: once hoisted out of the loop, LLVM
+                    # extracts them to scalars and the permute pattern is lost
+                    index = builder.load(_vector_pointer(
+                        builder, builder.gep(owner_a.data, [x_v]), i32v), align=4)
+                    row_at = builder.gep(table_at, [builder.mul(label, table_label)])
+                    looked = [_permute(builder, index, builder.load(_vector_pointer(
+                        builder, builder.gep(row_at, [builder.mul(
+                            ir.Constant(intp, k), table_column)]), entries),
+                        align=itemsize), vector, width) for k in range(3)]
+                    low = builder.select(later, looked[1], looked[0])
+                    high = builder.select(later, looked[2], looked[1])
+                    acc = builder.call(fmuladd, [left_v, low, acc])
+                    acc = builder.call(fmuladd, [right_v, high, acc])
+                    store(acc, scratch_a.data, at)
                     (peak,) = loop.values
                     loop.next = [builder.select(builder.fcmp_unordered(">", acc, peak), acc,
                                                 peak)]
