@@ -1,9 +1,10 @@
 """Vector blocks of the fused PAC-CRF step with a palette term (``docs/design.md`` §2 and §4).
 
-Two inner loops of :func:`pacarray._cpu._crf_kernels.mean_field_step_palette` do not come out
-of Numba's loop vectorizer in a useful form, so each is written directly in LLVM IR, as a Numba
-``intrinsic`` inlined into the kernel (and cached with it), on vectors of the host's widest
-register (:data:`pacarray._cpu._microkernel.VECTOR_BYTES`):
+The inner loops of the fused PAC-CRF steps do not come out of Numba's loop vectorizer in a
+useful form, so they are written directly in LLVM IR, as Numba ``intrinsic``s inlined into the
+kernels (and cached with them), on vectors of the host's widest register
+(:data:`pacarray._cpu._microkernel.VECTOR_BYTES`). For the row kernel,
+:func:`pacarray._cpu._crf_kernels.mean_field_step_palette`:
 
 * ``window_block{1,2,4,8}``: a window term's messages plus the unary, for ``V`` pixels of a
   row and every label: ``out[l, x:x+V] = base[l, x:x+V] + sum_t kernel[t, x:x+V] *
@@ -21,6 +22,18 @@ register (:data:`pacarray._cpu._microkernel.VECTOR_BYTES`):
   more than the permute's 0.14-0.18 ns. The palette must have at most
   :data:`PALETTE_LANES` entries; larger ones take the scalar loop.
 
+* ``fused_block{0,2,4,8}``: a whole update of ``V`` pixels and every label for
+  :func:`pacarray._cpu._crf_kernels.mean_field_step_fused`, the step that runs where the
+  terms allow (Potts, no logits, at most 8 window taps, a palette of at most
+  :data:`PALETTE_LANES` entries on cells of at least ``V`` pixels): the window taps (padded
+  with taps of weight 0 to 2, 4 or 8) and the unary, the palette slice (the same permutes;
+  a block may straddle one coarse column, whose lanes select the next pair of table rows),
+  the maximum over the labels, the exponentials (:func:`pacarray._cpu._exp.exp_nonpositive`
+  in float64; in float32 :func:`pacarray._cpu._exp.exp2_nonpositive` of ``(x - peak) *
+  log2(e)``, 4 vector operations fewer) and the normalized marginals, with the logits in an
+  ``(L, V)`` scratch that stays in L1. The marginals are ``(N, H, L, W)`` with padding
+  columns, so that no block needs a scalar edge: a row's labels are neighbours in memory.
+
 ``llvm.fmuladd`` is a multiply-add that LLVM fuses where the CPU has FMA, as the ``contract``
 flag does in the other kernels; the sums run in a fixed order, whatever the thread count.
 
@@ -34,16 +47,16 @@ from __future__ import annotations
 import contextlib
 
 import llvmlite.ir as ir
+import numpy as np
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _exp
 from ._microkernel import VECTOR_BYTES
 
 #: Palette entries a lookup table row holds (the lanes of one permute source).
 PALETTE_LANES = 16
-
-_LOG2E_FLOAT32 = 1.4426950408889634
 
 
 def lanes(itemsize: int) -> int:
@@ -88,7 +101,7 @@ def _carried_loop(builder, count, initial):
     """``for label in range(count)`` in IR carrying ``initial`` values (a :class:`_Loop`),
     marked not to be unrolled: LLVM would otherwise unroll it for Zen (whose loop buffer it
     models), give each tap's source its own pointer per copy and run out of registers
-    (spilling pointers to the stack in the loop). The body must be one basic block."""
+    (spilling pointers to the stack in the loop)."""
     intp = count.type
     module = builder.module
     entry = builder.basic_block
@@ -284,39 +297,34 @@ def palette_lookup(typingctx, out, table, column, owner, left, right, x):
     return signature, codegen
 
 
-def _exp_vector(context, builder, value, dtype, vector, width, suffix):
-    """:func:`pacarray._cpu._exp.exp_nonpositive` of each lane of ``value``: the same
-    reduction, polynomial and flush, operation for operation (multiply-adds as
+def _exp_vector_float64(builder, value, vector, width):
+    """:func:`pacarray._cpu._exp.exp_nonpositive` of each lane of the float64 ``value``: the
+    same reduction, polynomial and flush, operation for operation (multiply-adds as
     ``llvm.fmuladd``, which the scalar version's contraction also makes)."""
-    from . import _exp
-
-    float32 = dtype == types.float32
-    numpy_type = _exp.np.float32 if float32 else _exp.np.float64
-    mantissa_bits, bias = (23, 127) if float32 else (52, 1023)
-    ln2_high, ln2_low = _exp._LN2_FLOAT32 if float32 else _exp._LN2_FLOAT64
-    lower = _exp.FLUSH_BELOW_FLOAT32 if float32 else _exp.FLUSH_BELOW_FLOAT64
-    degree = _exp._DEGREE_FLOAT32_ARITHMETIC if float32 else _exp._DEGREE_FLOAT64
-    coefficients = _exp._taylor(numpy_type, degree)
-    integer = ir.VectorType(ir.IntType(32 if float32 else 64), width)
-    fmuladd = _fmuladd(builder, vector, width, suffix)
+    integer = ir.VectorType(ir.IntType(64), width)
+    fmuladd = _fmuladd(builder, vector, width, "f64")
     floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector]),
-                                           f"llvm.floor.v{width}{suffix}")
+                                           f"llvm.floor.v{width}f64")
 
     def splat(number):
-        return ir.Constant(vector, [float(numpy_type(number))] * width)
+        return ir.Constant(vector, [float(number)] * width)
 
+    lower = _exp.FLUSH_BELOW_FLOAT64
     below = builder.fcmp_ordered("<", value, splat(lower))
     clamped = builder.select(below, splat(lower), value)
     k = builder.call(floor, [builder.call(fmuladd, [clamped, splat(_exp._LOG2E), splat(0.5)])])
     minus_k = builder.fneg(k)
+    ln2_high, ln2_low = _exp._LN2_FLOAT64
     r = builder.call(fmuladd, [minus_k, splat(ln2_high), clamped])
     r = builder.call(fmuladd, [minus_k, splat(ln2_low), r])
+    coefficients = _exp._taylor(np.float64, _exp._DEGREE_FLOAT64)
     p = splat(coefficients[0])
     for coefficient in coefficients[1:]:
         p = builder.call(fmuladd, [p, r, splat(coefficient)])
-    bits = builder.bitcast(builder.fadd(k, splat(1.5 * 2.0**mantissa_bits)), integer)
-    bits = builder.shl(builder.add(bits, ir.Constant(integer, [bias] * width)),
-                       ir.Constant(integer, [mantissa_bits] * width))
+    # k + 1.5 * 2**52 holds k in its low mantissa bits; k + 1023 shifted left by 52 is 2**k
+    bits = builder.bitcast(builder.fadd(k, splat(1.5 * 2.0**52)), integer)
+    bits = builder.shl(builder.add(bits, ir.Constant(integer, [1023] * width)),
+                       ir.Constant(integer, [52] * width))
     result = builder.fmul(p, builder.bitcast(bits, vector))
     return builder.select(below, ir.Constant(vector, [0.0] * width), result)
 
@@ -324,15 +332,13 @@ def _exp_vector(context, builder, value, dtype, vector, width, suffix):
 def _exp2_vector_float32(builder, value, vector, width):
     """:func:`pacarray._cpu._exp.exp2_nonpositive` of each lane of the float32 ``value``,
     operation for operation (multiply-adds as ``llvm.fmuladd``)."""
-    from . import _exp
-
     integer = ir.VectorType(ir.IntType(32), width)
     fmuladd = _fmuladd(builder, vector, width, "f32")
     rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector]),
                                           f"llvm.rint.v{width}f32")
 
     def splat(number):
-        return ir.Constant(vector, [float(_exp.np.float32(number))] * width)
+        return ir.Constant(vector, [float(np.float32(number))] * width)
 
     below = builder.fcmp_ordered("<", value, splat(_exp.FLUSH2_BELOW_FLOAT32))
     t = builder.select(below, splat(-127.0), value)
@@ -379,18 +385,22 @@ def _make_fused_block(count: int):
         then ``q_out[n, y, :, x:x+V] = softmax over l of logit``.
 
         ``scratch`` ``(L, V)`` C (the logits, then their exponentials, stay in L1); ``base``
-        ``(L, W')`` any row stride (the unary row), ``base_row`` the distance in elements from
-        it to the next (the prefetch of the next row: the unary, the newest row of ``q`` and
-        the output, a row ahead into the second-level cache, since the hardware prefetcher
-        follows none of these streams, one per label; a fused step took 7.5 ms without,
-        5.3 with prefetches 4 blocks ahead and 4.9 with these, on Zen 4);
-        ``q`` and ``q_out`` ``(N, H, L, W)`` any
-        strides, contiguous along ``W`` (every tap's elements must exist: padding columns, with
-        weight 0, where a tap leaves the row); ``kernel`` ``(taps, W)`` C, ``rows``/``offsets``
-        1-D integers; ``tables`` ``(L, w + 2, PALETTE_LANES)`` C; ``cols`` 1-D int64, the
-        left coarse column of each pixel, which takes at most two neighbouring values ``c0``,
+        ``(L, W')`` any row stride (the unary row) and ``base_row`` the distance in elements
+        from it to the next row; ``q`` and ``q_out`` ``(N, H, L, W)`` any strides, contiguous
+        along ``W`` (every tap's elements must exist: padding columns, with weight 0, where
+        a tap leaves the row); ``kernel`` ``(taps, W)`` C, ``rows``/``offsets`` 1-D
+        integers; ``tables`` ``(L, w + 2, PALETTE_LANES)`` C; ``cols`` 1-D int64, the left
+        coarse column of each pixel, which takes at most two neighbouring values ``c0``,
         ``c0 + 1`` in a block (cells of at least ``V`` pixels); ``owner`` int32 below
-        ``PALETTE_LANES``; ``left``/``right`` 1-D floats."""
+        ``PALETTE_LANES``; ``left``/``right`` 1-D floats.
+
+        Three loops over the labels (four with the slice: the taps and the slice apart, as
+        their pointers together outgrow the registers and spill): the logits and their
+        maximum, the exponentials and their sum, the normalized marginals. Each label's
+        unary, newest row of ``q`` (the last tap's: taps go row by row) and output are
+        prefetched a row ahead into the second-level cache: the hardware prefetcher follows
+        none of these streams, one per label, and a fused step took 7.5 ms without, 5.3 with
+        prefetches 4 blocks ahead and 4.9 with these (512 x 512, 21 labels, Zen 4)."""
         floats = (scratch, base, q, kernel, tables, left, right, q_out)
         if not all(isinstance(a, types.Array) for a in floats + (rows, offsets, cols, owner)):
             return None
@@ -407,6 +417,7 @@ def _make_fused_block(count: int):
 
         def codegen(context, builder, sig, args):
             base_row_v = context.cast(builder, args[2], sig.args[2], types.intp)
+            # the other arguments, numbered without base_row
             sig = types.void(*(sig.args[:2] + sig.args[3:]))
             args = args[:2] + args[3:]
             arrays = {}
@@ -463,6 +474,7 @@ def _make_fused_block(count: int):
                 builder.module, ir.FunctionType(ir.VoidType(), [
                     ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32),
                     ir.IntType(32)]), "llvm.prefetch.p0i8")
+
             def prefetch_at(pointer, at, row, write=0):
                 # the same element a row further down, read (0) or written (1) by the next
                 # row's block: to the second-level cache (locality 2), data (1)
@@ -563,7 +575,7 @@ def _make_fused_block(count: int):
                 # exp(x - peak) = 2**(x * log2(e) - peak * log2(e)): a multiply-add and the
                 # base-2 polynomial, 4 vector operations fewer than exp's; the rounding of
                 # peak * log2(e) shifts every label alike, which the normalization cancels
-                log2e = ir.Constant(vector, [float(_LOG2E_FLOAT32)] * width)
+                log2e = ir.Constant(vector, [float(np.float32(_exp._LOG2E))] * width)
                 shift = builder.fneg(builder.fmul(peak, log2e))
             with _carried_loop(builder, labels, [zero]) as (label, loop):
                 at = builder.mul(label, ir.Constant(intp, width))
@@ -571,9 +583,8 @@ def _make_fused_block(count: int):
                     value = _exp2_vector_float32(builder, builder.call(
                         fmuladd, [load(scratch_a.data, at), log2e, shift]), vector, width)
                 else:
-                    value = _exp_vector(context, builder,
-                                        builder.fsub(load(scratch_a.data, at), peak),
-                                        dtype, vector, width, suffix)
+                    value = _exp_vector_float64(
+                        builder, builder.fsub(load(scratch_a.data, at), peak), vector, width)
                 store(value, scratch_a.data, at)
                 loop.next = [builder.fadd(loop.values[0], value)]
             inverse = builder.fdiv(ir.Constant(vector, [1.0] * width), loop.exit[0])
