@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage as ndi
 
 import pacarray._cpu as cpu
-import pacarray._cpu._workspace as workspace
+import pacarray._cpu._scratch as scratch_arrays
 import pacarray.crf as crf
 from pacarray import _dispatch, _palette
 from pacarray.crf import (
@@ -345,7 +345,7 @@ def test_memory_stays_linear_in_labels_times_pixels(path):
     image = rng.random((96, 96, 3)).astype(np.float32)
     terms = [PairwiseTerm(kernel_size=7, dilation=1)]
     pac_crf(unary, image, pairwise=terms, num_steps=1)  # compile outside the measurement
-    workspace.release()  # the weight cache is kept from call to call: allocate it again
+    scratch_arrays.release()  # the weight cache is kept from call to call: allocate it again
     tracemalloc.start()
     pac_crf(unary, image, pairwise=terms, num_steps=3)
     peak = tracemalloc.get_traced_memory()[1]

@@ -27,7 +27,7 @@ from ._inputs import (
     lifted,
 )
 from ._parallel import run
-from ._workspace import scratch
+from ._scratch import scratch
 from .backward import conv_backward, kernel_backward, pool_backward  # noqa: F401
 
 

@@ -399,8 +399,7 @@ def _make_fused_block(count: int):
         maximum, the exponentials and their sum, the normalized marginals. Each label's
         unary, newest row of ``q`` (the last tap's: taps go row by row) and output are
         prefetched a row ahead into the second-level cache: the hardware prefetcher follows
-        none of these streams, one per label, and a fused step took 7.5 ms without, 5.3 with
-        prefetches 4 blocks ahead and 4.9 with these (512 x 512, 21 labels, Zen 4)."""
+        none of these streams, one per label (``docs/design.md`` §4 has the measurements)."""
         floats = (scratch, base, q, kernel, tables, left, right, q_out)
         if not all(isinstance(a, types.Array) for a in floats + (rows, offsets, cols, owner)):
             return None

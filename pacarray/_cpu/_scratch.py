@@ -8,7 +8,7 @@ freed. :func:`scratch` keeps them instead, by name, for the calling thread: the 
 that thread with the same shapes writes into memory that is already mapped.
 
 Only what a call uses and drops goes through here, never an array it returns; a thread
-keeps at most :data:`WORKSPACE_BYTES` (larger arrays are allocated every time), and
+keeps at most :data:`KEEP_BYTES` (larger arrays are allocated every time), and
 :func:`release` drops what the calling thread keeps. Arrays held by a thread go away with it.
 """
 
@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 #: The most bytes of scratch arrays one thread keeps between calls.
-WORKSPACE_BYTES = 256 * 2**20
+KEEP_BYTES = 256 * 2**20
 
 _local = threading.local()
 
@@ -35,7 +35,7 @@ def scratch(name: str, shape, dtype) -> tuple[np.ndarray, bool]:
     """An array of ``shape`` and ``dtype`` for the calling thread, and whether it is new:
     the one it last got under ``name`` when that has the same shape and dtype (its contents
     are whatever that use left), else a new one (uninitialized), kept for next time if the
-    thread's arrays stay within :data:`WORKSPACE_BYTES`. One use of a name at a time: the
+    thread's arrays stay within :data:`KEEP_BYTES`. One use of a name at a time: the
     array must not be returned to a caller or held past the call that asked for it.
 
     >>> a, new = scratch("example", (2, 3), np.float32)
@@ -52,7 +52,7 @@ def scratch(name: str, shape, dtype) -> tuple[np.ndarray, bool]:
         held[name] = array
         return array, False
     array = np.empty(shape, dtype)
-    if array.nbytes + sum(kept.nbytes for kept in held.values()) <= WORKSPACE_BYTES:
+    if array.nbytes + sum(kept.nbytes for kept in held.values()) <= KEEP_BYTES:
         held[name] = array
     return array, True
 
