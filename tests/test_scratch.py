@@ -56,11 +56,11 @@ def test_crf_results_never_share_the_scratch():
     unary = rng.normal(0.0, 2.0, (4, 40, 48)).astype(np.float32)
     image = rng.random((40, 48, 3)).astype(np.float32)
     first = pac_crf(unary, image, num_steps=3)
-    kept = first.copy()
+    expected = first.copy()
     second = pac_crf(unary, image, num_steps=3)
     assert not np.shares_memory(first, second)
-    np.testing.assert_array_equal(first, kept)
-    np.testing.assert_array_equal(second, kept)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
     first[...] = np.nan
-    np.testing.assert_array_equal(pac_crf(unary, image, num_steps=3), kept)
+    np.testing.assert_array_equal(pac_crf(unary, image, num_steps=3), expected)
     assert kept.held_bytes() > 0
