@@ -448,22 +448,31 @@ def palette_assign(features, palette, owner, job_start, job_stop):
         where[:] = 0
         if features.shape[1] == 3:
             # colour features: the three terms in one pass (the same multiply-adds in the
-            # same order as the loop below)
-            red = features[n, 0, start:stop]
-            green = features[n, 1, start:stop]
-            blue = features[n, 2, start:stop]
-            for p in range(palette.shape[1]):
-                r, g, b = palette[n, p, 0], palette[n, p, 1], palette[n, p, 2]
-                for i in range(stop - start):
-                    dr = np.float64(red[i]) - r
-                    dg = np.float64(green[i]) - g
-                    db = np.float64(blue[i]) - b
-                    distance = dr * dr
-                    distance += dg * dg
-                    distance += db * db
-                    closer = distance < best[i]
-                    best[i] = distance if closer else best[i]
-                    where[i] = p if closer else where[i]
+            # same order as the loop below), over pieces of 512 pixels whose features (in
+            # float64), best distances and owners stay in the first-level cache while the
+            # palette entries run
+            colours = np.empty((3, 512))
+            for piece in range(start, stop, 512):
+                size = min(stop, piece + 512) - piece
+                for f in range(3):
+                    values = features[n, f, piece:piece + size]
+                    for i in range(size):
+                        colours[f, i] = values[i]
+                red, green, blue = colours[0], colours[1], colours[2]
+                closest = best[piece - start:piece - start + size]
+                owners = where[piece - start:piece - start + size]
+                for p in range(palette.shape[1]):
+                    r, g, b = palette[n, p, 0], palette[n, p, 1], palette[n, p, 2]
+                    for i in range(size):
+                        dr = red[i] - r
+                        dg = green[i] - g
+                        db = blue[i] - b
+                        distance = dr * dr
+                        distance += dg * dg
+                        distance += db * db
+                        closer = distance < closest[i]
+                        closest[i] = distance if closer else closest[i]
+                        owners[i] = p if closer else owners[i]
             continue
         for p in range(palette.shape[1]):
             distance = np.zeros(stop - start)
