@@ -715,3 +715,21 @@ def test_vector_blocks_of_narrower_machines_match_the_oracle(tmp_path, vectors):
         capture_output=True, text=True, env=environment, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "ok"
+
+
+@pytest.mark.parametrize("features", [3, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_assignment_equals_the_generic_one(features, dtype):
+    """The CPU kernel's nearest palette entries (the colour path in pieces of 512 pixels
+    within tasks of 4096) are the generic NumPy assignment's, ties to the first entry
+    included, on images whose pixel counts end inside a piece and inside a task."""
+    rng = np.random.default_rng(features)
+    for shape in ((2, 70, 77), (1, 33, 200)):
+        values = rng.integers(0, 4, (shape[0], features, *shape[1:])).astype(dtype) / 3
+        palette = rng.integers(0, 4, (shape[0], 9, features)) / 3.0  # exact ties occur
+        palette[:, 5] = palette[:, 2]  # a repeated entry: never chosen
+        expected = _palette.assign(np, values, palette)
+        got = cpu.crf_palette_assign(values, palette)
+        assert got.dtype == np.int32 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+        assert not np.any(got == 5)

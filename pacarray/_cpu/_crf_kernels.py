@@ -432,11 +432,14 @@ def palette_slice_add(coarse, owner, rows_lo, rows_hi, ty, cols_lo, cols_hi, tx,
                                           + right * cells[cols_hi[x]])
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True)
 def palette_assign(features, palette, owner, job_start, job_stop):
     """``owner[n, i]`` = the palette entry nearest to pixel ``i``'s features (squared
     distance in float64, the first on ties), one block of 4096 pixels per task: ``features``
-    ``(N, F, pixels)``, ``palette`` ``(N, P, F)`` float64, ``owner`` ``(N, pixels)`` int32."""
+    ``(N, F, pixels)``, ``palette`` ``(N, P, F)`` float64, ``owner`` ``(N, pixels)`` int32.
+    Without multiply-add contraction: each square rounded, then the sum, as the generic
+    NumPy assignment (``pacarray._palette.assign``) computes it, so that both break exact
+    ties (quantized colours) alike."""
     pixels = features.shape[2]
     blocks = -(-pixels // 4096)
     for job in range(job_start, job_stop):
