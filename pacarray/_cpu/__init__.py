@@ -349,7 +349,7 @@ def _fused_blocks(grid, unary, terms, compatibility):
     block = _crf_vector.lanes(unary.dtype.itemsize)
     if compatibility is not None or grid.palette_size > _crf_vector.PALETTE_LANES:
         return None
-    if grid.cell < block or unary.shape[3] < block or unary.ndim != 4:
+    if unary.ndim != 4 or grid.cell < block or unary.shape[3] < block:
         return None
     reach = 0
     if isinstance(terms, CRFWeights):

@@ -450,8 +450,8 @@ def palette_assign(features, palette, owner, job_start, job_stop):
         where = owner[n, start:stop]
         where[:] = 0
         if features.shape[1] == 3:
-            # colour features: the three terms in one pass (the same multiply-adds in the
-            # same order as the loop below), over pieces of 512 pixels whose features (in
+            # colour features: the three terms in one pass (the same operations in the same
+            # order as the loop below), over pieces of 512 pixels whose features (in
             # float64), best distances and owners stay in the first-level cache while the
             # palette entries run
             colours = np.empty((3, 512))
@@ -701,11 +701,16 @@ def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use
             if splat and y % send == 0:
                 _splat_rows(q_out[n, :, y], splat_index[n, y], send, copies)
         if splat:
-            for label in range(labels):
-                cells = grid_out[n, label, cy]
-                for i in range(cells.shape[0]):
-                    cells[i] = (copies[0, label, i] + copies[1, label, i]) + (
-                        copies[2, label, i] + copies[3, label, i])
+            _sum_copies(copies, grid_out[n, :, cy])
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _sum_copies(copies, cells):
+    """``cells (L, P * w) = ``the sum of the four ``copies`` of :func:`_splat_rows`."""
+    for label in range(cells.shape[0]):
+        for i in range(cells.shape[1]):
+            cells[label, i] = (copies[0, label, i] + copies[1, label, i]) + (
+                copies[2, label, i] + copies[3, label, i])
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -808,11 +813,7 @@ def mean_field_step_fused(unary, q, cache, tap_rows, tap_offsets, use_cache, coa
             if splat and y % send == 0:
                 _splat_rows(q_out[n, y], splat_index[n, y], send, copies)
         if splat:
-            for label in range(labels):
-                cells = grid_out[n, label, cy]
-                for i in range(cells.shape[0]):
-                    cells[i] = (copies[0, label, i] + copies[1, label, i]) + (
-                        copies[2, label, i] + copies[3, label, i])
+            _sum_copies(copies, grid_out[n, :, cy])
 
 
 @njit(cache=True, nogil=True)
