@@ -157,7 +157,8 @@ def _case(name, dtype):
              "palette+window": (15, 14), "features+log": (13, 17),
              "two_palettes": (16, 19), "many_taps+20_colours": (14, 45),
              "two_taps+16_colours+log": (17, 57), "blocks:3x3+16_colours": (37, 53),
-             "blocks:far_taps": (23, 41), "blocks:palette_only": (30, 70)}[name]
+             "blocks:far_taps": (23, 41), "blocks:palette_only": (30, 70),
+             "blocks:cross": (21, 35)}[name]
     labels = {"cell5+window+matrix": 4, "blocks:3x3+16_colours": 6}.get(name, 3)
     batch = 2 if name in ("batch+labels_last", "blocks:palette_only") else 1
     unary = rng.normal(0.0, 1.5, (batch, labels, *shape))
@@ -207,8 +208,9 @@ def _case(name, dtype):
                              cell=16)]
         options["output"] = "log"
     elif name == "blocks:3x3+16_colours":
-        # the block kernel with the default's shape of terms: 8 taps (5 on the first and last
-        # rows, padded with taps of weight 0), 16 colours, cells of 16 pixels (blocks of 16
+        # the block kernel with the default's shape of terms: 8 taps (the square read from
+        # one pointer on the inner rows; 5 on the first and last rows, padded with taps of
+        # weight 0), 16 colours, cells of 16 pixels (blocks of 16
         # float32 straddle a coarse column, blocks of 8 float64 do not), an overlapping last
         # block (53 columns)
         terms = [PairwiseTerm(weight=1.5, kernel_size=3, dilation=1, sigma_spatial=None,
@@ -224,6 +226,15 @@ def _case(name, dtype):
                               sigma_color=0.3),
                  PaletteTerm(weight=2.0, sigma_spatial=15.0, sigma_color=0.2, colors=7,
                              cell=18)]
+    elif name == "blocks:cross":
+        # the block kernel with FAST_PAIRWISE's shape: a 1x3 and a 3x1 window at dilation 1
+        # (the "+" read from one pointer on the inner rows), 9 colours, 16-pixel cells
+        terms = [PairwiseTerm(weight=1.2, kernel_size=(1, 3), dilation=1, sigma_spatial=None,
+                              sigma_color=0.25),
+                 PairwiseTerm(weight=0.7, kernel_size=(3, 1), dilation=1, sigma_spatial=None,
+                              sigma_color=0.25),
+                 PaletteTerm(weight=2.0, sigma_spatial=20.0, sigma_color=0.2, colors=9,
+                             cell=16)]
     elif name == "blocks:palette_only":
         # the block kernel without window terms, two images, 5 colours, 20-pixel cells
         terms = [PaletteTerm(weight=2.5, sigma_spatial=25.0, sigma_color=0.2, colors=5,
@@ -241,7 +252,7 @@ def _case(name, dtype):
 
 CASES = ["cell3", "cell5+window+matrix", "batch+labels_last", "palette+window",
          "features+log", "two_palettes", "many_taps+20_colours", "two_taps+16_colours+log",
-         "blocks:3x3+16_colours", "blocks:far_taps", "blocks:palette_only"]
+         "blocks:3x3+16_colours", "blocks:far_taps", "blocks:palette_only", "blocks:cross"]
 _ORACLE = {}
 
 
@@ -685,7 +696,8 @@ from pacarray._cpu import _crf_vector
 
 assert _crf_vector.lanes(4) == (8 if sys.argv[2] == "avx2" else 4)
 for case in ("cell5+window+matrix", "many_taps+20_colours", "two_taps+16_colours+log",
-             "blocks:3x3+16_colours", "blocks:far_taps", "blocks:palette_only"):
+             "blocks:3x3+16_colours", "blocks:far_taps", "blocks:palette_only",
+             "blocks:cross"):
     for dtype in (np.float32, np.float64):
         unary, image, terms, options, _ = _case(case, dtype)
         got = pacarray.pac_crf(unary, image, num_steps=2, pairwise=terms, **options)

@@ -36,11 +36,15 @@ import numpy as np
 from numba import njit
 
 from ._crf_vector import (
+    CROSS_TAPS,
     PALETTE_LANES,
+    SQUARE_TAPS,
     fused_block0,
     fused_block2,
     fused_block4,
     fused_block8,
+    fused_cross,
+    fused_square,
     palette_lookup,
     window_block1,
     window_block2,
@@ -704,6 +708,15 @@ def mean_field_step_palette(unary, q, cache, tap_rows, tap_offsets, actives, use
             _sum_copies(copies, grid_out[n, :, cy])
 
 
+@njit(cache=True)
+def _follows(rows, offsets, y, pattern):
+    """Whether the taps of row ``y`` are exactly ``pattern``'s ``(dy, dx)``, in its order."""
+    for t in range(len(pattern)):
+        if rows[t] != y + pattern[t][0] or offsets[t] != pattern[t][1]:
+            return False
+    return True
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _sum_copies(copies, cells):
     """``cells (L, P * w) = ``the sum of the four ``copies`` of :func:`_splat_rows`."""
@@ -792,10 +805,23 @@ def mean_field_step_fused(unary, q, cache, tap_rows, tap_offsets, use_cache, coa
             where = owner[n, y]
             left = slice_weights[n, 0, y]
             right = slice_weights[n, 1, y]
+            # rows whose taps are the default square's or cross's (all but the first and
+            # last rows) read them from one pointer
+            shape = taps
+            if taps == 8 and _follows(rows, offsets, y, SQUARE_TAPS):
+                shape = 9
+            elif taps == 4 and _follows(rows, offsets, y, CROSS_TAPS):
+                shape = 5
             x = 0
             while True:
                 at_x = min(x, last)
-                if taps == 8:
+                if shape == 9:
+                    fused_square(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
+                                 tables, cols_lo, where, left, right, use_slice, q_out)
+                elif shape == 5:
+                    fused_cross(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
+                                tables, cols_lo, where, left, right, use_slice, q_out)
+                elif taps == 8:
                     fused_block8(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
                                  tables, cols_lo, where, left, right, use_slice, q_out)
                 elif taps == 4:

@@ -33,6 +33,10 @@ kernels (and cached with them), on vectors of the host's widest register
   log2(e)``, 4 vector operations fewer) and the normalized marginals, with the logits in an
   ``(L, V)`` scratch that stays in L1. The marginals are ``(N, H, L, W)`` with padding
   columns, so that no block needs a scalar edge: a row's labels are neighbours in memory.
+  ``fused_square`` and ``fused_cross`` are the same for the default terms' taps (a 3x3
+  window, a "+") on the rows where all of them are inside the image: every tap is then a
+  multiple of the row stride and a constant column from the row above, so three row pointers
+  serve all of them where the general block keeps (and, with 8 taps, spills) one per tap.
 
 ``llvm.fmuladd`` is a multiply-add that LLVM fuses where the CPU has FMA, as the ``contract``
 flag does in the other kernels; the sums run in a fixed order, whatever the thread count.
@@ -372,8 +376,9 @@ def _permute(builder, index, row, vector, width):
     return result
 
 
-def _make_fused_block(count: int):
-    """The fused block for ``count`` window taps (0: none)."""
+def _make_fused_block(count: int, pattern=None):
+    """The fused block for ``count`` window taps (0: none); with a ``pattern`` of ``(dy, dx)``
+    in -1, 0, 1 per tap, for rows whose taps are exactly those (read from one pointer)."""
 
     @intrinsic
     def block(typingctx, scratch, base, base_row, q, kernel, rows, offsets, n, y, x, tables,
@@ -459,14 +464,21 @@ def _make_fused_block(count: int):
             weights, sources = [], []
             for t in range(count):
                 tap = ir.Constant(intp, t)
+                weights.append(load(kernel_a.data, builder.add(builder.mul(tap, kernel_row),
+                                                                x_v)))
+                if pattern is not None:
+                    continue
                 row = context.cast(builder, builder.load(builder.gep(rows_a.data, [tap])),
                                    rows.dtype, types.intp)
                 offset = context.cast(builder, builder.load(builder.gep(offsets_a.data, [tap])),
                                       offsets.dtype, types.intp)
-                weights.append(load(kernel_a.data, builder.add(builder.mul(tap, kernel_row),
-                                                                x_v)))
                 sources.append(builder.gep(q_at, [builder.add(builder.mul(row, q_row),
                                                               offset)]))
+            if pattern is not None:
+                # the row above, from which every tap is a multiple of the row stride and a
+                # constant column away: two registers address all of them
+                above = builder.gep(q_at, [builder.mul(builder.sub(y_v, ir.Constant(intp, 1)),
+                                                       q_row)])
             zero = ir.Constant(vector, [0.0] * width)
 
             prefetch = cgutils.get_or_insert_function(
@@ -488,9 +500,17 @@ def _make_fused_block(count: int):
                 prefetch_at(base_at, at, base_row_v)
                 acc = load(base_at, at)
                 label_at = builder.mul(label, q_label)
-                if sources:  # the last tap reads the newest row (taps go row by row)
-                    prefetch_at(sources[-1], label_at, q_row)
-                values = [load(source, label_at) for source in sources]
+                if pattern is not None:
+                    start = builder.gep(above, [label_at])
+                    prefetch_at(start, ir.Constant(intp, 0), builder.mul(
+                        q_row, ir.Constant(intp, 3)))
+                    values = [load(start, builder.add(
+                        builder.mul(q_row, ir.Constant(intp, dy + 1)), ir.Constant(intp, dx)))
+                        for dy, dx in pattern]
+                else:
+                    if sources:  # the last tap reads the newest row (taps go row by row)
+                        prefetch_at(sources[-1], label_at, q_row)
+                    values = [load(source, label_at) for source in sources]
                 half = (count + 1) // 2
                 for weight, value in zip(weights[:half], values[:half]):
                     acc = builder.call(fmuladd, [weight, value, acc])
@@ -602,3 +622,9 @@ fused_block0 = _make_fused_block(0)
 fused_block2 = _make_fused_block(2)
 fused_block4 = _make_fused_block(4)
 fused_block8 = _make_fused_block(8)
+#: The taps of a 3x3 window at dilation 1 (the default terms), as ``pairwise_weights`` orders
+#: them, and those of a "+" (``FAST_PAIRWISE``: its 1x3 term, then its 3x1).
+SQUARE_TAPS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+CROSS_TAPS = ((0, -1), (0, 1), (-1, 0), (1, 0))
+fused_square = _make_fused_block(8, SQUARE_TAPS)
+fused_cross = _make_fused_block(4, CROSS_TAPS)
