@@ -180,21 +180,23 @@ def build(xp, module, weight, features, palette, cell, sigma, dtype):
     # the device uploads nothing but the palette's own two (docs/design.md §4).
     blurs = tuple(_args.constant(xp, gaussian_matrix(c, cell, sigma), dtype) for c in cells)
     axes = [interpolation(n, c, cell) for n, c in zip(spatial, cells)]
-    own = np.zeros(spatial, np.int64)
-    for axis, n in enumerate(spatial):
-        shape = [1] * len(spatial)
-        shape[axis] = n
-        stride = math.prod(cells[axis + 1:])
-        own = own + (np.arange(n) // cell * stride).reshape(shape)
     grid_size = math.prod(cells)
     batch = features.shape[0]
     send = sender_stride(cell)
-    senders = np.arange(math.prod(spatial)).reshape(spatial)
-    senders = senders[(slice(None, None, send),) * len(spatial)].reshape(-1)
-    own = own.reshape(-1)[senders]
-    senders = _args.constant(xp, senders, np.int64)
+    # the senders' flat pixel indices and own cells, row-major over the strided grid of them
+    # (built on that grid alone: full-size index arrays took half a millisecond at 512 x 512)
+    senders = np.zeros([-(-n // send) for n in spatial], np.int64)
+    own = np.zeros_like(senders)
+    for axis, n in enumerate(spatial):
+        shape = [1] * len(spatial)
+        shape[axis] = senders.shape[axis]
+        along = np.arange(0, n, send)
+        senders = senders + (along * math.prod(spatial[axis + 1:])).reshape(shape)
+        own = own + (along // cell * math.prod(cells[axis + 1:])).reshape(shape)
+    senders = _args.constant(xp, senders.reshape(-1), np.int64)
+    sampled = owner[(slice(None),) + (slice(None, None, send),) * len(spatial)]
     splat_index = xp.ascontiguousarray(
-        (owner.reshape(batch, -1)[:, senders].astype(np.int64) * grid_size
+        (sampled.reshape(batch, -1).astype(np.int64) * grid_size
          + _args.constant(xp, own.reshape(1, -1), np.int64)))
     grid = PaletteGrid(
         xp=xp, weight=float(weight), owner=owner, mix=xp.asarray(mix.astype(dtype)), blurs=blurs,
