@@ -807,18 +807,15 @@ def mean_field_step_fused(unary, q, cache, tap_rows, tap_offsets, use_cache, coa
             right = slice_weights[n, 1, y]
             # rows whose taps are the default square's or cross's (all but the first and
             # last rows) read them from one pointer
-            shape = taps
-            if taps == 8 and _follows(rows, offsets, y, SQUARE_TAPS):
-                shape = 9
-            elif taps == 4 and _follows(rows, offsets, y, CROSS_TAPS):
-                shape = 5
+            square = taps == 8 and _follows(rows, offsets, y, SQUARE_TAPS)
+            cross = taps == 4 and _follows(rows, offsets, y, CROSS_TAPS)
             x = 0
             while True:
                 at_x = min(x, last)
-                if shape == 9:
+                if square:
                     fused_square(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
                                  tables, cols_lo, where, left, right, use_slice, q_out)
-                elif shape == 5:
+                elif cross:
                     fused_cross(scratch, base, base_row, q, kernel, rows, offsets, n, y, at_x,
                                 tables, cols_lo, where, left, right, use_slice, q_out)
                 elif taps == 8:

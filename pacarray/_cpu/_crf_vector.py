@@ -147,6 +147,21 @@ def _label_loop(builder, count):
         yield label
 
 
+def _tap_sum(builder, fmuladd, weights, values, acc):
+    """``acc + sum_t weights[t] * values[t]`` in two chains of multiply-adds (the first half
+    onto ``acc``, the second from its first product), added at the end: half the latency of
+    one chain."""
+    half = (len(weights) + 1) // 2
+    for weight, value in zip(weights[:half], values[:half]):
+        acc = builder.call(fmuladd, [weight, value, acc])
+    if len(weights) > 1:
+        other = builder.fmul(weights[half], values[half])
+        for weight, value in zip(weights[half + 1:], values[half + 1:]):
+            other = builder.call(fmuladd, [weight, value, other])
+        acc = builder.fadd(acc, other)
+    return acc
+
+
 def _make_window_block(count: int):
     """The intrinsic for ``count`` taps."""
 
@@ -215,17 +230,8 @@ def _make_window_block(count: int):
                 values = [builder.load(_vector_pointer(
                     builder, builder.gep(label_plane, [source]), vector), align=itemsize)
                     for source in sources]
-                # two chains of multiply-adds (the first half onto the base, the second from
-                # its first product), added at the end: half the latency of one chain
-                half = (count + 1) // 2
-                for weight, value in zip(weights[:half], values[:half]):
-                    acc = builder.call(fmuladd, [weight, value, acc])
-                if count > 1:
-                    other = builder.fmul(weights[half], values[half])
-                    for weight, value in zip(weights[half + 1:], values[half + 1:]):
-                        other = builder.call(fmuladd, [weight, value, other])
-                    acc = builder.fadd(acc, other)
-                builder.store(acc, target, align=itemsize)
+                builder.store(_tap_sum(builder, fmuladd, weights, values, acc), target,
+                              align=itemsize)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -283,13 +289,7 @@ def palette_lookup(typingctx, out, table, column, owner, left, right, x):
             align=itemsize)
 
         def lookup(row):
-            # LLVM turns this pattern into one variable permute (vpermps on x86).
-            result = ir.Constant(vector, None)
-            for lane in range(width):
-                which = builder.extract_element(index, ir.Constant(i32, lane))
-                result = builder.insert_element(result, builder.extract_element(row, which),
-                                                ir.Constant(i32, lane))
-            return result
+            return _permute(builder, index, row, vector, width)
 
         target = _vector_pointer(builder, builder.gep(out_a.data, [x_v]), vector)
         acc = builder.load(target, align=itemsize)
@@ -366,7 +366,9 @@ def _splat(builder, scalar, vector_type, width):
 
 
 def _permute(builder, index, row, vector, width):
-    """``row[index[lane]]`` per lane (one variable permute on x86; see :func:`palette_lookup`)."""
+    """``row[index[lane]]`` per lane: LLVM turns this pattern into one variable permute
+    (``vpermps`` on x86), when ``index`` is loaded in the same block (see
+    :func:`palette_lookup`)."""
     i32 = ir.IntType(32)
     result = ir.Constant(vector, None)
     for lane in range(width):
@@ -511,15 +513,7 @@ def _make_fused_block(count: int, pattern=None):
                     if sources:  # the last tap reads the newest row (taps go row by row)
                         prefetch_at(sources[-1], label_at, q_row)
                     values = [load(source, label_at) for source in sources]
-                half = (count + 1) // 2
-                for weight, value in zip(weights[:half], values[:half]):
-                    acc = builder.call(fmuladd, [weight, value, acc])
-                if count > 1:
-                    other = builder.fmul(weights[half], values[half])
-                    for weight, value in zip(weights[half + 1:], values[half + 1:]):
-                        other = builder.call(fmuladd, [weight, value, other])
-                    acc = builder.fadd(acc, other)
-                return acc
+                return _tap_sum(builder, fmuladd, weights, values, acc)
 
             minus_inf = ir.Constant(vector, [float("-inf")] * width)
 
